@@ -1,0 +1,191 @@
+// GRU over one direction of a (possibly packed) sequence, on the CPU.
+// Gate order r, z, n as in torch.nn.GRU:
+//   r = s(W_ir x + b_ir + W_hr h + b_hr), z = s(W_iz x + b_iz + W_hz h + b_hz)
+//   n = tanh(W_in x + b_in + r * (W_hn h + b_hn)),  h' = (1 - z) * n + z * h
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <torch/library.h>
+
+#include <tuple>
+
+#include "pointwise.h"
+#include "recurrence.h"
+
+namespace gatedrnn {
+namespace {
+
+constexpr int64_t kGates = 3;
+constexpr const char* kForward = "gatedrnn.gru_forward";
+constexpr const char* kBackward = "gatedrnn.gru_backward";
+
+// workspace row (4H): activated r, z, n, then hn = W_hn h + b_hn (needed for dr).
+template <typename scalar_t>
+void gru_forward_rows(int64_t n, int64_t H, scalar_t* ws, const scalar_t* hg,
+                      const scalar_t* b_ih, const scalar_t* b_hh, scalar_t* h_state,
+                      scalar_t* h_out) {
+  using V = Vec<scalar_t>;
+  const int64_t ws_ld = 4 * H;
+  for_each_row(n, 8 * H, [&](int64_t b) {
+    scalar_t* g = ws + b * ws_ld;
+    const scalar_t* hgb = hg + b * kGates * H;
+    scalar_t* h = h_state + b * H;
+    for_each_chunk<scalar_t>(H, [&](int64_t j, int64_t cnt) {
+      const V r = sigmoid(load(g + j, cnt) + load(b_ih + j, cnt) + load(hgb + j, cnt) +
+                          load(b_hh + j, cnt));
+      const V z = sigmoid(load(g + H + j, cnt) + load(b_ih + H + j, cnt) +
+                          load(hgb + H + j, cnt) + load(b_hh + H + j, cnt));
+      const V hn = load(hgb + 2 * H + j, cnt) + load(b_hh + 2 * H + j, cnt);
+      const V nn = (load(g + 2 * H + j, cnt) + load(b_ih + 2 * H + j, cnt) + r * hn).tanh();
+      const V h_new = nn + z * (load(h + j, cnt) - nn);
+      store(r, g + j, cnt);
+      store(z, g + H + j, cnt);
+      store(nn, g + 2 * H + j, cnt);
+      store(hn, g + 3 * H + j, cnt);
+      store(h_new, h + j, cnt);
+      store(h_new, h_out + b * H + j, cnt);
+    });
+  });
+}
+
+template <typename scalar_t>
+void gru_forward_impl(const RnnShapes& sh, const at::Tensor& x, const at::Tensor& w_ih,
+                      const at::Tensor& w_hh, const at::Tensor& b_ih, const at::Tensor& b_hh,
+                      at::Tensor& out, at::Tensor& h_state, at::Tensor& ws) {
+  const Schedule& s = sh.schedule;
+  const int64_t H = sh.hidden_size, N = s.batch;
+  scalar_t* wsp = ws.mutable_data_ptr<scalar_t>();
+  input_projection<scalar_t>(x, w_ih, wsp, 4 * H);
+  at::Tensor hg = at::empty({N, kGates * H}, x.options());
+  scalar_t* hgp = hg.mutable_data_ptr<scalar_t>();
+  scalar_t* outp = out.mutable_data_ptr<scalar_t>();
+  scalar_t* hs = h_state.mutable_data_ptr<scalar_t>();
+  const scalar_t* whh = w_hh.const_data_ptr<scalar_t>();
+  for (int64_t k = 0; k < s.steps(); ++k) {
+    const int64_t t = s.time_at(k), n = s.sizes[t], off = s.offsets[t];
+    // hg[:n] = h_state[:n] @ w_hh^T       [n, H] x [H, 3H]
+    gemm<scalar_t>(false, true, n, kGates * H, H, scalar_t(1), hs, H, whh, H, scalar_t(0), hgp,
+                   kGates * H);
+    gru_forward_rows<scalar_t>(n, H, wsp + off * 4 * H, hgp, b_ih.const_data_ptr<scalar_t>(),
+                               b_hh.const_data_ptr<scalar_t>(), hs, outp + off * H);
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_forward(
+    const at::Tensor& input, const c10::optional<at::Tensor>& batch_sizes,
+    const at::Tensor& h0, const at::Tensor& w_ih, const at::Tensor& w_hh,
+    const c10::optional<at::Tensor>& b_ih, const c10::optional<at::Tensor>& b_hh,
+    bool reverse) {
+  const RnnShapes sh = check_rnn_args(kForward, kGates, input, batch_sizes, h0, nullptr, w_ih,
+                                      w_hh, b_ih, b_hh, c10::nullopt, reverse);
+  const Schedule& s = sh.schedule;
+  const int64_t H = sh.hidden_size;
+  const auto opts = input.options();
+  const at::Tensor x = input.contiguous().view({s.rows, sh.input_size});
+  const at::Tensor bih = optional_bias(b_ih, kGates * H, opts);
+  const at::Tensor bhh = optional_bias(b_hh, kGates * H, opts);
+  at::Tensor out = at::empty({s.rows, H}, opts);
+  at::Tensor h_state = h0.contiguous().clone();
+  at::Tensor ws = at::empty({s.rows, 4 * H}, opts);
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), kForward, [&] {
+    gru_forward_impl<scalar_t>(sh, x, w_ih.contiguous(), w_hh.contiguous(), bih, bhh, out,
+                               h_state, ws);
+  });
+  return {shaped_like_input(out, input), h_state, ws};
+}
+
+// dh: [n, H] total gradient w.r.t. this step's h; h_prev: [n, H] the state it started from.
+// Writes the pre-activation gradients of both GEMM sides and dh * z, the part
+// of dL/dh_prev that bypasses w_hh.
+template <typename scalar_t>
+void gru_backward_rows(int64_t n, int64_t H, const scalar_t* dh, const scalar_t* ws,
+                       const scalar_t* h_prev, scalar_t* dgx, scalar_t* dgh,
+                       scalar_t* dh_prev) {
+  using V = Vec<scalar_t>;
+  const V one(scalar_t(1));
+  for_each_row(n, 10 * H, [&](int64_t b) {
+    const scalar_t* g = ws + b * 4 * H;
+    scalar_t* dx = dgx + b * kGates * H;
+    scalar_t* dhh = dgh + b * kGates * H;
+    for_each_chunk<scalar_t>(H, [&](int64_t j, int64_t cnt) {
+      const V r = load(g + j, cnt), z = load(g + H + j, cnt), nn = load(g + 2 * H + j, cnt),
+              hn = load(g + 3 * H + j, cnt);
+      const V d = load(dh + b * H + j, cnt);
+      const V hp = load(h_prev + b * H + j, cnt);
+      const V dn = d * (one - z) * (one - nn * nn);
+      const V dz = d * (hp - nn) * z * (one - z);
+      const V dr = dn * hn * r * (one - r);
+      store(dr, dx + j, cnt);
+      store(dz, dx + H + j, cnt);
+      store(dn, dx + 2 * H + j, cnt);
+      store(dr, dhh + j, cnt);
+      store(dz, dhh + H + j, cnt);
+      store(dn * r, dhh + 2 * H + j, cnt);
+      store(d * z, dh_prev + b * H + j, cnt);
+    });
+  });
+}
+
+template <typename scalar_t>
+void gru_backward_impl(const RnnShapes& sh, const at::Tensor& grad_out, const at::Tensor& w_hh,
+                       const at::Tensor& ws, const at::Tensor& h_prev, at::Tensor& dh_state,
+                       at::Tensor& dgx, at::Tensor& dgh) {
+  const Schedule& s = sh.schedule;
+  const int64_t H = sh.hidden_size, N = s.batch;
+  const scalar_t* go = grad_out.const_data_ptr<scalar_t>();
+  const scalar_t* wsp = ws.const_data_ptr<scalar_t>();
+  const scalar_t* hpp = h_prev.const_data_ptr<scalar_t>();
+  const scalar_t* whh = w_hh.const_data_ptr<scalar_t>();
+  scalar_t* dhs = dh_state.mutable_data_ptr<scalar_t>();
+  scalar_t* dgxp = dgx.mutable_data_ptr<scalar_t>();
+  scalar_t* dghp = dgh.mutable_data_ptr<scalar_t>();
+  at::Tensor dh = at::empty({N, H}, ws.options());
+  scalar_t* dhp = dh.mutable_data_ptr<scalar_t>();
+  for (int64_t k = s.steps() - 1; k >= 0; --k) {
+    const int64_t t = s.time_at(k), n = s.sizes[t], off = s.offsets[t];
+    for (int64_t e = 0; e < n * H; ++e) dhp[e] = go[off * H + e] + dhs[e];
+    gru_backward_rows<scalar_t>(n, H, dhp, wsp + off * 4 * H, hpp + off * H,
+                                dgxp + off * kGates * H, dghp + off * kGates * H, dhs);
+    // dh_state[:n] += dgh[off:off+n] @ w_hh      [n, 3H] x [3H, H]
+    gemm<scalar_t>(false, false, n, H, kGates * H, scalar_t(1), dghp + off * kGates * H,
+                   kGates * H, whh, H, scalar_t(1), dhs, H);
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+gru_backward(const at::Tensor& grad_output, const at::Tensor& grad_h_n, const at::Tensor& input,
+             const c10::optional<at::Tensor>& batch_sizes, const at::Tensor& h0,
+             const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& output,
+             const at::Tensor& workspace, bool reverse) {
+  const RnnShapes sh = check_rnn_args(kBackward, kGates, input, batch_sizes, h0, nullptr, w_ih,
+                                      w_hh, c10::nullopt, c10::nullopt, c10::nullopt, reverse);
+  const Schedule& s = sh.schedule;
+  const int64_t H = sh.hidden_size;
+  check_shape(kBackward, workspace, "workspace", {s.rows, 4 * H}, "rows, 4*hidden_size");
+  check_shape(kBackward, grad_output, "grad_output", output.sizes(), "the output's shape");
+  check_shape(kBackward, grad_h_n, "grad_h_n", h0.sizes(), "h0's shape");
+  const auto opts = input.options();
+  const at::Tensor x = input.contiguous().view({s.rows, sh.input_size});
+  const at::Tensor out = output.contiguous().view({s.rows, H});
+  const at::Tensor go = grad_output.contiguous().view({s.rows, H});
+  const at::Tensor ws = workspace.contiguous(), h0c = h0.contiguous();
+  at::Tensor dh_state = grad_h_n.contiguous().clone();
+  at::Tensor dgx = at::empty({s.rows, kGates * H}, opts);
+  at::Tensor dgh = at::empty({s.rows, kGates * H}, opts);
+  at::Tensor h_prev;
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), kBackward, [&] {
+    h_prev = previous_states<scalar_t>(s, out.const_data_ptr<scalar_t>(), h0c, H);
+    gru_backward_impl<scalar_t>(sh, go, w_hh.contiguous(), ws, h_prev, dh_state, dgx, dgh);
+  });
+  InputAndWeightGrads g = input_and_weight_grads(dgx, dgh, x, h_prev, w_ih.contiguous());
+  return {shaped_like_input(g.grad_input, input), dh_state, g.grad_w_ih, g.grad_w_hh,
+          g.grad_b_ih, g.grad_b_hh};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(gatedrnn, CPU, m) {
+  m.impl("gru_forward", &gru_forward);
+  m.impl("gru_backward", &gru_backward);
+}
+
+}  // namespace gatedrnn

@@ -1,0 +1,252 @@
+// LSTM over one direction of a (possibly packed) sequence, on the CPU.
+// Gate order i, f, g, o as in torch.nn.LSTM; with w_hr, h = W_hr (o * tanh(c)).
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <torch/library.h>
+
+#include <tuple>
+
+#include "pointwise.h"
+#include "recurrence.h"
+
+namespace gatedrnn {
+namespace {
+
+constexpr int64_t kGates = 4;
+constexpr const char* kForward = "gatedrnn.lstm_forward";
+constexpr const char* kBackward = "gatedrnn.lstm_backward";
+
+// workspace row (5H): activated gates i, f, g, o, then the cell state c.
+
+template <typename scalar_t>
+void lstm_forward_rows(int64_t n, int64_t H, scalar_t* ws, int64_t ws_ld, const scalar_t* hg,
+                       const scalar_t* bias, scalar_t* c_state, scalar_t* h_out,
+                       int64_t h_out_ld, scalar_t* h_state) {
+  using V = Vec<scalar_t>;
+  for_each_row(n, 8 * H, [&](int64_t b) {
+    scalar_t* g = ws + b * ws_ld;
+    const scalar_t* hgb = hg + b * kGates * H;
+    scalar_t* c = c_state + b * H;
+    for_each_chunk<scalar_t>(H, [&](int64_t j, int64_t cnt) {
+      const auto pre = [&](int64_t gate) {
+        const int64_t o = gate * H + j;
+        return load(g + o, cnt) + load(hgb + o, cnt) + load(bias + o, cnt);
+      };
+      const V i = sigmoid(pre(0)), f = sigmoid(pre(1)), gg = pre(2).tanh(),
+              o = sigmoid(pre(3));
+      const V c_new = f * load(c + j, cnt) + i * gg;
+      const V h = o * c_new.tanh();
+      store(i, g + j, cnt);
+      store(f, g + H + j, cnt);
+      store(gg, g + 2 * H + j, cnt);
+      store(o, g + 3 * H + j, cnt);
+      store(c_new, g + 4 * H + j, cnt);
+      store(c_new, c + j, cnt);
+      store(h, h_out + b * h_out_ld + j, cnt);
+      if (h_state) store(h, h_state + b * H + j, cnt);
+    });
+  });
+}
+
+template <typename scalar_t>
+void lstm_forward_impl(const RnnShapes& sh, const at::Tensor& x, const at::Tensor& w_ih,
+                       const at::Tensor& w_hh, const at::Tensor& bias, const at::Tensor& w_hr,
+                       at::Tensor& out, at::Tensor& h_state, at::Tensor& c_state,
+                       at::Tensor& ws) {
+  const Schedule& s = sh.schedule;
+  const int64_t H = sh.hidden_size, P = sh.state_size, N = s.batch;
+  const bool proj = w_hr.defined();
+  const int64_t ws_ld = 5 * H;
+  scalar_t* wsp = ws.mutable_data_ptr<scalar_t>();
+  input_projection<scalar_t>(x, w_ih, wsp, ws_ld);
+
+  at::Tensor hg = at::empty({N, kGates * H}, x.options());
+  at::Tensor hp = proj ? at::empty({N, H}, x.options()) : at::Tensor();
+  scalar_t* hgp = hg.mutable_data_ptr<scalar_t>();
+  scalar_t* hpp = proj ? hp.mutable_data_ptr<scalar_t>() : nullptr;
+  scalar_t* outp = out.mutable_data_ptr<scalar_t>();
+  scalar_t* hs = h_state.mutable_data_ptr<scalar_t>();
+  scalar_t* cs = c_state.mutable_data_ptr<scalar_t>();
+  const scalar_t* whh = w_hh.const_data_ptr<scalar_t>();
+  const scalar_t* whr = proj ? w_hr.const_data_ptr<scalar_t>() : nullptr;
+  const scalar_t* bp = bias.const_data_ptr<scalar_t>();
+
+  for (int64_t k = 0; k < s.steps(); ++k) {
+    const int64_t t = s.time_at(k), n = s.sizes[t], off = s.offsets[t];
+    // hg[:n] = h_state[:n] @ w_hh^T        [n, P] x [P, 4H]
+    gemm<scalar_t>(false, true, n, kGates * H, P, scalar_t(1), hs, P, whh, P, scalar_t(0),
+                   hgp, kGates * H);
+    if (!proj) {
+      lstm_forward_rows<scalar_t>(n, H, wsp + off * ws_ld, ws_ld, hgp, bp, cs, outp + off * H,
+                                  H, hs);
+    } else {
+      lstm_forward_rows<scalar_t>(n, H, wsp + off * ws_ld, ws_ld, hgp, bp, cs, hpp, H,
+                                  nullptr);
+      // out[off:off+n] = hp[:n] @ w_hr^T   [n, H] x [H, P]
+      gemm<scalar_t>(false, true, n, P, H, scalar_t(1), hpp, H, whr, H, scalar_t(0),
+                     outp + off * P, P);
+      std::memcpy(hs, outp + off * P, sizeof(scalar_t) * n * P);
+    }
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward(
+    const at::Tensor& input, const c10::optional<at::Tensor>& batch_sizes,
+    const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& w_ih,
+    const at::Tensor& w_hh, const c10::optional<at::Tensor>& b_ih,
+    const c10::optional<at::Tensor>& b_hh, const c10::optional<at::Tensor>& w_hr,
+    bool reverse) {
+  const RnnShapes sh = check_rnn_args(kForward, kGates, input, batch_sizes, h0, &c0, w_ih,
+                                      w_hh, b_ih, b_hh, w_hr, reverse);
+  const Schedule& s = sh.schedule;
+  const int64_t H = sh.hidden_size, P = sh.state_size;
+  const auto opts = input.options();
+  const at::Tensor x = input.contiguous().view({s.rows, sh.input_size});
+  const at::Tensor wih = w_ih.contiguous(), whh = w_hh.contiguous();
+  const at::Tensor whr = (w_hr.has_value() && w_hr->defined()) ? w_hr->contiguous() : at::Tensor();
+  const at::Tensor bias = combined_bias(b_ih, b_hh, kGates * H, opts);
+  at::Tensor out = at::empty({s.rows, P}, opts);
+  at::Tensor h_state = h0.contiguous().clone();
+  at::Tensor c_state = c0.contiguous().clone();
+  at::Tensor ws = at::empty({s.rows, 5 * H}, opts);
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), kForward, [&] {
+    lstm_forward_impl<scalar_t>(sh, x, wih, whh, bias, whr, out, h_state, c_state, ws);
+  });
+  return {shaped_like_input(out, input), h_state, c_state, ws};
+}
+
+// One backward step over the live rows.
+//   dh: [n, H] gradient w.r.t. o * tanh(c) of this step
+//   dc_state: [N, H] in: dL/dc from later steps, out: dL/dc_prev
+template <typename scalar_t>
+void lstm_backward_rows(int64_t n, int64_t H, const scalar_t* dh, const scalar_t* ws,
+                        int64_t ws_ld, const scalar_t* c_prev, scalar_t* dc_state,
+                        scalar_t* dgates) {
+  using V = Vec<scalar_t>;
+  const V one(scalar_t(1));
+  for_each_row(n, 10 * H, [&](int64_t b) {
+    const scalar_t* g = ws + b * ws_ld;
+    scalar_t* dg = dgates + b * kGates * H;
+    for_each_chunk<scalar_t>(H, [&](int64_t j, int64_t cnt) {
+      const V i = load(g + j, cnt), f = load(g + H + j, cnt), gg = load(g + 2 * H + j, cnt),
+              o = load(g + 3 * H + j, cnt), c = load(g + 4 * H + j, cnt);
+      const V cp = load(c_prev + b * H + j, cnt);
+      const V dhv = load(dh + b * H + j, cnt);
+      const V tc = c.tanh();
+      const V dc = load(dc_state + b * H + j, cnt) + dhv * o * (one - tc * tc);
+      store(dc * i * (one - i) * gg, dg + j, cnt);
+      store(dc * f * (one - f) * cp, dg + H + j, cnt);
+      store(dc * i * (one - gg * gg), dg + 2 * H + j, cnt);
+      store(dhv * tc * o * (one - o), dg + 3 * H + j, cnt);
+      store(dc * f, dc_state + b * H + j, cnt);
+    });
+  });
+}
+
+template <typename scalar_t>
+void lstm_backward_impl(const RnnShapes& sh, const at::Tensor& grad_out, const at::Tensor& c0,
+                        const at::Tensor& w_hh, const at::Tensor& w_hr, const at::Tensor& ws,
+                        at::Tensor& dh_state, at::Tensor& dc_state, at::Tensor& dgates,
+                        at::Tensor& dout) {
+  const Schedule& s = sh.schedule;
+  const int64_t H = sh.hidden_size, P = sh.state_size, N = s.batch;
+  const bool proj = w_hr.defined();
+  const int64_t ws_ld = 5 * H;
+  const scalar_t* wsp = ws.const_data_ptr<scalar_t>();
+  const scalar_t* go = grad_out.const_data_ptr<scalar_t>();
+  const scalar_t* c0p = c0.const_data_ptr<scalar_t>();
+  const scalar_t* whh = w_hh.const_data_ptr<scalar_t>();
+  const scalar_t* whr = proj ? w_hr.const_data_ptr<scalar_t>() : nullptr;
+  scalar_t* dhs = dh_state.mutable_data_ptr<scalar_t>();
+  scalar_t* dcs = dc_state.mutable_data_ptr<scalar_t>();
+  scalar_t* dgp = dgates.mutable_data_ptr<scalar_t>();
+  // dout[r] = total gradient w.r.t. the (projected) output h of row r.
+  scalar_t* doutp = dout.mutable_data_ptr<scalar_t>();
+  at::Tensor dhp = proj ? at::empty({N, H}, ws.options()) : at::Tensor();
+  at::Tensor c_prev = at::empty({N, H}, ws.options());
+  scalar_t* dhpp = proj ? dhp.mutable_data_ptr<scalar_t>() : nullptr;
+  scalar_t* cpp = c_prev.mutable_data_ptr<scalar_t>();
+
+  for (int64_t k = s.steps() - 1; k >= 0; --k) {
+    const int64_t t = s.time_at(k), n = s.sizes[t], off = s.offsets[t];
+    // Cell state this step started from: previous step's c, or c0 for new rows.
+    const int64_t from_seq = k > 0 ? std::min(n, s.sizes[s.time_at(k - 1)]) : 0;
+    if (from_seq > 0) {
+      const scalar_t* src = wsp + s.offsets[s.time_at(k - 1)] * ws_ld + 4 * H;
+      for (int64_t b = 0; b < from_seq; ++b)
+        std::memcpy(cpp + b * H, src + b * ws_ld, sizeof(scalar_t) * H);
+    }
+    if (n > from_seq)
+      std::memcpy(cpp + from_seq * H, c0p + from_seq * H, sizeof(scalar_t) * (n - from_seq) * H);
+
+    scalar_t* d = doutp + off * P;
+    for (int64_t e = 0; e < n * P; ++e) d[e] = go[off * P + e] + dhs[e];
+    const scalar_t* dh = d;
+    if (proj) {
+      // dhp[:n] = dout[off:off+n] @ w_hr      [n, P] x [P, H]
+      gemm<scalar_t>(false, false, n, H, P, scalar_t(1), d, P, whr, H, scalar_t(0), dhpp, H);
+      dh = dhpp;
+    }
+    scalar_t* dg = dgp + off * kGates * H;
+    lstm_backward_rows<scalar_t>(n, H, dh, wsp + off * ws_ld, ws_ld, cpp, dcs, dg);
+    // dh_state[:n] = dgates[off:off+n] @ w_hh     [n, 4H] x [4H, P]
+    gemm<scalar_t>(false, false, n, P, kGates * H, scalar_t(1), dg, kGates * H, whh, P,
+                   scalar_t(0), dhs, P);
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
+           at::Tensor>
+lstm_backward(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
+              const at::Tensor& grad_c_n, const at::Tensor& input,
+              const c10::optional<at::Tensor>& batch_sizes, const at::Tensor& h0,
+              const at::Tensor& c0, const at::Tensor& w_ih, const at::Tensor& w_hh,
+              const c10::optional<at::Tensor>& w_hr, const at::Tensor& output,
+              const at::Tensor& workspace, bool reverse) {
+  const RnnShapes sh = check_rnn_args(kBackward, kGates, input, batch_sizes, h0, &c0, w_ih,
+                                      w_hh, c10::nullopt, c10::nullopt, w_hr, reverse);
+  const Schedule& s = sh.schedule;
+  const int64_t H = sh.hidden_size, P = sh.state_size;
+  check_shape(kBackward, workspace, "workspace", {s.rows, 5 * H}, "rows, 5*hidden_size");
+  check_shape(kBackward, grad_output, "grad_output", output.sizes(), "the output's shape");
+  check_shape(kBackward, grad_h_n, "grad_h_n", h0.sizes(), "h0's shape");
+  check_shape(kBackward, grad_c_n, "grad_c_n", c0.sizes(), "c0's shape");
+  const auto opts = input.options();
+  const bool proj = w_hr.has_value() && w_hr->defined();
+  const at::Tensor whr = proj ? w_hr->contiguous() : at::Tensor();
+  const at::Tensor ws = workspace.contiguous();
+  const at::Tensor go = grad_output.contiguous().view({s.rows, P});
+  at::Tensor dh_state = grad_h_n.contiguous().clone();
+  at::Tensor dc_state = grad_c_n.contiguous().clone();
+  at::Tensor dgates = at::empty({s.rows, kGates * H}, opts);
+  at::Tensor dout = at::empty({s.rows, P}, opts);
+  const at::Tensor c0c = c0.contiguous(), whh = w_hh.contiguous();
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), kBackward, [&] {
+    lstm_backward_impl<scalar_t>(sh, go, c0c, whh, whr, ws, dh_state, dc_state, dgates, dout);
+  });
+  const at::Tensor x = input.contiguous().view({s.rows, sh.input_size});
+  const at::Tensor out = output.contiguous().view({s.rows, P});
+  const at::Tensor h0c = h0.contiguous();
+  at::Tensor h_prev;
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), kBackward, [&] {
+    h_prev = previous_states<scalar_t>(s, out.const_data_ptr<scalar_t>(), h0c, P);
+  });
+  InputAndWeightGrads g = input_and_weight_grads(dgates, dgates, x, h_prev, w_ih.contiguous());
+  at::Tensor grad_w_hr = at::empty({0}, opts);
+  if (proj) {
+    // hp = o * tanh(c), recomputed from the workspace rather than stored.
+    const at::Tensor o = ws.narrow(1, 3 * H, H), c = ws.narrow(1, 4 * H, H);
+    grad_w_hr = at::mm(dout.t(), o * c.tanh());
+  }
+  return {shaped_like_input(g.grad_input, input), dh_state, dc_state, g.grad_w_ih,
+          g.grad_w_hh, g.grad_b_ih, g.grad_b_hh, grad_w_hr};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(gatedrnn, CPU, m) {
+  m.impl("lstm_forward", &lstm_forward);
+  m.impl("lstm_backward", &lstm_backward);
+}
+
+}  // namespace gatedrnn

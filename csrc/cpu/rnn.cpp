@@ -1,0 +1,147 @@
+// Elman RNN (tanh or relu) over one direction of a (possibly packed) sequence, on the CPU.
+//   h' = act(W_ih x + b_ih + W_hh h + b_hh)
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <torch/library.h>
+
+#include <string>
+#include <tuple>
+
+#include "pointwise.h"
+#include "recurrence.h"
+
+namespace gatedrnn {
+namespace {
+
+constexpr const char* kForward = "gatedrnn.rnn_forward";
+constexpr const char* kBackward = "gatedrnn.rnn_backward";
+
+bool is_relu(const char* op, c10::string_view nonlinearity) {
+  TORCH_CHECK_VALUE(nonlinearity == "tanh" || nonlinearity == "relu", op,
+                    ": expected nonlinearity to be 'tanh' or 'relu', got '",
+                    std::string(nonlinearity), "'");
+  return nonlinearity == "relu";
+}
+
+// The hoisted input projection is computed straight into out; each step then
+// overwrites its rows in place: out = act(out + bias + hg).
+template <typename scalar_t>
+void rnn_forward_impl(const RnnShapes& sh, bool relu, const at::Tensor& x,
+                      const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& bias,
+                      at::Tensor& out, at::Tensor& h_state) {
+  using V = Vec<scalar_t>;
+  const Schedule& s = sh.schedule;
+  const int64_t H = sh.hidden_size, N = s.batch;
+  scalar_t* outp = out.mutable_data_ptr<scalar_t>();
+  input_projection<scalar_t>(x, w_ih, outp, H);
+  at::Tensor hg = at::empty({N, H}, x.options());
+  scalar_t* hgp = hg.mutable_data_ptr<scalar_t>();
+  scalar_t* hs = h_state.mutable_data_ptr<scalar_t>();
+  const scalar_t* whh = w_hh.const_data_ptr<scalar_t>();
+  const scalar_t* bp = bias.const_data_ptr<scalar_t>();
+  const V zero(scalar_t(0));
+  for (int64_t k = 0; k < s.steps(); ++k) {
+    const int64_t t = s.time_at(k), n = s.sizes[t], off = s.offsets[t];
+    // hg[:n] = h_state[:n] @ w_hh^T      [n, H] x [H, H]
+    gemm<scalar_t>(false, true, n, H, H, scalar_t(1), hs, H, whh, H, scalar_t(0), hgp, H);
+    scalar_t* o = outp + off * H;
+    for_each_row(n, 2 * H, [&](int64_t b) {
+      for_each_chunk<scalar_t>(H, [&](int64_t j, int64_t cnt) {
+        const int64_t e = b * H + j;
+        const V pre = load(o + e, cnt) + load(hgp + e, cnt) + load(bp + j, cnt);
+        const V h = relu ? at::vec::maximum(pre, zero) : pre.tanh();
+        store(h, o + e, cnt);
+        store(h, hs + e, cnt);
+      });
+    });
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor> rnn_forward(
+    const at::Tensor& input, const c10::optional<at::Tensor>& batch_sizes,
+    const at::Tensor& h0, const at::Tensor& w_ih, const at::Tensor& w_hh,
+    const c10::optional<at::Tensor>& b_ih, const c10::optional<at::Tensor>& b_hh,
+    c10::string_view nonlinearity, bool reverse) {
+  const bool relu = is_relu(kForward, nonlinearity);
+  const RnnShapes sh = check_rnn_args(kForward, 1, input, batch_sizes, h0, nullptr, w_ih, w_hh,
+                                      b_ih, b_hh, c10::nullopt, reverse);
+  const Schedule& s = sh.schedule;
+  const auto opts = input.options();
+  const at::Tensor x = input.contiguous().view({s.rows, sh.input_size});
+  const at::Tensor bias = combined_bias(b_ih, b_hh, sh.hidden_size, opts);
+  at::Tensor out = at::empty({s.rows, sh.hidden_size}, opts);
+  at::Tensor h_state = h0.contiguous().clone();
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), kForward, [&] {
+    rnn_forward_impl<scalar_t>(sh, relu, x, w_ih.contiguous(), w_hh.contiguous(), bias, out,
+                               h_state);
+  });
+  return {shaped_like_input(out, input), h_state};
+}
+
+// Backward through act uses the output alone: tanh' = 1 - h^2, relu' = [h > 0].
+template <typename scalar_t>
+void rnn_backward_impl(const RnnShapes& sh, bool relu, const at::Tensor& grad_out,
+                       const at::Tensor& out, const at::Tensor& w_hh, at::Tensor& dh_state,
+                       at::Tensor& dgates) {
+  using V = Vec<scalar_t>;
+  const Schedule& s = sh.schedule;
+  const int64_t H = sh.hidden_size;
+  const scalar_t* go = grad_out.const_data_ptr<scalar_t>();
+  const scalar_t* op = out.const_data_ptr<scalar_t>();
+  const scalar_t* whh = w_hh.const_data_ptr<scalar_t>();
+  scalar_t* dhs = dh_state.mutable_data_ptr<scalar_t>();
+  scalar_t* dgp = dgates.mutable_data_ptr<scalar_t>();
+  const V one(scalar_t(1)), zero(scalar_t(0));
+  for (int64_t k = s.steps() - 1; k >= 0; --k) {
+    const int64_t t = s.time_at(k), n = s.sizes[t], off = s.offsets[t];
+    scalar_t* dg = dgp + off * H;
+    for_each_row(n, 2 * H, [&](int64_t b) {
+      for_each_chunk<scalar_t>(H, [&](int64_t j, int64_t cnt) {
+        const int64_t e = b * H + j;
+        const V h = load(op + off * H + e, cnt);
+        const V d = load(go + off * H + e, cnt) + load(dhs + e, cnt);
+        const V deriv = relu ? V::blendv(zero, one, h > zero) : one - h * h;
+        store(d * deriv, dg + e, cnt);
+      });
+    });
+    // dh_state[:n] = dgates[off:off+n] @ w_hh      [n, H] x [H, H]
+    gemm<scalar_t>(false, false, n, H, H, scalar_t(1), dg, H, whh, H, scalar_t(0), dhs, H);
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+rnn_backward(const at::Tensor& grad_output, const at::Tensor& grad_h_n, const at::Tensor& input,
+             const c10::optional<at::Tensor>& batch_sizes, const at::Tensor& h0,
+             const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& output,
+             c10::string_view nonlinearity, bool reverse) {
+  const bool relu = is_relu(kBackward, nonlinearity);
+  const RnnShapes sh = check_rnn_args(kBackward, 1, input, batch_sizes, h0, nullptr, w_ih, w_hh,
+                                      c10::nullopt, c10::nullopt, c10::nullopt, reverse);
+  const Schedule& s = sh.schedule;
+  const int64_t H = sh.hidden_size;
+  check_shape(kBackward, grad_output, "grad_output", output.sizes(), "the output's shape");
+  check_shape(kBackward, grad_h_n, "grad_h_n", h0.sizes(), "h0's shape");
+  const at::Tensor x = input.contiguous().view({s.rows, sh.input_size});
+  const at::Tensor out = output.contiguous().view({s.rows, H});
+  const at::Tensor go = grad_output.contiguous().view({s.rows, H});
+  const at::Tensor h0c = h0.contiguous();
+  at::Tensor dh_state = grad_h_n.contiguous().clone();
+  at::Tensor dgates = at::empty({s.rows, H}, input.options());
+  at::Tensor h_prev;
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), kBackward, [&] {
+    rnn_backward_impl<scalar_t>(sh, relu, go, out, w_hh.contiguous(), dh_state, dgates);
+    h_prev = previous_states<scalar_t>(s, out.const_data_ptr<scalar_t>(), h0c, H);
+  });
+  InputAndWeightGrads g = input_and_weight_grads(dgates, dgates, x, h_prev, w_ih.contiguous());
+  return {shaped_like_input(g.grad_input, input), dh_state, g.grad_w_ih, g.grad_w_hh,
+          g.grad_b_ih, g.grad_b_hh};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(gatedrnn, CPU, m) {
+  m.impl("rnn_forward", &rnn_forward);
+  m.impl("rnn_backward", &rnn_backward);
+}
+
+}  // namespace gatedrnn

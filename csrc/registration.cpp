@@ -1,0 +1,42 @@
+// Every op schema of the gatedrnn library; implementations register per device
+// in cpu/ and cuda/. One op per (cell, layer, direction) over a whole sequence:
+// input is padded [T, N, I] (batch_sizes None) or packed [R, I] with batch_sizes.
+#include <Python.h>
+#include <torch/library.h>
+
+TORCH_LIBRARY(gatedrnn, m) {
+  m.def(
+      "lstm_forward(Tensor input, Tensor? batch_sizes, Tensor h0, Tensor c0, Tensor w_ih, "
+      "Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor? w_hr, bool reverse) "
+      "-> (Tensor output, Tensor h_n, Tensor c_n, Tensor workspace)");
+  m.def(
+      "lstm_backward(Tensor grad_output, Tensor grad_h_n, Tensor grad_c_n, Tensor input, "
+      "Tensor? batch_sizes, Tensor h0, Tensor c0, Tensor w_ih, Tensor w_hh, Tensor? w_hr, "
+      "Tensor output, Tensor workspace, bool reverse) -> (Tensor grad_input, Tensor grad_h0, "
+      "Tensor grad_c0, Tensor grad_w_ih, Tensor grad_w_hh, Tensor grad_b_ih, "
+      "Tensor grad_b_hh, Tensor grad_w_hr)");
+  m.def(
+      "gru_forward(Tensor input, Tensor? batch_sizes, Tensor h0, Tensor w_ih, Tensor w_hh, "
+      "Tensor? b_ih, Tensor? b_hh, bool reverse) "
+      "-> (Tensor output, Tensor h_n, Tensor workspace)");
+  m.def(
+      "gru_backward(Tensor grad_output, Tensor grad_h_n, Tensor input, Tensor? batch_sizes, "
+      "Tensor h0, Tensor w_ih, Tensor w_hh, Tensor output, Tensor workspace, bool reverse) "
+      "-> (Tensor grad_input, Tensor grad_h0, Tensor grad_w_ih, Tensor grad_w_hh, "
+      "Tensor grad_b_ih, Tensor grad_b_hh)");
+  m.def(
+      "rnn_forward(Tensor input, Tensor? batch_sizes, Tensor h0, Tensor w_ih, Tensor w_hh, "
+      "Tensor? b_ih, Tensor? b_hh, str nonlinearity, bool reverse) "
+      "-> (Tensor output, Tensor h_n)");
+  m.def(
+      "rnn_backward(Tensor grad_output, Tensor grad_h_n, Tensor input, Tensor? batch_sizes, "
+      "Tensor h0, Tensor w_ih, Tensor w_hh, Tensor output, str nonlinearity, bool reverse) "
+      "-> (Tensor grad_input, Tensor grad_h0, Tensor grad_w_ih, Tensor grad_w_hh, "
+      "Tensor grad_b_ih, Tensor grad_b_hh)");
+}
+
+// gatedrnn._C is imported only for the registrations above (static initializers).
+PyMODINIT_FUNC PyInit__C(void) {
+  static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module);
+}

@@ -1,0 +1,10 @@
+"""gatedrnn: fused LSTM, GRU and RNN kernels behind drop-in torch.nn replacements."""
+import torch  # noqa: F401  (loads libtorch before the extension)
+
+from . import _C  # noqa: F401  (op schemas and kernels)
+from . import ops  # noqa: F401  (fake kernels and autograd)
+from . import functional
+from .modules import GRU, LSTM, RNN
+
+__all__ = ["LSTM", "GRU", "RNN", "functional"]
+__version__ = "0.1.0"

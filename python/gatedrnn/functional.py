@@ -1,0 +1,117 @@
+"""Functional API over the torch.ops.gatedrnn ops.
+
+Single layer, single direction: lstm, gru, rnn. Shapes (T steps, N batch, I input
+features, H hidden size, P = proj_size or H):
+  input        [T, N, I] padded, or packed data [R, I] with batch_sizes [T] (int64, CPU)
+  hx           lstm: (h0 [N, P], c0 [N, H]); gru/rnn: h0 [N, H]; None means zeros
+  returns      output [T, N, P] or [R, P] and the final state(s) in hx's layout
+
+stacked() runs several layers and both directions over the same ops; the
+modules build on it.
+"""
+from typing import Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from . import _C  # noqa: F401  (defines the op schemas)
+from . import ops  # noqa: F401  (fake kernels and autograd)
+
+__all__ = ["lstm", "gru", "rnn", "stacked"]
+
+
+def _batch(input: Tensor, batch_sizes: Optional[Tensor]) -> int:
+    if batch_sizes is not None:
+        return int(batch_sizes[0]) if batch_sizes.numel() > 0 else 0
+    if input.dim() != 3:
+        raise ValueError(
+            f"input: expected a padded [T, N, input_size] tensor when batch_sizes is None, "
+            f"got shape {tuple(input.shape)}")
+    return input.shape[1]
+
+
+def _zeros(input: Tensor, batch: int, size: int) -> Tensor:
+    return torch.zeros(batch, size, dtype=input.dtype, device=input.device)
+
+
+def lstm(input: Tensor, hx=None, *, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor] = None,
+         b_hh: Optional[Tensor] = None, w_hr: Optional[Tensor] = None,
+         batch_sizes: Optional[Tensor] = None, reverse: bool = False):
+    """One LSTM layer in one direction. Returns (output, (h_n, c_n))."""
+    if hx is None:
+        batch = _batch(input, batch_sizes)
+        hidden = w_ih.shape[0] // 4
+        hx = (_zeros(input, batch, w_hh.shape[1]), _zeros(input, batch, hidden))
+    h0, c0 = hx
+    output, h_n, c_n, _ = torch.ops.gatedrnn.lstm_forward(
+        input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse)
+    return output, (h_n, c_n)
+
+
+def gru(input: Tensor, hx: Optional[Tensor] = None, *, w_ih: Tensor, w_hh: Tensor,
+        b_ih: Optional[Tensor] = None, b_hh: Optional[Tensor] = None,
+        batch_sizes: Optional[Tensor] = None, reverse: bool = False):
+    """One GRU layer in one direction. Returns (output, h_n)."""
+    if hx is None:
+        hx = _zeros(input, _batch(input, batch_sizes), w_hh.shape[1])
+    output, h_n, _ = torch.ops.gatedrnn.gru_forward(
+        input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, reverse)
+    return output, h_n
+
+
+def rnn(input: Tensor, hx: Optional[Tensor] = None, *, w_ih: Tensor, w_hh: Tensor,
+        b_ih: Optional[Tensor] = None, b_hh: Optional[Tensor] = None,
+        nonlinearity: str = "tanh", batch_sizes: Optional[Tensor] = None,
+        reverse: bool = False):
+    """One Elman RNN layer (tanh or relu) in one direction. Returns (output, h_n)."""
+    if hx is None:
+        hx = _zeros(input, _batch(input, batch_sizes), w_hh.shape[1])
+    return torch.ops.gatedrnn.rnn_forward(
+        input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, nonlinearity, reverse)
+
+
+def _run_layer(mode: str, input, batch_sizes, states, weights, reverse, nonlinearity):
+    """One layer-direction; states is a tuple of [N, *] tensors, returns (output, states)."""
+    w_ih, w_hh, b_ih, b_hh, w_hr = weights
+    if mode == "LSTM":
+        out, (h, c) = lstm(input, states, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh,
+                           w_hr=w_hr, batch_sizes=batch_sizes, reverse=reverse)
+        return out, (h, c)
+    if mode == "GRU":
+        out, h = gru(input, states[0], w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh,
+                     batch_sizes=batch_sizes, reverse=reverse)
+    else:
+        out, h = rnn(input, states[0], w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh,
+                     nonlinearity=nonlinearity, batch_sizes=batch_sizes, reverse=reverse)
+    return out, (h,)
+
+
+def stacked(mode: str, input: Tensor, states: Sequence[Tensor], weights, *, num_layers: int,
+            bidirectional: bool, batch_sizes: Optional[Tensor] = None, dropout: float = 0.0,
+            training: bool = False, nonlinearity: str = "tanh"):
+    """Multi-layer, optionally bidirectional network over the single-layer ops.
+
+    mode: "LSTM", "GRU" or "RNN". input: [T, N, I] or packed [R, I] with batch_sizes.
+    states: per state kind (h, and c for LSTM), a [num_layers * num_directions, N, *] tensor.
+    weights: per layer-direction (layer-major, forward first), the tuple
+      (w_ih, w_hh, b_ih, b_hh, w_hr) with None for absent ones.
+    Dropout (training only) is applied to the output of every layer but the last.
+    Returns (output, final states shaped like states).
+    """
+    directions = 2 if bidirectional else 1
+    finals = [[] for _ in states]
+    layer_input = input
+    for layer in range(num_layers):
+        outputs = []
+        for direction in range(directions):
+            index = layer * directions + direction
+            out, final = _run_layer(mode, layer_input, batch_sizes,
+                                    tuple(s[index] for s in states), weights[index],
+                                    direction == 1, nonlinearity)
+            outputs.append(out)
+            for kind, state in enumerate(final):
+                finals[kind].append(state)
+        layer_input = outputs[0] if directions == 1 else torch.cat(outputs, dim=-1)
+        if dropout > 0 and training and layer < num_layers - 1:
+            layer_input = torch.nn.functional.dropout(layer_input, p=dropout, training=True)
+    return layer_input, tuple(torch.stack(f, 0) for f in finals)

@@ -1,0 +1,102 @@
+"""Shared forward of the drop-in modules.
+
+Each module subclasses its torch.nn counterpart, so the constructor, argument
+validation, parameter names, default initialization, state_dict layout,
+flatten_parameters(), all_weights and the forward-argument checks are torch.nn's
+own. Only forward() is replaced: it normalizes the input the way torch.nn does
+(packed, batch_first, unbatched, hx given or not) and runs the fused ops.
+"""
+import torch
+from torch.nn.utils.rnn import PackedSequence
+
+from .. import functional as F
+
+
+class FusedRNNMixin:
+    """forward() for LSTM/GRU/RNN subclasses. `_mode` is "LSTM", "GRU" or "RNN"."""
+
+    _mode = ""
+
+    def _state_sizes(self):
+        proj = getattr(self, "proj_size", 0)
+        if self._mode == "LSTM":
+            return [proj if proj > 0 else self.hidden_size, self.hidden_size]
+        return [self.hidden_size]
+
+    def _layer_weights(self):
+        """(w_ih, w_hh, b_ih, b_hh, w_hr) per layer-direction, read through getattr so
+        parametrizations and reassigned parameters are honoured."""
+        per = len(self._flat_weights_names) // (self.num_layers * (2 if self.bidirectional else 1))
+        result = []
+        for start in range(0, len(self._flat_weights_names), per):
+            names = self._flat_weights_names[start:start + per]
+            tensors = [getattr(self, n) for n in names]
+            w_ih, w_hh = tensors[0], tensors[1]
+            b_ih = tensors[2] if self.bias else None
+            b_hh = tensors[3] if self.bias else None
+            w_hr = tensors[-1] if getattr(self, "proj_size", 0) > 0 else None
+            result.append((w_ih, w_hh, b_ih, b_hh, w_hr))
+        return result
+
+    def _zero_states(self, input, batch):
+        layers = self.num_layers * (2 if self.bidirectional else 1)
+        return tuple(torch.zeros(layers, batch, size, dtype=input.dtype, device=input.device)
+                     for size in self._state_sizes())
+
+    def _as_tuple(self, hx):
+        return tuple(hx) if self._mode == "LSTM" else (hx,)
+
+    def _from_tuple(self, states):
+        return states if self._mode == "LSTM" else states[0]
+
+    def forward(self, input, hx=None):
+        name = type(self).__name__
+        packed = isinstance(input, PackedSequence)
+        batched = True
+        if packed:
+            data, batch_sizes, sorted_indices, unsorted_indices = input
+            if hx is None:
+                states = self._zero_states(data, int(batch_sizes[0]))
+            else:
+                self.check_forward_args(data, hx, batch_sizes)
+                states = self._as_tuple(self.permute_hidden(hx, sorted_indices))
+        else:
+            if input.dim() not in (2, 3):
+                raise ValueError(f"{name}: Expected input to be 2D or 3D, got {input.dim()}D instead")
+            batched = input.dim() == 3
+            batch_dim = 0 if self.batch_first else 1
+            if not batched:
+                input = input.unsqueeze(batch_dim)
+            if hx is not None:
+                given = self._as_tuple(hx)
+                want = 3 if batched else 2
+                if any(h.dim() != want for h in given):
+                    dims = ", ".join(f"{h.dim()}-D" for h in given)
+                    kind = "batched 3-D" if batched else "unbatched 2-D"
+                    raise RuntimeError(
+                        f"For {kind} input, hx should also be {want}-D but got ({dims}) tensor(s)")
+                if not batched:
+                    given = tuple(h.unsqueeze(1) for h in given)
+                hx = self._from_tuple(given)
+            batch_sizes, sorted_indices, unsorted_indices = None, None, None
+            data = input.transpose(0, 1) if self.batch_first else input
+            if hx is None:
+                states = self._zero_states(data, data.shape[1])
+                hx = self._from_tuple(states)
+            self.check_forward_args(input, hx, None)
+            states = self._as_tuple(hx)
+
+        output, finals = F.stacked(
+            self._mode, data, states, self._layer_weights(), num_layers=self.num_layers,
+            bidirectional=self.bidirectional, batch_sizes=batch_sizes, dropout=self.dropout,
+            training=self.training, nonlinearity=getattr(self, "nonlinearity", "tanh"))
+        hidden = self._from_tuple(finals)
+        if packed:
+            return (PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices),
+                    self.permute_hidden(hidden, unsorted_indices))
+        if self.batch_first:
+            output = output.transpose(0, 1)
+        if not batched:
+            output = output.squeeze(0 if self.batch_first else 1)
+            hidden = self._from_tuple(tuple(h.squeeze(1) for h in finals))
+        return output, hidden

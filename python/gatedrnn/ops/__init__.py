@@ -1,0 +1,5 @@
+"""Registers fake (meta) kernels and autograd formulas for every gatedrnn op.
+
+Importing this package requires gatedrnn._C, which defines the op schemas.
+"""
+from . import gru, lstm, rnn  # noqa: F401

@@ -1,0 +1,46 @@
+"""torch.library registrations for gatedrnn::gru_forward / gru_backward."""
+import torch
+
+from ._common import flat_rows, output_like, zeros_if_none
+
+
+@torch.library.register_fake("gatedrnn::gru_forward")
+def _gru_forward_fake(input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, reverse):
+    hidden = w_ih.shape[0] // 3
+    workspace = input.new_empty((flat_rows(input), 4 * hidden))
+    return output_like(input, hidden), h0.new_empty(h0.shape), workspace
+
+
+@torch.library.register_fake("gatedrnn::gru_backward")
+def _gru_backward_fake(grad_output, grad_h_n, input, batch_sizes, h0, w_ih, w_hh, output,
+                       workspace, reverse):
+    gates = w_ih.shape[0]
+    return (
+        torch.empty_like(input, memory_format=torch.contiguous_format),
+        torch.empty_like(h0, memory_format=torch.contiguous_format),
+        w_ih.new_empty(w_ih.shape),
+        w_hh.new_empty(w_hh.shape),
+        w_ih.new_empty((gates,)),
+        w_ih.new_empty((gates,)),
+    )
+
+
+def _setup_context(ctx, inputs, output):
+    input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, reverse = inputs
+    out, _, workspace = output
+    ctx.save_for_backward(input, batch_sizes, h0, w_ih, w_hh, out, workspace)
+    ctx.has_bias = (b_ih is not None, b_hh is not None)
+    ctx.reverse = reverse
+
+
+def _backward(ctx, grad_output, grad_h_n, _grad_workspace):
+    input, batch_sizes, h0, w_ih, w_hh, out, workspace = ctx.saved_tensors
+    d_input, d_h0, d_w_ih, d_w_hh, d_b_ih, d_b_hh = torch.ops.gatedrnn.gru_backward(
+        zeros_if_none(grad_output, out), zeros_if_none(grad_h_n, h0), input, batch_sizes, h0,
+        w_ih, w_hh, out, workspace, ctx.reverse)
+    has_b_ih, has_b_hh = ctx.has_bias
+    return (d_input, None, d_h0, d_w_ih, d_w_hh, d_b_ih if has_b_ih else None,
+            d_b_hh if has_b_hh else None, None)
+
+
+torch.library.register_autograd("gatedrnn::gru_forward", _backward, setup_context=_setup_context)

@@ -1,0 +1,52 @@
+"""torch.library registrations for gatedrnn::lstm_forward / lstm_backward."""
+import torch
+
+from ._common import flat_rows, grad_if, output_like, zeros_if_none
+
+
+@torch.library.register_fake("gatedrnn::lstm_forward")
+def _lstm_forward_fake(input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse):
+    hidden = w_ih.shape[0] // 4
+    state = w_hh.shape[1]
+    workspace = input.new_empty((flat_rows(input), 5 * hidden))
+    return output_like(input, state), h0.new_empty(h0.shape), c0.new_empty(c0.shape), workspace
+
+
+@torch.library.register_fake("gatedrnn::lstm_backward")
+def _lstm_backward_fake(grad_output, grad_h_n, grad_c_n, input, batch_sizes, h0, c0, w_ih, w_hh,
+                        w_hr, output, workspace, reverse):
+    gates = w_ih.shape[0]
+    return (
+        torch.empty_like(input, memory_format=torch.contiguous_format),
+        torch.empty_like(h0, memory_format=torch.contiguous_format),
+        torch.empty_like(c0, memory_format=torch.contiguous_format),
+        w_ih.new_empty(w_ih.shape),
+        w_hh.new_empty(w_hh.shape),
+        w_ih.new_empty((gates,)),
+        w_ih.new_empty((gates,)),
+        w_ih.new_empty(w_hr.shape if w_hr is not None else (0,)),
+    )
+
+
+def _setup_context(ctx, inputs, output):
+    input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse = inputs
+    out, _, _, workspace = output
+    ctx.save_for_backward(input, batch_sizes, h0, c0, w_ih, w_hh, w_hr, out, workspace)
+    ctx.has_bias = (b_ih is not None, b_hh is not None)
+    ctx.reverse = reverse
+
+
+def _backward(ctx, grad_output, grad_h_n, grad_c_n, _grad_workspace):
+    input, batch_sizes, h0, c0, w_ih, w_hh, w_hr, out, workspace = ctx.saved_tensors
+    grads = torch.ops.gatedrnn.lstm_backward(
+        zeros_if_none(grad_output, out), zeros_if_none(grad_h_n, h0),
+        zeros_if_none(grad_c_n, c0), input, batch_sizes, h0, c0, w_ih, w_hh, w_hr, out,
+        workspace, ctx.reverse)
+    d_input, d_h0, d_c0, d_w_ih, d_w_hh, d_b_ih, d_b_hh, d_w_hr = grads
+    has_b_ih, has_b_hh = ctx.has_bias
+    return (d_input, None, d_h0, d_c0, d_w_ih, d_w_hh, d_b_ih if has_b_ih else None,
+            d_b_hh if has_b_hh else None, grad_if(w_hr, d_w_hr), None)
+
+
+torch.library.register_autograd(
+    "gatedrnn::lstm_forward", _backward, setup_context=_setup_context)

@@ -1,0 +1,81 @@
+"""Builds gatedrnn._C against the torch already installed (use --no-build-isolation).
+
+Environment:
+  GATEDRNN_CUDA=1|0   force the CUDA sources on or off (default: on when the installed
+                      torch has CUDA and a CUDA toolkit is found)
+  GATEDRNN_CPU_VEC=avx2|default
+                      vector ISA of the CPU kernels (default: avx2 when the building
+                      machine has AVX2 and FMA, else the portable scalar fallback)
+  MAX_JOBS            parallel compile jobs for ninja
+"""
+import glob
+import os
+
+from setuptools import setup
+from torch.utils import cpp_extension
+import torch
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def env_flag(name):
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return None
+    return value.lower() in ("1", "true", "on", "yes")
+
+
+def want_cuda():
+    forced = env_flag("GATEDRNN_CUDA")
+    if forced is not None:
+        return forced
+    return torch.version.cuda is not None and cpp_extension.CUDA_HOME is not None
+
+
+def cpu_has_avx2():
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return " avx2" in flags and " fma" in flags
+
+
+def cpu_vec_flags():
+    choice = os.environ.get("GATEDRNN_CPU_VEC") or ("avx2" if cpu_has_avx2() else "default")
+    if choice == "avx2":
+        # Selects ATen's AVX2 Vectorized<T> (SLEEF exp/tanh, exported by libtorch_cpu).
+        return ["-mavx2", "-mfma", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"]
+    if choice == "default":
+        return []
+    raise ValueError(f"GATEDRNN_CPU_VEC must be 'avx2' or 'default', got {choice!r}")
+
+
+def rel(paths):
+    return sorted(os.path.relpath(p, ROOT) for p in paths)
+
+
+sources = rel(glob.glob(os.path.join(ROOT, "csrc", "registration.cpp"))
+              + glob.glob(os.path.join(ROOT, "csrc", "cpu", "*.cpp")))
+cxx_flags = ["-O3", "-std=c++17"] + cpu_vec_flags()
+extra = {"cxx": cxx_flags}
+Extension = cpp_extension.CppExtension
+if want_cuda():
+    Extension = cpp_extension.CUDAExtension
+    sources += rel(glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cpp"))
+                   + glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cu"))
+                   + glob.glob(os.path.join(ROOT, "csrc", "kernels", "*.cu")))
+    extra["nvcc"] = ["-O3", "-std=c++17", "--use_fast_math"]
+    cxx_flags.append("-DGATEDRNN_WITH_CUDA")
+
+setup(
+    ext_modules=[
+        Extension(
+            name="gatedrnn._C",
+            sources=sources,
+            include_dirs=[os.path.join(ROOT, "csrc")],
+            extra_compile_args=extra,
+        )
+    ],
+    cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
+)
