@@ -4,7 +4,8 @@ import torch  # noqa: F401  (loads libtorch before the extension)
 from . import _C  # noqa: F401  (op schemas and kernels)
 from . import ops  # noqa: F401  (fake kernels and autograd)
 from . import functional
+from .convert import convert
 from .modules import GRU, LSTM, RNN
 
-__all__ = ["LSTM", "GRU", "RNN", "functional"]
+__all__ = ["LSTM", "GRU", "RNN", "convert", "functional"]
 __version__ = "0.1.0"
