@@ -146,7 +146,7 @@ inline RnnShapes check_rnn_args(const char* op, int64_t gates, const at::Tensor&
   check_bias(b_ih, "b_ih");
   check_bias(b_hh, "b_hh");
   r.schedule = make_schedule(op, input, batch_sizes, reverse);
-  TORCH_CHECK_VALUE(input.size(-1) == r.input_size, op, ": expected input with ",
+  TORCH_CHECK(input.size(-1) == r.input_size, op, ": expected input with ",
                     r.input_size, " features (w_ih is ", shape_str(w_ih), "), got input ",
                     shape_str(input));
   check_shape(op, h0, "h0", {r.schedule.batch, P}, "batch, hidden or proj size");

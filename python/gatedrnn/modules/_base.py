@@ -1,10 +1,14 @@
 """Shared forward of the drop-in modules.
 
-Each module subclasses its torch.nn counterpart, so the constructor, argument
-validation, parameter names, default initialization, state_dict layout,
-flatten_parameters(), all_weights and the forward-argument checks are torch.nn's
-own. Only forward() is replaced: it normalizes the input the way torch.nn does
-(packed, batch_first, unbatched, hx given or not) and runs the fused ops.
+Each module derives from torch.nn.RNNBase, the base of torch.nn.LSTM/GRU/RNN, so the
+constructor, argument validation, parameter names, default initialization,
+state_dict layout, flatten_parameters(), all_weights and the forward-argument checks
+are torch.nn's own. Only forward() is new: it normalizes the input the way torch.nn
+does (packed, batch_first, unbatched, hx given or not) and runs the fused ops.
+
+They derive from RNNBase rather than from torch.nn.LSTM/GRU/RNN themselves because
+torch.compile refuses to trace any instance of those three classes (Dynamo's
+`allow_rnn` guard); RNNBase instances it traces, and our forward has no graph break.
 """
 import torch
 from torch.nn.utils.rnn import PackedSequence
@@ -43,6 +47,10 @@ class FusedRNNMixin:
         return tuple(torch.zeros(layers, batch, size, dtype=input.dtype, device=input.device)
                      for size in self._state_sizes())
 
+    def _check_state_count(self, hx):
+        if self._mode == "LSTM" and (not isinstance(hx, (tuple, list)) or len(hx) != 2):
+            raise RuntimeError("lstm expects two hidden states")
+
     def _as_tuple(self, hx):
         return tuple(hx) if self._mode == "LSTM" else (hx,)
 
@@ -57,9 +65,23 @@ class FusedRNNMixin:
             data, batch_sizes, sorted_indices, unsorted_indices = input
             if hx is None:
                 states = self._zero_states(data, int(batch_sizes[0]))
+                hx = self._from_tuple(states)
+            else:
+                self._check_state_count(hx)
+                # Reorder to the sorted batch first, then check, as torch.nn does.
+                hx = self.permute_hidden(hx, sorted_indices)
+            if self._mode == "LSTM":
+                # torch.nn.LSTM checks packed input only in its kernel, so every
+                # mistake there is a RuntimeError (a dtype mismatch too).
+                if data.dim() != 2 or data.size(-1) != self.input_size:
+                    raise RuntimeError(
+                        f"input.size(-1) must be equal to input_size. Expected "
+                        f"{self.input_size}, got {data.size(-1)}")
+                self.check_hidden_size(hx[0], self.get_expected_hidden_size(data, batch_sizes))
+                self.check_hidden_size(hx[1], self.get_expected_cell_size(data, batch_sizes))
             else:
                 self.check_forward_args(data, hx, batch_sizes)
-                states = self._as_tuple(self.permute_hidden(hx, sorted_indices))
+            states = self._as_tuple(hx)
         else:
             if input.dim() not in (2, 3):
                 raise ValueError(f"{name}: Expected input to be 2D or 3D, got {input.dim()}D instead")
@@ -68,6 +90,7 @@ class FusedRNNMixin:
             if not batched:
                 input = input.unsqueeze(batch_dim)
             if hx is not None:
+                self._check_state_count(hx)
                 given = self._as_tuple(hx)
                 want = 3 if batched else 2
                 if any(h.dim() != want for h in given):
@@ -80,6 +103,8 @@ class FusedRNNMixin:
                 hx = self._from_tuple(given)
             batch_sizes, sorted_indices, unsorted_indices = None, None, None
             data = input.transpose(0, 1) if self.batch_first else input
+            if data.shape[0] == 0:
+                raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
             if hx is None:
                 states = self._zero_states(data, data.shape[1])
                 hx = self._from_tuple(states)
