@@ -1,99 +1,350 @@
-"""Compare gatedrnn against torch.nn on this machine: `python -m gatedrnn.bench`.
+"""The gatedrnn benchmark suite: `python -m gatedrnn.bench` (the project's main job).
 
-For each cell and size it checks that both give the same output, then times
-inference (forward under no_grad) and training (forward + backward of a random
-output gradient), interleaving the two implementations in the same process,
-and prints the median times and the speedup (torch.nn time / gatedrnn time).
+Times gatedrnn against torch.nn (oneDNN/ATen on the CPU, cuDNN on the GPU) in the same
+process, interleaved, for LSTM, GRU and RNN in two modes:
+  inference  forward under torch.no_grad()
+  training   forward + backward of a fixed random output gradient
+Each row is first checked numerically (outputs and input gradient against torch.nn), then
+timed: warm-up, then `repeats` rounds that each time torch.nn once and gatedrnn once
+(alternating which goes first), and the medians are reported. GFLOP/s counts the GEMM FLOPs
+(input and recurrent projections; x3 for training: forward, data gradients, weight
+gradients) and is compared with this machine's GEMM peak, measured at start-up with a large
+torch.mm in the same dtype. Peak memory (CPU: resident-set growth of one step in a forked
+child process; CUDA: torch.cuda.max_memory_allocated) is measured after timing.
+
+Writes a Markdown table to stdout and, under --out, bench.md, bench.json and bench.png.
 """
 import argparse
+import json
+import os
+import platform
 import statistics
+import sys
 import time
 
 import torch
+from torch.nn.utils.rnn import pack_padded_sequence
 
 import gatedrnn
 
-SIZES = {  # name: (T, N, I, H)
-    "large": (100, 64, 512, 512),
-    "small": (100, 16, 128, 128),
-    "tiny": (200, 1, 64, 64),
-    "wide": (50, 256, 256, 256),
-    "long": (1000, 8, 256, 256),
+# name: (T, N, I, H, num_layers, bidirectional, packed)
+CONFIGS = {
+    "large": (100, 64, 512, 512, 1, False, False),
+    "small": (100, 16, 128, 128, 1, False, False),
+    "tiny": (200, 1, 64, 64, 1, False, False),
+    "wide": (50, 256, 256, 256, 1, False, False),
+    "long": (1000, 8, 256, 256, 1, False, False),
+    "large-2l-bi": (100, 64, 512, 512, 2, True, False),
+    "large-packed": (100, 64, 512, 512, 1, False, True),
 }
-CELLS = {"lstm": (torch.nn.LSTM, gatedrnn.LSTM), "gru": (torch.nn.GRU, gatedrnn.GRU),
-         "rnn": (torch.nn.RNN, gatedrnn.RNN)}
+CELLS = {"lstm": (torch.nn.LSTM, gatedrnn.LSTM, 4), "gru": (torch.nn.GRU, gatedrnn.GRU, 3),
+         "rnn": (torch.nn.RNN, gatedrnn.RNN, 1)}
+MODES = ("inference", "training")
 
 
-def _step(module, x, grad, train):
-    if train:
-        module.zero_grad(set_to_none=True)
-        out, _ = module(x)
-        out.backward(grad)
-    else:
-        with torch.no_grad():
-            module(x)
+def _lengths(T, N, seed=0):
+    """Variable lengths for the packed rows: uniform in [T/4, T], the longest equal to T."""
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(max(1, T // 4), T + 1, (N,), generator=g)
+    lengths[0] = T
+    return lengths.sort(descending=True).values
 
 
-def _time_pair(ref, ours, x, grad, train, repeats, warmup):
-    for _ in range(warmup):
-        _step(ref, x, grad, train)
-        _step(ours, x, grad, train)
-    times = {"torch": [], "gatedrnn": []}
+def gemm_flops(cell, T, N, I, H, layers, bidirectional, steps_total=None):
+    """FLOPs of the forward GEMMs (input + recurrent projections, all layers/directions).
+    steps_total: number of (step, row) pairs actually computed (packed), else T*N."""
+    gates = CELLS[cell][2]
+    rows = steps_total if steps_total is not None else T * N
+    dirs = 2 if bidirectional else 1
+    total = 0
+    for layer in range(layers):
+        in_size = I if layer == 0 else H * dirs
+        total += dirs * 2 * rows * gates * H * (in_size + H)
+    return total
+
+
+def measure_gemm_peak(dtype, device, size=2048, repeats=10):
+    a = torch.randn(size, size, dtype=dtype, device=device)
+    b = torch.randn(size, size, dtype=dtype, device=device)
+    for _ in range(2):
+        torch.mm(a, b)
+    times = []
     for _ in range(repeats):
-        for name, module in (("torch", ref), ("gatedrnn", ours)):
-            start = time.perf_counter()
-            _step(module, x, grad, train)
-            times[name].append(time.perf_counter() - start)
-    return statistics.median(times["torch"]), statistics.median(times["gatedrnn"])
+        times.append(_timed(lambda: torch.mm(a, b), device))
+    return 2 * size ** 3 / statistics.median(times) / 1e9
 
 
-def run(cells, sizes, dtype, repeats, warmup):
-    rows = []
-    for cell in cells:
-        nn_cls, our_cls = CELLS[cell]
-        for size in sizes:
-            T, N, I, H = SIZES[size]
-            torch.manual_seed(0)
-            ref = nn_cls(I, H).to(dtype)
-            ours = our_cls(I, H).to(dtype)
-            ours.load_state_dict(ref.state_dict())
-            x = torch.randn(T, N, I, dtype=dtype)
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(fn, device):
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1e3
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+class Row:
+    """One (cell, config, mode): builds both modules with the same weights and inputs."""
+
+    def __init__(self, cell, config, mode, dtype, device):
+        self.cell, self.config, self.mode = cell, config, mode
+        T, N, I, H, layers, bidir, packed = CONFIGS[config]
+        nn_cls, our_cls, _ = CELLS[cell]
+        torch.manual_seed(0)
+        self.ref = nn_cls(I, H, num_layers=layers, bidirectional=bidir).to(device, dtype)
+        self.ours = our_cls(I, H, num_layers=layers, bidirectional=bidir).to(device, dtype)
+        self.ours.load_state_dict(self.ref.state_dict())
+        self.training = mode == "training"
+        x = torch.randn(T, N, I, dtype=dtype, device=device)
+        self.x = x.requires_grad_(self.training)
+        self.lengths = _lengths(T, N) if packed else None
+        self.rows = int(self.lengths.sum()) if packed else T * N
+        out_features = H * (2 if bidir else 1)
+        self.grad = torch.randn(self.rows if packed else T, *(() if packed else (N,)),
+                                out_features, dtype=dtype, device=device)
+        self.flops = gemm_flops(cell, T, N, I, H, layers, bidir, self.rows) * (
+            3 if self.training else 1)
+
+    def _input(self):
+        if self.lengths is None:
+            return self.x
+        return pack_padded_sequence(self.x, self.lengths)
+
+    def _output(self, module):
+        out, _ = module(self._input())
+        return out.data if self.lengths is not None else out
+
+    def step(self, module):
+        if self.training:
+            module.zero_grad(set_to_none=True)
+            self.x.grad = None
+            self._output(module).backward(self.grad)
+        else:
             with torch.no_grad():
-                err = (ref(x)[0] - ours(x)[0]).abs().max().item()
-            tol = 1e-3 if dtype == torch.float32 else 1e-9
+                self._output(module)
+
+    def check(self):
+        """Outputs (and, for training, input gradients) must agree before timing."""
+        results = []
+        for module in (self.ref, self.ours):
+            if self.training:
+                self.step(module)
+                results.append((self._output(module).detach(), self.x.grad.clone()))
+            else:
+                with torch.no_grad():
+                    results.append((self._output(module),))
+        tol = 1e-9 if self.x.dtype == torch.float64 else 2e-3
+        for a, b in zip(*results):
+            err = (a - b).abs().max().item() / max(1.0, a.abs().max().item())
             if not err <= tol:
-                raise SystemExit(f"{cell} {size}: outputs differ from torch.nn by {err:.3g}")
-            grad = torch.randn(T, N, H, dtype=dtype)
-            for mode in ("inference", "training"):
-                t_ref, t_ours = _time_pair(ref, ours, x, grad, mode == "training", repeats,
-                                           warmup)
-                rows.append((cell, size, mode, t_ref * 1e3, t_ours * 1e3, t_ref / t_ours))
-                print(f"  {cell:4} {size:6} {mode:9} torch.nn {t_ref * 1e3:9.2f} ms  "
-                      f"gatedrnn {t_ours * 1e3:9.2f} ms  x{t_ref / t_ours:.2f}", flush=True)
-    return rows
+                raise RuntimeError(f"{self.cell} {self.config} {self.mode}: gatedrnn differs "
+                                   f"from torch.nn by {err:.3g} (relative)")
+
+
+def time_row(row, device, repeats, warmup):
+    for _ in range(warmup):
+        row.step(row.ref)
+        row.step(row.ours)
+    times = {"torch": [], "gatedrnn": []}
+    for k in range(repeats):
+        pair = [("torch", row.ref), ("gatedrnn", row.ours)]
+        for name, module in (pair if k % 2 == 0 else pair[::-1]):
+            times[name].append(_timed(lambda: row.step(module), device))
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def peak_memory(row, which, device, dtype_name):
+    """Extra memory one step of `which` ("torch" or "gatedrnn") needs beyond what exists
+    before it, in MiB; None where it cannot be measured.
+
+    CUDA: max_memory_allocated. CPU: growth of the peak resident set over one step, in a
+    fresh child process (a forked one could deadlock in OpenMP), so earlier rows and the
+    other implementation do not count."""
+    if device.type == "cuda":
+        module = row.ref if which == "torch" else row.ours
+        _sync(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        row.step(module)
+        _sync(device)
+        return (torch.cuda.max_memory_allocated(device) - before) / 2 ** 20
+    if not sys.platform.startswith("linux"):
+        return None
+    import subprocess
+    cmd = [sys.executable, "-m", "gatedrnn.bench", "--memory-child",
+           row.cell, row.config, row.mode, which, dtype_name]
+    done = subprocess.run(cmd, capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())})
+    try:
+        return float(done.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return None
+
+
+def _memory_child(cell, config, mode, which, dtype_name):
+    row = Row(cell, config, mode, getattr(torch, dtype_name), torch.device("cpu"))
+    module = row.ref if which == "torch" else row.ours
+
+    def status_kib(field):
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+        raise RuntimeError(field)
+
+    # Reset the peak RSS (VmHWM) to the current RSS, so start-up peaks do not count.
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    before = status_kib("VmRSS")
+    row.step(module)
+    print(max(0, status_kib("VmHWM") - before) / 1024)
+
+
+def _progress(done, total, label):
+    width = 30
+    filled = int(width * done / total) if total else width
+    sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} {label:40}")
+    sys.stderr.flush()
+    if done == total:
+        sys.stderr.write("\n")
+
+
+def machine_description(device):
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)}, CUDA {torch.version.cuda}"
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} logical CPUs, {torch.get_num_threads()} torch threads"
+
+
+def markdown(result):
+    lines = [
+        f"gatedrnn {result['gatedrnn']} vs torch {result['torch']} on {result['machine']}, "
+        f"{result['dtype']}, median of {result['repeats']} interleaved runs; "
+        f"GEMM peak {result['gemm_peak_gflops']:.1f} GFLOP/s (torch.mm 2048^3).",
+        "",
+        "| cell | config (T, N, I, H) | mode | torch.nn ms | gatedrnn ms | speedup | "
+        "gatedrnn GFLOP/s | % of GEMM peak | torch.nn peak MiB | gatedrnn peak MiB |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    fmt_mem = lambda v: "n/a" if v is None else f"{v:.1f}"  # noqa: E731
+    for r in result["rows"]:
+        T, N, I, H = CONFIGS[r["config"]][:4]
+        lines.append(
+            f"| {r['cell']} | {r['config']} ({T}, {N}, {I}, {H}) | {r['mode']} | "
+            f"{r['torch_ms']:.2f} | {r['gatedrnn_ms']:.2f} | **{r['speedup']:.2f}x** | "
+            f"{r['gatedrnn_gflops']:.1f} | {100 * r['peak_fraction']:.0f}% | "
+            f"{fmt_mem(r['torch_peak_mib'])} | {fmt_mem(r['gatedrnn_peak_mib'])} |")
+    return "\n".join(lines)
+
+
+def plot(result, path):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    rows = result["rows"]
+    labels = [f"{r['cell']} {r['config']}\n{r['mode']}" for r in rows]
+    speedups = [r["speedup"] for r in rows]
+    fig, ax = plt.subplots(figsize=(max(6, 0.45 * len(rows)), 4.5))
+    colors = ["tab:green" if s >= 1 else "tab:red" for s in speedups]
+    ax.bar(range(len(rows)), speedups, color=colors)
+    ax.axhline(1.0, color="black", linewidth=0.8)
+    ax.set_xticks(range(len(rows)))
+    ax.set_xticklabels(labels, rotation=90, fontsize=7)
+    ax.set_ylabel("speedup over torch.nn (x)")
+    ax.set_title(f"gatedrnn vs torch.nn, {result['dtype']}, {result['machine']}", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def run(args):
+    device = torch.device(args.device)
+    dtype = getattr(torch, args.dtype)
+    if device.type == "cuda":
+        # Strict-fp32 rows: no TF32 in torch.nn's cuDNN or in our GEMMs.
+        torch.backends.cudnn.allow_tf32 = args.tf32
+        torch.backends.cuda.matmul.allow_tf32 = args.tf32
+    peak = measure_gemm_peak(dtype, device)
+    result = {"gatedrnn": gatedrnn.__version__, "torch": torch.__version__,
+              "machine": machine_description(device), "device": str(device),
+              "dtype": args.dtype, "tf32": args.tf32, "repeats": args.repeats,
+              "gemm_peak_gflops": peak, "command": " ".join(sys.argv), "rows": []}
+    plan = [(c, s, m) for c in args.cells for s in args.configs for m in args.modes]
+    for k, (cell, config, mode) in enumerate(plan):
+        _progress(k, len(plan), f"{cell} {config} {mode}")
+        row = Row(cell, config, mode, dtype, device)
+        row.check()
+        t = time_row(row, device, args.repeats, args.warmup)
+        mem = {} if args.no_memory else {
+            name: peak_memory(row, name, device, args.dtype) for name in ("torch", "gatedrnn")}
+        result["rows"].append({
+            "cell": cell, "config": config, "mode": mode, "shape": CONFIGS[config],
+            "torch_ms": 1e3 * t["torch"], "gatedrnn_ms": 1e3 * t["gatedrnn"],
+            "speedup": t["torch"] / t["gatedrnn"],
+            "gatedrnn_gflops": row.flops / t["gatedrnn"] / 1e9,
+            "torch_gflops": row.flops / t["torch"] / 1e9,
+            "peak_fraction": row.flops / t["gatedrnn"] / 1e9 / peak,
+            "torch_peak_mib": mem.get("torch"), "gatedrnn_peak_mib": mem.get("gatedrnn")})
+    _progress(len(plan), len(plan), "done")
+    return result
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description="Benchmark gatedrnn against torch.nn.")
     p.add_argument("--cells", nargs="+", default=list(CELLS), choices=list(CELLS))
-    p.add_argument("--sizes", nargs="+", default=["small", "tiny"], choices=list(SIZES))
+    p.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    p.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
-    p.add_argument("--repeats", type=int, default=10)
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--quick", action="store_true", help="tiny run for CI: 2 repeats, 'tiny' only")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--tf32", action="store_true", help="allow TF32 on CUDA (default: off)")
+    p.add_argument("--repeats", type=int, default=15)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
+    p.add_argument("--out", default="benchmarks/out", help="folder for bench.md/json/png")
+    p.add_argument("--quick", action="store_true",
+                   help="a smoke run: small and tiny configs, 3 repeats, 1 warm-up")
+    p.add_argument("--memory-child", nargs=5, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.memory_child:
+        _memory_child(*args.memory_child)
+        return
     if args.quick:
-        args.sizes, args.repeats, args.warmup = ["tiny"], 2, 1
-    dtype = getattr(torch, args.dtype)
-    print(f"gatedrnn {gatedrnn.__version__} vs torch {torch.__version__}, {args.dtype}, "
-          f"{torch.get_num_threads()} threads, median of {args.repeats}")
-    rows = run(args.cells, args.sizes, dtype, args.repeats, args.warmup)
-    print()
-    print("| cell | size (T, N, I, H) | mode | torch.nn ms | gatedrnn ms | speedup |")
-    print("|---|---|---|---:|---:|---:|")
-    for cell, size, mode, t_ref, t_ours, ratio in rows:
-        print(f"| {cell} | {size} {SIZES[size]} | {mode} | {t_ref:.2f} | {t_ours:.2f} | "
-              f"{ratio:.2f}x |")
+        args.configs, args.repeats, args.warmup = ["small", "tiny"], 3, 1
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    result = run(args)
+    table = markdown(result)
+    print(table)
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "bench.md"), "w") as f:
+        f.write(table + "\n")
+    with open(os.path.join(args.out, "bench.json"), "w") as f:
+        json.dump(result, f, indent=1)
+    made_plot = plot(result, os.path.join(args.out, "bench.png"))
+    print(f"\nwrote {args.out}/bench.md, bench.json"
+          + (", bench.png" if made_plot else " (no plot: pip install matplotlib)"))
 
 
 if __name__ == "__main__":
