@@ -93,12 +93,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_forward(
   return {shaped_like_input(out, input), h_state, ws};
 }
 
-// dh: [n, H] total gradient w.r.t. this step's h; h_prev: [n, H] the state it started from.
+// dh: [n, H] total gradient w.r.t. this step's h; h_prev: the state each row started from.
 // Writes the pre-activation gradients of both GEMM sides and dh * z, the part
 // of dL/dh_prev that bypasses w_hh.
 template <typename scalar_t>
 void gru_backward_rows(int64_t n, int64_t H, const scalar_t* dh, const scalar_t* ws,
-                       const scalar_t* h_prev, scalar_t* dgx, scalar_t* dgh,
+                       const PrevRows<scalar_t>& h_prev, scalar_t* dgx, scalar_t* dgh,
                        scalar_t* dh_prev) {
   using V = Vec<scalar_t>;
   const V one(scalar_t(1));
@@ -106,11 +106,12 @@ void gru_backward_rows(int64_t n, int64_t H, const scalar_t* dh, const scalar_t*
     const scalar_t* g = ws + b * 4 * H;
     scalar_t* dx = dgx + b * kGates * H;
     scalar_t* dhh = dgh + b * kGates * H;
+    const scalar_t* hp_row = h_prev.row(b);
     for_each_chunk<scalar_t>(H, [&](int64_t j, int64_t cnt) {
       const V r = load(g + j, cnt), z = load(g + H + j, cnt), nn = load(g + 2 * H + j, cnt),
               hn = load(g + 3 * H + j, cnt);
       const V d = load(dh + b * H + j, cnt);
-      const V hp = load(h_prev + b * H + j, cnt);
+      const V hp = load(hp_row + j, cnt);
       const V dn = d * (one - z) * (one - nn * nn);
       const V dz = d * (hp - nn) * z * (one - z);
       const V dr = dn * hn * r * (one - r);
@@ -127,13 +128,15 @@ void gru_backward_rows(int64_t n, int64_t H, const scalar_t* dh, const scalar_t*
 
 template <typename scalar_t>
 void gru_backward_impl(const RnnShapes& sh, const at::Tensor& grad_out, const at::Tensor& w_hh,
-                       const at::Tensor& ws, const at::Tensor& h_prev, at::Tensor& dh_state,
+                       const at::Tensor& ws, const at::Tensor& out, const at::Tensor& h0,
+                       at::Tensor& dh_state,
                        at::Tensor& dgx, at::Tensor& dgh) {
   const Schedule& s = sh.schedule;
   const int64_t H = sh.hidden_size, N = s.batch;
   const scalar_t* go = grad_out.const_data_ptr<scalar_t>();
   const scalar_t* wsp = ws.const_data_ptr<scalar_t>();
-  const scalar_t* hpp = h_prev.const_data_ptr<scalar_t>();
+  const scalar_t* outp = out.const_data_ptr<scalar_t>();
+  const scalar_t* h0p = h0.const_data_ptr<scalar_t>();
   const scalar_t* whh = w_hh.const_data_ptr<scalar_t>();
   scalar_t* dhs = dh_state.mutable_data_ptr<scalar_t>();
   scalar_t* dgxp = dgx.mutable_data_ptr<scalar_t>();
@@ -143,7 +146,8 @@ void gru_backward_impl(const RnnShapes& sh, const at::Tensor& grad_out, const at
   for (int64_t k = s.steps() - 1; k >= 0; --k) {
     const int64_t t = s.time_at(k), n = s.sizes[t], off = s.offsets[t];
     for (int64_t e = 0; e < n * H; ++e) dhp[e] = go[off * H + e] + dhs[e];
-    gru_backward_rows<scalar_t>(n, H, dhp, wsp + off * 4 * H, hpp + off * H,
+    const PrevRows<scalar_t> h_prev = previous_rows(s, k, outp, H, h0p, H);
+    gru_backward_rows<scalar_t>(n, H, dhp, wsp + off * 4 * H, h_prev,
                                 dgxp + off * kGates * H, dghp + off * kGates * H, dhs);
     // dh_state[:n] += dgh[off:off+n] @ w_hh      [n, 3H] x [3H, H]
     gemm<scalar_t>(false, false, n, H, kGates * H, scalar_t(1), dghp + off * kGates * H,
@@ -171,12 +175,11 @@ gru_backward(const at::Tensor& grad_output, const at::Tensor& grad_h_n, const at
   at::Tensor dh_state = grad_h_n.contiguous().clone();
   at::Tensor dgx = at::empty({s.rows, kGates * H}, opts);
   at::Tensor dgh = at::empty({s.rows, kGates * H}, opts);
-  at::Tensor h_prev;
+  InputAndWeightGrads g;
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), kBackward, [&] {
-    h_prev = previous_states<scalar_t>(s, out.const_data_ptr<scalar_t>(), h0c, H);
-    gru_backward_impl<scalar_t>(sh, go, w_hh.contiguous(), ws, h_prev, dh_state, dgx, dgh);
+    gru_backward_impl<scalar_t>(sh, go, w_hh.contiguous(), ws, out, h0c, dh_state, dgx, dgh);
+    g = input_and_weight_grads<scalar_t>(s, dgx, dgh, x, out, h0c, w_ih.contiguous());
   });
-  InputAndWeightGrads g = input_and_weight_grads(dgx, dgh, x, h_prev, w_ih.contiguous());
   return {shaped_like_input(g.grad_input, input), dh_state, g.grad_w_ih, g.grad_w_hh,
           g.grad_b_ih, g.grad_b_hh};
 }

@@ -117,20 +117,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward(
 
 // One backward step over the live rows.
 //   dh: [n, H] gradient w.r.t. o * tanh(c) of this step
+//   c_prev: the cell state each row started the step from
 //   dc_state: [N, H] in: dL/dc from later steps, out: dL/dc_prev
 template <typename scalar_t>
 void lstm_backward_rows(int64_t n, int64_t H, const scalar_t* dh, const scalar_t* ws,
-                        int64_t ws_ld, const scalar_t* c_prev, scalar_t* dc_state,
+                        int64_t ws_ld, const PrevRows<scalar_t>& c_prev, scalar_t* dc_state,
                         scalar_t* dgates) {
   using V = Vec<scalar_t>;
   const V one(scalar_t(1));
   for_each_row(n, 10 * H, [&](int64_t b) {
     const scalar_t* g = ws + b * ws_ld;
+    const scalar_t* cp_row = c_prev.row(b);
     scalar_t* dg = dgates + b * kGates * H;
     for_each_chunk<scalar_t>(H, [&](int64_t j, int64_t cnt) {
       const V i = load(g + j, cnt), f = load(g + H + j, cnt), gg = load(g + 2 * H + j, cnt),
               o = load(g + 3 * H + j, cnt), c = load(g + 4 * H + j, cnt);
-      const V cp = load(c_prev + b * H + j, cnt);
+      const V cp = load(cp_row + j, cnt);
       const V dhv = load(dh + b * H + j, cnt);
       const V tc = c.tanh();
       const V dc = load(dc_state + b * H + j, cnt) + dhv * o * (one - tc * tc);
@@ -143,6 +145,8 @@ void lstm_backward_rows(int64_t n, int64_t H, const scalar_t* dh, const scalar_t
   });
 }
 
+// dout: [R, P] total gradient w.r.t. each step's (projected) output; kept only with a
+// projection, where grad_w_hr needs it after the loop.
 template <typename scalar_t>
 void lstm_backward_impl(const RnnShapes& sh, const at::Tensor& grad_out, const at::Tensor& c0,
                         const at::Tensor& w_hh, const at::Tensor& w_hr, const at::Tensor& ws,
@@ -160,35 +164,23 @@ void lstm_backward_impl(const RnnShapes& sh, const at::Tensor& grad_out, const a
   scalar_t* dhs = dh_state.mutable_data_ptr<scalar_t>();
   scalar_t* dcs = dc_state.mutable_data_ptr<scalar_t>();
   scalar_t* dgp = dgates.mutable_data_ptr<scalar_t>();
-  // dout[r] = total gradient w.r.t. the (projected) output h of row r.
-  scalar_t* doutp = dout.mutable_data_ptr<scalar_t>();
-  at::Tensor dhp = proj ? at::empty({N, H}, ws.options()) : at::Tensor();
-  at::Tensor c_prev = at::empty({N, H}, ws.options());
-  scalar_t* dhpp = proj ? dhp.mutable_data_ptr<scalar_t>() : nullptr;
-  scalar_t* cpp = c_prev.mutable_data_ptr<scalar_t>();
+  at::Tensor dh_step = at::empty({N, proj ? H : P}, ws.options());
+  scalar_t* dhp = dh_step.mutable_data_ptr<scalar_t>();
+  scalar_t* doutp = proj ? dout.mutable_data_ptr<scalar_t>() : nullptr;
 
   for (int64_t k = s.steps() - 1; k >= 0; --k) {
     const int64_t t = s.time_at(k), n = s.sizes[t], off = s.offsets[t];
-    // Cell state this step started from: previous step's c, or c0 for new rows.
-    const int64_t from_seq = k > 0 ? std::min(n, s.sizes[s.time_at(k - 1)]) : 0;
-    if (from_seq > 0) {
-      const scalar_t* src = wsp + s.offsets[s.time_at(k - 1)] * ws_ld + 4 * H;
-      for (int64_t b = 0; b < from_seq; ++b)
-        std::memcpy(cpp + b * H, src + b * ws_ld, sizeof(scalar_t) * H);
-    }
-    if (n > from_seq)
-      std::memcpy(cpp + from_seq * H, c0p + from_seq * H, sizeof(scalar_t) * (n - from_seq) * H);
-
-    scalar_t* d = doutp + off * P;
-    for (int64_t e = 0; e < n * P; ++e) d[e] = go[off * P + e] + dhs[e];
-    const scalar_t* dh = d;
+    // Total gradient w.r.t. this step's output: from the loss and from later steps.
+    scalar_t* d = proj ? doutp + off * P : dhp;
+    const scalar_t* g_out = go + off * P;
+    for (int64_t e = 0; e < n * P; ++e) d[e] = g_out[e] + dhs[e];
     if (proj) {
-      // dhp[:n] = dout[off:off+n] @ w_hr      [n, P] x [P, H]
-      gemm<scalar_t>(false, false, n, H, P, scalar_t(1), d, P, whr, H, scalar_t(0), dhpp, H);
-      dh = dhpp;
+      // dh_step[:n] = dout[off:off+n] @ w_hr      [n, P] x [P, H]
+      gemm<scalar_t>(false, false, n, H, P, scalar_t(1), d, P, whr, H, scalar_t(0), dhp, H);
     }
+    const PrevRows<scalar_t> c_prev = previous_rows(s, k, wsp + 4 * H, ws_ld, c0p, H);
     scalar_t* dg = dgp + off * kGates * H;
-    lstm_backward_rows<scalar_t>(n, H, dh, wsp + off * ws_ld, ws_ld, cpp, dcs, dg);
+    lstm_backward_rows<scalar_t>(n, H, dhp, wsp + off * ws_ld, ws_ld, c_prev, dcs, dg);
     // dh_state[:n] = dgates[off:off+n] @ w_hh     [n, 4H] x [4H, P]
     gemm<scalar_t>(false, false, n, P, kGates * H, scalar_t(1), dg, kGates * H, whh, P,
                    scalar_t(0), dhs, P);
@@ -216,22 +208,18 @@ lstm_backward(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
   const at::Tensor whr = proj ? w_hr->contiguous() : at::Tensor();
   const at::Tensor ws = workspace.contiguous();
   const at::Tensor go = grad_output.contiguous().view({s.rows, P});
+  const at::Tensor x = input.contiguous().view({s.rows, sh.input_size});
+  const at::Tensor out = output.contiguous().view({s.rows, P});
+  const at::Tensor h0c = h0.contiguous(), c0c = c0.contiguous(), whh = w_hh.contiguous();
   at::Tensor dh_state = grad_h_n.contiguous().clone();
   at::Tensor dc_state = grad_c_n.contiguous().clone();
   at::Tensor dgates = at::empty({s.rows, kGates * H}, opts);
-  at::Tensor dout = at::empty({s.rows, P}, opts);
-  const at::Tensor c0c = c0.contiguous(), whh = w_hh.contiguous();
+  at::Tensor dout = proj ? at::empty({s.rows, P}, opts) : at::Tensor();
+  InputAndWeightGrads g;
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), kBackward, [&] {
     lstm_backward_impl<scalar_t>(sh, go, c0c, whh, whr, ws, dh_state, dc_state, dgates, dout);
+    g = input_and_weight_grads<scalar_t>(s, dgates, dgates, x, out, h0c, w_ih.contiguous());
   });
-  const at::Tensor x = input.contiguous().view({s.rows, sh.input_size});
-  const at::Tensor out = output.contiguous().view({s.rows, P});
-  const at::Tensor h0c = h0.contiguous();
-  at::Tensor h_prev;
-  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), kBackward, [&] {
-    h_prev = previous_states<scalar_t>(s, out.const_data_ptr<scalar_t>(), h0c, P);
-  });
-  InputAndWeightGrads g = input_and_weight_grads(dgates, dgates, x, h_prev, w_ih.contiguous());
   at::Tensor grad_w_hr = at::empty({0}, opts);
   if (proj) {
     // hp = o * tanh(c), recomputed from the workspace rather than stored.

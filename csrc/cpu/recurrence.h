@@ -4,6 +4,7 @@
 // gradients computed as large GEMMs after the time loop.
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <cstring>
 
 #include "../common/blas.h"
@@ -37,32 +38,73 @@ inline at::Tensor optional_bias(const c10::optional<at::Tensor>& b, int64_t size
   return (b.has_value() && b->defined()) ? b->contiguous() : at::zeros({size}, opts);
 }
 
-// For every row of every step, the state that step started from: the same
-// sequence's state at the previously processed step, or init for rows whose
-// sequence starts at this step (all rows at the first step; with packed
-// reverse input, the rows that join late).
-//   seq: [R, D] states after each step, init: [N, D] -> [R, D]
+// The rows a step started from: the same sequences' rows at the previously
+// processed step, or the initial state for rows whose sequence starts at this
+// step (all rows at the first step; with packed reverse input, the rows that
+// join late). Live rows that continue a sequence always form a prefix.
 template <typename scalar_t>
-at::Tensor previous_states(const Schedule& s, const scalar_t* seq, const at::Tensor& init,
-                           int64_t D) {
-  at::Tensor prev = at::empty({s.rows, D}, init.options());
-  scalar_t* out = prev.mutable_data_ptr<scalar_t>();
-  const scalar_t* h0 = init.const_data_ptr<scalar_t>();
-  int64_t live_before = 0;
+struct PrevRows {
+  const scalar_t* seq = nullptr;   // row 0 of the previous step
+  int64_t seq_ld = 0;
+  const scalar_t* init = nullptr;  // row 0 of the initial state
+  int64_t init_ld = 0;
+  int64_t from_seq = 0;            // rows [0, from_seq) continue a sequence
+
+  const scalar_t* row(int64_t b) const {
+    return b < from_seq ? seq + b * seq_ld : init + b * init_ld;
+  }
+};
+
+// seq: [R, seq_ld] per-row states of every step, init: [N, init_ld].
+template <typename scalar_t>
+PrevRows<scalar_t> previous_rows(const Schedule& s, int64_t k, const scalar_t* seq,
+                                 int64_t seq_ld, const scalar_t* init, int64_t init_ld) {
+  PrevRows<scalar_t> p;
+  p.init = init;
+  p.init_ld = init_ld;
+  if (k > 0) {
+    const int64_t tp = s.time_at(k - 1);
+    p.from_seq = std::min(s.sizes[s.time_at(k)], s.sizes[tp]);
+    p.seq = seq + s.offsets[tp] * seq_ld;
+    p.seq_ld = seq_ld;
+  }
+  return p;
+}
+
+// grad_w_hh = sum over steps of dgates_h[step]^T @ h_prev[step].
+//   dgates_h: [R, G*H], out: [R, P] the states after each step, h0: [N, P] -> [G*H, P]
+// When every step has all N rows (padded input), h_prev is h0 followed by out
+// shifted by one step, so two GEMMs read it in place; packed input gathers it.
+template <typename scalar_t>
+at::Tensor recurrent_weight_grad(const Schedule& s, const at::Tensor& dgates_h,
+                                 const at::Tensor& out, const at::Tensor& h0) {
+  const int64_t R = s.rows, N = s.batch, P = out.size(1);
+  const bool all_full = std::all_of(s.sizes.begin(), s.sizes.end(),
+                                    [&](int64_t n) { return n == N; });
+  if (R == 0) return at::zeros({dgates_h.size(1), P}, out.options());
+  if (all_full) {
+    // The first processed step (time 0, or T-1 in reverse) starts from h0.
+    const int64_t first = s.reverse ? R - N : 0;
+    at::Tensor g = at::mm(dgates_h.narrow(0, first, N).t(), h0);
+    if (R > N) {
+      const int64_t d_start = s.reverse ? 0 : N, h_start = s.reverse ? N : 0;
+      g.addmm_(dgates_h.narrow(0, d_start, R - N).t(), out.narrow(0, h_start, R - N));
+    }
+    return g;
+  }
+  at::Tensor prev = at::empty({R, P}, out.options());
+  scalar_t* dst = prev.mutable_data_ptr<scalar_t>();
+  const scalar_t* seq = out.const_data_ptr<scalar_t>();
+  const scalar_t* init = h0.const_data_ptr<scalar_t>();
   for (int64_t k = 0; k < s.steps(); ++k) {
     const int64_t t = s.time_at(k), n = s.sizes[t];
-    scalar_t* dst = out + s.offsets[t] * D;
-    const int64_t from_seq = std::min(n, live_before);
-    if (from_seq > 0) {
-      const int64_t tp = s.time_at(k - 1);
-      std::memcpy(dst, seq + s.offsets[tp] * D, sizeof(scalar_t) * from_seq * D);
-    }
-    if (n > from_seq) {
-      std::memcpy(dst + from_seq * D, h0 + from_seq * D, sizeof(scalar_t) * (n - from_seq) * D);
-    }
-    live_before = n;
+    const PrevRows<scalar_t> p = previous_rows(s, k, seq, P, init, P);
+    scalar_t* d = dst + s.offsets[t] * P;
+    if (p.from_seq > 0) std::memcpy(d, p.row(0), sizeof(scalar_t) * p.from_seq * P);
+    if (n > p.from_seq)
+      std::memcpy(d + p.from_seq * P, p.row(p.from_seq), sizeof(scalar_t) * (n - p.from_seq) * P);
   }
-  return prev;
+  return at::mm(dgates_h.t(), prev);
 }
 
 struct InputAndWeightGrads {
@@ -71,17 +113,17 @@ struct InputAndWeightGrads {
 
 // The large GEMMs after the time loop.
 //   dgates_x: [R, G*H] gradient of the input-side pre-activations
-//   dgates_h: [R, G*H] gradient of the hidden-side pre-activations
-//   x: [R, I], h_prev: [R, P], w_ih: [G*H, I]
-inline InputAndWeightGrads input_and_weight_grads(const at::Tensor& dgates_x,
-                                                  const at::Tensor& dgates_h,
-                                                  const at::Tensor& x,
-                                                  const at::Tensor& h_prev,
-                                                  const at::Tensor& w_ih) {
+//   dgates_h: [R, G*H] gradient of the hidden-side pre-activations (may be dgates_x)
+//   x: [R, I], out: [R, P], h0: [N, P], w_ih: [G*H, I]
+template <typename scalar_t>
+InputAndWeightGrads input_and_weight_grads(const Schedule& s, const at::Tensor& dgates_x,
+                                           const at::Tensor& dgates_h, const at::Tensor& x,
+                                           const at::Tensor& out, const at::Tensor& h0,
+                                           const at::Tensor& w_ih) {
   InputAndWeightGrads g;
   g.grad_input = at::mm(dgates_x, w_ih);
   g.grad_w_ih = at::mm(dgates_x.t(), x);
-  g.grad_w_hh = at::mm(dgates_h.t(), h_prev);
+  g.grad_w_hh = recurrent_weight_grad<scalar_t>(s, dgates_h, out, h0);
   g.grad_b_ih = dgates_x.sum(0);
   g.grad_b_hh = dgates_x.is_same(dgates_h) ? g.grad_b_ih.clone() : dgates_h.sum(0);
   return g;

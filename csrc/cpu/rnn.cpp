@@ -127,12 +127,11 @@ rnn_backward(const at::Tensor& grad_output, const at::Tensor& grad_h_n, const at
   const at::Tensor h0c = h0.contiguous();
   at::Tensor dh_state = grad_h_n.contiguous().clone();
   at::Tensor dgates = at::empty({s.rows, H}, input.options());
-  at::Tensor h_prev;
+  InputAndWeightGrads g;
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), kBackward, [&] {
     rnn_backward_impl<scalar_t>(sh, relu, go, out, w_hh.contiguous(), dh_state, dgates);
-    h_prev = previous_states<scalar_t>(s, out.const_data_ptr<scalar_t>(), h0c, H);
+    g = input_and_weight_grads<scalar_t>(s, dgates, dgates, x, out, h0c, w_ih.contiguous());
   });
-  InputAndWeightGrads g = input_and_weight_grads(dgates, dgates, x, h_prev, w_ih.contiguous());
   return {shaped_like_input(g.grad_input, input), dh_state, g.grad_w_ih, g.grad_w_hh,
           g.grad_b_ih, g.grad_b_hh};
 }
