@@ -10,6 +10,7 @@
 
 #include "pointwise.h"
 #include "recurrence.h"
+#include "recurrent_gemm.h"
 
 namespace gatedrnn {
 namespace {
@@ -35,7 +36,7 @@ void gru_forward_rows(int64_t n, int64_t H, scalar_t* ws, const scalar_t* hg,
       const V z = sigmoid(load(g + H + j, cnt) + load(b_ih + H + j, cnt) +
                           load(hgb + H + j, cnt) + load(b_hh + H + j, cnt));
       const V hn = load(hgb + 2 * H + j, cnt) + load(b_hh + 2 * H + j, cnt);
-      const V nn = (load(g + 2 * H + j, cnt) + load(b_ih + 2 * H + j, cnt) + r * hn).tanh();
+      const V nn = fast_tanh(load(g + 2 * H + j, cnt) + load(b_ih + 2 * H + j, cnt) + r * hn);
       const V h_new = nn + z * (load(h + j, cnt) - nn);
       store(r, g + j, cnt);
       store(z, g + H + j, cnt);
@@ -59,12 +60,12 @@ void gru_forward_impl(const RnnShapes& sh, const at::Tensor& x, const at::Tensor
   scalar_t* hgp = hg.mutable_data_ptr<scalar_t>();
   scalar_t* outp = out.mutable_data_ptr<scalar_t>();
   scalar_t* hs = h_state.mutable_data_ptr<scalar_t>();
-  const scalar_t* whh = w_hh.const_data_ptr<scalar_t>();
+  const RecurrentGemm<scalar_t> hidden_gemm(true, kGates * H, H,
+                                            w_hh.const_data_ptr<scalar_t>(), H, N);
   for (int64_t k = 0; k < s.steps(); ++k) {
     const int64_t t = s.time_at(k), n = s.sizes[t], off = s.offsets[t];
     // hg[:n] = h_state[:n] @ w_hh^T       [n, H] x [H, 3H]
-    gemm<scalar_t>(false, true, n, kGates * H, H, scalar_t(1), hs, H, whh, H, scalar_t(0), hgp,
-                   kGates * H);
+    hidden_gemm.run(n, hs, H, scalar_t(0), hgp, kGates * H);
     gru_forward_rows<scalar_t>(n, H, wsp + off * 4 * H, hgp, b_ih.const_data_ptr<scalar_t>(),
                                b_hh.const_data_ptr<scalar_t>(), hs, outp + off * H);
   }
@@ -143,6 +144,7 @@ void gru_backward_impl(const RnnShapes& sh, const at::Tensor& grad_out, const at
   scalar_t* dghp = dgh.mutable_data_ptr<scalar_t>();
   at::Tensor dh = at::empty({N, H}, ws.options());
   scalar_t* dhp = dh.mutable_data_ptr<scalar_t>();
+  const RecurrentGemm<scalar_t> hidden_gemm(false, H, kGates * H, whh, H, N);
   for (int64_t k = s.steps() - 1; k >= 0; --k) {
     const int64_t t = s.time_at(k), n = s.sizes[t], off = s.offsets[t];
     for (int64_t e = 0; e < n * H; ++e) dhp[e] = go[off * H + e] + dhs[e];
@@ -150,8 +152,7 @@ void gru_backward_impl(const RnnShapes& sh, const at::Tensor& grad_out, const at
     gru_backward_rows<scalar_t>(n, H, dhp, wsp + off * 4 * H, h_prev,
                                 dgxp + off * kGates * H, dghp + off * kGates * H, dhs);
     // dh_state[:n] += dgh[off:off+n] @ w_hh      [n, 3H] x [3H, H]
-    gemm<scalar_t>(false, false, n, H, kGates * H, scalar_t(1), dghp + off * kGates * H,
-                   kGates * H, whh, H, scalar_t(1), dhs, H);
+    hidden_gemm.run(n, dghp + off * kGates * H, kGates * H, scalar_t(1), dhs, H);
   }
 }
 

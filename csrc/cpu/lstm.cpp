@@ -1,5 +1,5 @@
 // LSTM over one direction of a (possibly packed) sequence, on the CPU.
-// Gate order i, f, g, o as in torch.nn.LSTM; with w_hr, h = W_hr (o * tanh(c)).
+// Gate order i, f, g, o as in torch.nn.LSTM; with w_hr, h = W_hr (o * fast_tanh(c)).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <torch/library.h>
@@ -8,6 +8,7 @@
 
 #include "pointwise.h"
 #include "recurrence.h"
+#include "recurrent_gemm.h"
 
 namespace gatedrnn {
 namespace {
@@ -32,10 +33,10 @@ void lstm_forward_rows(int64_t n, int64_t H, scalar_t* ws, int64_t ws_ld, const 
         const int64_t o = gate * H + j;
         return load(g + o, cnt) + load(hgb + o, cnt) + load(bias + o, cnt);
       };
-      const V i = sigmoid(pre(0)), f = sigmoid(pre(1)), gg = pre(2).tanh(),
+      const V i = sigmoid(pre(0)), f = sigmoid(pre(1)), gg = fast_tanh(pre(2)),
               o = sigmoid(pre(3));
       const V c_new = f * load(c + j, cnt) + i * gg;
-      const V h = o * c_new.tanh();
+      const V h = o * fast_tanh(c_new);
       store(i, g + j, cnt);
       store(f, g + H + j, cnt);
       store(gg, g + 2 * H + j, cnt);
@@ -70,12 +71,13 @@ void lstm_forward_impl(const RnnShapes& sh, const at::Tensor& x, const at::Tenso
   const scalar_t* whh = w_hh.const_data_ptr<scalar_t>();
   const scalar_t* whr = proj ? w_hr.const_data_ptr<scalar_t>() : nullptr;
   const scalar_t* bp = bias.const_data_ptr<scalar_t>();
+  const RecurrentGemm<scalar_t> hidden_gemm(true, kGates * H, P, whh, P, N);
+  const RecurrentGemm<scalar_t> proj_gemm(true, P, H, whr, H, proj ? N : 0);
 
   for (int64_t k = 0; k < s.steps(); ++k) {
     const int64_t t = s.time_at(k), n = s.sizes[t], off = s.offsets[t];
     // hg[:n] = h_state[:n] @ w_hh^T        [n, P] x [P, 4H]
-    gemm<scalar_t>(false, true, n, kGates * H, P, scalar_t(1), hs, P, whh, P, scalar_t(0),
-                   hgp, kGates * H);
+    hidden_gemm.run(n, hs, P, scalar_t(0), hgp, kGates * H);
     if (!proj) {
       lstm_forward_rows<scalar_t>(n, H, wsp + off * ws_ld, ws_ld, hgp, bp, cs, outp + off * H,
                                   H, hs);
@@ -83,8 +85,7 @@ void lstm_forward_impl(const RnnShapes& sh, const at::Tensor& x, const at::Tenso
       lstm_forward_rows<scalar_t>(n, H, wsp + off * ws_ld, ws_ld, hgp, bp, cs, hpp, H,
                                   nullptr);
       // out[off:off+n] = hp[:n] @ w_hr^T   [n, H] x [H, P]
-      gemm<scalar_t>(false, true, n, P, H, scalar_t(1), hpp, H, whr, H, scalar_t(0),
-                     outp + off * P, P);
+      proj_gemm.run(n, hpp, H, scalar_t(0), outp + off * P, P);
       std::memcpy(hs, outp + off * P, sizeof(scalar_t) * n * P);
     }
   }
@@ -116,7 +117,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward(
 }
 
 // One backward step over the live rows.
-//   dh: [n, H] gradient w.r.t. o * tanh(c) of this step
+//   dh: [n, H] gradient w.r.t. o * fast_tanh(c) of this step
 //   c_prev: the cell state each row started the step from
 //   dc_state: [N, H] in: dL/dc from later steps, out: dL/dc_prev
 template <typename scalar_t>
@@ -134,7 +135,7 @@ void lstm_backward_rows(int64_t n, int64_t H, const scalar_t* dh, const scalar_t
               o = load(g + 3 * H + j, cnt), c = load(g + 4 * H + j, cnt);
       const V cp = load(cp_row + j, cnt);
       const V dhv = load(dh + b * H + j, cnt);
-      const V tc = c.tanh();
+      const V tc = fast_tanh(c);
       const V dc = load(dc_state + b * H + j, cnt) + dhv * o * (one - tc * tc);
       store(dc * i * (one - i) * gg, dg + j, cnt);
       store(dc * f * (one - f) * cp, dg + H + j, cnt);
@@ -167,6 +168,8 @@ void lstm_backward_impl(const RnnShapes& sh, const at::Tensor& grad_out, const a
   at::Tensor dh_step = at::empty({N, proj ? H : P}, ws.options());
   scalar_t* dhp = dh_step.mutable_data_ptr<scalar_t>();
   scalar_t* doutp = proj ? dout.mutable_data_ptr<scalar_t>() : nullptr;
+  const RecurrentGemm<scalar_t> hidden_gemm(false, P, kGates * H, whh, P, N);
+  const RecurrentGemm<scalar_t> proj_gemm(false, H, P, whr, H, proj ? N : 0);
 
   for (int64_t k = s.steps() - 1; k >= 0; --k) {
     const int64_t t = s.time_at(k), n = s.sizes[t], off = s.offsets[t];
@@ -176,14 +179,13 @@ void lstm_backward_impl(const RnnShapes& sh, const at::Tensor& grad_out, const a
     for (int64_t e = 0; e < n * P; ++e) d[e] = g_out[e] + dhs[e];
     if (proj) {
       // dh_step[:n] = dout[off:off+n] @ w_hr      [n, P] x [P, H]
-      gemm<scalar_t>(false, false, n, H, P, scalar_t(1), d, P, whr, H, scalar_t(0), dhp, H);
+      proj_gemm.run(n, d, P, scalar_t(0), dhp, H);
     }
     const PrevRows<scalar_t> c_prev = previous_rows(s, k, wsp + 4 * H, ws_ld, c0p, H);
     scalar_t* dg = dgp + off * kGates * H;
     lstm_backward_rows<scalar_t>(n, H, dhp, wsp + off * ws_ld, ws_ld, c_prev, dcs, dg);
     // dh_state[:n] = dgates[off:off+n] @ w_hh     [n, 4H] x [4H, P]
-    gemm<scalar_t>(false, false, n, P, kGates * H, scalar_t(1), dg, kGates * H, whh, P,
-                   scalar_t(0), dhs, P);
+    hidden_gemm.run(n, dg, kGates * H, scalar_t(0), dhs, P);
   }
 }
 
@@ -222,7 +224,7 @@ lstm_backward(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
   });
   at::Tensor grad_w_hr = at::empty({0}, opts);
   if (proj) {
-    // hp = o * tanh(c), recomputed from the workspace rather than stored.
+    // hp = o * fast_tanh(c), recomputed from the workspace rather than stored.
     const at::Tensor o = ws.narrow(1, 3 * H, H), c = ws.narrow(1, 4 * H, H);
     grad_w_hr = at::mm(dout.t(), o * c.tanh());
   }

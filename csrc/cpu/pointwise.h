@@ -21,6 +21,17 @@ inline Vec<scalar_t> sigmoid(const Vec<scalar_t>& x) {
   return one / (one + x.neg().exp());
 }
 
+// tanh(x) = sign(x) * (1 - e) / (1 + e) with e = exp(-2|x|) in (0, 1]: no overflow,
+// saturates to +-1 and propagates NaN. SLEEF's exp is several times cheaper than its
+// tanh or expm1; the price is an absolute (not relative) error of about one ulp of 1
+// near x = 0, which is what an RNN state carries anyway.
+template <typename scalar_t>
+inline Vec<scalar_t> fast_tanh(const Vec<scalar_t>& x) {
+  const Vec<scalar_t> one(scalar_t(1));
+  const Vec<scalar_t> e = (x.abs() * Vec<scalar_t>(scalar_t(-2))).exp();
+  return ((one - e) / (one + e)).copysign(x);
+}
+
 template <typename scalar_t>
 inline Vec<scalar_t> load(const scalar_t* p, int64_t count) {
   return count == Vec<scalar_t>::size() ? Vec<scalar_t>::loadu(p)

@@ -9,6 +9,7 @@
 
 #include "pointwise.h"
 #include "recurrence.h"
+#include "recurrent_gemm.h"
 
 namespace gatedrnn {
 namespace {
@@ -40,16 +41,17 @@ void rnn_forward_impl(const RnnShapes& sh, bool relu, const at::Tensor& x,
   const scalar_t* whh = w_hh.const_data_ptr<scalar_t>();
   const scalar_t* bp = bias.const_data_ptr<scalar_t>();
   const V zero(scalar_t(0));
+  const RecurrentGemm<scalar_t> hidden_gemm(true, H, H, whh, H, N);
   for (int64_t k = 0; k < s.steps(); ++k) {
     const int64_t t = s.time_at(k), n = s.sizes[t], off = s.offsets[t];
     // hg[:n] = h_state[:n] @ w_hh^T      [n, H] x [H, H]
-    gemm<scalar_t>(false, true, n, H, H, scalar_t(1), hs, H, whh, H, scalar_t(0), hgp, H);
+    hidden_gemm.run(n, hs, H, scalar_t(0), hgp, H);
     scalar_t* o = outp + off * H;
     for_each_row(n, 2 * H, [&](int64_t b) {
       for_each_chunk<scalar_t>(H, [&](int64_t j, int64_t cnt) {
         const int64_t e = b * H + j;
         const V pre = load(o + e, cnt) + load(hgp + e, cnt) + load(bp + j, cnt);
-        const V h = relu ? at::vec::maximum(pre, zero) : pre.tanh();
+        const V h = relu ? at::vec::maximum(pre, zero) : fast_tanh(pre);
         store(h, o + e, cnt);
         store(h, hs + e, cnt);
       });
@@ -92,6 +94,7 @@ void rnn_backward_impl(const RnnShapes& sh, bool relu, const at::Tensor& grad_ou
   scalar_t* dhs = dh_state.mutable_data_ptr<scalar_t>();
   scalar_t* dgp = dgates.mutable_data_ptr<scalar_t>();
   const V one(scalar_t(1)), zero(scalar_t(0));
+  const RecurrentGemm<scalar_t> hidden_gemm(false, H, H, whh, H, s.batch);
   for (int64_t k = s.steps() - 1; k >= 0; --k) {
     const int64_t t = s.time_at(k), n = s.sizes[t], off = s.offsets[t];
     scalar_t* dg = dgp + off * H;
@@ -105,7 +108,7 @@ void rnn_backward_impl(const RnnShapes& sh, bool relu, const at::Tensor& grad_ou
       });
     });
     // dh_state[:n] = dgates[off:off+n] @ w_hh      [n, H] x [H, H]
-    gemm<scalar_t>(false, false, n, H, H, scalar_t(1), dg, H, whh, H, scalar_t(0), dhs, H);
+    hidden_gemm.run(n, dg, H, scalar_t(0), dhs, H);
   }
 }
 
