@@ -90,3 +90,60 @@ inline void RecurrentGemm<float>::compute_packed(int64_t m, const float* a, int6
 }
 
 }  // namespace gatedrnn
+
+namespace gatedrnn {
+
+// The recurrent GEMM of a forward step split by hidden units, one block per thread, so
+// that each thread computes the gates of its own units and then runs the pointwise pass
+// on them: no barrier between the GEMM and the pointwise pass, and the pointwise pass is
+// parallel even when the batch is a single row.
+//   w_hh: [G*H, P]. Block b owns units [begin(b), end(b)); its slice of w_hh holds the rows
+//   g*H + j (g < G, j in the block) in gate-major order. Its GEMM writes
+//   hg[row, G*begin(b) + g*Hb + (j - begin(b))] (Hb = the block's width): see gate_ptr().
+template <typename scalar_t>
+class BlockedRecurrentGemm {
+ public:
+  BlockedRecurrentGemm(int64_t gates, const at::Tensor& w_hh, int64_t packed_m)
+      : gates_(gates), hidden_(w_hh.size(0) / gates), state_(w_hh.size(1)) {
+    // Blocks of whole vectors, at least 32 units each, at most one per thread.
+    constexpr int64_t W = at::vec::Vectorized<scalar_t>::size();
+    const int64_t by_size = std::max<int64_t>(1, hidden_ / 32);
+    const int64_t blocks = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), by_size));
+    const int64_t vectors = (hidden_ + W - 1) / W;
+    bounds_.push_back(0);
+    for (int64_t b = 1; b <= blocks; ++b)
+      bounds_.push_back(std::min(hidden_, (vectors * b / blocks) * W));
+    bounds_.back() = hidden_;
+    const at::Tensor w = w_hh.view({gates, hidden_, state_});
+    for (int64_t b = 0; b < blocks; ++b) {
+      const int64_t width = end(b) - begin(b);
+      slices_.push_back(w.narrow(1, begin(b), width).reshape({gates * width, state_}).contiguous());
+    }
+    for (int64_t b = 0; b < blocks; ++b) {
+      gemms_.emplace_back(true, slices_[b].size(0), state_,
+                          slices_[b].template const_data_ptr<scalar_t>(), state_, packed_m);
+    }
+  }
+
+  int64_t blocks() const { return static_cast<int64_t>(slices_.size()); }
+  int64_t begin(int64_t b) const { return bounds_[b]; }
+  int64_t end(int64_t b) const { return bounds_[b + 1]; }
+
+  // hg[:m, block b] = h[:m] @ slice_b^T       [m, P] x [P, G*Hb]
+  void run(int64_t b, int64_t m, const scalar_t* h, scalar_t* hg) const {
+    gemms_[b].run(m, h, state_, scalar_t(0), hg + gates_ * begin(b), gates_ * hidden_);
+  }
+
+  // Pointer p and gate stride such that p[row*G*H + g*stride + j] is the hg value of
+  // gate g and unit j (j in block b).
+  scalar_t* gate_ptr(int64_t b, scalar_t* hg) const { return hg + (gates_ - 1) * begin(b); }
+  int64_t gate_stride(int64_t b) const { return end(b) - begin(b); }
+
+ private:
+  int64_t gates_, hidden_, state_;
+  std::vector<int64_t> bounds_;
+  std::vector<at::Tensor> slices_;
+  std::vector<RecurrentGemm<scalar_t>> gemms_;
+};
+
+}  // namespace gatedrnn
