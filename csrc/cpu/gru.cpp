@@ -20,37 +20,32 @@ constexpr const char* kForward = "gatedrnn.gru_forward";
 constexpr const char* kBackward = "gatedrnn.gru_backward";
 
 // workspace row (4H): activated r, z, n, then hn = W_hn h + b_hn (needed for dr).
-
-// The pointwise pass of one step over rows [0, n) and units [j0, j1).
-//   ws: [n, 4H] in: input projection, out: r, z, n, hn
-//   hg: recurrent pre-activations, hg[b*3H + g*hg_stride + j]
-//   h_prev, h_next: [n, H]; h is also written to h_out [n, H]
 template <typename scalar_t>
-void gru_forward_units(int64_t n, int64_t j0, int64_t j1, int64_t H, scalar_t* ws,
-                       const scalar_t* hg, int64_t hg_stride, const scalar_t* b_ih,
-                       const scalar_t* b_hh, const scalar_t* h_prev, scalar_t* h_next,
-                       scalar_t* h_out) {
+void gru_forward_rows(int64_t n, int64_t H, scalar_t* ws, const scalar_t* hg,
+                      const scalar_t* b_ih, const scalar_t* b_hh, scalar_t* h_state,
+                      scalar_t* h_out) {
   using V = Vec<scalar_t>;
-  for (int64_t b = 0; b < n; ++b) {
-    scalar_t* g = ws + b * 4 * H;
+  const int64_t ws_ld = 4 * H;
+  for_each_row(n, 8 * H, [&](int64_t b) {
+    scalar_t* g = ws + b * ws_ld;
     const scalar_t* hgb = hg + b * kGates * H;
-    for (int64_t j = j0; j < j1; j += V::size()) {
-      const int64_t cnt = std::min<int64_t>(V::size(), j1 - j);
+    scalar_t* h = h_state + b * H;
+    for_each_chunk<scalar_t>(H, [&](int64_t j, int64_t cnt) {
       const V r = sigmoid(load(g + j, cnt) + load(b_ih + j, cnt) + load(hgb + j, cnt) +
                           load(b_hh + j, cnt));
       const V z = sigmoid(load(g + H + j, cnt) + load(b_ih + H + j, cnt) +
-                          load(hgb + hg_stride + j, cnt) + load(b_hh + H + j, cnt));
-      const V hn = load(hgb + 2 * hg_stride + j, cnt) + load(b_hh + 2 * H + j, cnt);
+                          load(hgb + H + j, cnt) + load(b_hh + H + j, cnt));
+      const V hn = load(hgb + 2 * H + j, cnt) + load(b_hh + 2 * H + j, cnt);
       const V nn = fast_tanh(load(g + 2 * H + j, cnt) + load(b_ih + 2 * H + j, cnt) + r * hn);
-      const V h_new = nn + z * (load(h_prev + b * H + j, cnt) - nn);
+      const V h_new = nn + z * (load(h + j, cnt) - nn);
       store(r, g + j, cnt);
       store(z, g + H + j, cnt);
       store(nn, g + 2 * H + j, cnt);
       store(hn, g + 3 * H + j, cnt);
-      store(h_new, h_next + b * H + j, cnt);
+      store(h_new, h + j, cnt);
       store(h_new, h_out + b * H + j, cnt);
-    }
-  }
+    });
+  });
 }
 
 template <typename scalar_t>
@@ -58,19 +53,22 @@ void gru_forward_impl(const RnnShapes& sh, const at::Tensor& x, const at::Tensor
                       const at::Tensor& w_hh, const at::Tensor& b_ih, const at::Tensor& b_hh,
                       at::Tensor& out, at::Tensor& h_state, at::Tensor& ws) {
   const Schedule& s = sh.schedule;
-  const int64_t H = sh.hidden_size;
+  const int64_t H = sh.hidden_size, N = s.batch;
   scalar_t* wsp = ws.mutable_data_ptr<scalar_t>();
   input_projection<scalar_t>(x, w_ih, wsp, 4 * H);
+  at::Tensor hg = at::empty({N, kGates * H}, x.options());
+  scalar_t* hgp = hg.mutable_data_ptr<scalar_t>();
   scalar_t* outp = out.mutable_data_ptr<scalar_t>();
-  const scalar_t* bih = b_ih.const_data_ptr<scalar_t>();
-  const scalar_t* bhh = b_hh.const_data_ptr<scalar_t>();
-  forward_steps<scalar_t>(s, kGates, w_hh, h_state,
-      [&](int64_t t, int64_t n, int64_t j0, int64_t j1, const scalar_t* hg, int64_t hg_stride,
-          const scalar_t* h_prev, scalar_t* h_next) {
-        const int64_t off = s.offsets[t];
-        gru_forward_units<scalar_t>(n, j0, j1, H, wsp + off * 4 * H, hg, hg_stride, bih, bhh,
-                                    h_prev, h_next, outp + off * H);
-      });
+  scalar_t* hs = h_state.mutable_data_ptr<scalar_t>();
+  const RecurrentGemm<scalar_t> hidden_gemm(true, kGates * H, H,
+                                            w_hh.const_data_ptr<scalar_t>(), H, N);
+  for (int64_t k = 0; k < s.steps(); ++k) {
+    const int64_t t = s.time_at(k), n = s.sizes[t], off = s.offsets[t];
+    // hg[:n] = h_state[:n] @ w_hh^T       [n, H] x [H, 3H]
+    hidden_gemm.run(n, hs, H, scalar_t(0), hgp, kGates * H);
+    gru_forward_rows<scalar_t>(n, H, wsp + off * 4 * H, hgp, b_ih.const_data_ptr<scalar_t>(),
+                               b_hh.const_data_ptr<scalar_t>(), hs, outp + off * H);
+  }
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_forward(

@@ -19,26 +19,19 @@ constexpr const char* kBackward = "gatedrnn.lstm_backward";
 
 // workspace row (5H): activated gates i, f, g, o, then the cell state c.
 
-// The pointwise pass of one step over rows [0, n) and units [j0, j1).
-//   ws: [n, 5H] in: input projection, out: gates and c
-//   hg: recurrent pre-activations, hg[b*hg_ld + g*hg_stride + j]
-//   c_state: [N, H] updated in place; h is written to h_out (and h_next if given)
 template <typename scalar_t>
-void lstm_forward_units(int64_t n, int64_t j0, int64_t j1, int64_t H, scalar_t* ws,
-                        const scalar_t* hg, int64_t hg_stride, const scalar_t* bias,
-                        scalar_t* c_state, scalar_t* h_out, int64_t h_out_ld,
-                        scalar_t* h_next) {
+void lstm_forward_rows(int64_t n, int64_t H, scalar_t* ws, int64_t ws_ld, const scalar_t* hg,
+                       const scalar_t* bias, scalar_t* c_state, scalar_t* h_out,
+                       int64_t h_out_ld, scalar_t* h_state) {
   using V = Vec<scalar_t>;
-  const int64_t ws_ld = 5 * H, hg_ld = kGates * H;
-  for (int64_t b = 0; b < n; ++b) {
+  for_each_row(n, 8 * H, [&](int64_t b) {
     scalar_t* g = ws + b * ws_ld;
-    const scalar_t* hgb = hg + b * hg_ld;
+    const scalar_t* hgb = hg + b * kGates * H;
     scalar_t* c = c_state + b * H;
-    for (int64_t j = j0; j < j1; j += V::size()) {
-      const int64_t cnt = std::min<int64_t>(V::size(), j1 - j);
+    for_each_chunk<scalar_t>(H, [&](int64_t j, int64_t cnt) {
       const auto pre = [&](int64_t gate) {
         const int64_t o = gate * H + j;
-        return load(g + o, cnt) + load(hgb + gate * hg_stride + j, cnt) + load(bias + o, cnt);
+        return load(g + o, cnt) + load(hgb + o, cnt) + load(bias + o, cnt);
       };
       const V i = sigmoid(pre(0)), f = sigmoid(pre(1)), gg = fast_tanh(pre(2)),
               o = sigmoid(pre(3));
@@ -51,9 +44,9 @@ void lstm_forward_units(int64_t n, int64_t j0, int64_t j1, int64_t H, scalar_t* 
       store(c_new, g + 4 * H + j, cnt);
       store(c_new, c + j, cnt);
       store(h, h_out + b * h_out_ld + j, cnt);
-      if (h_next) store(h, h_next + b * H + j, cnt);
-    }
-  }
+      if (h_state) store(h, h_state + b * H + j, cnt);
+    });
+  });
 }
 
 template <typename scalar_t>
@@ -63,44 +56,38 @@ void lstm_forward_impl(const RnnShapes& sh, const at::Tensor& x, const at::Tenso
                        at::Tensor& ws) {
   const Schedule& s = sh.schedule;
   const int64_t H = sh.hidden_size, P = sh.state_size, N = s.batch;
+  const bool proj = w_hr.defined();
   const int64_t ws_ld = 5 * H;
   scalar_t* wsp = ws.mutable_data_ptr<scalar_t>();
   input_projection<scalar_t>(x, w_ih, wsp, ws_ld);
-  scalar_t* outp = out.mutable_data_ptr<scalar_t>();
-  scalar_t* cs = c_state.mutable_data_ptr<scalar_t>();
-  const scalar_t* bp = bias.const_data_ptr<scalar_t>();
 
-  if (!w_hr.defined()) {
-    forward_steps<scalar_t>(s, kGates, w_hh, h_state,
-        [&](int64_t t, int64_t n, int64_t j0, int64_t j1, const scalar_t* hg,
-            int64_t hg_stride, const scalar_t*, scalar_t* h_next) {
-          const int64_t off = s.offsets[t];
-          lstm_forward_units<scalar_t>(n, j0, j1, H, wsp + off * ws_ld, hg, hg_stride, bp, cs,
-                                       outp + off * H, H, h_next);
-        });
-    return;
-  }
-  // With a projection every unit of o * tanh(c) feeds every output: the pointwise pass
-  // and the projection GEMM are separate phases.
   at::Tensor hg = at::empty({N, kGates * H}, x.options());
-  at::Tensor hp = at::empty({N, H}, x.options());
+  at::Tensor hp = proj ? at::empty({N, H}, x.options()) : at::Tensor();
   scalar_t* hgp = hg.mutable_data_ptr<scalar_t>();
-  scalar_t* hpp = hp.mutable_data_ptr<scalar_t>();
+  scalar_t* hpp = proj ? hp.mutable_data_ptr<scalar_t>() : nullptr;
+  scalar_t* outp = out.mutable_data_ptr<scalar_t>();
   scalar_t* hs = h_state.mutable_data_ptr<scalar_t>();
-  const RecurrentGemm<scalar_t> hidden_gemm(true, kGates * H, P, w_hh.const_data_ptr<scalar_t>(),
-                                            P, N);
-  const RecurrentGemm<scalar_t> proj_gemm(true, P, H, w_hr.const_data_ptr<scalar_t>(), H, N);
+  scalar_t* cs = c_state.mutable_data_ptr<scalar_t>();
+  const scalar_t* whh = w_hh.const_data_ptr<scalar_t>();
+  const scalar_t* whr = proj ? w_hr.const_data_ptr<scalar_t>() : nullptr;
+  const scalar_t* bp = bias.const_data_ptr<scalar_t>();
+  const RecurrentGemm<scalar_t> hidden_gemm(true, kGates * H, P, whh, P, N);
+  const RecurrentGemm<scalar_t> proj_gemm(true, P, H, whr, H, proj ? N : 0);
+
   for (int64_t k = 0; k < s.steps(); ++k) {
     const int64_t t = s.time_at(k), n = s.sizes[t], off = s.offsets[t];
     // hg[:n] = h_state[:n] @ w_hh^T        [n, P] x [P, 4H]
     hidden_gemm.run(n, hs, P, scalar_t(0), hgp, kGates * H);
-    for_each_unit_range<scalar_t>(H, n, 10, [&](int64_t j0, int64_t j1) {
-      lstm_forward_units<scalar_t>(n, j0, j1, H, wsp + off * ws_ld, hgp, H, bp, cs, hpp, H,
-                                   nullptr);
-    });
-    // out[off:off+n] = hp[:n] @ w_hr^T   [n, H] x [H, P]
-    proj_gemm.run(n, hpp, H, scalar_t(0), outp + off * P, P);
-    std::memcpy(hs, outp + off * P, sizeof(scalar_t) * n * P);
+    if (!proj) {
+      lstm_forward_rows<scalar_t>(n, H, wsp + off * ws_ld, ws_ld, hgp, bp, cs, outp + off * H,
+                                  H, hs);
+    } else {
+      lstm_forward_rows<scalar_t>(n, H, wsp + off * ws_ld, ws_ld, hgp, bp, cs, hpp, H,
+                                  nullptr);
+      // out[off:off+n] = hp[:n] @ w_hr^T   [n, H] x [H, P]
+      proj_gemm.run(n, hpp, H, scalar_t(0), outp + off * P, P);
+      std::memcpy(hs, outp + off * P, sizeof(scalar_t) * n * P);
+    }
   }
 }
 

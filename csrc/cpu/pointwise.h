@@ -65,17 +65,4 @@ inline void for_each_row(int64_t rows, int64_t row_cost, const F& body) {
   });
 }
 
-// Splits the hidden units [0, H) of a step across threads, in whole vectors; small
-// steps stay on the calling thread.
-template <typename scalar_t, typename F>
-inline void for_each_unit_range(int64_t H, int64_t rows, int64_t unit_cost, const F& body) {
-  constexpr int64_t W = Vec<scalar_t>::size();
-  const int64_t vectors = (H + W - 1) / W;
-  const int64_t grain =
-      std::max<int64_t>(1, 16384 / std::max<int64_t>(rows * unit_cost * W, 1));
-  at::parallel_for(0, vectors, grain, [&](int64_t v0, int64_t v1) {
-    body(v0 * W, std::min(H, v1 * W));
-  });
-}
-
 }  // namespace gatedrnn

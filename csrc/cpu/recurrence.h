@@ -9,7 +9,6 @@
 
 #include "../common/blas.h"
 #include "../common/sequence.h"
-#include "recurrent_gemm.h"
 
 namespace gatedrnn {
 
@@ -106,40 +105,6 @@ at::Tensor recurrent_weight_grad(const Schedule& s, const at::Tensor& dgates_h,
       std::memcpy(d + p.from_seq * P, p.row(p.from_seq), sizeof(scalar_t) * (n - p.from_seq) * P);
   }
   return at::mm(dgates_h.t(), prev);
-}
-
-// The forward time loop shared by the cells whose step is "hg = h_prev @ w_hh^T, then a
-// pointwise pass that reads hg and h_prev and writes h". Each thread owns a block of
-// hidden units and runs the GEMM and the pointwise pass for it (BlockedRecurrentGemm);
-// the next step's GEMM reads every unit of h, so h is double-buffered.
-//   w_hh: [G*H, H], h_state: [N, H] in: h0, out: h_n
-//   unit_pass(t, n, j0, j1, hg, hg_stride, h_prev, h_next): the pointwise pass over
-//   rows [0, n) and units [j0, j1) of time index t, where hg[row*G*H + g*hg_stride + j]
-//   is the recurrent pre-activation of gate g and unit j, and h_prev/h_next are [N, H].
-template <typename scalar_t, typename UnitPass>
-void forward_steps(const Schedule& s, int64_t gates, const at::Tensor& w_hh,
-                   at::Tensor& h_state, const UnitPass& unit_pass) {
-  const int64_t N = s.batch, H = w_hh.size(1);
-  const BlockedRecurrentGemm<scalar_t> rec(gates, w_hh, N);
-  at::Tensor hg = at::empty({N, gates * H}, w_hh.options());
-  at::Tensor spare = at::empty_like(h_state);
-  scalar_t* hgp = hg.mutable_data_ptr<scalar_t>();
-  scalar_t* h_prev = h_state.mutable_data_ptr<scalar_t>();
-  scalar_t* h_next = spare.mutable_data_ptr<scalar_t>();
-  for (int64_t k = 0; k < s.steps(); ++k) {
-    const int64_t t = s.time_at(k), n = s.sizes[t];
-    // Rows not live at this step keep their state (finished or not yet started).
-    if (n < N) std::memcpy(h_next + n * H, h_prev + n * H, sizeof(scalar_t) * (N - n) * H);
-    at::parallel_for(0, rec.blocks(), 1, [&](int64_t b0, int64_t b1) {
-      for (int64_t b = b0; b < b1; ++b) {
-        rec.run(b, n, h_prev, hgp);
-        unit_pass(t, n, rec.begin(b), rec.end(b), rec.gate_ptr(b, hgp), rec.gate_stride(b),
-                  h_prev, h_next);
-      }
-    });
-    std::swap(h_prev, h_next);
-  }
-  if (h_prev != h_state.mutable_data_ptr<scalar_t>()) h_state.copy_(spare);
 }
 
 struct InputAndWeightGrads {

@@ -32,25 +32,31 @@ void rnn_forward_impl(const RnnShapes& sh, bool relu, const at::Tensor& x,
                       at::Tensor& out, at::Tensor& h_state) {
   using V = Vec<scalar_t>;
   const Schedule& s = sh.schedule;
-  const int64_t H = sh.hidden_size;
+  const int64_t H = sh.hidden_size, N = s.batch;
   scalar_t* outp = out.mutable_data_ptr<scalar_t>();
   input_projection<scalar_t>(x, w_ih, outp, H);
+  at::Tensor hg = at::empty({N, H}, x.options());
+  scalar_t* hgp = hg.mutable_data_ptr<scalar_t>();
+  scalar_t* hs = h_state.mutable_data_ptr<scalar_t>();
+  const scalar_t* whh = w_hh.const_data_ptr<scalar_t>();
   const scalar_t* bp = bias.const_data_ptr<scalar_t>();
   const V zero(scalar_t(0));
-  forward_steps<scalar_t>(s, 1, w_hh, h_state,
-      [&](int64_t t, int64_t n, int64_t j0, int64_t j1, const scalar_t* hg, int64_t,
-          const scalar_t*, scalar_t* h_next) {
-        scalar_t* o = outp + s.offsets[t] * H;
-        for (int64_t b = 0; b < n; ++b) {
-          for (int64_t j = j0; j < j1; j += V::size()) {
-            const int64_t cnt = std::min<int64_t>(V::size(), j1 - j), e = b * H + j;
-            const V pre = load(o + e, cnt) + load(hg + e, cnt) + load(bp + j, cnt);
-            const V h = relu ? at::vec::maximum(pre, zero) : fast_tanh(pre);
-            store(h, o + e, cnt);
-            store(h, h_next + e, cnt);
-          }
-        }
+  const RecurrentGemm<scalar_t> hidden_gemm(true, H, H, whh, H, N);
+  for (int64_t k = 0; k < s.steps(); ++k) {
+    const int64_t t = s.time_at(k), n = s.sizes[t], off = s.offsets[t];
+    // hg[:n] = h_state[:n] @ w_hh^T      [n, H] x [H, H]
+    hidden_gemm.run(n, hs, H, scalar_t(0), hgp, H);
+    scalar_t* o = outp + off * H;
+    for_each_row(n, 2 * H, [&](int64_t b) {
+      for_each_chunk<scalar_t>(H, [&](int64_t j, int64_t cnt) {
+        const int64_t e = b * H + j;
+        const V pre = load(o + e, cnt) + load(hgp + e, cnt) + load(bp + j, cnt);
+        const V h = relu ? at::vec::maximum(pre, zero) : fast_tanh(pre);
+        store(h, o + e, cnt);
+        store(h, hs + e, cnt);
       });
+    });
+  }
 }
 
 std::tuple<at::Tensor, at::Tensor> rnn_forward(
