@@ -1,88 +1,105 @@
-// LSTM forward pointwise step: gates from the hoisted input projection plus the
-// recurrent GEMM, cell update, and h = o * tanh(c), one thread per (row, unit).
-// Half types compute in fp32 and keep the cell state in fp32.
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-
+// LSTM per-step pointwise kernels: the forward gate activations and cell
+// update fused after the recurrent GEMM, and the backward gate gradients fused
+// before the dh GEMM. One thread per (row, unit); fp32 math for half types.
+#include "device.cuh"
 #include "lstm_pointwise.h"
 
 namespace gatedrnn {
 namespace kernels {
 namespace {
 
-template <typename T> struct Math { using type = float; };
-template <> struct Math<double> { using type = double; };
+using namespace dev;
 
-template <typename T> __device__ __forceinline__ typename Math<T>::type to_math(T v) {
-  return static_cast<typename Math<T>::type>(v);
-}
-template <> __device__ __forceinline__ float to_math(__half v) { return __half2float(v); }
-template <> __device__ __forceinline__ float to_math(__nv_bfloat16 v) {
-  return __bfloat162float(v);
-}
-
-template <typename T, typename M> __device__ __forceinline__ T from_math(M v) {
-  return static_cast<T>(v);
-}
-template <> __device__ __forceinline__ __half from_math(float v) { return __float2half(v); }
-template <> __device__ __forceinline__ __nv_bfloat16 from_math(float v) {
-  return __float2bfloat16(v);
-}
-
-template <typename M> __device__ __forceinline__ M sigmoid(M x) {
-  return M(1) / (M(1) + exp(-x));
-}
-
-template <typename scalar_t>
-__global__ void lstm_pointwise_forward_kernel(LstmPointwiseParams<scalar_t> p) {
-  using M = typename Math<scalar_t>::type;
+template <typename T>
+__global__ void lstm_forward_step_kernel(LstmForwardStepParams<T> p) {
+  using M = acc_t<T>;
   const int64_t H = p.hidden;
-  const int64_t total = p.rows * H;
-  for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < total;
-       e += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t b = e / H, j = e - b * H;
-    scalar_t* ws = p.workspace + b * 5 * H;
-    const scalar_t* hg = p.hidden_gates + b * 4 * H;
-    M pre[4];
+  GATEDRNN_FOR_EACH_ROW(b, p.rows) {
+    T* ws = p.workspace + b * 5 * H;
+    const M* xg = p.x_gates + b * p.x_ld;
+    const M* hg = p.hidden_gates + b * 4 * H;
+    GATEDRNN_FOR_EACH_COL(j, H) {
+      M pre[4];
 #pragma unroll
-    for (int gate = 0; gate < 4; ++gate) {
-      const int64_t o = gate * H + j;
-      pre[gate] = to_math(ws[o]) + to_math(hg[o]) + to_math(p.bias[o]);
+      for (int gate = 0; gate < 4; ++gate) {
+        const int64_t o = gate * H + j;
+        pre[gate] = xg[o] + hg[o] + load_or_zero(p.b_ih, o) + load_or_zero(p.b_hh, o);
+      }
+      const M i = sigmoid_(pre[0]), f = sigmoid_(pre[1]), g = tanh_(pre[2]),
+              o = sigmoid_(pre[3]);
+      M* cs = p.c_state + b * H + j;
+      const M c = f * *cs + i * g;
+      const M h = o * tanh_(c);
+      ws[j] = from_acc<T>(i);
+      ws[H + j] = from_acc<T>(f);
+      ws[2 * H + j] = from_acc<T>(g);
+      ws[3 * H + j] = from_acc<T>(o);
+      ws[4 * H + j] = from_acc<T>(c);
+      *cs = c;
+      const T hv = from_acc<T>(h);
+      p.h_out[b * p.h_out_ld + j] = hv;
+      if (p.h_state) p.h_state[b * H + j] = hv;
     }
-    const M i = sigmoid(pre[0]), f = sigmoid(pre[1]), g = tanh(pre[2]), o = sigmoid(pre[3]);
-    const M c = f * static_cast<M>(p.c_state[e]) + i * g;
-    const M h = o * tanh(c);
-    ws[j] = from_math<scalar_t>(i);
-    ws[H + j] = from_math<scalar_t>(f);
-    ws[2 * H + j] = from_math<scalar_t>(g);
-    ws[3 * H + j] = from_math<scalar_t>(o);
-    ws[4 * H + j] = from_math<scalar_t>(c);
-    p.c_state[e] = static_cast<float>(c);
-    p.h_out[b * p.h_out_ld + j] = from_math<scalar_t>(h);
+  }
+}
+
+template <typename T>
+__global__ void lstm_backward_step_kernel(LstmBackwardStepParams<T> p) {
+  using M = acc_t<T>;
+  const int64_t H = p.hidden, P = p.state;
+  const M one(1);
+  GATEDRNN_FOR_EACH_ROW(b, p.rows) {
+    const bool cont = b < p.from_seq;
+    const T* ws = p.workspace + b * 5 * H;
+    const T* cprev = cont ? p.workspace_prev + b * 5 * H + 4 * H : p.c0 + b * H;
+    T* dg = p.grad_gates + b * 4 * H;
+    GATEDRNN_FOR_EACH_COL(j, H) {
+      const M i = to_acc(ws[j]), f = to_acc(ws[H + j]), g = to_acc(ws[2 * H + j]),
+              o = to_acc(ws[3 * H + j]), c = to_acc(ws[4 * H + j]);
+      const M cp = to_acc(cprev[j]);
+      M dh = load_or_zero(p.grad_out, b * H + j);
+      if (p.grad_h) dh += p.grad_h[b * H + j];
+      const M tc = tanh_(c);
+      M* dcs = p.dc_state + b * H + j;
+      const M dc = *dcs + dh * o * (one - tc * tc);
+      dg[j] = from_acc<T>(dc * i * (one - i) * g);
+      dg[H + j] = from_acc<T>(dc * f * (one - f) * cp);
+      dg[2 * H + j] = from_acc<T>(dc * i * (one - g * g));
+      dg[3 * H + j] = from_acc<T>(dh * tc * o * (one - o));
+      *dcs = dc * f;
+      if (p.h_prev_out && j < P) {
+        p.h_prev_out[b * P + j] = cont ? p.out_prev[b * P + j] : p.h0[b * P + j];
+      }
+    }
   }
 }
 
 }  // namespace
 
-template <typename scalar_t>
-cudaError_t lstm_pointwise_forward(const LstmPointwiseParams<scalar_t>& p, cudaStream_t stream) {
-  const int64_t total = p.rows * p.hidden;
-  if (total == 0) return cudaSuccess;
-  constexpr int kThreads = 256;
-  const int64_t blocks = (total + kThreads - 1) / kThreads;
-  const int grid = static_cast<int>(blocks < 65535 ? blocks : 65535);
-  lstm_pointwise_forward_kernel<scalar_t><<<grid, kThreads, 0, stream>>>(p);
+template <typename T>
+cudaError_t lstm_forward_step(const LstmForwardStepParams<T>& p, cudaStream_t stream) {
+  if (p.rows <= 0 || p.hidden <= 0) return cudaSuccess;
+  const StepLaunch l = step_launch(p.rows, p.hidden);
+  lstm_forward_step_kernel<T><<<l.grid, l.block, 0, stream>>>(p);
   return cudaGetLastError();
 }
 
-template cudaError_t lstm_pointwise_forward<float>(const LstmPointwiseParams<float>&,
-                                                   cudaStream_t);
-template cudaError_t lstm_pointwise_forward<double>(const LstmPointwiseParams<double>&,
-                                                    cudaStream_t);
-template cudaError_t lstm_pointwise_forward<__half>(const LstmPointwiseParams<__half>&,
-                                                    cudaStream_t);
-template cudaError_t lstm_pointwise_forward<__nv_bfloat16>(
-    const LstmPointwiseParams<__nv_bfloat16>&, cudaStream_t);
+template <typename T>
+cudaError_t lstm_backward_step(const LstmBackwardStepParams<T>& p, cudaStream_t stream) {
+  if (p.rows <= 0 || p.hidden <= 0) return cudaSuccess;
+  const StepLaunch l = step_launch(p.rows, p.hidden);
+  lstm_backward_step_kernel<T><<<l.grid, l.block, 0, stream>>>(p);
+  return cudaGetLastError();
+}
+
+#define GATEDRNN_INSTANTIATE(T)                                                                \
+  template cudaError_t lstm_forward_step<T>(const LstmForwardStepParams<T>&, cudaStream_t);    \
+  template cudaError_t lstm_backward_step<T>(const LstmBackwardStepParams<T>&, cudaStream_t);
+GATEDRNN_INSTANTIATE(float)
+GATEDRNN_INSTANTIATE(double)
+GATEDRNN_INSTANTIATE(__half)
+GATEDRNN_INSTANTIATE(__nv_bfloat16)
+#undef GATEDRNN_INSTANTIATE
 
 }  // namespace kernels
 }  // namespace gatedrnn

@@ -1,0 +1,466 @@
+"""The CUDA path of every op (csrc/cuda/ + csrc/kernels/), skipped without a GPU.
+
+- parity with the CPU ops in float64 (outputs, final states, every gradient),
+  padded and packed, both directions, with and without biases, odd sizes;
+- parity with torch.nn (cuDNN) in float32 with TF32 off;
+- gradcheck in float64 on the GPU (padded, packed, reverse);
+- torch.library.opcheck of the forward and backward ops on CUDA tensors;
+- fp16/bf16: error against a float64 reference at most 2x torch.nn's own
+  error in that dtype (plus one unit of rounding at the tensor's scale);
+- both forward paths: the per-step path (GATEDRNN_PERSISTENT=0) and the
+  persistent kernel (GATEDRNN_PERSISTENT=1, which raises when the kernel
+  cannot run, so these tests know it ran).
+"""
+
+import pytest
+import torch
+
+import gatedrnn
+from conftest import (
+    CELLS,
+    as_leaves,
+    assert_results_close,
+    build_case,
+    is_lstm,
+    nonlinearity,
+    op_and_args,
+    op_forward,
+    run_nn,
+    run_ours,
+    tolerances,
+)
+
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+]
+
+DEVICE = "cuda"
+PERSISTENT_MAX_BATCH = 16  # kernels::kPersistentMaxBatch
+
+
+# --------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def no_tf32():
+    old = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+
+
+@pytest.fixture(params=["step", "persistent"])
+def path(request, monkeypatch):
+    """Which forward path the CUDA ops take (read by the op at every call)."""
+    monkeypatch.setenv("GATEDRNN_PERSISTENT", "1" if request.param == "persistent" else "0")
+    return request.param
+
+
+def persistent_supported(cell, N):
+    return cell != "lstm_proj" and N <= PERSISTENT_MAX_BATCH
+
+
+def skip_unsupported(path, cell, N):
+    if path == "persistent" and not persistent_supported(cell, N):
+        pytest.skip("the persistent kernel does not run this case (tested to raise below)")
+
+
+def to_device(tensors, device=DEVICE):
+    """Copies of the op tensors on ``device``; batch_sizes stays on the CPU."""
+    return {k: v.to(device) for k, v in tensors.items()}
+
+
+def to_cpu(results):
+    return {k: v.cpu() for k, v in results.items()}
+
+
+# (T, N, I, H, P): T=1, N=1, H=1, H=33 (not a multiple of 8/32), N=16 (the
+# persistent kernel's limit), N=17 (beyond it), P < H for lstm_proj.
+SHAPES = [
+    (1, 1, 1, 1, 1),
+    (1, 3, 2, 4, 2),
+    (5, 3, 4, 33, 5),
+    (7, 1, 3, 8, 3),
+    (3, 4, 5, 2, 1),
+    (6, 16, 8, 20, 7),
+    (4, 17, 3, 6, 2),
+]
+
+
+def _ids(shape):
+    return "x".join(map(str, shape))
+
+
+# --------------------------------------------------------------------------
+# float64: the CUDA ops against the CPU ops
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("shape", SHAPES, ids=_ids)
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+def test_matches_cpu_float64(cell, shape, packed, reverse, bias, path):
+    T, N, I, H, P = shape
+    if cell == "lstm_proj" and H < 2:
+        pytest.skip("proj_size < hidden_size needs H >= 2")
+    skip_unsupported(path, cell, N)
+    _, tensors, batch_sizes = build_case(
+        cell, T, N, I, H, P, bias=bias, dtype=torch.float64, reverse=reverse, packed=packed
+    )
+    ref = run_ours(cell, tensors, batch_sizes, reverse)
+    ours = run_ours(cell, to_device(tensors), batch_sizes, reverse)
+    for k, v in ours.items():
+        assert v.device.type == "cuda", k
+    assert_results_close(to_cpu(ours), ref, **tolerances(torch.float64))
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+def test_long_sequence_matches_cpu_float64(cell, packed, reverse, path):
+    T, N, I, H, P = 48, 5, 6, 40, 7
+    skip_unsupported(path, cell, N)
+    _, tensors, batch_sizes = build_case(
+        cell, T, N, I, H, P, dtype=torch.float64, reverse=reverse, packed=packed
+    )
+    ref = run_ours(cell, tensors, batch_sizes, reverse)
+    ours = run_ours(cell, to_device(tensors), batch_sizes, reverse)
+    assert_results_close(to_cpu(ours), ref, **tolerances(torch.float64))
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("use", [("output",), ("h_n",), ("c_n",)], ids=lambda u: u[0])
+def test_backward_through_some_outputs(cell, use, path):
+    if use == ("c_n",) and not is_lstm(cell):
+        use = ("h_n",)
+    skip_unsupported(path, cell, 3)
+    _, tensors, batch_sizes = build_case(cell, 5, 3, 4, 6, 4, dtype=torch.float64, packed=True)
+    ref = run_ours(cell, tensors, batch_sizes, False, use=use)
+    ours = run_ours(cell, to_device(tensors), batch_sizes, False, use=use)
+    assert_results_close(to_cpu(ours), ref, **tolerances(torch.float64))
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_saturated_gates(cell, path):
+    """|pre-activations| up to ~100: no inf/nan from sigmoid/tanh on the GPU."""
+    skip_unsupported(path, cell, 3)
+    _, tensors, batch_sizes = build_case(cell, 4, 3, 5, 9, 4, dtype=torch.float64, packed=True)
+    tensors["input"] = tensors["input"] * 40.0
+    if not cell.startswith("rnn"):
+        tensors["h0"] = tensors["h0"] * 40.0
+    if is_lstm(cell):
+        tensors["c0"] = tensors["c0"] * 40.0
+    ref = run_ours(cell, tensors, batch_sizes, False)
+    for dtype in (torch.float64, torch.float32):
+        t = {k: v.to(dtype) for k, v in tensors.items()}
+        ours = to_cpu(run_ours(cell, to_device(t), batch_sizes, False))
+        for k, v in ours.items():
+            assert torch.isfinite(v).all(), (dtype, k)
+        if dtype == torch.float64:
+            assert_results_close(ours, ref, **tolerances(torch.float64))
+
+
+# --------------------------------------------------------------------------
+# float32: against torch.nn (cuDNN), TF32 off
+# --------------------------------------------------------------------------
+
+NN_SHAPES = [
+    pytest.param((6, 3, 5, 33, 7), dict(rtol=1e-5, atol=1e-5), id="6x3x5x33x7"),
+    pytest.param((1, 1, 1, 1, 1), dict(rtol=1e-5, atol=1e-5), id="1x1x1x1x1"),
+    # longer and wider: errors of the different summation orders add up
+    pytest.param((20, 8, 32, 64, 16), dict(rtol=5e-5, atol=5e-5), id="20x8x32x64x16"),
+]
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("shape,tol", NN_SHAPES)
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+def test_parity_with_cudnn_float32(cell, shape, tol, packed, reverse, path, no_tf32):
+    T, N, I, H, P = shape
+    if cell == "lstm_proj" and H < 2:
+        pytest.skip("proj_size < hidden_size needs H >= 2")
+    skip_unsupported(path, cell, N)
+    module, tensors, batch_sizes = build_case(
+        cell, T, N, I, H, P, dtype=torch.float32, reverse=reverse, packed=packed, device=DEVICE
+    )
+    ours = run_ours(cell, tensors, batch_sizes, reverse)
+    ref = run_nn(cell, module, tensors, batch_sizes, reverse)
+    assert_results_close(ours, ref, **tol)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "lstm_proj", "gru", "rnn_tanh"])
+def test_module_parity_cuda(cell, path, no_tf32):
+    """gatedrnn.LSTM/GRU/RNN (2 layers, bidirectional, packed) on the GPU
+    against torch.nn with the same state_dict, float64."""
+    skip_unsupported(path, cell, 4)
+    kw = dict(num_layers=2, bidirectional=True, dtype=torch.float64, device=DEVICE)
+    if is_lstm(cell):
+        kw["proj_size"] = 3 if cell == "lstm_proj" else 0
+        ref_m, ours_m = torch.nn.LSTM(5, 6, **kw), gatedrnn.LSTM(5, 6, **kw)
+    elif cell == "gru":
+        ref_m, ours_m = torch.nn.GRU(5, 6, **kw), gatedrnn.GRU(5, 6, **kw)
+    else:
+        ref_m, ours_m = torch.nn.RNN(5, 6, **kw), gatedrnn.RNN(5, 6, **kw)
+    ours_m.load_state_dict(ref_m.state_dict())
+    x = torch.randn(7, 4, 5, dtype=torch.float64, device=DEVICE)
+    lengths = torch.tensor([7, 5, 5, 2])
+    results = []
+    for m in (ours_m, ref_m):
+        xi = x.clone().requires_grad_()
+        packed = torch.nn.utils.rnn.pack_padded_sequence(xi, lengths)
+        out, state = m(packed)
+        states = state if isinstance(state, tuple) else (state,)
+        loss = (out.data * torch.linspace(-1, 1, out.data.numel(), dtype=out.data.dtype,
+                                          device=DEVICE).view_as(out.data)).sum()
+        loss = loss + sum((s * 0.5).sum() for s in states)
+        grads = torch.autograd.grad(loss, [xi, *m.parameters()])
+        results.append((out.data.detach(), [s.detach() for s in states], grads))
+    (o1, s1, g1), (o2, s2, g2) = results
+    torch.testing.assert_close(o1, o2, **tolerances(torch.float64))
+    for a, b in zip(s1, s2):
+        torch.testing.assert_close(a, b, **tolerances(torch.float64))
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(a, b, **tolerances(torch.float64))
+
+
+# --------------------------------------------------------------------------
+# gradcheck and opcheck on the GPU
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+def test_gradcheck_cuda(cell, packed, reverse, path):
+    skip_unsupported(path, cell, 3)
+    _, tensors, batch_sizes = build_case(
+        cell, 3, 3, 2, 3, 2, dtype=torch.float64, reverse=reverse, packed=packed, device=DEVICE
+    )
+    names = list(tensors)
+    leaves = tuple(tensors[k].detach().clone().requires_grad_() for k in names)
+
+    def fn(*args):
+        t = dict(zip(names, args))
+        return op_forward(cell, t["input"], batch_sizes, t["h0"], t.get("c0"), t, reverse)
+
+    assert torch.autograd.gradcheck(fn, leaves, eps=1e-6, atol=1e-7, rtol=1e-5)
+
+
+def _backward_call(cell, tensors, batch_sizes, reverse):
+    """(backward op, args) with random incoming gradients, on the tensors' device."""
+    op, args = op_and_args(cell, tensors, batch_sizes, reverse)
+    with torch.no_grad():
+        res = op(*args)
+    g = torch.Generator().manual_seed(7)
+
+    def rnd(t):
+        return torch.randn(t.shape, generator=g, dtype=torch.float64).to(t)
+
+    t = tensors
+    ops = torch.ops.gatedrnn
+    if is_lstm(cell):
+        out, h_n, c_n, ws = res
+        return ops.lstm_backward, (
+            rnd(out), rnd(h_n), rnd(c_n), t["input"], batch_sizes, t["h0"], t["c0"],
+            t["w_ih"], t["w_hh"], t.get("w_hr"), out, ws, reverse,
+        )
+    if cell == "gru":
+        out, h_n, ws = res
+        return ops.gru_backward, (
+            rnd(out), rnd(h_n), t["input"], batch_sizes, t["h0"], t["w_ih"], t["w_hh"],
+            out, ws, reverse,
+        )
+    out, h_n = res
+    return ops.rnn_backward, (
+        rnd(out), rnd(h_n), t["input"], batch_sizes, t["h0"], t["w_ih"], t["w_hh"], out,
+        nonlinearity(cell), reverse,
+    )
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+def test_opcheck_cuda(cell, dtype, packed, reverse, no_tf32):
+    _, tensors, batch_sizes = build_case(
+        cell, 3, 3, 4, 5, 3, dtype=dtype, packed=packed, reverse=reverse, device=DEVICE
+    )
+    op, args = op_and_args(cell, as_leaves(tensors), batch_sizes, reverse)
+    torch.library.opcheck(op, args)
+    op, bw_args = _backward_call(cell, tensors, batch_sizes, reverse)
+    torch.library.opcheck(
+        op, bw_args, test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_dynamic")
+    )
+
+
+# --------------------------------------------------------------------------
+# fp16 / bf16: at most 2x torch.nn's error against a float64 reference
+# --------------------------------------------------------------------------
+
+LOW = [
+    pytest.param(torch.float16, id="f16"),
+    pytest.param(torch.bfloat16, id="bf16"),
+]
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("dtype", LOW)
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+def test_low_precision_error_vs_torch_nn(cell, dtype, packed, reverse, path):
+    T, N, I, H, P = 12, 4, 16, 32, 8
+    skip_unsupported(path, cell, N)
+    module, tensors, batch_sizes = build_case(
+        cell, T, N, I, H, P, dtype=torch.float64, reverse=reverse, packed=packed, device=DEVICE
+    )
+    # Round everything to the low dtype once; the float64 reference runs on
+    # exactly those values, so only the computation's own error is measured.
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(p.to(dtype).to(torch.float64))
+    rounded = {k: v.to(dtype).to(torch.float64) for k, v in tensors.items()}
+    ref = run_nn(cell, module, rounded, batch_sizes, reverse)
+
+    low = {k: v.to(dtype) for k, v in rounded.items()}
+    ours = run_ours(cell, low, batch_sizes, reverse)
+    module.to(dtype)  # in place
+    theirs = run_nn(cell, module, low, batch_sizes, reverse)
+
+    eps = torch.finfo(dtype).eps
+    for k in ref:
+        r = ref[k].double()
+        e_ours = (ours[k].double() - r).abs().max().item()
+        e_nn = (theirs[k].double() - r).abs().max().item()
+        scale = max(1.0, r.abs().max().item())
+        assert ours[k].dtype == dtype, k
+        assert e_ours <= 2 * e_nn + eps * scale, (
+            f"{k}: error {e_ours:.3g} vs torch.nn {e_nn:.3g} (scale {scale:.3g})")
+
+
+# --------------------------------------------------------------------------
+# the two forward paths
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh", "rnn_relu"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16,
+                                   torch.bfloat16], ids=["f32", "f64", "f16", "bf16"])
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+@pytest.mark.parametrize("N,H", [(1, 1), (3, 33), (4, 200), (16, 64)], ids=lambda v: str(v))
+def test_persistent_matches_step_path(cell, dtype, packed, reverse, N, H, monkeypatch,
+                                      no_tf32):
+    """Forced persistent kernel vs the per-step path: same forward results
+    (workspace included, so the backward after either is the same)."""
+    _, tensors, batch_sizes = build_case(
+        cell, 9, N, 7, H, H, dtype=torch.float64, packed=packed, reverse=reverse
+    )
+    t = {k: v.to(DEVICE, dtype) for k, v in tensors.items()}
+    op, args = op_and_args(cell, t, batch_sizes, reverse)
+    results = {}
+    for mode in ("0", "1"):
+        monkeypatch.setenv("GATEDRNN_PERSISTENT", mode)
+        with torch.no_grad():
+            results[mode] = [r.double().cpu() for r in op(*args)]
+    # The paths round differently (the per-step path rounds h @ w_hh^T to the
+    # dtype before the pointwise pass, the persistent kernel keeps it in fp32):
+    # loose enough for that, far tighter than a logic error.
+    tol = {torch.float64: 1e-12, torch.float32: 2e-5, torch.float16: 1e-2,
+           torch.bfloat16: 6e-2}[dtype]
+    for a, b in zip(results["1"], results["0"]):
+        torch.testing.assert_close(a, b, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("case", ["proj", "batch", "too_big"])
+def test_forced_persistent_raises_when_it_cannot_run(case, monkeypatch):
+    monkeypatch.setenv("GATEDRNN_PERSISTENT", "1")
+    if case == "proj":
+        cell, N, H = "lstm_proj", 2, 5
+    elif case == "batch":
+        cell, N, H = "gru", PERSISTENT_MAX_BATCH + 1, 5
+    else:  # float64 LSTM weights (4*H*H*8 bytes = 128 MiB) beyond any GPU's shared memory
+        cell, N, H = "lstm", 2, 2048
+    _, tensors, batch_sizes = build_case(cell, 2, N, 3, H, 3, dtype=torch.float64,
+                                         device=DEVICE)
+    op, args = op_and_args(cell, tensors, batch_sizes, False)
+    with pytest.raises(RuntimeError, match="persistent kernel cannot run"):
+        op(*args)
+    monkeypatch.setenv("GATEDRNN_PERSISTENT", "auto")  # falls back to the per-step path
+    op(*args)
+
+
+def test_bad_persistent_setting(monkeypatch):
+    monkeypatch.setenv("GATEDRNN_PERSISTENT", "sometimes")
+    _, tensors, batch_sizes = build_case("gru", 2, 2, 3, 4, 3, device=DEVICE)
+    op, args = op_and_args("gru", tensors, batch_sizes, False)
+    with pytest.raises(ValueError, match="GATEDRNN_PERSISTENT"):
+        op(*args)
+
+
+# --------------------------------------------------------------------------
+# streams, devices, bad input
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cell", ["lstm", "lstm_proj", "gru", "rnn_tanh"])
+def test_side_stream(cell, path):
+    """The ops run on the current stream: results computed on a side stream
+    equal those on the default stream."""
+    skip_unsupported(path, cell, 3)
+    _, tensors, batch_sizes = build_case(cell, 6, 3, 4, 12, 5, dtype=torch.float64,
+                                         packed=True, device=DEVICE)
+    ref = run_ours(cell, tensors, batch_sizes, False)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        ours = run_ours(cell, tensors, batch_sizes, False)
+    torch.cuda.current_stream().wait_stream(stream)
+    assert_results_close(ours, ref, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh"])
+def test_second_device(cell, path):
+    """Tensors on cuda:1 while cuda:0 is current: the device guard."""
+    _, tensors, batch_sizes = build_case(cell, 5, 3, 4, 8, 5, dtype=torch.float64, packed=True)
+    ref = run_ours(cell, tensors, batch_sizes, False)
+    ours = run_ours(cell, to_device(tensors, "cuda:1"), batch_sizes, False)
+    for v in ours.values():
+        assert v.device == torch.device("cuda:1")
+    assert_results_close(to_cpu(ours), ref, **tolerances(torch.float64))
+
+
+def test_batch_sizes_on_gpu_is_rejected():
+    _, tensors, batch_sizes = build_case("lstm", 3, 3, 2, 4, 2, packed=True, device=DEVICE)
+    op, args = op_and_args("lstm", tensors, batch_sizes.to(DEVICE), False)
+    with pytest.raises((RuntimeError, ValueError), match="batch_sizes"):
+        op(*args)
+
+
+def test_mixed_devices_are_rejected():
+    _, tensors, batch_sizes = build_case("gru", 3, 3, 2, 4, 2, device=DEVICE)
+    tensors["w_hh"] = tensors["w_hh"].cpu()
+    op, args = op_and_args("gru", tensors, batch_sizes, False)
+    with pytest.raises(RuntimeError, match="w_hh"):
+        op(*args)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_relu"])
+def test_noncontiguous_inputs(cell, path):
+    """Strided input, states and weights give the results of contiguous copies."""
+    skip_unsupported(path, cell, 3)
+    _, tensors, batch_sizes = build_case(cell, 5, 3, 4, 6, 3, dtype=torch.float64,
+                                         device=DEVICE)
+    strided = {k: (v.t().contiguous().t() if v.dim() == 2 else
+                   v.transpose(0, 1).contiguous().transpose(0, 1) if v.dim() == 3 else v)
+               for k, v in tensors.items()}
+    ref = run_ours(cell, tensors, batch_sizes, False)
+    ours = run_ours(cell, strided, batch_sizes, False)
+    assert_results_close(ours, ref, **tolerances(torch.float64))
