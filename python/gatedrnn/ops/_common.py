@@ -19,3 +19,14 @@ def zeros_if_none(grad, like: torch.Tensor) -> torch.Tensor:
 def grad_if(given, grad):
     """The gradient of an optional input: None when the input was None."""
     return grad if given is not None else None
+
+
+def fake_backward_grads(input, states, w_ih, w_hh):
+    """Fake results common to the *_backward ops: grad_input, one grad per initial state,
+    grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh (LSTM appends grad_w_hr)."""
+    gates = w_ih.shape[0]
+    grads = [torch.empty_like(input, memory_format=torch.contiguous_format)]
+    grads += [torch.empty_like(s, memory_format=torch.contiguous_format) for s in states]
+    grads += [w_ih.new_empty(w_ih.shape), w_hh.new_empty(w_hh.shape),
+              w_ih.new_empty((gates,)), w_ih.new_empty((gates,))]
+    return grads

@@ -1,7 +1,7 @@
 """torch.library registrations for gatedrnn::gru_forward / gru_backward."""
 import torch
 
-from ._common import flat_rows, output_like, zeros_if_none
+from ._common import fake_backward_grads, flat_rows, output_like, zeros_if_none
 
 
 @torch.library.register_fake("gatedrnn::gru_forward")
@@ -14,15 +14,7 @@ def _gru_forward_fake(input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, reverse):
 @torch.library.register_fake("gatedrnn::gru_backward")
 def _gru_backward_fake(grad_output, grad_h_n, input, batch_sizes, h0, w_ih, w_hh, output,
                        workspace, reverse):
-    gates = w_ih.shape[0]
-    return (
-        torch.empty_like(input, memory_format=torch.contiguous_format),
-        torch.empty_like(h0, memory_format=torch.contiguous_format),
-        w_ih.new_empty(w_ih.shape),
-        w_hh.new_empty(w_hh.shape),
-        w_ih.new_empty((gates,)),
-        w_ih.new_empty((gates,)),
-    )
+    return tuple(fake_backward_grads(input, (h0,), w_ih, w_hh))
 
 
 def _setup_context(ctx, inputs, output):

@@ -1,7 +1,7 @@
 """torch.library registrations for gatedrnn::lstm_forward / lstm_backward."""
 import torch
 
-from ._common import flat_rows, grad_if, output_like, zeros_if_none
+from ._common import fake_backward_grads, flat_rows, grad_if, output_like, zeros_if_none
 
 
 @torch.library.register_fake("gatedrnn::lstm_forward")
@@ -15,17 +15,8 @@ def _lstm_forward_fake(input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
 @torch.library.register_fake("gatedrnn::lstm_backward")
 def _lstm_backward_fake(grad_output, grad_h_n, grad_c_n, input, batch_sizes, h0, c0, w_ih, w_hh,
                         w_hr, output, workspace, reverse):
-    gates = w_ih.shape[0]
-    return (
-        torch.empty_like(input, memory_format=torch.contiguous_format),
-        torch.empty_like(h0, memory_format=torch.contiguous_format),
-        torch.empty_like(c0, memory_format=torch.contiguous_format),
-        w_ih.new_empty(w_ih.shape),
-        w_hh.new_empty(w_hh.shape),
-        w_ih.new_empty((gates,)),
-        w_ih.new_empty((gates,)),
-        w_ih.new_empty(w_hr.shape if w_hr is not None else (0,)),
-    )
+    grad_w_hr = w_ih.new_empty(w_hr.shape if w_hr is not None else (0,))
+    return (*fake_backward_grads(input, (h0, c0), w_ih, w_hh), grad_w_hr)
 
 
 def _setup_context(ctx, inputs, output):

@@ -1,7 +1,7 @@
 """torch.library registrations for gatedrnn::rnn_forward / rnn_backward (tanh and relu)."""
 import torch
 
-from ._common import output_like, zeros_if_none
+from ._common import fake_backward_grads, output_like, zeros_if_none
 
 
 @torch.library.register_fake("gatedrnn::rnn_forward")
@@ -12,15 +12,7 @@ def _rnn_forward_fake(input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, nonlineari
 @torch.library.register_fake("gatedrnn::rnn_backward")
 def _rnn_backward_fake(grad_output, grad_h_n, input, batch_sizes, h0, w_ih, w_hh, output,
                        nonlinearity, reverse):
-    hidden = w_ih.shape[0]
-    return (
-        torch.empty_like(input, memory_format=torch.contiguous_format),
-        torch.empty_like(h0, memory_format=torch.contiguous_format),
-        w_ih.new_empty(w_ih.shape),
-        w_hh.new_empty(w_hh.shape),
-        w_ih.new_empty((hidden,)),
-        w_ih.new_empty((hidden,)),
-    )
+    return tuple(fake_backward_grads(input, (h0,), w_ih, w_hh))
 
 
 def _setup_context(ctx, inputs, output):
