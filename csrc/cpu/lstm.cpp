@@ -86,7 +86,7 @@ void lstm_forward_impl(const RnnShapes& sh, const at::Tensor& x, const at::Tenso
                                   nullptr);
       // out[off:off+n] = hp[:n] @ w_hr^T   [n, H] x [H, P]
       proj_gemm.run(n, hpp, H, scalar_t(0), outp + off * P, P);
-      std::memcpy(hs, outp + off * P, sizeof(scalar_t) * n * P);
+      if (n > 0) std::memcpy(hs, outp + off * P, sizeof(scalar_t) * n * P);
     }
   }
 }
