@@ -87,6 +87,15 @@ inline StepLaunch step_launch(int64_t rows, int64_t cols) {
   return l;
 }
 
+// Launches a per-step kernel over p.rows x p.hidden elements on the caller's stream.
+template <typename Params>
+cudaError_t launch_step(void (*kernel)(Params), const Params& p, cudaStream_t stream) {
+  if (p.rows <= 0 || p.hidden <= 0) return cudaSuccess;
+  const StepLaunch l = step_launch(p.rows, p.hidden);
+  kernel<<<l.grid, l.block, 0, stream>>>(p);
+  return cudaGetLastError();
+}
+
 // Grid-stride loops over the rows and columns of a StepLaunch.
 #define GATEDRNN_FOR_EACH_ROW(b, rows)                                                  \
   for (int64_t b = int64_t(blockIdx.y) * blockDim.y + threadIdx.y; b < (rows);         \

@@ -73,18 +73,12 @@ __global__ void gru_backward_step_kernel(GruBackwardStepParams<T> p) {
 
 template <typename T>
 cudaError_t gru_forward_step(const GruForwardStepParams<T>& p, cudaStream_t stream) {
-  if (p.rows <= 0 || p.hidden <= 0) return cudaSuccess;
-  const StepLaunch l = step_launch(p.rows, p.hidden);
-  gru_forward_step_kernel<T><<<l.grid, l.block, 0, stream>>>(p);
-  return cudaGetLastError();
+  return launch_step(gru_forward_step_kernel<T>, p, stream);
 }
 
 template <typename T>
 cudaError_t gru_backward_step(const GruBackwardStepParams<T>& p, cudaStream_t stream) {
-  if (p.rows <= 0 || p.hidden <= 0) return cudaSuccess;
-  const StepLaunch l = step_launch(p.rows, p.hidden);
-  gru_backward_step_kernel<T><<<l.grid, l.block, 0, stream>>>(p);
-  return cudaGetLastError();
+  return launch_step(gru_backward_step_kernel<T>, p, stream);
 }
 
 #define GATEDRNN_INSTANTIATE(T)                                                              \

@@ -78,18 +78,12 @@ __global__ void lstm_backward_step_kernel(LstmBackwardStepParams<T> p) {
 
 template <typename T>
 cudaError_t lstm_forward_step(const LstmForwardStepParams<T>& p, cudaStream_t stream) {
-  if (p.rows <= 0 || p.hidden <= 0) return cudaSuccess;
-  const StepLaunch l = step_launch(p.rows, p.hidden);
-  lstm_forward_step_kernel<T><<<l.grid, l.block, 0, stream>>>(p);
-  return cudaGetLastError();
+  return launch_step(lstm_forward_step_kernel<T>, p, stream);
 }
 
 template <typename T>
 cudaError_t lstm_backward_step(const LstmBackwardStepParams<T>& p, cudaStream_t stream) {
-  if (p.rows <= 0 || p.hidden <= 0) return cudaSuccess;
-  const StepLaunch l = step_launch(p.rows, p.hidden);
-  lstm_backward_step_kernel<T><<<l.grid, l.block, 0, stream>>>(p);
-  return cudaGetLastError();
+  return launch_step(lstm_backward_step_kernel<T>, p, stream);
 }
 
 #define GATEDRNN_INSTANTIATE(T)                                                                \

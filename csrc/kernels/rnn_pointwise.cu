@@ -49,18 +49,12 @@ __global__ void rnn_backward_step_kernel(RnnBackwardStepParams<T> p) {
 
 template <typename T>
 cudaError_t rnn_forward_step(const RnnForwardStepParams<T>& p, cudaStream_t stream) {
-  if (p.rows <= 0 || p.hidden <= 0) return cudaSuccess;
-  const StepLaunch l = step_launch(p.rows, p.hidden);
-  rnn_forward_step_kernel<T><<<l.grid, l.block, 0, stream>>>(p);
-  return cudaGetLastError();
+  return launch_step(rnn_forward_step_kernel<T>, p, stream);
 }
 
 template <typename T>
 cudaError_t rnn_backward_step(const RnnBackwardStepParams<T>& p, cudaStream_t stream) {
-  if (p.rows <= 0 || p.hidden <= 0) return cudaSuccess;
-  const StepLaunch l = step_launch(p.rows, p.hidden);
-  rnn_backward_step_kernel<T><<<l.grid, l.block, 0, stream>>>(p);
-  return cudaGetLastError();
+  return launch_step(rnn_backward_step_kernel<T>, p, stream);
 }
 
 #define GATEDRNN_INSTANTIATE(T)                                                              \
