@@ -1,11 +1,15 @@
 #pragma once
-// Direct BLAS GEMM for the time loop: no Tensor, no allocation, no dispatcher.
+// Direct BLAS GEMM: no allocation and no dispatcher call, so it can sit in the time
+// loop; and cut into fixed blocks so results do not depend on the thread count.
 // libtorch_cpu exports the Fortran BLAS symbols of the BLAS it was built with
 // (MKL on x86-64 wheels, OpenBLAS on Arm), so we bind to them directly.
 #include <algorithm>
 #include <cstdint>
 #include <limits>
 
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/zeros.h>
 #include <c10/util/Exception.h>
 
 extern "C" {
@@ -40,13 +44,31 @@ inline void fortran_gemm(const char* ta, const char* tb, const int* m, const int
   dgemm_(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
 }
 
-// Row-major C[m, n] = alpha * op(A)[m, k] @ op(B)[k, n] + beta * C.
+// While alive, BLAS calls made on this thread run on this thread only. With MKL
+// (x86-64 torch wheels) a multi-threaded GEMM may split the k sum across threads, and
+// the split, hence the rounding, changes with the thread count.
+extern "C" int MKL_Set_Num_Threads_Local(int nthreads) __attribute__((weak));
+
+class SerialBlas {
+ public:
+  SerialBlas() : previous_(MKL_Set_Num_Threads_Local ? MKL_Set_Num_Threads_Local(1) : 0) {}
+  ~SerialBlas() {
+    if (MKL_Set_Num_Threads_Local) MKL_Set_Num_Threads_Local(previous_);
+  }
+  SerialBlas(const SerialBlas&) = delete;
+  SerialBlas& operator=(const SerialBlas&) = delete;
+
+ private:
+  int previous_;
+};
+
+// One BLAS call, row-major: C[m, n] = alpha * op(A)[m, k] @ op(B)[k, n] + beta * C.
 // trans_a: A is stored [k, m] (row-major, leading dim lda) and used transposed.
 // Row-major C = A B is column-major C^T = B^T A^T, hence the swapped operands.
 template <typename scalar_t>
-void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, scalar_t alpha,
-          const scalar_t* a, int64_t lda, const scalar_t* b, int64_t ldb, scalar_t beta,
-          scalar_t* c, int64_t ldc) {
+void blas_gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, scalar_t alpha,
+               const scalar_t* a, int64_t lda, const scalar_t* b, int64_t ldb, scalar_t beta,
+               scalar_t* c, int64_t ldc) {
   if (m == 0 || n == 0) return;
   const int mi = blas_int(m, "m"), ni = blas_int(n, "n"), ki = blas_int(k, "k");
   // BLAS rejects leading dimensions below 1 even for empty operands.
@@ -56,6 +78,84 @@ void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, scalar_t 
   const char ta = trans_a ? 'T' : 'N';
   const char tb = trans_b ? 'T' : 'N';
   fortran_gemm(&tb, &ta, &ni, &mi, &ki, &alpha, b, &ldb_i, a, &lda_i, &beta, c, &ldc_i);
+}
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// How a GEMM's C is cut into blocks: a function of the shape alone, never of the
+// thread count. Each block is one single-threaded BLAS call over the whole k, so
+// every element of C is summed in the same order whatever the number of threads.
+struct GemmBlocks {
+  int64_t m = 0, n = 0;    // C is [m, n]
+  int64_t mb = 0, nb = 0;  // block height and width
+  int64_t rows() const { return mb > 0 ? ceil_div(m, mb) : 0; }
+  int64_t cols() const { return nb > 0 ? ceil_div(n, nb) : 0; }
+  int64_t count() const { return rows() * cols(); }
+};
+
+// Blocks of at least ~2^19 multiply-adds (about 5 us on one core), at most 64 of them,
+// each side halved down to no less than 32. split_m = false keeps whole columns of C
+// (a packed B is tied to its m).
+inline GemmBlocks gemm_blocks(int64_t m, int64_t n, int64_t k, bool split_m = true) {
+  constexpr int64_t kBlockWork = int64_t(1) << 19, kMaxBlocks = 64, kMinSide = 32;
+  GemmBlocks g{m, n, m, n};
+  const int64_t wanted =
+      std::min(kMaxBlocks, std::max<int64_t>(1, m * n * std::max<int64_t>(k, 1) / kBlockWork));
+  while (g.count() < wanted) {
+    const bool can_n = g.nb >= 2 * kMinSide, can_m = split_m && g.mb >= 2 * kMinSide;
+    if (can_n && (g.nb >= g.mb || !can_m)) {
+      g.nb = ceil_div(ceil_div(g.nb, 2), 16) * 16;
+    } else if (can_m) {
+      g.mb = ceil_div(ceil_div(g.mb, 2), 16) * 16;
+    } else {
+      break;
+    }
+  }
+  return g;
+}
+
+// Calls block(i0, rows, j0, cols) for every block of C, spread over threads; each call
+// runs with single-threaded BLAS.
+template <typename F>
+void for_each_gemm_block(const GemmBlocks& g, const F& block) {
+  const int64_t count = g.count();
+  at::parallel_for(0, count, 1, [&](int64_t begin, int64_t end) {
+    const SerialBlas serial;
+    for (int64_t id = begin; id < end; ++id) {
+      const int64_t i0 = (id / g.cols()) * g.mb, j0 = (id % g.cols()) * g.nb;
+      block(i0, std::min(g.mb, g.m - i0), j0, std::min(g.nb, g.n - j0));
+    }
+  });
+}
+
+// Row-major C[m, n] = alpha * op(A)[m, k] @ op(B)[k, n] + beta * C, operands as in
+// blas_gemm. Bitwise identical results for any number of threads (see GemmBlocks).
+template <typename scalar_t>
+void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, scalar_t alpha,
+          const scalar_t* a, int64_t lda, const scalar_t* b, int64_t ldb, scalar_t beta,
+          scalar_t* c, int64_t ldc) {
+  if (m == 0 || n == 0) return;
+  for_each_gemm_block(gemm_blocks(m, n, k), [&](int64_t i0, int64_t mi, int64_t j0, int64_t ni) {
+    const scalar_t* ab = trans_a ? a + i0 : a + i0 * lda;
+    const scalar_t* bb = trans_b ? b + j0 * ldb : b + j0;
+    blas_gemm<scalar_t>(trans_a, trans_b, mi, ni, k, alpha, ab, lda, bb, ldb, beta,
+                        c + i0 * ldc + j0, ldc);
+  });
+}
+
+// op(a) @ op(b) of 2-D contiguous tensors as a new [m, n] tensor.
+template <typename scalar_t>
+at::Tensor matmul(const at::Tensor& a, bool trans_a, const at::Tensor& b, bool trans_b) {
+  TORCH_INTERNAL_ASSERT(a.dim() == 2 && b.dim() == 2 && a.is_contiguous() && b.is_contiguous());
+  const int64_t m = a.size(trans_a ? 1 : 0), k = a.size(trans_a ? 0 : 1);
+  const int64_t n = b.size(trans_b ? 0 : 1);
+  at::Tensor c = at::zeros({m, n}, a.options());
+  if (k > 0) {
+    gemm<scalar_t>(trans_a, trans_b, m, n, k, scalar_t(1), a.const_data_ptr<scalar_t>(),
+                   a.size(1), b.const_data_ptr<scalar_t>(), b.size(1), scalar_t(0),
+                   c.mutable_data_ptr<scalar_t>(), n);
+  }
+  return c;
 }
 
 }  // namespace gatedrnn

@@ -226,7 +226,10 @@ lstm_backward(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
   if (proj) {
     // hp = o * fast_tanh(c), recomputed from the workspace rather than stored.
     const at::Tensor o = ws.narrow(1, 3 * H, H), c = ws.narrow(1, 4 * H, H);
-    grad_w_hr = at::mm(dout.t(), o * c.tanh());
+    const at::Tensor hp = o * c.tanh();
+    AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), kBackward, [&] {
+      grad_w_hr = matmul<scalar_t>(dout, true, hp, false);
+    });
   }
   return {shaped_like_input(g.grad_input, input), dh_state, dc_state, g.grad_w_ih,
           g.grad_w_hh, g.grad_b_ih, g.grad_b_hh, grad_w_hr};

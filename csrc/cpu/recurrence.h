@@ -81,14 +81,19 @@ at::Tensor recurrent_weight_grad(const Schedule& s, const at::Tensor& dgates_h,
   const int64_t R = s.rows, N = s.batch, P = out.size(1);
   const bool all_full = std::all_of(s.sizes.begin(), s.sizes.end(),
                                     [&](int64_t n) { return n == N; });
-  if (R == 0) return at::zeros({dgates_h.size(1), P}, out.options());
+  const int64_t GH = dgates_h.size(1);
+  if (R == 0) return at::zeros({GH, P}, out.options());
   if (all_full) {
     // The first processed step (time 0, or T-1 in reverse) starts from h0.
     const int64_t first = s.reverse ? R - N : 0;
-    at::Tensor g = at::mm(dgates_h.narrow(0, first, N).t(), h0);
+    at::Tensor g = matmul<scalar_t>(dgates_h.narrow(0, first, N), true, h0, false);
     if (R > N) {
       const int64_t d_start = s.reverse ? 0 : N, h_start = s.reverse ? N : 0;
-      g.addmm_(dgates_h.narrow(0, d_start, R - N).t(), out.narrow(0, h_start, R - N));
+      // g += dgates_h[d_start : d_start+R-N]^T @ out[h_start : h_start+R-N]
+      gemm<scalar_t>(true, false, GH, P, R - N, scalar_t(1),
+                     dgates_h.const_data_ptr<scalar_t>() + d_start * GH, GH,
+                     out.const_data_ptr<scalar_t>() + h_start * P, P, scalar_t(1),
+                     g.mutable_data_ptr<scalar_t>(), P);
     }
     return g;
   }
@@ -104,14 +109,23 @@ at::Tensor recurrent_weight_grad(const Schedule& s, const at::Tensor& dgates_h,
     if (n > p.from_seq)
       std::memcpy(d + p.from_seq * P, p.row(p.from_seq), sizeof(scalar_t) * (n - p.from_seq) * P);
   }
-  return at::mm(dgates_h.t(), prev);
+  return matmul<scalar_t>(dgates_h, true, prev, false);
+}
+
+// Column sums of a contiguous [R, C] matrix as a GEMM with a row of ones, so they
+// too are split only across columns (ATen's sum splits the rows when C is small).
+template <typename scalar_t>
+at::Tensor column_sums(const at::Tensor& a) {
+  const at::Tensor ones = at::ones({1, a.size(0)}, a.options());
+  return matmul<scalar_t>(ones, false, a, false).view({a.size(1)});
 }
 
 struct InputAndWeightGrads {
   at::Tensor grad_input, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh;
 };
 
-// The large GEMMs after the time loop.
+// The large GEMMs after the time loop (all through gemm(), so that they too give the
+// same bits at any thread count).
 //   dgates_x: [R, G*H] gradient of the input-side pre-activations
 //   dgates_h: [R, G*H] gradient of the hidden-side pre-activations (may be dgates_x)
 //   x: [R, I], out: [R, P], h0: [N, P], w_ih: [G*H, I]
@@ -121,11 +135,12 @@ InputAndWeightGrads input_and_weight_grads(const Schedule& s, const at::Tensor& 
                                            const at::Tensor& out, const at::Tensor& h0,
                                            const at::Tensor& w_ih) {
   InputAndWeightGrads g;
-  g.grad_input = at::mm(dgates_x, w_ih);
-  g.grad_w_ih = at::mm(dgates_x.t(), x);
+  g.grad_input = matmul<scalar_t>(dgates_x, false, w_ih, false);
+  g.grad_w_ih = matmul<scalar_t>(dgates_x, true, x, false);
   g.grad_w_hh = recurrent_weight_grad<scalar_t>(s, dgates_h, out, h0);
-  g.grad_b_ih = dgates_x.sum(0);
-  g.grad_b_hh = dgates_x.is_same(dgates_h) ? g.grad_b_ih.clone() : dgates_h.sum(0);
+  g.grad_b_ih = column_sums<scalar_t>(dgates_x);
+  g.grad_b_hh =
+      dgates_x.is_same(dgates_h) ? g.grad_b_ih.clone() : column_sums<scalar_t>(dgates_h);
   return g;
 }
 

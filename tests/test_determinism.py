@@ -1,0 +1,125 @@
+"""Determinism and thread safety on the CPU.
+
+- Identical inputs give bitwise-identical outputs, final states and gradients, run
+  to run and for any number of threads: every GEMM is cut into blocks that depend
+  on its shape alone, each block one single-threaded BLAS call over the whole sum
+  (csrc/common/blas.h), and the pointwise passes work element by element.
+- Two threads training separate modules at the same time get the results each gets
+  alone, bit for bit; so do many threads running inference on one module.
+"""
+import threading
+
+import pytest
+import torch
+
+from _dropin_helpers import CELLS, lengths_for, make_module, make_x, run
+
+THREAD_COUNTS = (1, 2, 3)
+KINDS = ("padded", "packed_unsorted")
+# (T, N, I, H): small enough to be quick, large enough that the input projection,
+# the per-step GEMMs and the weight-gradient GEMMs are each cut into several blocks.
+SHAPES = [(5, 16, 200, 160), (4, 3, 700, 300)]
+
+
+@pytest.fixture
+def restore_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def training_job(cell, dtype, kind, shape, seed=0):
+    """A 2-layer bidirectional module and its input, built now (module initialization
+    draws from the global generator, which threads would share); returns a function
+    that runs forward and backward and returns every result as a dict."""
+    T, N, I, H = shape
+    torch.manual_seed(seed)
+    module = make_module(cell, True, I, H, num_layers=2, bidirectional=True, dtype=dtype,
+                         **({"proj_size": H // 2} if cell == "lstm_proj" else {}))
+    x = make_x(kind, False, t=T, n=N, i=I, dtype=dtype, seed=seed + 1)
+    return lambda: run(module, kind, x, lengths_for(kind, T, N))
+
+
+def train(cell, dtype, kind, shape, seed=0):
+    return training_job(cell, dtype, kind, shape, seed)()
+
+
+def assert_bitwise_equal(a: dict, b: dict):
+    assert sorted(a) == sorted(b)
+    for key in a:
+        if a[key] is None:
+            assert b[key] is None, key
+            continue
+        assert torch.equal(a[key], b[key]), (
+            f"{key}: max difference {(a[key] - b[key]).abs().max().item():.3g}")
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_bitwise_identical_run_to_run_and_across_thread_counts(cell, dtype, kind, shape,
+                                                                 restore_threads):
+    results = {}
+    for threads in THREAD_COUNTS:
+        torch.set_num_threads(threads)
+        results[threads] = train(cell, dtype, kind, shape)
+        assert_bitwise_equal(results[threads], train(cell, dtype, kind, shape))
+    for threads in THREAD_COUNTS[1:]:
+        assert_bitwise_equal(results[threads], results[THREAD_COUNTS[0]])
+
+
+def _in_threads(jobs):
+    """Runs every job in its own thread, all released at once; returns their results
+    and re-raises the first exception any of them raised."""
+    results, errors = [None] * len(jobs), []
+    barrier = threading.Barrier(len(jobs))
+
+    def work(i):
+        try:
+            barrier.wait()
+            results[i] = jobs[i]()
+        except BaseException as exc:  # noqa: BLE001  (re-raised below)
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(jobs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+        assert not t.is_alive(), "a worker thread hung"
+    if errors:
+        raise errors[0]
+    return results
+
+
+@pytest.mark.parametrize("cells", [("lstm", "gru"), ("lstm_proj", "rnn_relu"), ("gru", "gru")],
+                         ids="+".join)
+def test_two_threads_training_separate_modules_match_serial_runs(cells):
+    steps = [[training_job(c, torch.float32, kind, SHAPES[0], seed=k) for kind in KINDS]
+             for k, c in enumerate(cells)]
+    jobs = [lambda own=own: [step() for step in own for _ in range(3)] for own in steps]
+    serial = [job() for job in jobs]
+    for concurrent, alone in zip(_in_threads(jobs), serial):
+        for a, b in zip(concurrent, alone):
+            assert_bitwise_equal(a, b)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_many_threads_of_inference_on_one_module_match_a_serial_run(cell):
+    T, N, I, H = SHAPES[0]
+    torch.manual_seed(0)
+    module = make_module(cell, True, I, H, num_layers=2, bidirectional=True).eval()
+    inputs = [make_x("padded", False, t=T, n=N, i=I, dtype=torch.float32, seed=s)
+              for s in range(8)]
+
+    def infer(x):
+        with torch.no_grad():
+            return [run(module, "padded", x, backward=False, input_grad=False)
+                    for _ in range(5)]
+
+    serial = [infer(x) for x in inputs]
+    concurrent = _in_threads([lambda x=x: infer(x) for x in inputs])
+    for runs, alone in zip(concurrent, serial):
+        for a, b in zip(runs, alone):
+            assert_bitwise_equal(a, b)
