@@ -103,8 +103,10 @@ void rnn_backward_impl(const RnnShapes& sh, bool relu, const at::Tensor& grad_ou
         const int64_t e = b * H + j;
         const V h = load(op + off * H + e, cnt);
         const V d = load(go + off * H + e, cnt) + load(dhs + e, cnt);
-        const V deriv = relu ? V::blendv(zero, one, h > zero) : one - h * h;
-        store(d * deriv, dg + e, cnt);
+        // relu' selects rather than multiplies, as torch.nn does: a NaN output passes
+        // the gradient on, and an infinite gradient stops at h <= 0 instead of 0 * inf.
+        const V dpre = relu ? V::blendv(d, zero, h <= zero) : d * (one - h * h);
+        store(dpre, dg + e, cnt);
       });
     });
     // dh_state[:n] = dgates[off:off+n] @ w_hh      [n, H] x [H, H]

@@ -38,8 +38,10 @@ __global__ void rnn_backward_step_kernel(RnnBackwardStepParams<T> p) {
       const int64_t e = b * H + j;
       const M h = to_acc(p.output[e]);
       const M d = to_acc(p.grad_output[e]) + p.dh_state[e];
-      const M deriv = p.relu ? (h > M(0) ? one : M(0)) : one - h * h;
-      p.grad_gates[e] = from_acc<T>(d * deriv);
+      // relu' selects, as torch.nn does: NaN outputs pass d on, h <= 0 gives 0 even for
+      // an infinite d (no 0 * inf).
+      const M dpre = p.relu ? (h <= M(0) ? M(0) : d) : d * (one - h * h);
+      p.grad_gates[e] = from_acc<T>(dpre);
       if (p.h_prev_out) p.h_prev_out[e] = cont ? p.out_prev[e] : p.h0[e];
     }
   }
