@@ -6,6 +6,7 @@
 #include <c10/util/Optional.h>
 
 #include <cstdint>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -52,6 +53,11 @@ inline void check_shape(const char* op, const at::Tensor& t, const char* name,
                         at::IntArrayRef expected, const char* meaning) {
   TORCH_CHECK(t.sizes() == expected, op, ": expected ", name, " of shape ", expected,
               " (", meaning, "), got ", shape_str(t));
+}
+
+inline void check_blas_extent(const char* op, const char* what, int64_t extent) {
+  TORCH_CHECK(extent <= std::numeric_limits<int32_t>::max(), op, ": ", what, " = ", extent,
+              " exceeds 2147483647, the largest extent 32-bit BLAS indexing can address");
 }
 
 // Validates input/batch_sizes and builds the schedule.
@@ -118,9 +124,10 @@ inline RnnShapes check_rnn_args(const char* op, int64_t gates, const at::Tensor&
   check_same_dtype(op, input, w_hh, "w_hh");
   check_same_dtype(op, input, h0, "h0");
   if (c0) check_same_dtype(op, input, *c0, "c0");
-  TORCH_CHECK_VALUE(w_ih.dim() == 2, op, ": expected w_ih to be 2-D, got ", shape_str(w_ih));
-  TORCH_CHECK_VALUE(w_hh.dim() == 2, op, ": expected w_hh to be 2-D, got ", shape_str(w_hh));
-  TORCH_CHECK_VALUE(w_ih.size(0) % gates == 0 && w_ih.size(0) > 0, op,
+  TORCH_CHECK(w_ih.dim() == 2, op, ": expected w_ih to be 2-D, got ", shape_str(w_ih));
+  TORCH_CHECK(w_hh.dim() == 2, op, ": expected w_hh to be 2-D, got ", shape_str(w_hh));
+  // Weight shapes are RuntimeErrors, as in torch.nn (its kernels check them).
+  TORCH_CHECK(w_ih.size(0) % gates == 0 && w_ih.size(0) > 0, op,
                     ": expected w_ih to have ", gates, "*hidden_size rows, got ",
                     shape_str(w_ih));
   RnnShapes r;
@@ -130,13 +137,16 @@ inline RnnShapes check_rnn_args(const char* op, int64_t gates, const at::Tensor&
   r.state_size = H;
   if (w_hr.has_value() && w_hr->defined()) {
     check_same_dtype(op, input, *w_hr, "w_hr");
-    TORCH_CHECK_VALUE(w_hr->dim() == 2 && w_hr->size(1) == H && w_hr->size(0) > 0 &&
+    TORCH_CHECK(w_hr->dim() == 2 && w_hr->size(1) == H && w_hr->size(0) > 0 &&
                           w_hr->size(0) < H,
                       op, ": expected w_hr of shape [proj_size, hidden_size=", H,
                       "] with 0 < proj_size < hidden_size, got ", shape_str(*w_hr));
     r.state_size = w_hr->size(0);
   }
   const int64_t P = r.state_size;
+  TORCH_CHECK(w_hh.size(0) == w_ih.size(0), op, ": expected w_ih and w_hh to have the same ",
+              "number of rows (", gates, "*hidden_size), got w_ih ", shape_str(w_ih),
+              " and w_hh ", shape_str(w_hh));
   check_shape(op, w_hh, "w_hh", {gates * H, P}, "gates*hidden_size, hidden or proj size");
   const auto check_bias = [&](const c10::optional<at::Tensor>& b, const char* name) {
     if (!b.has_value() || !b->defined()) return;
@@ -151,6 +161,11 @@ inline RnnShapes check_rnn_args(const char* op, int64_t gates, const at::Tensor&
                     shape_str(input));
   check_shape(op, h0, "h0", {r.schedule.batch, P}, "batch, hidden or proj size");
   if (c0) check_shape(op, *c0, "c0", {r.schedule.batch, H}, "batch, hidden_size");
+  // Every extent below reaches BLAS as a 32-bit int (a size or a leading dimension);
+  // checked before anything is allocated, so an oversized call fails cleanly.
+  check_blas_extent(op, "input rows (T*N or sum(batch_sizes))", r.schedule.rows);
+  check_blas_extent(op, "input_size (input and w_ih)", r.input_size);
+  check_blas_extent(op, "(gates + 1) * hidden_size (w_ih)", (gates + 1) * H);
   return r;
 }
 

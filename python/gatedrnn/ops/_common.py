@@ -30,3 +30,19 @@ def fake_backward_grads(input, states, w_ih, w_hh):
     grads += [w_ih.new_empty(w_ih.shape), w_hh.new_empty(w_hh.shape),
               w_ih.new_empty((gates,)), w_ih.new_empty((gates,))]
     return grads
+
+
+def check_devices(op: str, input, batch_sizes, **tensors) -> None:
+    """The device checks of the real kernels, repeated in the fake ones.
+
+    A tensor on the meta device among CPU tensors sends the call to the fake
+    kernel (Meta outranks CPU in dispatch), which would otherwise return
+    uninitialized tensors as if it had computed something.
+    """
+    for name, t in tensors.items():
+        if t is not None and t.device != input.device:
+            raise RuntimeError(f"{op}: expected {name} on device {input.device} (the device of "
+                               f"input), got {t.device}")
+    if batch_sizes is not None and batch_sizes.device.type != "cpu":
+        raise ValueError(f"{op}: expected batch_sizes to be a 1-D int64 CPU tensor, got one "
+                         f"on {batch_sizes.device}")

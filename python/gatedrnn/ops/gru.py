@@ -1,11 +1,13 @@
 """torch.library registrations for gatedrnn::gru_forward / gru_backward."""
 import torch
 
-from ._common import fake_backward_grads, flat_rows, output_like, zeros_if_none
+from ._common import check_devices, fake_backward_grads, flat_rows, output_like, zeros_if_none
 
 
 @torch.library.register_fake("gatedrnn::gru_forward")
 def _gru_forward_fake(input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, reverse):
+    check_devices("gatedrnn.gru_forward", input, batch_sizes, h0=h0, w_ih=w_ih, w_hh=w_hh,
+                  b_ih=b_ih, b_hh=b_hh)
     hidden = w_ih.shape[0] // 3
     workspace = input.new_empty((flat_rows(input), 4 * hidden))
     return output_like(input, hidden), h0.new_empty(h0.shape), workspace
@@ -14,6 +16,9 @@ def _gru_forward_fake(input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, reverse):
 @torch.library.register_fake("gatedrnn::gru_backward")
 def _gru_backward_fake(grad_output, grad_h_n, input, batch_sizes, h0, w_ih, w_hh, output,
                        workspace, reverse):
+    check_devices("gatedrnn.gru_backward", input, batch_sizes, grad_output=grad_output,
+                  grad_h_n=grad_h_n, h0=h0, w_ih=w_ih, w_hh=w_hh, output=output,
+                  workspace=workspace)
     return tuple(fake_backward_grads(input, (h0,), w_ih, w_hh))
 
 
@@ -21,6 +26,9 @@ def _setup_context(ctx, inputs, output):
     input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, reverse = inputs
     out, _, workspace = output
     ctx.save_for_backward(input, batch_sizes, h0, w_ih, w_hh, out, workspace)
+    # Outputs without a gradient arrive as None rather than as zeros: autograd would
+    # otherwise allocate and clear a tensor the size of the workspace every backward.
+    ctx.set_materialize_grads(False)
     ctx.has_bias = (b_ih is not None, b_hh is not None)
     ctx.reverse = reverse
 

@@ -1,11 +1,13 @@
 """torch.library registrations for gatedrnn::lstm_forward / lstm_backward."""
 import torch
 
-from ._common import fake_backward_grads, flat_rows, grad_if, output_like, zeros_if_none
+from ._common import check_devices, fake_backward_grads, flat_rows, grad_if, output_like, zeros_if_none
 
 
 @torch.library.register_fake("gatedrnn::lstm_forward")
 def _lstm_forward_fake(input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse):
+    check_devices("gatedrnn.lstm_forward", input, batch_sizes, h0=h0, c0=c0, w_ih=w_ih,
+                  w_hh=w_hh, b_ih=b_ih, b_hh=b_hh, w_hr=w_hr)
     hidden = w_ih.shape[0] // 4
     state = w_hh.shape[1]
     workspace = input.new_empty((flat_rows(input), 5 * hidden))
@@ -15,6 +17,9 @@ def _lstm_forward_fake(input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
 @torch.library.register_fake("gatedrnn::lstm_backward")
 def _lstm_backward_fake(grad_output, grad_h_n, grad_c_n, input, batch_sizes, h0, c0, w_ih, w_hh,
                         w_hr, output, workspace, reverse):
+    check_devices("gatedrnn.lstm_backward", input, batch_sizes, grad_output=grad_output,
+                  grad_h_n=grad_h_n, grad_c_n=grad_c_n, h0=h0, c0=c0, w_ih=w_ih, w_hh=w_hh,
+                  w_hr=w_hr, output=output, workspace=workspace)
     grad_w_hr = w_ih.new_empty(w_hr.shape if w_hr is not None else (0,))
     return (*fake_backward_grads(input, (h0, c0), w_ih, w_hh), grad_w_hr)
 
@@ -23,6 +28,9 @@ def _setup_context(ctx, inputs, output):
     input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse = inputs
     out, _, _, workspace = output
     ctx.save_for_backward(input, batch_sizes, h0, c0, w_ih, w_hh, w_hr, out, workspace)
+    # Outputs without a gradient arrive as None rather than as zeros: autograd would
+    # otherwise allocate and clear a tensor the size of the workspace every backward.
+    ctx.set_materialize_grads(False)
     ctx.has_bias = (b_ih is not None, b_hh is not None)
     ctx.reverse = reverse
 
