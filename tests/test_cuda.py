@@ -464,3 +464,29 @@ def test_noncontiguous_inputs(cell, path):
     ref = run_ours(cell, tensors, batch_sizes, False)
     ours = run_ours(cell, strided, batch_sizes, False)
     assert_results_close(ours, ref, **tolerances(torch.float64))
+
+
+@pytest.fixture
+def deterministic(monkeypatch):
+    """torch.use_deterministic_algorithms(True), with the cuBLAS workspace setting it
+    requires (cuBLAS is only deterministic with a fixed workspace)."""
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    old = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    yield
+    torch.use_deterministic_algorithms(old)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["f32", "f16"])
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+def test_deterministic_mode_gives_identical_bits(cell, dtype, packed, path, deterministic):
+    """Our kernels use no atomics, so under torch.use_deterministic_algorithms(True)
+    two runs give the same bits (outputs, states and every gradient)."""
+    skip_unsupported(path, cell, 16)
+    _, tensors, batch_sizes = build_case(cell, 20, 16, 96, 80, 40, dtype=dtype, packed=packed,
+                                         device=DEVICE)
+    first = run_ours(cell, tensors, batch_sizes, False)
+    second = run_ours(cell, tensors, batch_sizes, False)
+    for key in first:
+        assert torch.equal(first[key], second[key]), key
