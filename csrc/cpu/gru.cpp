@@ -94,19 +94,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_forward(
   return {shaped_like_input(out, input), h_state, ws};
 }
 
+// Gradient buffer row (4H): dr, dz, dn * r, dn. The first 3H columns are the gradient of
+// the hidden-side pre-activations (W_h h + b_h), which the recurrent GEMM reads in place;
+// the input side is dr, dz, dn. Sharing dr and dz keeps one [R, 4H] buffer instead of two
+// [R, 3H] ones.
+constexpr int64_t kGradLd = 4;
+
 // dh: [n, H] total gradient w.r.t. this step's h; h_prev: the state each row started from.
-// Writes the pre-activation gradients of both GEMM sides and dh * z, the part
-// of dL/dh_prev that bypasses w_hh.
+// Writes the rows' gradient buffer and dh * z, the part of dL/dh_prev that bypasses w_hh.
 template <typename scalar_t>
 void gru_backward_rows(int64_t n, int64_t H, const scalar_t* dh, const scalar_t* ws,
-                       const PrevRows<scalar_t>& h_prev, scalar_t* dgx, scalar_t* dgh,
-                       scalar_t* dh_prev) {
+                       const PrevRows<scalar_t>& h_prev, scalar_t* dgates, scalar_t* dh_prev) {
   using V = Vec<scalar_t>;
   const V one(scalar_t(1));
-  for_each_row(n, 10 * H, [&](int64_t b) {
+  for_each_row(n, 8 * H, [&](int64_t b) {
     const scalar_t* g = ws + b * 4 * H;
-    scalar_t* dx = dgx + b * kGates * H;
-    scalar_t* dhh = dgh + b * kGates * H;
+    scalar_t* dg = dgates + b * kGradLd * H;
     const scalar_t* hp_row = h_prev.row(b);
     for_each_chunk<scalar_t>(H, [&](int64_t j, int64_t cnt) {
       const V r = load(g + j, cnt), z = load(g + H + j, cnt), nn = load(g + 2 * H + j, cnt),
@@ -116,12 +119,10 @@ void gru_backward_rows(int64_t n, int64_t H, const scalar_t* dh, const scalar_t*
       const V dn = d * (one - z) * (one - nn * nn);
       const V dz = d * (hp - nn) * z * (one - z);
       const V dr = dn * hn * r * (one - r);
-      store(dr, dx + j, cnt);
-      store(dz, dx + H + j, cnt);
-      store(dn, dx + 2 * H + j, cnt);
-      store(dr, dhh + j, cnt);
-      store(dz, dhh + H + j, cnt);
-      store(dn * r, dhh + 2 * H + j, cnt);
+      store(dr, dg + j, cnt);
+      store(dz, dg + H + j, cnt);
+      store(dn * r, dg + 2 * H + j, cnt);
+      store(dn, dg + 3 * H + j, cnt);
       store(d * z, dh_prev + b * H + j, cnt);
     });
   });
@@ -130,8 +131,7 @@ void gru_backward_rows(int64_t n, int64_t H, const scalar_t* dh, const scalar_t*
 template <typename scalar_t>
 void gru_backward_impl(const RnnShapes& sh, const at::Tensor& grad_out, const at::Tensor& w_hh,
                        const at::Tensor& ws, const at::Tensor& out, const at::Tensor& h0,
-                       at::Tensor& dh_state,
-                       at::Tensor& dgx, at::Tensor& dgh) {
+                       at::Tensor& dh_state, at::Tensor& dgates) {
   const Schedule& s = sh.schedule;
   const int64_t H = sh.hidden_size, N = s.batch;
   const scalar_t* go = grad_out.const_data_ptr<scalar_t>();
@@ -140,8 +140,7 @@ void gru_backward_impl(const RnnShapes& sh, const at::Tensor& grad_out, const at
   const scalar_t* h0p = h0.const_data_ptr<scalar_t>();
   const scalar_t* whh = w_hh.const_data_ptr<scalar_t>();
   scalar_t* dhs = dh_state.mutable_data_ptr<scalar_t>();
-  scalar_t* dgxp = dgx.mutable_data_ptr<scalar_t>();
-  scalar_t* dghp = dgh.mutable_data_ptr<scalar_t>();
+  scalar_t* dgp = dgates.mutable_data_ptr<scalar_t>();
   at::Tensor dh = at::empty({N, H}, ws.options());
   scalar_t* dhp = dh.mutable_data_ptr<scalar_t>();
   const RecurrentGemm<scalar_t> hidden_gemm(false, H, kGates * H, whh, H, N);
@@ -149,11 +148,35 @@ void gru_backward_impl(const RnnShapes& sh, const at::Tensor& grad_out, const at
     const int64_t t = s.time_at(k), n = s.sizes[t], off = s.offsets[t];
     for (int64_t e = 0; e < n * H; ++e) dhp[e] = go[off * H + e] + dhs[e];
     const PrevRows<scalar_t> h_prev = previous_rows(s, k, outp, H, h0p, H);
-    gru_backward_rows<scalar_t>(n, H, dhp, wsp + off * 4 * H, h_prev,
-                                dgxp + off * kGates * H, dghp + off * kGates * H, dhs);
-    // dh_state[:n] += dgh[off:off+n] @ w_hh      [n, 3H] x [3H, H]
-    hidden_gemm.run(n, dghp + off * kGates * H, kGates * H, scalar_t(1), dhs, H);
+    scalar_t* dg = dgp + off * kGradLd * H;
+    gru_backward_rows<scalar_t>(n, H, dhp, wsp + off * 4 * H, h_prev, dg, dhs);
+    // dh_state[:n] += dgates[off:off+n, 0:3H] @ w_hh      [n, 3H] x [3H, H]
+    hidden_gemm.run(n, dg, kGradLd * H, scalar_t(1), dhs, H);
   }
+}
+
+// The GEMMs after the loop, on the two column ranges of the gradient buffer.
+//   dgates: [R, 4H] (dr, dz, dn * r, dn), x: [R, I], out: [R, H], w_ih: [3H, I]
+template <typename scalar_t>
+InputAndWeightGrads gru_input_and_weight_grads(const Schedule& s, const at::Tensor& dgates,
+                                               const at::Tensor& x, const at::Tensor& out,
+                                               const at::Tensor& h0, const at::Tensor& w_ih) {
+  const int64_t H = dgates.size(1) / kGradLd, R = s.rows, I = x.size(1);
+  const at::Tensor d_hidden = dgates.narrow(1, 0, kGates * H);
+  const at::Tensor d_rz = dgates.narrow(1, 0, 2 * H), d_n = dgates.narrow(1, 3 * H, H);
+  InputAndWeightGrads g;
+  g.grad_w_hh = recurrent_weight_grad<scalar_t>(s, d_hidden, out, h0);
+  // grad_input = [dr, dz] @ w_ih[0:2H] + dn @ w_ih[2H:3H]
+  g.grad_input = matmul<scalar_t>(d_rz, false, w_ih.narrow(0, 0, 2 * H), false);
+  gemm<scalar_t>(false, false, R, I, H, scalar_t(1), d_n.const_data_ptr<scalar_t>(),
+                 kGradLd * H, w_ih.const_data_ptr<scalar_t>() + 2 * H * I, I, scalar_t(1),
+                 g.grad_input.mutable_data_ptr<scalar_t>(), I);
+  g.grad_w_ih = at::cat({matmul<scalar_t>(d_rz, true, x, false),
+                         matmul<scalar_t>(d_n, true, x, false)});
+  const at::Tensor sums = column_sums<scalar_t>(dgates);
+  g.grad_b_hh = sums.narrow(0, 0, kGates * H).clone();
+  g.grad_b_ih = at::cat({sums.narrow(0, 0, 2 * H), sums.narrow(0, 3 * H, H)});
+  return g;
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
@@ -174,12 +197,11 @@ gru_backward(const at::Tensor& grad_output, const at::Tensor& grad_h_n, const at
   const at::Tensor go = grad_output.contiguous().view({s.rows, H});
   const at::Tensor ws = workspace.contiguous(), h0c = h0.contiguous();
   at::Tensor dh_state = grad_h_n.contiguous().clone();
-  at::Tensor dgx = at::empty({s.rows, kGates * H}, opts);
-  at::Tensor dgh = at::empty({s.rows, kGates * H}, opts);
+  at::Tensor dgates = at::empty({s.rows, kGradLd * H}, opts);
   InputAndWeightGrads g;
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), kBackward, [&] {
-    gru_backward_impl<scalar_t>(sh, go, w_hh.contiguous(), ws, out, h0c, dh_state, dgx, dgh);
-    g = input_and_weight_grads<scalar_t>(s, dgx, dgh, x, out, h0c, w_ih.contiguous());
+    gru_backward_impl<scalar_t>(sh, go, w_hh.contiguous(), ws, out, h0c, dh_state, dgates);
+    g = gru_input_and_weight_grads<scalar_t>(s, dgates, x, out, h0c, w_ih.contiguous());
   });
   return {shaped_like_input(g.grad_input, input), dh_state, g.grad_w_ih, g.grad_w_hh,
           g.grad_b_ih, g.grad_b_hh};

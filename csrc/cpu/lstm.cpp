@@ -220,7 +220,7 @@ lstm_backward(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
   InputAndWeightGrads g;
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), kBackward, [&] {
     lstm_backward_impl<scalar_t>(sh, go, c0c, whh, whr, ws, dh_state, dc_state, dgates, dout);
-    g = input_and_weight_grads<scalar_t>(s, dgates, dgates, x, out, h0c, w_ih.contiguous());
+    g = input_and_weight_grads<scalar_t>(s, dgates, x, out, h0c, w_ih.contiguous());
   });
   at::Tensor grad_w_hr = at::empty({0}, opts);
   if (proj) {

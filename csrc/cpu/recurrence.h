@@ -72,7 +72,8 @@ PrevRows<scalar_t> previous_rows(const Schedule& s, int64_t k, const scalar_t* s
 }
 
 // grad_w_hh = sum over steps of dgates_h[step]^T @ h_prev[step].
-//   dgates_h: [R, G*H], out: [R, P] the states after each step, h0: [N, P] -> [G*H, P]
+//   dgates_h: [R, G*H] (rows may be strided), out: [R, P] the states after each step,
+//   h0: [N, P] -> [G*H, P]
 // When every step has all N rows (padded input), h_prev is h0 followed by out
 // shifted by one step, so two GEMMs read it in place; packed input gathers it.
 template <typename scalar_t>
@@ -81,7 +82,7 @@ at::Tensor recurrent_weight_grad(const Schedule& s, const at::Tensor& dgates_h,
   const int64_t R = s.rows, N = s.batch, P = out.size(1);
   const bool all_full = std::all_of(s.sizes.begin(), s.sizes.end(),
                                     [&](int64_t n) { return n == N; });
-  const int64_t GH = dgates_h.size(1);
+  const int64_t GH = dgates_h.size(1), ld = dgates_h.stride(0);
   if (R == 0) return at::zeros({GH, P}, out.options());
   if (all_full) {
     // The first processed step (time 0, or T-1 in reverse) starts from h0.
@@ -91,7 +92,7 @@ at::Tensor recurrent_weight_grad(const Schedule& s, const at::Tensor& dgates_h,
       const int64_t d_start = s.reverse ? 0 : N, h_start = s.reverse ? N : 0;
       // g += dgates_h[d_start : d_start+R-N]^T @ out[h_start : h_start+R-N]
       gemm<scalar_t>(true, false, GH, P, R - N, scalar_t(1),
-                     dgates_h.const_data_ptr<scalar_t>() + d_start * GH, GH,
+                     dgates_h.const_data_ptr<scalar_t>() + d_start * ld, ld,
                      out.const_data_ptr<scalar_t>() + h_start * P, P, scalar_t(1),
                      g.mutable_data_ptr<scalar_t>(), P);
     }
@@ -125,22 +126,19 @@ struct InputAndWeightGrads {
 };
 
 // The large GEMMs after the time loop (all through gemm(), so that they too give the
-// same bits at any thread count).
-//   dgates_x: [R, G*H] gradient of the input-side pre-activations
-//   dgates_h: [R, G*H] gradient of the hidden-side pre-activations (may be dgates_x)
-//   x: [R, I], out: [R, P], h0: [N, P], w_ih: [G*H, I]
+// same bits at any thread count), for cells whose input-side and hidden-side
+// pre-activation gradients are one and the same (LSTM, RNN).
+//   dgates: [R, G*H], x: [R, I], out: [R, P], h0: [N, P], w_ih: [G*H, I]
 template <typename scalar_t>
-InputAndWeightGrads input_and_weight_grads(const Schedule& s, const at::Tensor& dgates_x,
-                                           const at::Tensor& dgates_h, const at::Tensor& x,
-                                           const at::Tensor& out, const at::Tensor& h0,
-                                           const at::Tensor& w_ih) {
+InputAndWeightGrads input_and_weight_grads(const Schedule& s, const at::Tensor& dgates,
+                                           const at::Tensor& x, const at::Tensor& out,
+                                           const at::Tensor& h0, const at::Tensor& w_ih) {
   InputAndWeightGrads g;
-  g.grad_input = matmul<scalar_t>(dgates_x, false, w_ih, false);
-  g.grad_w_ih = matmul<scalar_t>(dgates_x, true, x, false);
-  g.grad_w_hh = recurrent_weight_grad<scalar_t>(s, dgates_h, out, h0);
-  g.grad_b_ih = column_sums<scalar_t>(dgates_x);
-  g.grad_b_hh =
-      dgates_x.is_same(dgates_h) ? g.grad_b_ih.clone() : column_sums<scalar_t>(dgates_h);
+  g.grad_input = matmul<scalar_t>(dgates, false, w_ih, false);
+  g.grad_w_ih = matmul<scalar_t>(dgates, true, x, false);
+  g.grad_w_hh = recurrent_weight_grad<scalar_t>(s, dgates, out, h0);
+  g.grad_b_ih = column_sums<scalar_t>(dgates);
+  g.grad_b_hh = g.grad_b_ih.clone();
   return g;
 }
 

@@ -135,7 +135,7 @@ rnn_backward(const at::Tensor& grad_output, const at::Tensor& grad_h_n, const at
   InputAndWeightGrads g;
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), kBackward, [&] {
     rnn_backward_impl<scalar_t>(sh, relu, go, out, w_hh.contiguous(), dh_state, dgates);
-    g = input_and_weight_grads<scalar_t>(s, dgates, dgates, x, out, h0c, w_ih.contiguous());
+    g = input_and_weight_grads<scalar_t>(s, dgates, x, out, h0c, w_ih.contiguous());
   });
   return {shaped_like_input(g.grad_input, input), dh_state, g.grad_w_ih, g.grad_w_hh,
           g.grad_b_ih, g.grad_b_hh};

@@ -9,8 +9,9 @@ timed: warm-up, then `repeats` rounds that each time torch.nn once and gatedrnn 
 (alternating which goes first), and the medians are reported. GFLOP/s counts the GEMM FLOPs
 (input and recurrent projections; x3 for training: forward, data gradients, weight
 gradients) and is compared with this machine's GEMM peak, measured at start-up with a large
-torch.mm in the same dtype. Peak memory (CPU: resident-set growth of one step in a forked
-child process; CUDA: torch.cuda.max_memory_allocated) is measured after timing.
+torch.mm in the same dtype. Peak memory (CPU: resident-set growth over one step, the second
+of two, in a fresh child process; CUDA: torch.cuda.max_memory_allocated) is measured after
+timing.
 
 Writes a Markdown table to stdout and, under --out, bench.md, bench.json and bench.png.
 """
@@ -168,7 +169,10 @@ def peak_memory(row, which, device, dtype_name):
 
     CUDA: max_memory_allocated. CPU: growth of the peak resident set over one step, in a
     fresh child process (a forked one could deadlock in OpenMP), so earlier rows and the
-    other implementation do not count."""
+    other implementation do not count. The child measures its second step, so one-time
+    buffers (BLAS and oneDNN scratch) count for neither side, and glibc is told to give
+    every large buffer its own mmap, so that memory freed during the step leaves the
+    resident set as it would leave a caching allocator."""
     if device.type == "cuda":
         module = row.ref if which == "torch" else row.ours
         _sync(device)
@@ -183,7 +187,8 @@ def peak_memory(row, which, device, dtype_name):
     cmd = [sys.executable, "-m", "gatedrnn.bench", "--memory-child",
            row.cell, row.config, row.mode, which, dtype_name]
     done = subprocess.run(cmd, capture_output=True, text=True,
-                          env={**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())})
+                          env={**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads()),
+                               "MALLOC_MMAP_THRESHOLD_": "131072"})
     try:
         return float(done.stdout.strip().splitlines()[-1])
     except (ValueError, IndexError):
@@ -201,6 +206,9 @@ def _memory_child(cell, config, mode, which, dtype_name):
                     return int(line.split()[1])
         raise RuntimeError(field)
 
+    row.step(module)
+    module.zero_grad(set_to_none=True)
+    row.x.grad = None
     # Reset the peak RSS (VmHWM) to the current RSS, so start-up peaks do not count.
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
