@@ -43,16 +43,19 @@ def training_step_bytes(cell: str, T: int, N: int = 1, I: int = 16, H: int = 16,
                     GRU  R * 4H (activated r, z, n and W_hn h + b_hn)
                     RNN  none (its backward needs only the output)
       made by the backward:
-        gate gradients  LSTM R * 4H, GRU R * 4H (dr, dz, dn * r, dn: the input
-                        side and the hidden side share dr and dz), RNN R * H
-        grad_input      R * I
-        ones            R (the bias gradients are a GEMM with a row of ones)
+        grad_input                    R * I
+        one chunk of gate gradients (the input and weight gradients are made a chunk
+        of ~1024 rows at a time): 1024 * (G + H + 1) with G = 4H (LSTM), 4H (GRU:
+        dr, dz, dn * r, dn), H (RNN), plus the chunk's previous states and a row of
+        ones for the bias sums
     plus 16 bytes per step for the schedule (the batch size and row offset of each
     step). The input itself and the output gradient belong to the caller.
     """
     R = T * N
-    per_row = {"lstm": H + 5 * H + 4 * H, "gru": H + 4 * H + 4 * H, "rnn": H + H}[cell]
-    return element * R * (per_row + I + 1) + 16 * T
+    saved = {"lstm": H + 5 * H, "gru": H + 4 * H, "rnn": H}[cell]
+    gate_grads = {"lstm": 4 * H, "gru": 4 * H, "rnn": H}[cell]
+    chunk = min(R, 1024) * (gate_grads + H + 1)
+    return element * (R * (saved + I) + chunk) + 16 * T
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])

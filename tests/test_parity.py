@@ -93,6 +93,23 @@ def test_parity_long_sequence(cell, packed, reverse):
 
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+@pytest.mark.parametrize("N", [7, 1100], ids=["N7", "N1100"])
+def test_parity_across_backward_chunks(cell, packed, reverse, N):
+    """More rows than one backward chunk (ChunkedGrads::kRows = 1024): the input and
+    weight gradients are made chunk by chunk, and the chunk edges must not show.
+    N = 1100 puts more rows than a chunk in a single step."""
+    T = 300 if N == 7 else 3
+    module, tensors, batch_sizes = build_case(
+        cell, T, N, 3, 5, 2, dtype=torch.float64, reverse=reverse, packed=packed
+    )
+    ours = run_ours(cell, tensors, batch_sizes, reverse)
+    ref = run_nn(cell, module, tensors, batch_sizes, reverse)
+    assert_results_close(ours, ref, **tolerances(torch.float64))
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
 @pytest.mark.parametrize("use", [("output",), ("h_n",), ("c_n",)], ids=lambda u: u[0])
 def test_backward_through_some_outputs(cell, packed, use):
     """Loss from only one of the outputs: the gradients flowing into the

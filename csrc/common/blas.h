@@ -8,8 +8,6 @@
 #include <limits>
 
 #include <ATen/Parallel.h>
-#include <ATen/core/Tensor.h>
-#include <ATen/ops/zeros.h>
 #include <c10/util/Exception.h>
 
 extern "C" {
@@ -144,22 +142,6 @@ void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, scalar_t 
     blas_gemm<scalar_t>(trans_a, trans_b, mi, ni, k, alpha, ab, lda, bb, ldb, beta,
                         c + i0 * ldc + j0, ldc);
   });
-}
-
-// op(a) @ op(b) as a new [m, n] tensor; a and b are 2-D with unit column stride (rows
-// may be strided: a column range of a wider matrix is fine).
-template <typename scalar_t>
-at::Tensor matmul(const at::Tensor& a, bool trans_a, const at::Tensor& b, bool trans_b) {
-  TORCH_INTERNAL_ASSERT(a.dim() == 2 && b.dim() == 2 && a.stride(1) == 1 && b.stride(1) == 1);
-  const int64_t m = a.size(trans_a ? 1 : 0), k = a.size(trans_a ? 0 : 1);
-  const int64_t n = b.size(trans_b ? 0 : 1);
-  at::Tensor c = at::zeros({m, n}, a.options());
-  if (k > 0) {
-    gemm<scalar_t>(trans_a, trans_b, m, n, k, scalar_t(1), a.const_data_ptr<scalar_t>(),
-                   a.stride(0), b.const_data_ptr<scalar_t>(), b.stride(0), scalar_t(0),
-                   c.mutable_data_ptr<scalar_t>(), n);
-  }
-  return c;
 }
 
 }  // namespace gatedrnn

@@ -128,10 +128,15 @@ void gru_backward_rows(int64_t n, int64_t H, const scalar_t* dh, const scalar_t*
   });
 }
 
+// The backward loop; the input and weight gradients come out of ChunkedGrads, which
+// reads the two column ranges of the gradient buffer: dr, dz, dn for w_ih and b_ih,
+// dr, dz, dn * r for w_hh and b_hh.
 template <typename scalar_t>
-void gru_backward_impl(const RnnShapes& sh, const at::Tensor& grad_out, const at::Tensor& w_hh,
-                       const at::Tensor& ws, const at::Tensor& out, const at::Tensor& h0,
-                       at::Tensor& dh_state, at::Tensor& dgates) {
+InputAndWeightGrads gru_backward_impl(const RnnShapes& sh, const at::Tensor& grad_out,
+                                      const at::Tensor& x, const at::Tensor& w_ih,
+                                      const at::Tensor& w_hh, const at::Tensor& ws,
+                                      const at::Tensor& out, const at::Tensor& h0,
+                                      at::Tensor& dh_state) {
   const Schedule& s = sh.schedule;
   const int64_t H = sh.hidden_size, N = s.batch;
   const scalar_t* go = grad_out.const_data_ptr<scalar_t>();
@@ -140,43 +145,22 @@ void gru_backward_impl(const RnnShapes& sh, const at::Tensor& grad_out, const at
   const scalar_t* h0p = h0.const_data_ptr<scalar_t>();
   const scalar_t* whh = w_hh.const_data_ptr<scalar_t>();
   scalar_t* dhs = dh_state.mutable_data_ptr<scalar_t>();
-  scalar_t* dgp = dgates.mutable_data_ptr<scalar_t>();
   at::Tensor dh = at::empty({N, H}, ws.options());
   scalar_t* dhp = dh.mutable_data_ptr<scalar_t>();
   const RecurrentGemm<scalar_t> hidden_gemm(false, H, kGates * H, whh, H, N);
+  ChunkedGrads<scalar_t> grads(s, kGradLd * H, {{0, 0, 2 * H}, {3 * H, 2 * H, H}},
+                               {{0, 0, kGates * H}}, false, x, out, h0, w_ih, kGates * H);
   for (int64_t k = s.steps() - 1; k >= 0; --k) {
     const int64_t t = s.time_at(k), n = s.sizes[t], off = s.offsets[t];
     for (int64_t e = 0; e < n * H; ++e) dhp[e] = go[off * H + e] + dhs[e];
     const PrevRows<scalar_t> h_prev = previous_rows(s, k, outp, H, h0p, H);
-    scalar_t* dg = dgp + off * kGradLd * H;
+    scalar_t* dg = grads.row(off);
     gru_backward_rows<scalar_t>(n, H, dhp, wsp + off * 4 * H, h_prev, dg, dhs);
     // dh_state[:n] += dgates[off:off+n, 0:3H] @ w_hh      [n, 3H] x [3H, H]
     hidden_gemm.run(n, dg, kGradLd * H, scalar_t(1), dhs, H);
+    grads.step_done(k);
   }
-}
-
-// The GEMMs after the loop, on the two column ranges of the gradient buffer.
-//   dgates: [R, 4H] (dr, dz, dn * r, dn), x: [R, I], out: [R, H], w_ih: [3H, I]
-template <typename scalar_t>
-InputAndWeightGrads gru_input_and_weight_grads(const Schedule& s, const at::Tensor& dgates,
-                                               const at::Tensor& x, const at::Tensor& out,
-                                               const at::Tensor& h0, const at::Tensor& w_ih) {
-  const int64_t H = dgates.size(1) / kGradLd, R = s.rows, I = x.size(1);
-  const at::Tensor d_hidden = dgates.narrow(1, 0, kGates * H);
-  const at::Tensor d_rz = dgates.narrow(1, 0, 2 * H), d_n = dgates.narrow(1, 3 * H, H);
-  InputAndWeightGrads g;
-  g.grad_w_hh = recurrent_weight_grad<scalar_t>(s, d_hidden, out, h0);
-  // grad_input = [dr, dz] @ w_ih[0:2H] + dn @ w_ih[2H:3H]
-  g.grad_input = matmul<scalar_t>(d_rz, false, w_ih.narrow(0, 0, 2 * H), false);
-  gemm<scalar_t>(false, false, R, I, H, scalar_t(1), d_n.const_data_ptr<scalar_t>(),
-                 kGradLd * H, w_ih.const_data_ptr<scalar_t>() + 2 * H * I, I, scalar_t(1),
-                 g.grad_input.mutable_data_ptr<scalar_t>(), I);
-  g.grad_w_ih = at::cat({matmul<scalar_t>(d_rz, true, x, false),
-                         matmul<scalar_t>(d_n, true, x, false)});
-  const at::Tensor sums = column_sums<scalar_t>(dgates);
-  g.grad_b_hh = sums.narrow(0, 0, kGates * H).clone();
-  g.grad_b_ih = at::cat({sums.narrow(0, 0, 2 * H), sums.narrow(0, 3 * H, H)});
-  return g;
+  return grads.result();
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
@@ -191,17 +175,15 @@ gru_backward(const at::Tensor& grad_output, const at::Tensor& grad_h_n, const at
   check_shape(kBackward, workspace, "workspace", {s.rows, 4 * H}, "rows, 4*hidden_size");
   check_shape(kBackward, grad_output, "grad_output", output.sizes(), "the output's shape");
   check_shape(kBackward, grad_h_n, "grad_h_n", h0.sizes(), "h0's shape");
-  const auto opts = input.options();
   const at::Tensor x = input.contiguous().view({s.rows, sh.input_size});
   const at::Tensor out = output.contiguous().view({s.rows, H});
   const at::Tensor go = grad_output.contiguous().view({s.rows, H});
   const at::Tensor ws = workspace.contiguous(), h0c = h0.contiguous();
+  const at::Tensor wih = w_ih.contiguous(), whh = w_hh.contiguous();
   at::Tensor dh_state = grad_h_n.contiguous().clone();
-  at::Tensor dgates = at::empty({s.rows, kGradLd * H}, opts);
   InputAndWeightGrads g;
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), kBackward, [&] {
-    gru_backward_impl<scalar_t>(sh, go, w_hh.contiguous(), ws, out, h0c, dh_state, dgates);
-    g = gru_input_and_weight_grads<scalar_t>(s, dgates, x, out, h0c, w_ih.contiguous());
+    g = gru_backward_impl<scalar_t>(sh, go, x, wih, whh, ws, out, h0c, dh_state);
   });
   return {shaped_like_input(g.grad_input, input), dh_state, g.grad_w_ih, g.grad_w_hh,
           g.grad_b_ih, g.grad_b_hh};

@@ -146,15 +146,18 @@ void lstm_backward_rows(int64_t n, int64_t H, const scalar_t* dh, const scalar_t
   });
 }
 
-// dout: [R, P] total gradient w.r.t. each step's (projected) output; kept only with a
-// projection, where grad_w_hr needs it after the loop.
+// The backward loop. With a projection, dout (the total gradient w.r.t. each step's
+// projected output) is kept for a chunk of steps, for grad_w_hr.
 template <typename scalar_t>
-void lstm_backward_impl(const RnnShapes& sh, const at::Tensor& grad_out, const at::Tensor& c0,
-                        const at::Tensor& w_hh, const at::Tensor& w_hr, const at::Tensor& ws,
-                        at::Tensor& dh_state, at::Tensor& dc_state, at::Tensor& dgates,
-                        at::Tensor& dout) {
+InputAndWeightGrads lstm_backward_impl(const RnnShapes& sh, const at::Tensor& grad_out,
+                                       const at::Tensor& x, const at::Tensor& out,
+                                       const at::Tensor& h0, const at::Tensor& c0,
+                                       const at::Tensor& w_ih, const at::Tensor& w_hh,
+                                       const at::Tensor& w_hr, const at::Tensor& ws,
+                                       at::Tensor& dh_state, at::Tensor& dc_state,
+                                       at::Tensor& grad_w_hr) {
   const Schedule& s = sh.schedule;
-  const int64_t H = sh.hidden_size, P = sh.state_size, N = s.batch;
+  const int64_t H = sh.hidden_size, P = sh.state_size, N = s.batch, G = kGates * H;
   const bool proj = w_hr.defined();
   const int64_t ws_ld = 5 * H;
   const scalar_t* wsp = ws.const_data_ptr<scalar_t>();
@@ -164,17 +167,18 @@ void lstm_backward_impl(const RnnShapes& sh, const at::Tensor& grad_out, const a
   const scalar_t* whr = proj ? w_hr.const_data_ptr<scalar_t>() : nullptr;
   scalar_t* dhs = dh_state.mutable_data_ptr<scalar_t>();
   scalar_t* dcs = dc_state.mutable_data_ptr<scalar_t>();
-  scalar_t* dgp = dgates.mutable_data_ptr<scalar_t>();
   at::Tensor dh_step = at::empty({N, proj ? H : P}, ws.options());
   scalar_t* dhp = dh_step.mutable_data_ptr<scalar_t>();
-  scalar_t* doutp = proj ? dout.mutable_data_ptr<scalar_t>() : nullptr;
-  const RecurrentGemm<scalar_t> hidden_gemm(false, P, kGates * H, whh, P, N);
+  const RecurrentGemm<scalar_t> hidden_gemm(false, P, G, whh, P, N);
   const RecurrentGemm<scalar_t> proj_gemm(false, H, P, whr, H, proj ? N : 0);
+  ChunkedGrads<scalar_t> grads(s, G, {{0, 0, G}}, {{0, 0, G}}, true, x, out, h0, w_ih, G);
+  at::Tensor dout = proj ? at::empty({grads.max_rows(), P}, ws.options()) : at::Tensor();
 
   for (int64_t k = s.steps() - 1; k >= 0; --k) {
     const int64_t t = s.time_at(k), n = s.sizes[t], off = s.offsets[t];
+    const StepChunk chunk = grads.chunk();
     // Total gradient w.r.t. this step's output: from the loss and from later steps.
-    scalar_t* d = proj ? doutp + off * P : dhp;
+    scalar_t* d = proj ? dout.mutable_data_ptr<scalar_t>() + (off - chunk.row_begin) * P : dhp;
     const scalar_t* g_out = go + off * P;
     for (int64_t e = 0; e < n * P; ++e) d[e] = g_out[e] + dhs[e];
     if (proj) {
@@ -182,11 +186,21 @@ void lstm_backward_impl(const RnnShapes& sh, const at::Tensor& grad_out, const a
       proj_gemm.run(n, d, P, scalar_t(0), dhp, H);
     }
     const PrevRows<scalar_t> c_prev = previous_rows(s, k, wsp + 4 * H, ws_ld, c0p, H);
-    scalar_t* dg = dgp + off * kGates * H;
+    scalar_t* dg = grads.row(off);
     lstm_backward_rows<scalar_t>(n, H, dhp, wsp + off * ws_ld, ws_ld, c_prev, dcs, dg);
     // dh_state[:n] = dgates[off:off+n] @ w_hh     [n, 4H] x [4H, P]
-    hidden_gemm.run(n, dg, kGates * H, scalar_t(0), dhs, P);
+    hidden_gemm.run(n, dg, G, scalar_t(0), dhs, P);
+    if (grads.step_done(k) && proj) {
+      // grad_w_hr += dout^T @ (o * tanh(c)) over the chunk's rows; o * tanh(c), the
+      // unprojected h, is recomputed from the workspace rather than stored.
+      const at::Tensor rows = ws.narrow(0, chunk.row_begin, chunk.rows());
+      const at::Tensor hp = rows.narrow(1, 3 * H, H) * rows.narrow(1, 4 * H, H).tanh();
+      gemm<scalar_t>(true, false, P, H, chunk.rows(), scalar_t(1),
+                     dout.const_data_ptr<scalar_t>(), P, hp.const_data_ptr<scalar_t>(), H,
+                     scalar_t(1), grad_w_hr.mutable_data_ptr<scalar_t>(), H);
+    }
   }
+  return grads.result();
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
@@ -213,24 +227,15 @@ lstm_backward(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
   const at::Tensor x = input.contiguous().view({s.rows, sh.input_size});
   const at::Tensor out = output.contiguous().view({s.rows, P});
   const at::Tensor h0c = h0.contiguous(), c0c = c0.contiguous(), whh = w_hh.contiguous();
+  const at::Tensor wih = w_ih.contiguous();
   at::Tensor dh_state = grad_h_n.contiguous().clone();
   at::Tensor dc_state = grad_c_n.contiguous().clone();
-  at::Tensor dgates = at::empty({s.rows, kGates * H}, opts);
-  at::Tensor dout = proj ? at::empty({s.rows, P}, opts) : at::Tensor();
+  at::Tensor grad_w_hr = proj ? at::zeros({P, H}, opts) : at::empty({0}, opts);
   InputAndWeightGrads g;
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), kBackward, [&] {
-    lstm_backward_impl<scalar_t>(sh, go, c0c, whh, whr, ws, dh_state, dc_state, dgates, dout);
-    g = input_and_weight_grads<scalar_t>(s, dgates, x, out, h0c, w_ih.contiguous());
+    g = lstm_backward_impl<scalar_t>(sh, go, x, out, h0c, c0c, wih, whh, whr, ws, dh_state,
+                                     dc_state, grad_w_hr);
   });
-  at::Tensor grad_w_hr = at::empty({0}, opts);
-  if (proj) {
-    // hp = o * fast_tanh(c), recomputed from the workspace rather than stored.
-    const at::Tensor o = ws.narrow(1, 3 * H, H), c = ws.narrow(1, 4 * H, H);
-    const at::Tensor hp = o * c.tanh();
-    AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), kBackward, [&] {
-      grad_w_hr = matmul<scalar_t>(dout, true, hp, false);
-    });
-  }
   return {shaped_like_input(g.grad_input, input), dh_state, dc_state, g.grad_w_ih,
           g.grad_w_hh, g.grad_b_ih, g.grad_b_hh, grad_w_hr};
 }

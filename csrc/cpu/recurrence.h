@@ -6,6 +6,8 @@
 
 #include <algorithm>
 #include <cstring>
+#include <utility>
+#include <vector>
 
 #include "../common/blas.h"
 #include "../common/sequence.h"
@@ -71,76 +73,159 @@ PrevRows<scalar_t> previous_rows(const Schedule& s, int64_t k, const scalar_t* s
   return p;
 }
 
-// grad_w_hh = sum over steps of dgates_h[step]^T @ h_prev[step].
-//   dgates_h: [R, G*H] (rows may be strided), out: [R, P] the states after each step,
-//   h0: [N, P] -> [G*H, P]
-// When every step has all N rows (padded input), h_prev is h0 followed by out
-// shifted by one step, so two GEMMs read it in place; packed input gathers it.
-template <typename scalar_t>
-at::Tensor recurrent_weight_grad(const Schedule& s, const at::Tensor& dgates_h,
-                                 const at::Tensor& out, const at::Tensor& h0) {
-  const int64_t R = s.rows, N = s.batch, P = out.size(1);
-  const bool all_full = std::all_of(s.sizes.begin(), s.sizes.end(),
-                                    [&](int64_t n) { return n == N; });
-  const int64_t GH = dgates_h.size(1), ld = dgates_h.stride(0);
-  if (R == 0) return at::zeros({GH, P}, out.options());
-  if (all_full) {
-    // The first processed step (time 0, or T-1 in reverse) starts from h0.
-    const int64_t first = s.reverse ? R - N : 0;
-    at::Tensor g = matmul<scalar_t>(dgates_h.narrow(0, first, N), true, h0, false);
-    if (R > N) {
-      const int64_t d_start = s.reverse ? 0 : N, h_start = s.reverse ? N : 0;
-      // g += dgates_h[d_start : d_start+R-N]^T @ out[h_start : h_start+R-N]
-      gemm<scalar_t>(true, false, GH, P, R - N, scalar_t(1),
-                     dgates_h.const_data_ptr<scalar_t>() + d_start * ld, ld,
-                     out.const_data_ptr<scalar_t>() + h_start * P, P, scalar_t(1),
-                     g.mutable_data_ptr<scalar_t>(), P);
-    }
-    return g;
-  }
-  at::Tensor prev = at::empty({R, P}, out.options());
-  scalar_t* dst = prev.mutable_data_ptr<scalar_t>();
-  const scalar_t* seq = out.const_data_ptr<scalar_t>();
-  const scalar_t* init = h0.const_data_ptr<scalar_t>();
-  for (int64_t k = 0; k < s.steps(); ++k) {
-    const int64_t t = s.time_at(k), n = s.sizes[t];
-    const PrevRows<scalar_t> p = previous_rows(s, k, seq, P, init, P);
-    scalar_t* d = dst + s.offsets[t] * P;
-    if (p.from_seq > 0) std::memcpy(d, p.row(0), sizeof(scalar_t) * p.from_seq * P);
-    if (n > p.from_seq)
-      std::memcpy(d + p.from_seq * P, p.row(p.from_seq), sizeof(scalar_t) * (n - p.from_seq) * P);
-  }
-  return matmul<scalar_t>(dgates_h, true, prev, false);
-}
-
-// Column sums of a contiguous [R, C] matrix as a GEMM with a row of ones, so they
-// too are split only across columns (ATen's sum splits the rows when C is small).
-template <typename scalar_t>
-at::Tensor column_sums(const at::Tensor& a) {
-  const at::Tensor ones = at::ones({1, a.size(0)}, a.options());
-  return matmul<scalar_t>(ones, false, a, false).view({a.size(1)});
-}
-
 struct InputAndWeightGrads {
   at::Tensor grad_input, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh;
 };
 
-// The large GEMMs after the time loop (all through gemm(), so that they too give the
-// same bits at any thread count), for cells whose input-side and hidden-side
-// pre-activation gradients are one and the same (LSTM, RNN).
-//   dgates: [R, G*H], x: [R, I], out: [R, P], h0: [N, P], w_ih: [G*H, I]
+// Columns [src, src + count) of a gate-gradient row, which belong to rows
+// [dst, dst + count) of a weight gradient (and entries of its bias gradient).
+struct GateColumns {
+  int64_t src, dst, count;
+};
+
+// Consecutive steps of the backward order, k_first down to k_last, whose rows (a
+// contiguous range, in either direction) are [row_begin, row_end).
+struct StepChunk {
+  int64_t k_first, k_last, row_begin, row_end;
+  int64_t rows() const { return row_end - row_begin; }
+};
+
+// The input and weight gradients, made a chunk of steps at a time inside the backward
+// loop: the gate gradients then need a buffer of one chunk (~kRows rows) instead of
+// the whole sequence, and are still in cache when the GEMMs read them. Chunks depend on
+// the shape alone, so the sums do not depend on the thread count.
+//   x: [R, I], out: [R, P] the states after each step, h0: [N, P], w_ih: [G*H, I]
+// input_side / hidden_side: which columns of a ld-wide gate-gradient row feed the
+// gradients of w_ih, b_ih and of w_hh, b_hh (for LSTM and RNN, all of them; for GRU they
+// differ). same_sides: the two lists are equal, so the bias sums are made once.
 template <typename scalar_t>
-InputAndWeightGrads input_and_weight_grads(const Schedule& s, const at::Tensor& dgates,
-                                           const at::Tensor& x, const at::Tensor& out,
-                                           const at::Tensor& h0, const at::Tensor& w_ih) {
-  InputAndWeightGrads g;
-  g.grad_input = matmul<scalar_t>(dgates, false, w_ih, false);
-  g.grad_w_ih = matmul<scalar_t>(dgates, true, x, false);
-  g.grad_w_hh = recurrent_weight_grad<scalar_t>(s, dgates, out, h0);
-  g.grad_b_ih = column_sums<scalar_t>(dgates);
-  g.grad_b_hh = g.grad_b_ih.clone();
-  return g;
-}
+class ChunkedGrads {
+ public:
+  static constexpr int64_t kRows = 1024;
+
+  ChunkedGrads(const Schedule& s, int64_t ld, std::vector<GateColumns> input_side,
+               std::vector<GateColumns> hidden_side, bool same_sides, const at::Tensor& x,
+               const at::Tensor& out, const at::Tensor& h0, const at::Tensor& w_ih,
+               int64_t gates_h)
+      : s_(s), ld_(ld), input_side_(std::move(input_side)),
+        hidden_side_(std::move(hidden_side)), same_sides_(same_sides), x_(x), out_(out),
+        h0_(h0), w_ih_(w_ih), I_(x.size(1)), P_(out.size(1)) {
+    plan();
+    const auto opts = x.options();
+    int64_t most = 0;
+    for (const StepChunk& c : chunks_) most = std::max(most, c.rows());
+    buffer_ = at::empty({most, ld_}, opts);
+    h_prev_ = at::empty({most, P_}, opts);
+    ones_ = at::ones({most}, opts);
+    g_.grad_input = at::zeros({s.rows, I_}, opts);
+    g_.grad_w_ih = at::zeros({gates_h, I_}, opts);
+    g_.grad_w_hh = at::zeros({gates_h, P_}, opts);
+    g_.grad_b_ih = at::zeros({gates_h}, opts);
+    g_.grad_b_hh = at::zeros({gates_h}, opts);
+  }
+
+  // The gate-gradient row of flat row r, which must be in the current chunk.
+  scalar_t* row(int64_t r) {
+    return buffer_.mutable_data_ptr<scalar_t>() + (r - chunk().row_begin) * ld_;
+  }
+  const StepChunk& chunk() const { return chunks_[current_]; }
+  int64_t max_rows() const { return buffer_.size(0); }
+
+  // After backward step k has written its rows: when k ends its chunk, runs the chunk's
+  // GEMMs and moves on. Returns whether it did.
+  bool step_done(int64_t k) {
+    if (k != chunk().k_last) return false;
+    accumulate(chunk());
+    ++current_;
+    return true;
+  }
+
+  InputAndWeightGrads result() {
+    if (same_sides_) g_.grad_b_hh = g_.grad_b_ih.clone();
+    return g_;
+  }
+
+ private:
+  void plan() {
+    for (int64_t k = s_.steps() - 1; k >= 0;) {
+      StepChunk c{k, k, 0, 0};
+      int64_t rows = 0;
+      while (k >= 0 && (rows == 0 || rows + s_.sizes[s_.time_at(k)] <= kRows)) {
+        rows += s_.sizes[s_.time_at(k)];
+        c.k_last = k--;
+      }
+      const int64_t t0 = std::min(s_.time_at(c.k_first), s_.time_at(c.k_last));
+      const int64_t t1 = std::max(s_.time_at(c.k_first), s_.time_at(c.k_last));
+      c.row_begin = s_.offsets[t0];
+      c.row_end = s_.offsets[t1] + s_.sizes[t1];
+      chunks_.push_back(c);
+    }
+  }
+
+  void accumulate(const StepChunk& c) {
+    const int64_t r0 = c.row_begin, rows = c.rows(), I = I_, P = P_;
+    const scalar_t* dg = buffer_.const_data_ptr<scalar_t>();
+    const scalar_t* ones = ones_.const_data_ptr<scalar_t>();
+    const scalar_t one(1);
+    for (const GateColumns& g : input_side_) {
+      // grad_input[r0 : r0+rows] += dg[:, cols] @ w_ih[g.dst : g.dst+count]
+      gemm<scalar_t>(false, false, rows, I, g.count, one, dg + g.src, ld_,
+                     w_ih_.const_data_ptr<scalar_t>() + g.dst * I, I, one,
+                     g_.grad_input.mutable_data_ptr<scalar_t>() + r0 * I, I);
+      // grad_w_ih[g.dst : g.dst+count] += dg[:, cols]^T @ x[r0 : r0+rows]
+      gemm<scalar_t>(true, false, g.count, I, rows, one, dg + g.src, ld_,
+                     x_.const_data_ptr<scalar_t>() + r0 * I, I, one,
+                     g_.grad_w_ih.mutable_data_ptr<scalar_t>() + g.dst * I, I);
+      column_sums(g, rows, dg, ones, g_.grad_b_ih);
+    }
+    gather_h_prev(c);
+    for (const GateColumns& g : hidden_side_) {
+      // grad_w_hh[g.dst : g.dst+count] += dg[:, cols]^T @ h_prev
+      gemm<scalar_t>(true, false, g.count, P, rows, one, dg + g.src, ld_,
+                     h_prev_.const_data_ptr<scalar_t>(), P, one,
+                     g_.grad_w_hh.mutable_data_ptr<scalar_t>() + g.dst * P, P);
+      if (!same_sides_) column_sums(g, rows, dg, ones, g_.grad_b_hh);
+    }
+  }
+
+  // bias[g.dst : g.dst+count] += ones[rows] @ dg[:, cols], a GEMM so that it too is split
+  // only across columns.
+  void column_sums(const GateColumns& g, int64_t rows, const scalar_t* dg, const scalar_t* ones,
+                   at::Tensor& bias) {
+    gemm<scalar_t>(false, false, 1, g.count, rows, scalar_t(1), ones, rows, dg + g.src, ld_,
+                   scalar_t(1), bias.mutable_data_ptr<scalar_t>() + g.dst, g.count);
+  }
+
+  // The state each row of the chunk started from: the same sequence's row at the
+  // previously processed step, or h0.
+  void gather_h_prev(const StepChunk& c) {
+    scalar_t* dst = h_prev_.mutable_data_ptr<scalar_t>();
+    const scalar_t* seq = out_.const_data_ptr<scalar_t>();
+    const scalar_t* init = h0_.const_data_ptr<scalar_t>();
+    const int64_t P = P_;
+    for (int64_t k = c.k_last; k <= c.k_first; ++k) {
+      const int64_t t = s_.time_at(k), n = s_.sizes[t];
+      const PrevRows<scalar_t> p = previous_rows(s_, k, seq, P, init, P);
+      scalar_t* d = dst + (s_.offsets[t] - c.row_begin) * P;
+      if (p.from_seq > 0) std::memcpy(d, p.row(0), sizeof(scalar_t) * p.from_seq * P);
+      if (n > p.from_seq) {
+        std::memcpy(d + p.from_seq * P, p.row(p.from_seq),
+                     sizeof(scalar_t) * (n - p.from_seq) * P);
+      }
+    }
+  }
+
+  const Schedule& s_;
+  int64_t ld_;
+  std::vector<GateColumns> input_side_, hidden_side_;
+  bool same_sides_;
+  const at::Tensor &x_, &out_, &h0_, &w_ih_;
+  int64_t I_, P_;
+  std::vector<StepChunk> chunks_;
+  size_t current_ = 0;
+  at::Tensor buffer_, h_prev_, ones_;
+  InputAndWeightGrads g_;
+};
 
 // The output laid out like the input: [T, N, P] when padded, [R, P] when packed.
 inline at::Tensor shaped_like_input(const at::Tensor& flat, const at::Tensor& input) {

@@ -82,9 +82,10 @@ std::tuple<at::Tensor, at::Tensor> rnn_forward(
 
 // Backward through act uses the output alone: tanh' = 1 - h^2, relu' = [h > 0].
 template <typename scalar_t>
-void rnn_backward_impl(const RnnShapes& sh, bool relu, const at::Tensor& grad_out,
-                       const at::Tensor& out, const at::Tensor& w_hh, at::Tensor& dh_state,
-                       at::Tensor& dgates) {
+InputAndWeightGrads rnn_backward_impl(const RnnShapes& sh, bool relu, const at::Tensor& grad_out,
+                                      const at::Tensor& x, const at::Tensor& out,
+                                      const at::Tensor& h0, const at::Tensor& w_ih,
+                                      const at::Tensor& w_hh, at::Tensor& dh_state) {
   using V = Vec<scalar_t>;
   const Schedule& s = sh.schedule;
   const int64_t H = sh.hidden_size;
@@ -92,12 +93,12 @@ void rnn_backward_impl(const RnnShapes& sh, bool relu, const at::Tensor& grad_ou
   const scalar_t* op = out.const_data_ptr<scalar_t>();
   const scalar_t* whh = w_hh.const_data_ptr<scalar_t>();
   scalar_t* dhs = dh_state.mutable_data_ptr<scalar_t>();
-  scalar_t* dgp = dgates.mutable_data_ptr<scalar_t>();
   const V one(scalar_t(1)), zero(scalar_t(0));
   const RecurrentGemm<scalar_t> hidden_gemm(false, H, H, whh, H, s.batch);
+  ChunkedGrads<scalar_t> grads(s, H, {{0, 0, H}}, {{0, 0, H}}, true, x, out, h0, w_ih, H);
   for (int64_t k = s.steps() - 1; k >= 0; --k) {
     const int64_t t = s.time_at(k), n = s.sizes[t], off = s.offsets[t];
-    scalar_t* dg = dgp + off * H;
+    scalar_t* dg = grads.row(off);
     for_each_row(n, 2 * H, [&](int64_t b) {
       for_each_chunk<scalar_t>(H, [&](int64_t j, int64_t cnt) {
         const int64_t e = b * H + j;
@@ -106,12 +107,14 @@ void rnn_backward_impl(const RnnShapes& sh, bool relu, const at::Tensor& grad_ou
         // relu' selects rather than multiplies, as torch.nn does: a NaN output passes
         // the gradient on, and an infinite gradient stops at h <= 0 instead of 0 * inf.
         const V dpre = relu ? V::blendv(d, zero, h <= zero) : d * (one - h * h);
-        store(dpre, dg + e, cnt);
+        store(dpre, dg + b * H + j, cnt);
       });
     });
     // dh_state[:n] = dgates[off:off+n] @ w_hh      [n, H] x [H, H]
     hidden_gemm.run(n, dg, H, scalar_t(0), dhs, H);
+    grads.step_done(k);
   }
+  return grads.result();
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
@@ -130,12 +133,11 @@ rnn_backward(const at::Tensor& grad_output, const at::Tensor& grad_h_n, const at
   const at::Tensor out = output.contiguous().view({s.rows, H});
   const at::Tensor go = grad_output.contiguous().view({s.rows, H});
   const at::Tensor h0c = h0.contiguous();
+  const at::Tensor wih = w_ih.contiguous(), whh = w_hh.contiguous();
   at::Tensor dh_state = grad_h_n.contiguous().clone();
-  at::Tensor dgates = at::empty({s.rows, H}, input.options());
   InputAndWeightGrads g;
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), kBackward, [&] {
-    rnn_backward_impl<scalar_t>(sh, relu, go, out, w_hh.contiguous(), dh_state, dgates);
-    g = input_and_weight_grads<scalar_t>(s, dgates, x, out, h0c, w_ih.contiguous());
+    g = rnn_backward_impl<scalar_t>(sh, relu, go, x, out, h0c, wih, whh, dh_state);
   });
   return {shaped_like_input(g.grad_input, input), dh_state, g.grad_w_ih, g.grad_w_hh,
           g.grad_b_ih, g.grad_b_hh};
