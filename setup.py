@@ -10,6 +10,7 @@ Environment:
 """
 import glob
 import os
+import sys
 
 from setuptools import setup
 from torch.utils import cpp_extension
@@ -58,6 +59,13 @@ def rel(paths):
 sources = rel(glob.glob(os.path.join(ROOT, "csrc", "registration.cpp"))
               + glob.glob(os.path.join(ROOT, "csrc", "cpu", "*.cpp")))
 cxx_flags = ["-O3", "-std=c++17"] + cpu_vec_flags()
+link_flags = []
+if sys.platform.startswith("linux"):
+    # at::parallel_for is a header template: compiled without OpenMP it runs every loop
+    # on the calling thread. The libgomp.so.1 this links against resolves at run time to
+    # the one torch has already loaded (same soname), so there is one OpenMP runtime.
+    cxx_flags.append("-fopenmp")
+    link_flags.append("-fopenmp")
 extra = {"cxx": cxx_flags}
 Extension = cpp_extension.CppExtension
 if want_cuda():
@@ -75,6 +83,7 @@ setup(
             sources=sources,
             include_dirs=[os.path.join(ROOT, "csrc")],
             extra_compile_args=extra,
+            extra_link_args=link_flags,
         )
     ],
     cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},

@@ -91,13 +91,15 @@ struct GemmBlocks {
   int64_t count() const { return rows() * cols(); }
 };
 
-// Blocks of at least ~2^19 multiply-adds (about 5 us on one core), at most 64 of them.
-// Halving stops at 128 rows and 256 columns: MKL's single-threaded kernels lose a third
-// of their speed on narrower blocks (measured at m = 64, k = 512: 80 GFLOP/s at 128
-// columns, 110 at 256 and more). split_m = false keeps whole columns of C (a packed B
-// is tied to its m).
+// Blocks of at least ~2^21 multiply-adds (about 30 us on one core), at most 8 of them:
+// on the 2-core benchmark machine fewer, larger blocks beat 64 small ones (each block
+// repacks its panels, and each parallel region costs a fork/join); 8 keeps up to 8
+// threads busy. Halving stops at 128 rows and 256 columns: MKL's single-threaded
+// kernels lose a third of their speed on narrower blocks (measured at m = 64, k = 512:
+// 80 GFLOP/s at 128 columns, 110 at 256 and more). split_m = false keeps whole columns
+// of C (a packed B is tied to its m).
 inline GemmBlocks gemm_blocks(int64_t m, int64_t n, int64_t k, bool split_m = true) {
-  constexpr int64_t kBlockWork = int64_t(1) << 19, kMaxBlocks = 64;
+  constexpr int64_t kBlockWork = int64_t(1) << 21, kMaxBlocks = 8;
   constexpr int64_t kMinRows = 128, kMinCols = 256;
   GemmBlocks g{m, n, m, n};
   const int64_t wanted =
