@@ -118,7 +118,7 @@ CASES = [
     ("batch_sizes_increasing", ALL, True, _set_bs([3, 1, 2, 1]), r"batch_sizes"),
     ("batch_sizes_sum_too_small", ALL, True, _set_bs([3, 2, 1]), r"batch_sizes"),
     ("batch_sizes_sum_too_large", ALL, True, _set_bs([3, 3, 2, 1]), r"batch_sizes"),
-    ("batch_sizes_zero", ALL, True, _set_bs([3, 2, 2, 0]), r"batch_sizes"),
+    ("batch_sizes_zero_then_more", ALL, True, _set_bs([3, 0, 2, 2]), r"batch_sizes"),
     ("batch_sizes_negative", ALL, True, _set_bs([3, 3, 2, -1]), r"batch_sizes"),
     ("batch_sizes_2d", ALL, True, _set_bs([[3, 2, 1, 1]]), r"batch_sizes"),
     ("batch_sizes_int32", ALL, True, _set_bs([3, 2, 1, 1], torch.int32), r"batch_sizes"),

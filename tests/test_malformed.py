@@ -46,7 +46,7 @@ def test_forward_op_rejects_a_tensor_on_another_device(cell, name):
 def test_forward_op_rejects_batch_sizes_off_the_cpu(cell):
     tensors, bs = _case(cell, packed=True)
     op, args = op_and_args(cell, tensors, bs.to("meta"), False)
-    with pytest.raises(ValueError, match="batch_sizes"):
+    with pytest.raises(RuntimeError, match="batch_sizes"):
         op(*args)
 
 
@@ -55,8 +55,19 @@ def test_forward_op_rejects_empty_batch_sizes(cell):
     tensors, bs = _case(cell, packed=True)
     tensors["input"] = tensors["input"][:0]
     op, args = op_and_args(cell, tensors, bs[:0], False)
-    with pytest.raises(ValueError, match="batch_sizes"):
+    with pytest.raises(RuntimeError, match="batch_sizes"):
         op(*args)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_trailing_zero_steps_in_batch_sizes_do_nothing(cell):
+    """torch.nn accepts steps of batch size 0 at the end of batch_sizes; so do we, and
+    they change nothing."""
+    tensors, bs = _case(cell, packed=True)
+    op, args = op_and_args(cell, tensors, bs, False)
+    padded_op, padded_args = op_and_args(cell, tensors, torch.cat([bs, bs.new_zeros(2)]), False)
+    for a, b in zip(op(*args), padded_op(*padded_args)):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("cell", CELLS)

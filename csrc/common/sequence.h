@@ -79,13 +79,14 @@ inline Schedule make_schedule(const char* op, const at::Tensor& input,
     return s;
   }
   const at::Tensor& bs = *batch_sizes;
-  TORCH_CHECK_VALUE(input.dim() == 2, op, ": expected packed input of shape ",
-                    "[sum(batch_sizes), input_size] when batch_sizes is given, got ",
-                    shape_str(input));
-  TORCH_CHECK_VALUE(bs.dim() == 1 && bs.scalar_type() == at::kLong && bs.device().is_cpu(),
-                    op, ": expected batch_sizes to be a 1-D int64 CPU tensor, got ",
-                    bs.dim(), "-D ", bs.scalar_type(), " on ", bs.device());
-  TORCH_CHECK_VALUE(bs.numel() > 0, op, ": batch_sizes must not be empty");
+  // batch_sizes mistakes are RuntimeErrors, as in torch.nn.
+  TORCH_CHECK(input.dim() == 2, op, ": expected packed input of shape ",
+              "[sum(batch_sizes), input_size] when batch_sizes is given, got ",
+              shape_str(input));
+  TORCH_CHECK(bs.dim() == 1 && bs.scalar_type() == at::kLong && bs.device().is_cpu(), op,
+              ": expected batch_sizes to be a 1-D int64 CPU tensor, got ", bs.dim(), "-D ",
+              bs.scalar_type(), " on ", bs.device());
+  TORCH_CHECK(bs.numel() > 0, op, ": batch_sizes must not be empty");
   const at::Tensor bsc = bs.contiguous();
   const int64_t* p = bsc.const_data_ptr<int64_t>();
   const int64_t T = bsc.numel();
@@ -93,16 +94,17 @@ inline Schedule make_schedule(const char* op, const at::Tensor& input,
   s.offsets.resize(T);
   int64_t total = 0;
   for (int64_t t = 0; t < T; ++t) {
-    TORCH_CHECK_VALUE(s.sizes[t] > 0, op, ": batch_sizes must be positive, got ",
-                      s.sizes[t], " at index ", t);
-    TORCH_CHECK_VALUE(t == 0 || s.sizes[t] <= s.sizes[t - 1], op,
-                      ": batch_sizes must be non-increasing, got ", s.sizes[t > 0 ? t - 1 : 0],
-                      " then ", s.sizes[t], " at index ", t);
+    // Trailing steps of batch size 0 are allowed (torch.nn accepts them): they do nothing.
+    TORCH_CHECK(s.sizes[t] >= 0, op, ": batch_sizes must not be negative, got ", s.sizes[t],
+                " at index ", t);
+    TORCH_CHECK(t == 0 || s.sizes[t] <= s.sizes[t - 1], op,
+                ": batch_sizes must be non-increasing, got ", s.sizes[t > 0 ? t - 1 : 0],
+                " then ", s.sizes[t], " at index ", t);
     s.offsets[t] = total;
     total += s.sizes[t];
   }
-  TORCH_CHECK_VALUE(total == input.size(0), op, ": batch_sizes sum to ", total,
-                    " but input has ", input.size(0), " rows");
+  TORCH_CHECK(total == input.size(0), op, ": batch_sizes sum to ", total, " but input has ",
+              input.size(0), " rows");
   s.batch = s.sizes[0];
   s.rows = total;
   return s;

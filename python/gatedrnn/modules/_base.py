@@ -51,15 +51,35 @@ class FusedRNNMixin:
         if self._mode == "LSTM" and (not isinstance(hx, (tuple, list)) or len(hx) != 2):
             raise RuntimeError("lstm expects two hidden states")
 
+    def _lstm_kernel_checks(self, hx):
+        """What torch.nn.LSTM's kernel checks first, with the exception types it raises:
+        hx must be a pair (TypeError if not a sequence) of 3-D tensors (IndexError, a
+        dimension out of range, otherwise)."""
+        if not isinstance(hx, (tuple, list)):
+            raise TypeError(f"lstm(): argument 'hx' must be tuple of Tensors, not "
+                            f"{type(hx).__name__}")
+        self._check_state_count(hx)
+        for h in hx:
+            if h.dim() != 3:
+                raise IndexError(f"Dimension out of range (expected to be in range of "
+                                 f"[-{h.dim()}, {h.dim() - 1}], but got 2)")
+
     def _as_tuple(self, hx):
         return tuple(hx) if self._mode == "LSTM" else (hx,)
 
     def _from_tuple(self, states):
         return states if self._mode == "LSTM" else states[0]
 
+    def _lstm_cell_state_dtype(self, states, dtype):
+        """torch.nn.LSTM converts a c_0 of another dtype to the input's (on all but its
+        oneDNN path, which raises); we always convert."""
+        h, c = states
+        return (h, c.to(dtype) if c.dtype != dtype else c)
+
     def forward(self, input, hx=None):
         name = type(self).__name__
         packed = isinstance(input, PackedSequence)
+        lstm = self._mode == "LSTM"
         batched = True
         if packed:
             data, batch_sizes, sorted_indices, unsorted_indices = input
@@ -67,12 +87,13 @@ class FusedRNNMixin:
                 states = self._zero_states(data, int(batch_sizes[0]))
                 hx = self._from_tuple(states)
             else:
-                self._check_state_count(hx)
-                # Reorder to the sorted batch first, then check, as torch.nn does.
+                # Reorder to the sorted batch first, then check, as torch.nn does
+                # (torch.nn.LSTM leaves every check to its kernel).
                 hx = self.permute_hidden(hx, sorted_indices)
-            if self._mode == "LSTM":
+            if lstm:
                 # torch.nn.LSTM checks packed input only in its kernel, so every
                 # mistake there is a RuntimeError (a dtype mismatch too).
+                self._lstm_kernel_checks(hx)
                 if data.dim() != 2 or data.size(-1) != self.input_size:
                     raise RuntimeError(
                         f"input.size(-1) must be equal to input_size. Expected "
@@ -90,8 +111,11 @@ class FusedRNNMixin:
             if not batched:
                 input = input.unsqueeze(batch_dim)
             if hx is not None:
-                self._check_state_count(hx)
-                given = self._as_tuple(hx)
+                # Only the first two tensors count for LSTM, read as torch.nn reads them
+                # (hx[0], hx[1]: a lone tensor with one layer is an IndexError there).
+                given = (hx[0], hx[1]) if lstm else (hx,)
+                if not lstm:
+                    self._check_state_count(hx)
                 want = 3 if batched else 2
                 if any(h.dim() != want for h in given):
                     dims = ", ".join(f"{h.dim()}-D" for h in given)
@@ -99,8 +123,7 @@ class FusedRNNMixin:
                     raise RuntimeError(
                         f"For {kind} input, hx should also be {want}-D but got ({dims}) tensor(s)")
                 if not batched:
-                    given = tuple(h.unsqueeze(1) for h in given)
-                hx = self._from_tuple(given)
+                    hx = self._from_tuple(tuple(h.unsqueeze(1) for h in given))
             batch_sizes, sorted_indices, unsorted_indices = None, None, None
             data = input.transpose(0, 1) if self.batch_first else input
             if data.shape[0] == 0:
@@ -109,7 +132,11 @@ class FusedRNNMixin:
                 states = self._zero_states(data, data.shape[1])
                 hx = self._from_tuple(states)
             self.check_forward_args(input, hx, None)
+            if lstm:
+                self._lstm_kernel_checks(hx)
             states = self._as_tuple(hx)
+        if lstm:
+            states = self._lstm_cell_state_dtype(states, data.dtype)
 
         output, finals = F.stacked(
             self._mode, data, states, self._layer_weights(), num_layers=self.num_layers,

@@ -37,12 +37,13 @@ def check_devices(op: str, input, batch_sizes, **tensors) -> None:
 
     A tensor on the meta device among CPU tensors sends the call to the fake
     kernel (Meta outranks CPU in dispatch), which would otherwise return
-    uninitialized tensors as if it had computed something.
+    uninitialized tensors as if it had computed something. All are RuntimeErrors, as
+    in torch.nn.
     """
     for name, t in tensors.items():
         if t is not None and t.device != input.device:
             raise RuntimeError(f"{op}: expected {name} on device {input.device} (the device of "
                                f"input), got {t.device}")
     if batch_sizes is not None and batch_sizes.device.type != "cpu":
-        raise ValueError(f"{op}: expected batch_sizes to be a 1-D int64 CPU tensor, got one "
-                         f"on {batch_sizes.device}")
+        raise RuntimeError(f"{op}: expected batch_sizes to be a 1-D int64 CPU tensor, got "
+                           f"one on {batch_sizes.device}")
