@@ -459,6 +459,15 @@ def hx_shapes(case):
     return [(layers, case["N"], s) for s in sizes]
 
 
+def add_hx_leaves(leaves, case, g):
+    """Adds the initial states of a case that gives them ('hx[k]') to ``leaves``."""
+    if case["hx_given"]:
+        for k, (shape, layout) in enumerate(zip(hx_shapes(case), case["hx_layouts"])):
+            h = 0.5 * torch.randn(leaf_shape(shape, layout), generator=g, dtype=torch.float64)
+            leaves[f"hx[{k}]"] = h.to(case["dtype"]).requires_grad_()
+    return leaves
+
+
 def module_leaves(case):
     """The leaf tensors of a case (their shapes follow the layouts' expansions)."""
     g = torch.Generator().manual_seed(case["seed"] + 1)
@@ -466,11 +475,7 @@ def module_leaves(case):
     leaves = {"input": torch.randn(leaf_shape(input_shape(case), case["input_layout"]),
                                    generator=g, dtype=torch.float64).to(dt)}
     leaves["input"].requires_grad_(case["input_grad"])
-    if case["hx_given"]:
-        for k, (shape, layout) in enumerate(zip(hx_shapes(case), case["hx_layouts"])):
-            h = 0.5 * torch.randn(leaf_shape(shape, layout), generator=g, dtype=torch.float64)
-            leaves[f"hx[{k}]"] = h.to(dt).requires_grad_()
-    return leaves
+    return add_hx_leaves(leaves, case, g)
 
 
 def module_inputs(case):
@@ -788,11 +793,7 @@ def handbuilt_leaves(case):
     shape = (case["rows"], case["I"])
     leaves = {"input": torch.randn(leaf_shape(shape, case["input_layout"]), generator=g,
                                    dtype=torch.float64).to(dt).requires_grad_()}
-    if case["hx_given"]:
-        for k, (shape, layout) in enumerate(zip(hx_shapes(case), case["hx_layouts"])):
-            h = 0.5 * torch.randn(leaf_shape(shape, layout), generator=g, dtype=torch.float64)
-            leaves[f"hx[{k}]"] = h.to(dt).requires_grad_()
-    return leaves
+    return add_hx_leaves(leaves, case, g)
 
 
 def handbuilt_inputs(case):
