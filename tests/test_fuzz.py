@@ -478,6 +478,16 @@ def module_leaves(case):
     return add_hx_leaves(leaves, case, g)
 
 
+def hx_from_leaves(leaves, case):
+    """The hx argument built from a case's 'hx[k]' leaves: None, a tuple (LSTM) or a
+    tensor."""
+    if not case["hx_given"]:
+        return None
+    states = tuple(apply_layout(leaves[f"hx[{k}]"], layout, shape)
+                   for k, (shape, layout) in enumerate(zip(hx_shapes(case), case["hx_layouts"])))
+    return states if is_lstm(case["cell"]) else states[0]
+
+
 def module_inputs(case):
     """make_inputs(leaves) -> (module input, hx) for a drawn case."""
 
@@ -497,12 +507,7 @@ def module_inputs(case):
             data = apply_layout(inp.data, ((), case["packed_transforms"]), inp.data.shape)
             inp = PackedSequence(data, inp.batch_sizes, inp.sorted_indices,
                                  inp.unsorted_indices)
-        if not case["hx_given"]:
-            return inp, None
-        states = tuple(apply_layout(leaves[f"hx[{k}]"], layout, shape)
-                       for k, (shape, layout) in enumerate(zip(hx_shapes(case),
-                                                               case["hx_layouts"])))
-        return inp, states if is_lstm(case["cell"]) else states[0]
+        return inp, hx_from_leaves(leaves, case)
 
     return make
 
@@ -803,12 +808,7 @@ def handbuilt_inputs(case):
         sorted_indices = (None if case["permute_batch"] is None
                           else torch.tensor(case["permute_batch"], dtype=torch.int64))
         inp = PackedSequence(data, bs, sorted_indices, None)
-        if not case["hx_given"]:
-            return inp, None
-        states = tuple(apply_layout(leaves[f"hx[{k}]"], layout, shape)
-                       for k, (shape, layout) in enumerate(zip(hx_shapes(case),
-                                                               case["hx_layouts"])))
-        return inp, states if is_lstm(case["cell"]) else states[0]
+        return inp, hx_from_leaves(leaves, case)
 
     return make
 

@@ -47,10 +47,6 @@ class FusedRNNMixin:
         return tuple(torch.zeros(layers, batch, size, dtype=input.dtype, device=input.device)
                      for size in self._state_sizes())
 
-    def _check_state_count(self, hx):
-        if self._mode == "LSTM" and (not isinstance(hx, (tuple, list)) or len(hx) != 2):
-            raise RuntimeError("lstm expects two hidden states")
-
     def _lstm_kernel_checks(self, hx):
         """What torch.nn.LSTM's kernel checks first, with the exception types it raises:
         hx must be a pair (TypeError if not a sequence) of 3-D tensors (IndexError, a
@@ -58,7 +54,8 @@ class FusedRNNMixin:
         if not isinstance(hx, (tuple, list)):
             raise TypeError(f"lstm(): argument 'hx' must be tuple of Tensors, not "
                             f"{type(hx).__name__}")
-        self._check_state_count(hx)
+        if len(hx) != 2:
+            raise RuntimeError("lstm expects two hidden states")
         for h in hx:
             if h.dim() != 3:
                 raise IndexError(f"Dimension out of range (expected to be in range of "
@@ -114,8 +111,6 @@ class FusedRNNMixin:
                 # Only the first two tensors count for LSTM, read as torch.nn reads them
                 # (hx[0], hx[1]: a lone tensor with one layer is an IndexError there).
                 given = (hx[0], hx[1]) if lstm else (hx,)
-                if not lstm:
-                    self._check_state_count(hx)
                 want = 3 if batched else 2
                 if any(h.dim() != want for h in given):
                     dims = ", ".join(f"{h.dim()}-D" for h in given)
