@@ -1,14 +1,16 @@
 // Every op schema of the gatedrnn library; implementations register per device
 // in cpu/ and cuda/. One op per (cell, layer, direction) over a whole sequence:
 // input is padded [T, N, I] (batch_sizes None) or packed [R, I] with batch_sizes.
+// need_workspace = false (inference: no backward will run) returns an empty [0, *]
+// workspace, so the forward need not keep per-step activations.
 #include <Python.h>
 #include <torch/library.h>
 
 TORCH_LIBRARY(gatedrnn, m) {
   m.def(
       "lstm_forward(Tensor input, Tensor? batch_sizes, Tensor h0, Tensor c0, Tensor w_ih, "
-      "Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor? w_hr, bool reverse) "
-      "-> (Tensor output, Tensor h_n, Tensor c_n, Tensor workspace)");
+      "Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor? w_hr, bool reverse, "
+      "bool need_workspace=True) -> (Tensor output, Tensor h_n, Tensor c_n, Tensor workspace)");
   m.def(
       "lstm_backward(Tensor grad_output, Tensor grad_h_n, Tensor grad_c_n, Tensor input, "
       "Tensor? batch_sizes, Tensor h0, Tensor c0, Tensor w_ih, Tensor w_hh, Tensor? w_hr, "
@@ -17,7 +19,7 @@ TORCH_LIBRARY(gatedrnn, m) {
       "Tensor grad_b_hh, Tensor grad_w_hr)");
   m.def(
       "gru_forward(Tensor input, Tensor? batch_sizes, Tensor h0, Tensor w_ih, Tensor w_hh, "
-      "Tensor? b_ih, Tensor? b_hh, bool reverse) "
+      "Tensor? b_ih, Tensor? b_hh, bool reverse, bool need_workspace=True) "
       "-> (Tensor output, Tensor h_n, Tensor workspace)");
   m.def(
       "gru_backward(Tensor grad_output, Tensor grad_h_n, Tensor input, Tensor? batch_sizes, "

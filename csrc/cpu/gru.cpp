@@ -20,62 +20,81 @@ constexpr const char* kForward = "gatedrnn.gru_forward";
 constexpr const char* kBackward = "gatedrnn.gru_backward";
 
 // workspace row (4H): activated r, z, n, then hn = W_hn h + b_hn (needed for dr).
+
+// One step's rows [0, n) for the units [u0, u0 + len) of one block.
+//   xg, hg: [n, 3 * len] (leading dim ld) the block's x @ w_ih^T and h @ w_hh^T, gate g at
+//           columns g * len
+//   h_cur: [n, H] the state before the step; h_out, h_next: [n, H], written at u0 + j
+//   ws: [n, 4H] the step's workspace rows, or null when no backward will read them
 template <typename scalar_t>
-void gru_forward_rows(int64_t n, int64_t H, scalar_t* ws, const scalar_t* hg,
-                      const scalar_t* b_ih, const scalar_t* b_hh, scalar_t* h_state,
-                      scalar_t* h_out) {
+void gru_forward_units(int64_t n, int64_t H, int64_t u0, int64_t len, const scalar_t* xg,
+                       const scalar_t* hg, int64_t ld, const scalar_t* b_ih,
+                       const scalar_t* b_hh, const scalar_t* h_cur, scalar_t* ws,
+                       scalar_t* h_out, scalar_t* h_next) {
   using V = Vec<scalar_t>;
   const int64_t ws_ld = 4 * H;
-  for_each_row(n, 8 * H, [&](int64_t b) {
-    scalar_t* g = ws + b * ws_ld;
-    const scalar_t* hgb = hg + b * kGates * H;
-    scalar_t* h = h_state + b * H;
-    for_each_chunk<scalar_t>(H, [&](int64_t j, int64_t cnt) {
-      const V r = sigmoid(load(g + j, cnt) + load(b_ih + j, cnt) + load(hgb + j, cnt) +
-                          load(b_hh + j, cnt));
-      const V z = sigmoid(load(g + H + j, cnt) + load(b_ih + H + j, cnt) +
-                          load(hgb + H + j, cnt) + load(b_hh + H + j, cnt));
-      const V hn = load(hgb + 2 * H + j, cnt) + load(b_hh + 2 * H + j, cnt);
-      const V nn = fast_tanh(load(g + 2 * H + j, cnt) + load(b_ih + 2 * H + j, cnt) + r * hn);
-      const V h_new = nn + z * (load(h + j, cnt) - nn);
-      store(r, g + j, cnt);
-      store(z, g + H + j, cnt);
-      store(nn, g + 2 * H + j, cnt);
-      store(hn, g + 3 * H + j, cnt);
-      store(h_new, h + j, cnt);
-      store(h_new, h_out + b * H + j, cnt);
+  const scalar_t* bi = b_ih + u0;
+  const scalar_t* bh = b_hh + u0;
+  for (int64_t b = 0; b < n; ++b) {
+    const scalar_t* x = xg + b * ld;
+    const scalar_t* h = hg + b * ld;
+    scalar_t* g = ws ? ws + b * ws_ld + u0 : nullptr;
+    const int64_t row = b * H + u0;
+    for_each_chunk<scalar_t>(len, [&](int64_t j, int64_t cnt) {
+      const V r = sigmoid(load(x + j, cnt) + load(bi + j, cnt) + load(h + j, cnt) +
+                          load(bh + j, cnt));
+      const V z = sigmoid(load(x + len + j, cnt) + load(bi + H + j, cnt) +
+                          load(h + len + j, cnt) + load(bh + H + j, cnt));
+      const V hn = load(h + 2 * len + j, cnt) + load(bh + 2 * H + j, cnt);
+      const V nn = fast_tanh(load(x + 2 * len + j, cnt) + load(bi + 2 * H + j, cnt) + r * hn);
+      const V h_new = nn + z * (load(h_cur + row + j, cnt) - nn);
+      if (g) {
+        store(r, g + j, cnt);
+        store(z, g + H + j, cnt);
+        store(nn, g + 2 * H + j, cnt);
+        store(hn, g + 3 * H + j, cnt);
+      }
+      store(h_new, h_next + row + j, cnt);
+      store(h_new, h_out + row + j, cnt);
     });
-  });
+  }
 }
 
+// The time loop runs on a ForwardTeam. The n gate needs W_hn h apart from W_in x, so the
+// recurrent GEMM goes to its own [N, 3H] buffer rather than into the gate columns.
+// ws may be undefined (no backward will read it).
 template <typename scalar_t>
 void gru_forward_impl(const RnnShapes& sh, const at::Tensor& x, const at::Tensor& w_ih,
                       const at::Tensor& w_hh, const at::Tensor& b_ih, const at::Tensor& b_hh,
                       at::Tensor& out, at::Tensor& h_state, at::Tensor& ws) {
   const Schedule& s = sh.schedule;
-  const int64_t H = sh.hidden_size, N = s.batch;
-  scalar_t* wsp = ws.mutable_data_ptr<scalar_t>();
-  input_projection<scalar_t>(x, w_ih, wsp, 4 * H);
-  at::Tensor hg = at::empty({N, kGates * H}, x.options());
+  const int64_t H = sh.hidden_size, N = s.batch, G = kGates * H;
+  const UnitBlocks units = unit_blocks(H, kGates, H, N);
+  const UnitBlockGemm<scalar_t> hidden(w_hh, kGates, H, units, N);
+  at::Tensor hg = at::empty({N, G}, x.options());
   scalar_t* hgp = hg.mutable_data_ptr<scalar_t>();
+  scalar_t* wsp = ws.defined() ? ws.mutable_data_ptr<scalar_t>() : nullptr;
   scalar_t* outp = out.mutable_data_ptr<scalar_t>();
-  scalar_t* hs = h_state.mutable_data_ptr<scalar_t>();
-  const RecurrentGemm<scalar_t> hidden_gemm(true, kGates * H, H,
-                                            w_hh.const_data_ptr<scalar_t>(), H, N);
-  for (int64_t k = 0; k < s.steps(); ++k) {
-    const int64_t t = s.time_at(k), n = s.sizes[t], off = s.offsets[t];
-    // hg[:n] = h_state[:n] @ w_hh^T       [n, H] x [H, 3H]
-    hidden_gemm.run(n, hs, H, scalar_t(0), hgp, kGates * H);
-    gru_forward_rows<scalar_t>(n, H, wsp + off * 4 * H, hgp, b_ih.const_data_ptr<scalar_t>(),
-                               b_hh.const_data_ptr<scalar_t>(), hs, outp + off * H);
-  }
+  const scalar_t* bih = b_ih.const_data_ptr<scalar_t>();
+  const scalar_t* bhh = b_hh.const_data_ptr<scalar_t>();
+  ForwardTeam<scalar_t> team(s, x, w_ih, kGates, units, h_state);
+  const auto block = [&](const TeamStep<scalar_t>& st, int64_t b, int64_t u0, int64_t len) {
+    scalar_t* hgb = hgp + kGates * u0;
+    // hg_b[:n] = h[:n] @ w_hh_b^T       [n, H] x [H, 3 len]
+    hidden.run(b, st.n, st.cur, H, scalar_t(0), hgb, G);
+    gru_forward_units<scalar_t>(st.n, H, u0, len, st.gates + kGates * u0, hgb, G, bih, bhh,
+                                st.cur, wsp ? wsp + st.off * 4 * H : nullptr,
+                                outp + st.off * H, st.next);
+  };
+  team.run(1, true, block, [](const TeamMember&, const TeamStep<scalar_t>&) {});
+  h_state.copy_(team.final_state());
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_forward(
     const at::Tensor& input, const c10::optional<at::Tensor>& batch_sizes,
     const at::Tensor& h0, const at::Tensor& w_ih, const at::Tensor& w_hh,
     const c10::optional<at::Tensor>& b_ih, const c10::optional<at::Tensor>& b_hh,
-    bool reverse) {
+    bool reverse, bool need_workspace) {
   const RnnShapes sh = check_rnn_args(kForward, kGates, input, batch_sizes, h0, nullptr, w_ih,
                                       w_hh, b_ih, b_hh, c10::nullopt, reverse);
   const Schedule& s = sh.schedule;
@@ -86,10 +105,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_forward(
   const at::Tensor bhh = optional_bias(b_hh, kGates * H, opts);
   at::Tensor out = at::empty({s.rows, H}, opts);
   at::Tensor h_state = h0.contiguous().clone();
-  at::Tensor ws = at::empty({s.rows, 4 * H}, opts);
+  at::Tensor ws = at::empty({need_workspace ? s.rows : 0, 4 * H}, opts);
+  at::Tensor ws_arg = need_workspace ? ws : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), kForward, [&] {
     gru_forward_impl<scalar_t>(sh, x, w_ih.contiguous(), w_hh.contiguous(), bih, bhh, out,
-                               h_state, ws);
+                               h_state, ws_arg);
   });
   return {shaped_like_input(out, input), h_state, ws};
 }

@@ -9,6 +9,7 @@
 #include "pointwise.h"
 #include "recurrence.h"
 #include "recurrent_gemm.h"
+#include "step_team.h"
 
 namespace gatedrnn {
 namespace {
@@ -19,76 +20,97 @@ constexpr const char* kBackward = "gatedrnn.lstm_backward";
 
 // workspace row (5H): activated gates i, f, g, o, then the cell state c.
 
+// One step's rows [0, n) for the units [u0, u0 + len) of one block.
+//   pre: [n, 4 * len] (leading dim pre_ld) the block's x @ w_ih^T + h @ w_hh^T, gate g
+//        at columns g * len
+//   c_state: [N, H]; ws: [n, 5H] the step's workspace rows, or null when no backward
+//   will read them; h_out, h_next: [n, *] (h_next may be null), written at u0 + j
 template <typename scalar_t>
-void lstm_forward_rows(int64_t n, int64_t H, scalar_t* ws, int64_t ws_ld, const scalar_t* hg,
-                       const scalar_t* bias, scalar_t* c_state, scalar_t* h_out,
-                       int64_t h_out_ld, scalar_t* h_state) {
+void lstm_forward_units(int64_t n, int64_t H, int64_t u0, int64_t len, const scalar_t* pre,
+                        int64_t pre_ld, const scalar_t* bias, scalar_t* c_state, scalar_t* ws,
+                        int64_t ws_ld, scalar_t* h_out, int64_t h_out_ld, scalar_t* h_next,
+                        int64_t h_next_ld) {
   using V = Vec<scalar_t>;
-  for_each_row(n, 8 * H, [&](int64_t b) {
-    scalar_t* g = ws + b * ws_ld;
-    const scalar_t* hgb = hg + b * kGates * H;
-    scalar_t* c = c_state + b * H;
-    for_each_chunk<scalar_t>(H, [&](int64_t j, int64_t cnt) {
-      const auto pre = [&](int64_t gate) {
-        const int64_t o = gate * H + j;
-        return load(g + o, cnt) + load(hgb + o, cnt) + load(bias + o, cnt);
+  const scalar_t* bu = bias + u0;
+  for (int64_t b = 0; b < n; ++b) {
+    const scalar_t* p = pre + b * pre_ld;
+    scalar_t* c = c_state + b * H + u0;
+    scalar_t* g = ws ? ws + b * ws_ld + u0 : nullptr;
+    for_each_chunk<scalar_t>(len, [&](int64_t j, int64_t cnt) {
+      const auto gate = [&](int64_t q) {
+        return load(p + q * len + j, cnt) + load(bu + q * H + j, cnt);
       };
-      const V i = sigmoid(pre(0)), f = sigmoid(pre(1)), gg = fast_tanh(pre(2)),
-              o = sigmoid(pre(3));
+      const V i = sigmoid(gate(0)), f = sigmoid(gate(1)), gg = fast_tanh(gate(2)),
+              o = sigmoid(gate(3));
       const V c_new = f * load(c + j, cnt) + i * gg;
       const V h = o * fast_tanh(c_new);
-      store(i, g + j, cnt);
-      store(f, g + H + j, cnt);
-      store(gg, g + 2 * H + j, cnt);
-      store(o, g + 3 * H + j, cnt);
-      store(c_new, g + 4 * H + j, cnt);
+      if (g) {
+        store(i, g + j, cnt);
+        store(f, g + H + j, cnt);
+        store(gg, g + 2 * H + j, cnt);
+        store(o, g + 3 * H + j, cnt);
+        store(c_new, g + 4 * H + j, cnt);
+      }
       store(c_new, c + j, cnt);
-      store(h, h_out + b * h_out_ld + j, cnt);
-      if (h_state) store(h, h_state + b * H + j, cnt);
+      store(h, h_out + b * h_out_ld + u0 + j, cnt);
+      if (h_next) store(h, h_next + b * h_next_ld + u0 + j, cnt);
     });
-  });
+  }
 }
 
+// The time loop runs on a ForwardTeam; each block adds its recurrent GEMM into its gate
+// columns in place and runs the pointwise pass. With a projection, a second phase (after
+// a barrier, since it reads every unit) projects the step's output by column blocks.
+// ws may be undefined (no backward will read it).
 template <typename scalar_t>
 void lstm_forward_impl(const RnnShapes& sh, const at::Tensor& x, const at::Tensor& w_ih,
                        const at::Tensor& w_hh, const at::Tensor& bias, const at::Tensor& w_hr,
                        at::Tensor& out, at::Tensor& h_state, at::Tensor& c_state,
                        at::Tensor& ws) {
   const Schedule& s = sh.schedule;
-  const int64_t H = sh.hidden_size, P = sh.state_size, N = s.batch;
+  const int64_t H = sh.hidden_size, P = sh.state_size, N = s.batch, G = kGates * H;
   const bool proj = w_hr.defined();
   const int64_t ws_ld = 5 * H;
-  scalar_t* wsp = ws.mutable_data_ptr<scalar_t>();
-  input_projection<scalar_t>(x, w_ih, wsp, ws_ld);
-
-  at::Tensor hg = at::empty({N, kGates * H}, x.options());
+  const UnitBlocks units = unit_blocks(H, kGates, P, N);
+  const UnitBlockGemm<scalar_t> hidden(w_hh, kGates, H, units, N);
+  const UnitBlocks proj_units = proj ? unit_blocks(P, 1, H, N) : UnitBlocks{};
+  const UnitBlockGemm<scalar_t> projection =
+      proj ? UnitBlockGemm<scalar_t>(w_hr, 1, P, proj_units, N) : UnitBlockGemm<scalar_t>();
   at::Tensor hp = proj ? at::empty({N, H}, x.options()) : at::Tensor();
-  scalar_t* hgp = hg.mutable_data_ptr<scalar_t>();
+  scalar_t* wsp = ws.defined() ? ws.mutable_data_ptr<scalar_t>() : nullptr;
   scalar_t* hpp = proj ? hp.mutable_data_ptr<scalar_t>() : nullptr;
   scalar_t* outp = out.mutable_data_ptr<scalar_t>();
-  scalar_t* hs = h_state.mutable_data_ptr<scalar_t>();
   scalar_t* cs = c_state.mutable_data_ptr<scalar_t>();
-  const scalar_t* whh = w_hh.const_data_ptr<scalar_t>();
-  const scalar_t* whr = proj ? w_hr.const_data_ptr<scalar_t>() : nullptr;
   const scalar_t* bp = bias.const_data_ptr<scalar_t>();
-  const RecurrentGemm<scalar_t> hidden_gemm(true, kGates * H, P, whh, P, N);
-  const RecurrentGemm<scalar_t> proj_gemm(true, P, H, whr, H, proj ? N : 0);
 
-  for (int64_t k = 0; k < s.steps(); ++k) {
-    const int64_t t = s.time_at(k), n = s.sizes[t], off = s.offsets[t];
-    // hg[:n] = h_state[:n] @ w_hh^T        [n, P] x [P, 4H]
-    hidden_gemm.run(n, hs, P, scalar_t(0), hgp, kGates * H);
+  ForwardTeam<scalar_t> team(s, x, w_ih, kGates, units, h_state);
+  const auto block = [&](const TeamStep<scalar_t>& st, int64_t b, int64_t u0, int64_t len) {
+    scalar_t* pre = st.gates + kGates * u0;
+    // pre[:n] += h[:n] @ w_hh_b^T       [n, P] x [P, 4 len]
+    hidden.run(b, st.n, st.cur, P, scalar_t(1), pre, G);
+    scalar_t* ws_rows = wsp ? wsp + st.off * ws_ld : nullptr;
     if (!proj) {
-      lstm_forward_rows<scalar_t>(n, H, wsp + off * ws_ld, ws_ld, hgp, bp, cs, outp + off * H,
-                                  H, hs);
+      lstm_forward_units<scalar_t>(st.n, H, u0, len, pre, G, bp, cs, ws_rows, ws_ld,
+                                   outp + st.off * H, H, st.next, H);
     } else {
-      lstm_forward_rows<scalar_t>(n, H, wsp + off * ws_ld, ws_ld, hgp, bp, cs, hpp, H,
-                                  nullptr);
-      // out[off:off+n] = hp[:n] @ w_hr^T   [n, H] x [H, P]
-      proj_gemm.run(n, hpp, H, scalar_t(0), outp + off * P, P);
-      if (n > 0) std::memcpy(hs, outp + off * P, sizeof(scalar_t) * n * P);
+      lstm_forward_units<scalar_t>(st.n, H, u0, len, pre, G, bp, cs, ws_rows, ws_ld, hpp, H,
+                                   nullptr, 0);
     }
-  }
+  };
+  const auto project = [&](const TeamMember& me, const TeamStep<scalar_t>& st) {
+    if (!proj) return;
+    me.barrier();
+    const auto [p0, p1] = me.share(proj_units.count());
+    for (int64_t p = p0; p < p1; ++p) {
+      const int64_t j0 = proj_units.begin(p), len = proj_units.length(p);
+      // out[off:off+n, block] = hp[:n] @ w_hr_block^T   [n, H] x [H, len]
+      projection.run(p, st.n, hpp, H, scalar_t(0), outp + st.off * P + j0, P);
+      copy_columns(outp + st.off * P, st.next, 0, st.n, P, j0, len);
+      copy_columns(st.cur, st.next, st.n, N, P, j0, len);
+    }
+  };
+  team.run(proj_units.count(), !proj, block, project);
+  h_state.copy_(team.final_state());
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward(
@@ -96,7 +118,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward(
     const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& w_ih,
     const at::Tensor& w_hh, const c10::optional<at::Tensor>& b_ih,
     const c10::optional<at::Tensor>& b_hh, const c10::optional<at::Tensor>& w_hr,
-    bool reverse) {
+    bool reverse, bool need_workspace) {
   const RnnShapes sh = check_rnn_args(kForward, kGates, input, batch_sizes, h0, &c0, w_ih,
                                       w_hh, b_ih, b_hh, w_hr, reverse);
   const Schedule& s = sh.schedule;
@@ -109,9 +131,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward(
   at::Tensor out = at::empty({s.rows, P}, opts);
   at::Tensor h_state = h0.contiguous().clone();
   at::Tensor c_state = c0.contiguous().clone();
-  at::Tensor ws = at::empty({s.rows, 5 * H}, opts);
+  at::Tensor ws = at::empty({need_workspace ? s.rows : 0, 5 * H}, opts);
+  at::Tensor ws_arg = need_workspace ? ws : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), kForward, [&] {
-    lstm_forward_impl<scalar_t>(sh, x, wih, whh, bias, whr, out, h_state, c_state, ws);
+    lstm_forward_impl<scalar_t>(sh, x, wih, whh, bias, whr, out, h_state, c_state, ws_arg);
   });
   return {shaped_like_input(out, input), h_state, c_state, ws};
 }

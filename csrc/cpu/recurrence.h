@@ -11,19 +11,89 @@
 
 #include "../common/blas.h"
 #include "../common/sequence.h"
+#include "recurrent_gemm.h"
+#include "step_team.h"
 
 namespace gatedrnn {
 
-// gates[r, 0:G*H] = x[r] @ w_ih^T for every row r of every step, written into
-// a buffer of leading dimension ld_gates (the cell's workspace row).
-//   x: [R, I], w_ih: [G*H, I], gates: [R, ld_gates]
+// One step of a ForwardTeam loop, as one block of units sees it.
 template <typename scalar_t>
-void input_projection(const at::Tensor& x, const at::Tensor& w_ih, scalar_t* gates,
-                      int64_t ld_gates) {
-  const int64_t R = x.size(0), I = x.size(1), GH = w_ih.size(0);
-  gemm<scalar_t>(false, true, R, GH, I, scalar_t(1), x.const_data_ptr<scalar_t>(), I,
-                 w_ih.const_data_ptr<scalar_t>(), I, scalar_t(0), gates, ld_gates);
-}
+struct TeamStep {
+  int64_t k, n, off;      // step k (processing order), its live rows n, its first row
+  scalar_t* gates;        // [n, G] (leading dim G): x @ w_ih^T for the step's rows; block b
+                          // owns columns [gates * begin(b), gates * (begin(b) + len))
+  const scalar_t* cur;    // [N, P] the state before the step (read by every block)
+  scalar_t* next;         // [N, P] the state after it (each block writes its columns)
+};
+
+// The forward time loop of every cell, on a team (step_team.h). Each thread owns
+// blocks of hidden units and computes their input projection a chunk of steps ahead
+// (StepChunks), in its own columns of a small buffer that is still in its cache when
+// the steps read it: no thread reads another's columns, so that needs no barrier. The
+// state alternates between two [N, P] buffers; each step reads one whole and writes
+// its blocks of the other, and one barrier per step orders the threads.
+template <typename scalar_t>
+class ForwardTeam {
+ public:
+  //   x: [R, I], w_ih: [gates * H, I], h0: [N, P]
+  ForwardTeam(const Schedule& s, const at::Tensor& x, const at::Tensor& w_ih, int64_t gates,
+              const UnitBlocks& units, const at::Tensor& h0)
+      : s_(s), x_(x), gates_(gates), G_(w_ih.size(0)), units_(units),
+        input_(w_ih, gates, units.units, units, 0), chunks_(s, w_ih.size(0)),
+        gate_buf_(at::empty({chunks_.max_rows(), w_ih.size(0)}, x.options())),
+        h_buf_(at::empty({2, h0.size(0), h0.size(1)}, x.options())) {
+    h_buf_[0].copy_(h0);
+  }
+
+  // For each step, on every thread: block(step, b, len, u0) for each block b the thread
+  // owns, then finish(member, step), then the barrier. With units_write_state, the
+  // blocks write the state's columns of their units and the rows a step leaves (packed
+  // sequences) are carried over here; otherwise finish writes all of `next`.
+  template <typename Block, typename Finish>
+  void run(int64_t threads, bool units_write_state, const Block& block, const Finish& finish) {
+    const int64_t N = h_buf_.size(1), P = h_buf_.size(2), I = x_.size(1);
+    const scalar_t* xp = x_.const_data_ptr<scalar_t>();
+    scalar_t* gp = gate_buf_.mutable_data_ptr<scalar_t>();
+    scalar_t* hb = h_buf_.mutable_data_ptr<scalar_t>();
+    run_team(std::max(threads, units_.count()), [&](const TeamMember& me) {
+      const auto [b0, b1] = me.share(units_.count());
+      for (int64_t k = 0; k < s_.steps(); ++k) {
+        const int64_t t = s_.time_at(k);
+        const RowRange chunk = chunks_.rows_of(k);
+        if (chunk.first_step == k) {
+          for (int64_t b = b0; b < b1; ++b) {
+            // gates[chunk, block] = x[chunk] @ w_ih_b^T      [rows, I] x [I, gates len]
+            input_.run(b, chunk.rows(), xp + chunk.begin * I, I, scalar_t(0),
+                       gp + gates_ * units_.begin(b), G_);
+          }
+        }
+        const TeamStep<scalar_t> step{k, s_.sizes[t], s_.offsets[t],
+                                      gp + (s_.offsets[t] - chunk.begin) * G_,
+                                      hb + (k % 2) * N * P, hb + ((k + 1) % 2) * N * P};
+        for (int64_t b = b0; b < b1; ++b) {
+          const int64_t u0 = units_.begin(b), len = units_.length(b);
+          block(step, b, u0, len);
+          if (units_write_state) copy_columns(step.cur, step.next, step.n, N, P, u0, len);
+        }
+        finish(me, step);
+        me.barrier();
+      }
+    });
+  }
+
+  // The state after the last step.
+  at::Tensor final_state() const { return h_buf_[s_.steps() % 2]; }
+  int64_t gate_ld() const { return G_; }
+
+ private:
+  const Schedule& s_;
+  const at::Tensor& x_;
+  int64_t gates_, G_;
+  UnitBlocks units_;
+  UnitBlockGemm<scalar_t> input_;
+  StepChunks chunks_;
+  at::Tensor gate_buf_, h_buf_;
+};
 
 // b_ih + b_hh as one vector (zeros where absent), so the pointwise pass adds one bias.
 inline at::Tensor combined_bias(const c10::optional<at::Tensor>& b_ih,

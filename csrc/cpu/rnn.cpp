@@ -24,8 +24,8 @@ bool is_relu(const char* op, c10::string_view nonlinearity) {
   return nonlinearity == "relu";
 }
 
-// The hoisted input projection is computed straight into out; each step then
-// overwrites its rows in place: out = act(out + bias + hg).
+// The time loop runs on a ForwardTeam; each block adds its recurrent GEMM into its
+// columns of the input projection and activates them.
 template <typename scalar_t>
 void rnn_forward_impl(const RnnShapes& sh, bool relu, const at::Tensor& x,
                       const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& bias,
@@ -33,30 +33,30 @@ void rnn_forward_impl(const RnnShapes& sh, bool relu, const at::Tensor& x,
   using V = Vec<scalar_t>;
   const Schedule& s = sh.schedule;
   const int64_t H = sh.hidden_size, N = s.batch;
+  const UnitBlocks units = unit_blocks(H, 1, H, N);
+  const UnitBlockGemm<scalar_t> hidden(w_hh, 1, H, units, N);
   scalar_t* outp = out.mutable_data_ptr<scalar_t>();
-  input_projection<scalar_t>(x, w_ih, outp, H);
-  at::Tensor hg = at::empty({N, H}, x.options());
-  scalar_t* hgp = hg.mutable_data_ptr<scalar_t>();
-  scalar_t* hs = h_state.mutable_data_ptr<scalar_t>();
-  const scalar_t* whh = w_hh.const_data_ptr<scalar_t>();
   const scalar_t* bp = bias.const_data_ptr<scalar_t>();
   const V zero(scalar_t(0));
-  const RecurrentGemm<scalar_t> hidden_gemm(true, H, H, whh, H, N);
-  for (int64_t k = 0; k < s.steps(); ++k) {
-    const int64_t t = s.time_at(k), n = s.sizes[t], off = s.offsets[t];
-    // hg[:n] = h_state[:n] @ w_hh^T      [n, H] x [H, H]
-    hidden_gemm.run(n, hs, H, scalar_t(0), hgp, H);
-    scalar_t* o = outp + off * H;
-    for_each_row(n, 2 * H, [&](int64_t b) {
-      for_each_chunk<scalar_t>(H, [&](int64_t j, int64_t cnt) {
-        const int64_t e = b * H + j;
-        const V pre = load(o + e, cnt) + load(hgp + e, cnt) + load(bp + j, cnt);
-        const V h = relu ? at::vec::maximum(pre, zero) : fast_tanh(pre);
-        store(h, o + e, cnt);
-        store(h, hs + e, cnt);
+  ForwardTeam<scalar_t> team(s, x, w_ih, 1, units, h_state);
+  const auto block = [&](const TeamStep<scalar_t>& st, int64_t b, int64_t u0, int64_t len) {
+    scalar_t* pre = st.gates + u0;
+    // pre[:n] += h[:n] @ w_hh_b^T      [n, H] x [H, len]
+    hidden.run(b, st.n, st.cur, H, scalar_t(1), pre, H);
+    for (int64_t r = 0; r < st.n; ++r) {
+      const scalar_t* p = pre + r * H;
+      scalar_t* o = outp + (st.off + r) * H + u0;
+      scalar_t* h_next = st.next + r * H + u0;
+      for_each_chunk<scalar_t>(len, [&](int64_t j, int64_t cnt) {
+        const V a = load(p + j, cnt) + load(bp + u0 + j, cnt);
+        const V h = relu ? at::vec::maximum(a, zero) : fast_tanh(a);
+        store(h, o + j, cnt);
+        store(h, h_next + j, cnt);
       });
-    });
-  }
+    }
+  };
+  team.run(1, true, block, [](const TeamMember&, const TeamStep<scalar_t>&) {});
+  h_state.copy_(team.final_state());
 }
 
 std::tuple<at::Tensor, at::Tensor> rnn_forward(

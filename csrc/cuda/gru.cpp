@@ -31,7 +31,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_forward(
     const at::Tensor& input, const c10::optional<at::Tensor>& batch_sizes,
     const at::Tensor& h0, const at::Tensor& w_ih, const at::Tensor& w_hh,
     const c10::optional<at::Tensor>& b_ih, const c10::optional<at::Tensor>& b_hh,
-    bool reverse) {
+    bool reverse, bool need_workspace) {
   check_on_cuda(kForward, input);
   const RnnShapes sh = check_rnn_args(kForward, kGates, input, batch_sizes, h0, nullptr, w_ih,
                                       w_hh, b_ih, b_hh, c10::nullopt, reverse);
@@ -104,7 +104,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_forward(
     }
     h_n = h_state;
   });
-  return {shaped_like_input(out, input), h_n, ws};
+  // The kernels write the workspace either way; only its return is skipped.
+  return {shaped_like_input(out, input), h_n, need_workspace ? ws : at::empty({0, 4 * H}, opts)};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>

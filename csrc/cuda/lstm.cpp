@@ -33,7 +33,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward(
     const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& w_ih,
     const at::Tensor& w_hh, const c10::optional<at::Tensor>& b_ih,
     const c10::optional<at::Tensor>& b_hh, const c10::optional<at::Tensor>& w_hr,
-    bool reverse) {
+    bool reverse, bool need_workspace) {
   check_on_cuda(kForward, input);
   const RnnShapes sh = check_rnn_args(kForward, kGates, input, batch_sizes, h0, &c0, w_ih,
                                       w_hh, b_ih, b_hh, w_hr, reverse);
@@ -125,7 +125,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward(
     h_n = h_state;
     c_n = as_dtype(c_state, dtype);
   });
-  return {shaped_like_input(out, input), h_n, c_n, ws};
+  // The kernels write the workspace either way; only its return is skipped.
+  return {shaped_like_input(out, input), h_n, c_n,
+          need_workspace ? ws : at::empty({0, 5 * H}, opts)};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,

@@ -34,6 +34,12 @@ def _zeros(input: Tensor, batch: int, size: int) -> Tensor:
     return torch.zeros(batch, size, dtype=input.dtype, device=input.device)
 
 
+def _needs_grad(*tensors) -> bool:
+    """Whether autograd may differentiate the op: if not, the forward keeps no workspace
+    (the per-step activations only a backward reads)."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
 def lstm(input: Tensor, hx=None, *, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor] = None,
          b_hh: Optional[Tensor] = None, w_hr: Optional[Tensor] = None,
          batch_sizes: Optional[Tensor] = None, reverse: bool = False):
@@ -44,7 +50,8 @@ def lstm(input: Tensor, hx=None, *, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[T
         hx = (_zeros(input, batch, w_hh.shape[1]), _zeros(input, batch, hidden))
     h0, c0 = hx
     output, h_n, c_n, _ = torch.ops.gatedrnn.lstm_forward(
-        input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse)
+        input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse,
+        _needs_grad(input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr))
     return output, (h_n, c_n)
 
 
@@ -55,7 +62,8 @@ def gru(input: Tensor, hx: Optional[Tensor] = None, *, w_ih: Tensor, w_hh: Tenso
     if hx is None:
         hx = _zeros(input, _batch(input, batch_sizes), w_hh.shape[1])
     output, h_n, _ = torch.ops.gatedrnn.gru_forward(
-        input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, reverse)
+        input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, reverse,
+        _needs_grad(input, hx, w_ih, w_hh, b_ih, b_hh))
     return output, h_n
 
 

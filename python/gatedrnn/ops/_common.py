@@ -47,3 +47,11 @@ def check_devices(op: str, input, batch_sizes, **tensors) -> None:
     if batch_sizes is not None and batch_sizes.device.type != "cpu":
         raise RuntimeError(f"{op}: expected batch_sizes to be a 1-D int64 CPU tensor, got "
                            f"one on {batch_sizes.device}")
+
+
+def check_workspace_kept(op: str, input, workspace) -> None:
+    """A backward through a forward that ran with need_workspace=False has nothing to
+    differentiate from; say so rather than fail on the workspace's shape."""
+    if workspace.shape[0] != flat_rows(input):
+        raise RuntimeError(f"{op} ran with need_workspace=False, so it kept no workspace; "
+                           f"run it with need_workspace=True to differentiate it")

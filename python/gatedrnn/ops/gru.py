@@ -1,15 +1,17 @@
 """torch.library registrations for gatedrnn::gru_forward / gru_backward."""
 import torch
 
-from ._common import check_devices, fake_backward_grads, flat_rows, output_like, zeros_if_none
+from ._common import (check_devices, check_workspace_kept, fake_backward_grads, flat_rows,
+                      output_like, zeros_if_none)
 
 
 @torch.library.register_fake("gatedrnn::gru_forward")
-def _gru_forward_fake(input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, reverse):
+def _gru_forward_fake(input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, reverse,
+                      need_workspace=True):
     check_devices("gatedrnn.gru_forward", input, batch_sizes, h0=h0, w_ih=w_ih, w_hh=w_hh,
                   b_ih=b_ih, b_hh=b_hh)
     hidden = w_ih.shape[0] // 3
-    workspace = input.new_empty((flat_rows(input), 4 * hidden))
+    workspace = input.new_empty((flat_rows(input) if need_workspace else 0, 4 * hidden))
     return output_like(input, hidden), h0.new_empty(h0.shape), workspace
 
 
@@ -23,7 +25,7 @@ def _gru_backward_fake(grad_output, grad_h_n, input, batch_sizes, h0, w_ih, w_hh
 
 
 def _setup_context(ctx, inputs, output):
-    input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, reverse = inputs
+    input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, reverse = inputs[:8]
     out, _, workspace = output
     ctx.save_for_backward(input, batch_sizes, h0, w_ih, w_hh, out, workspace)
     # Outputs without a gradient arrive as None rather than as zeros: autograd would
@@ -35,12 +37,13 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad_output, grad_h_n, _grad_workspace):
     input, batch_sizes, h0, w_ih, w_hh, out, workspace = ctx.saved_tensors
+    check_workspace_kept("gatedrnn.gru_forward", input, workspace)
     d_input, d_h0, d_w_ih, d_w_hh, d_b_ih, d_b_hh = torch.ops.gatedrnn.gru_backward(
         zeros_if_none(grad_output, out), zeros_if_none(grad_h_n, h0), input, batch_sizes, h0,
         w_ih, w_hh, out, workspace, ctx.reverse)
     has_b_ih, has_b_hh = ctx.has_bias
     return (d_input, None, d_h0, d_w_ih, d_w_hh, d_b_ih if has_b_ih else None,
-            d_b_hh if has_b_hh else None, None)
+            d_b_hh if has_b_hh else None, None, None)
 
 
 torch.library.register_autograd("gatedrnn::gru_forward", _backward, setup_context=_setup_context)

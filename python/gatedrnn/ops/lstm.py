@@ -1,16 +1,18 @@
 """torch.library registrations for gatedrnn::lstm_forward / lstm_backward."""
 import torch
 
-from ._common import check_devices, fake_backward_grads, flat_rows, grad_if, output_like, zeros_if_none
+from ._common import (check_devices, check_workspace_kept, fake_backward_grads, flat_rows,
+                      grad_if, output_like, zeros_if_none)
 
 
 @torch.library.register_fake("gatedrnn::lstm_forward")
-def _lstm_forward_fake(input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse):
+def _lstm_forward_fake(input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse,
+                       need_workspace=True):
     check_devices("gatedrnn.lstm_forward", input, batch_sizes, h0=h0, c0=c0, w_ih=w_ih,
                   w_hh=w_hh, b_ih=b_ih, b_hh=b_hh, w_hr=w_hr)
     hidden = w_ih.shape[0] // 4
     state = w_hh.shape[1]
-    workspace = input.new_empty((flat_rows(input), 5 * hidden))
+    workspace = input.new_empty((flat_rows(input) if need_workspace else 0, 5 * hidden))
     return output_like(input, state), h0.new_empty(h0.shape), c0.new_empty(c0.shape), workspace
 
 
@@ -25,7 +27,7 @@ def _lstm_backward_fake(grad_output, grad_h_n, grad_c_n, input, batch_sizes, h0,
 
 
 def _setup_context(ctx, inputs, output):
-    input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse = inputs
+    input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse = inputs[:10]
     out, _, _, workspace = output
     ctx.save_for_backward(input, batch_sizes, h0, c0, w_ih, w_hh, w_hr, out, workspace)
     # Outputs without a gradient arrive as None rather than as zeros: autograd would
@@ -37,6 +39,7 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad_output, grad_h_n, grad_c_n, _grad_workspace):
     input, batch_sizes, h0, c0, w_ih, w_hh, w_hr, out, workspace = ctx.saved_tensors
+    check_workspace_kept("gatedrnn.lstm_forward", input, workspace)
     grads = torch.ops.gatedrnn.lstm_backward(
         zeros_if_none(grad_output, out), zeros_if_none(grad_h_n, h0),
         zeros_if_none(grad_c_n, c0), input, batch_sizes, h0, c0, w_ih, w_hh, w_hr, out,
@@ -44,7 +47,7 @@ def _backward(ctx, grad_output, grad_h_n, grad_c_n, _grad_workspace):
     d_input, d_h0, d_c0, d_w_ih, d_w_hh, d_b_ih, d_b_hh, d_w_hr = grads
     has_b_ih, has_b_hh = ctx.has_bias
     return (d_input, None, d_h0, d_c0, d_w_ih, d_w_hh, d_b_ih if has_b_ih else None,
-            d_b_hh if has_b_hh else None, grad_if(w_hr, d_w_hr), None)
+            d_b_hh if has_b_hh else None, grad_if(w_hr, d_w_hr), None, None)
 
 
 torch.library.register_autograd(
