@@ -120,21 +120,27 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_forward(
 // [R, 3H] ones.
 constexpr int64_t kGradLd = 4;
 
-// dh: [n, H] total gradient w.r.t. this step's h; h_prev: the state each row started from.
-// Writes the rows' gradient buffer and dh * z, the part of dL/dh_prev that bypasses w_hh.
+// One backward step's rows [0, n) for the units [u0, u0 + len) of one block.
+//   go: [n, H] the loss's gradient w.r.t. the step's output rows
+//   dh_state: [N, H] in: dL/dh from later steps; out: dh * z, the part of dL/dh_prev that
+//             bypasses w_hh (the recurrent GEMM adds the rest)
+//   ws: [n, 4H] the step's workspace rows; h_prev: the state each row started from
+//   dgates: [n, 4H] the step's gradient buffer rows
 template <typename scalar_t>
-void gru_backward_rows(int64_t n, int64_t H, const scalar_t* dh, const scalar_t* ws,
-                       const PrevRows<scalar_t>& h_prev, scalar_t* dgates, scalar_t* dh_prev) {
+void gru_backward_units(int64_t n, int64_t H, int64_t u0, int64_t len, const scalar_t* go,
+                        scalar_t* dh_state, const scalar_t* ws,
+                        const PrevRows<scalar_t>& h_prev, scalar_t* dgates) {
   using V = Vec<scalar_t>;
   const V one(scalar_t(1));
-  for_each_row(n, 8 * H, [&](int64_t b) {
-    const scalar_t* g = ws + b * 4 * H;
-    scalar_t* dg = dgates + b * kGradLd * H;
-    const scalar_t* hp_row = h_prev.row(b);
-    for_each_chunk<scalar_t>(H, [&](int64_t j, int64_t cnt) {
+  for (int64_t b = 0; b < n; ++b) {
+    const scalar_t* g = ws + b * 4 * H + u0;
+    scalar_t* dg = dgates + b * kGradLd * H + u0;
+    const scalar_t* hp_row = h_prev.row(b) + u0;
+    const int64_t e = b * H + u0;
+    for_each_chunk<scalar_t>(len, [&](int64_t j, int64_t cnt) {
       const V r = load(g + j, cnt), z = load(g + H + j, cnt), nn = load(g + 2 * H + j, cnt),
               hn = load(g + 3 * H + j, cnt);
-      const V d = load(dh + b * H + j, cnt);
+      const V d = load(go + e + j, cnt) + load(dh_state + e + j, cnt);
       const V hp = load(hp_row + j, cnt);
       const V dn = d * (one - z) * (one - nn * nn);
       const V dz = d * (hp - nn) * z * (one - z);
@@ -143,14 +149,14 @@ void gru_backward_rows(int64_t n, int64_t H, const scalar_t* dh, const scalar_t*
       store(dz, dg + H + j, cnt);
       store(dn * r, dg + 2 * H + j, cnt);
       store(dn, dg + 3 * H + j, cnt);
-      store(d * z, dh_prev + b * H + j, cnt);
+      store(d * z, dh_state + e + j, cnt);
     });
-  });
+  }
 }
 
-// The backward loop; the input and weight gradients come out of ChunkedGrads, which
-// reads the two column ranges of the gradient buffer: dr, dz, dn for w_ih and b_ih,
-// dr, dz, dn * r for w_hh and b_hh.
+// The backward loop, on a BackwardTeam; the input and weight gradients come out of
+// ChunkedGrads, which reads the two column ranges of the gradient buffer: dr, dz, dn for
+// w_ih and b_ih, dr, dz, dn * r for w_hh and b_hh.
 template <typename scalar_t>
 InputAndWeightGrads gru_backward_impl(const RnnShapes& sh, const at::Tensor& grad_out,
                                       const at::Tensor& x, const at::Tensor& w_ih,
@@ -158,28 +164,22 @@ InputAndWeightGrads gru_backward_impl(const RnnShapes& sh, const at::Tensor& gra
                                       const at::Tensor& out, const at::Tensor& h0,
                                       at::Tensor& dh_state) {
   const Schedule& s = sh.schedule;
-  const int64_t H = sh.hidden_size, N = s.batch;
+  const int64_t H = sh.hidden_size;
   const scalar_t* go = grad_out.const_data_ptr<scalar_t>();
   const scalar_t* wsp = ws.const_data_ptr<scalar_t>();
   const scalar_t* outp = out.const_data_ptr<scalar_t>();
   const scalar_t* h0p = h0.const_data_ptr<scalar_t>();
-  const scalar_t* whh = w_hh.const_data_ptr<scalar_t>();
   scalar_t* dhs = dh_state.mutable_data_ptr<scalar_t>();
-  at::Tensor dh = at::empty({N, H}, ws.options());
-  scalar_t* dhp = dh.mutable_data_ptr<scalar_t>();
-  const RecurrentGemm<scalar_t> hidden_gemm(false, H, kGates * H, whh, H, N);
   ChunkedGrads<scalar_t> grads(s, kGradLd * H, {{0, 0, 2 * H}, {3 * H, 2 * H, H}},
                                {{0, 0, kGates * H}}, false, x, out, h0, w_ih, kGates * H);
-  for (int64_t k = s.steps() - 1; k >= 0; --k) {
-    const int64_t t = s.time_at(k), n = s.sizes[t], off = s.offsets[t];
-    for (int64_t e = 0; e < n * H; ++e) dhp[e] = go[off * H + e] + dhs[e];
-    const PrevRows<scalar_t> h_prev = previous_rows(s, k, outp, H, h0p, H);
-    scalar_t* dg = grads.row(off);
-    gru_backward_rows<scalar_t>(n, H, dhp, wsp + off * 4 * H, h_prev, dg, dhs);
-    // dh_state[:n] += dgates[off:off+n, 0:3H] @ w_hh      [n, 3H] x [3H, H]
-    hidden_gemm.run(n, dg, kGradLd * H, scalar_t(1), dhs, H);
-    grads.step_done(k);
-  }
+  BackwardTeam<scalar_t> team(s, w_hh, kGradLd * H, unit_blocks(H, kGates, H, s.batch));
+  // dh_state[:n] = dh * z + dgates[:, 0:3H] @ w_hh      [n, 3H] x [3H, H]
+  team.run(grads, dhs, scalar_t(1),
+           [&](int64_t k, int64_t n, int64_t off, scalar_t* dg, int64_t u0, int64_t len) {
+             const PrevRows<scalar_t> h_prev = previous_rows(s, k, outp, H, h0p, H);
+             gru_backward_units<scalar_t>(n, H, u0, len, go + off * H, dhs, wsp + off * 4 * H,
+                                          h_prev, dg);
+           });
   return grads.result();
 }
 

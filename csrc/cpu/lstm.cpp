@@ -139,38 +139,45 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward(
   return {shaped_like_input(out, input), h_state, c_state, ws};
 }
 
-// One backward step over the live rows.
-//   dh: [n, H] gradient w.r.t. o * fast_tanh(c) of this step
+// One backward step's rows [r0, r1) for the units [u0, u0 + len) of one block.
+//   dh, dh_more: [n, H] the gradient w.r.t. o * fast_tanh(c) of this step is their sum
+//                (dh_more may be null)
 //   c_prev: the cell state each row started the step from
 //   dc_state: [N, H] in: dL/dc from later steps, out: dL/dc_prev
+//   dgates: [n, 4H] the step's gate-gradient rows
 template <typename scalar_t>
-void lstm_backward_rows(int64_t n, int64_t H, const scalar_t* dh, const scalar_t* ws,
-                        int64_t ws_ld, const PrevRows<scalar_t>& c_prev, scalar_t* dc_state,
-                        scalar_t* dgates) {
+void lstm_backward_units(int64_t r0, int64_t r1, int64_t H, int64_t u0, int64_t len,
+                         const scalar_t* dh, const scalar_t* dh_more, const scalar_t* ws,
+                         int64_t ws_ld, const PrevRows<scalar_t>& c_prev, scalar_t* dc_state,
+                         scalar_t* dgates) {
   using V = Vec<scalar_t>;
   const V one(scalar_t(1));
-  for_each_row(n, 10 * H, [&](int64_t b) {
-    const scalar_t* g = ws + b * ws_ld;
-    const scalar_t* cp_row = c_prev.row(b);
-    scalar_t* dg = dgates + b * kGates * H;
-    for_each_chunk<scalar_t>(H, [&](int64_t j, int64_t cnt) {
+  for (int64_t b = r0; b < r1; ++b) {
+    const scalar_t* g = ws + b * ws_ld + u0;
+    const scalar_t* cp_row = c_prev.row(b) + u0;
+    scalar_t* dg = dgates + b * kGates * H + u0;
+    const int64_t e = b * H + u0;
+    for_each_chunk<scalar_t>(len, [&](int64_t j, int64_t cnt) {
       const V i = load(g + j, cnt), f = load(g + H + j, cnt), gg = load(g + 2 * H + j, cnt),
               o = load(g + 3 * H + j, cnt), c = load(g + 4 * H + j, cnt);
       const V cp = load(cp_row + j, cnt);
-      const V dhv = load(dh + b * H + j, cnt);
+      const V dhv = dh_more ? load(dh + e + j, cnt) + load(dh_more + e + j, cnt)
+                            : load(dh + e + j, cnt);
       const V tc = fast_tanh(c);
-      const V dc = load(dc_state + b * H + j, cnt) + dhv * o * (one - tc * tc);
+      const V dc = load(dc_state + e + j, cnt) + dhv * o * (one - tc * tc);
       store(dc * i * (one - i) * gg, dg + j, cnt);
       store(dc * f * (one - f) * cp, dg + H + j, cnt);
       store(dc * i * (one - gg * gg), dg + 2 * H + j, cnt);
       store(dhv * tc * o * (one - o), dg + 3 * H + j, cnt);
-      store(dc * f, dc_state + b * H + j, cnt);
+      store(dc * f, dc_state + e + j, cnt);
     });
-  });
+  }
 }
 
-// The backward loop. With a projection, dout (the total gradient w.r.t. each step's
-// projected output) is kept for a chunk of steps, for grad_w_hr.
+// The backward loop. Without a projection it runs on a BackwardTeam. With one, each
+// step first needs all of dout (the total gradient w.r.t. the projected output) for
+// dh = dout @ w_hr; that path stays a plain loop of parallel GEMMs and a row-parallel
+// pointwise pass, and keeps dout for a chunk of steps, for grad_w_hr.
 template <typename scalar_t>
 InputAndWeightGrads lstm_backward_impl(const RnnShapes& sh, const at::Tensor& grad_out,
                                        const at::Tensor& x, const at::Tensor& out,
@@ -186,34 +193,45 @@ InputAndWeightGrads lstm_backward_impl(const RnnShapes& sh, const at::Tensor& gr
   const scalar_t* wsp = ws.const_data_ptr<scalar_t>();
   const scalar_t* go = grad_out.const_data_ptr<scalar_t>();
   const scalar_t* c0p = c0.const_data_ptr<scalar_t>();
-  const scalar_t* whh = w_hh.const_data_ptr<scalar_t>();
-  const scalar_t* whr = proj ? w_hr.const_data_ptr<scalar_t>() : nullptr;
   scalar_t* dhs = dh_state.mutable_data_ptr<scalar_t>();
   scalar_t* dcs = dc_state.mutable_data_ptr<scalar_t>();
-  at::Tensor dh_step = at::empty({N, proj ? H : P}, ws.options());
+  ChunkedGrads<scalar_t> grads(s, G, {{0, 0, G}}, {{0, 0, G}}, true, x, out, h0, w_ih, G);
+  if (!proj) {
+    BackwardTeam<scalar_t> team(s, w_hh, G, unit_blocks(H, kGates, H, N));
+    team.run(grads, dhs, scalar_t(0),
+             [&](int64_t k, int64_t n, int64_t off, scalar_t* dg, int64_t u0, int64_t len) {
+               const PrevRows<scalar_t> c_prev = previous_rows(s, k, wsp + 4 * H, ws_ld, c0p, H);
+               lstm_backward_units<scalar_t>(0, n, H, u0, len, go + off * H, dhs,
+                                             wsp + off * ws_ld, ws_ld, c_prev, dcs, dg);
+             });
+    return grads.result();
+  }
+
+  const scalar_t* whh = w_hh.const_data_ptr<scalar_t>();
+  const scalar_t* whr = w_hr.const_data_ptr<scalar_t>();
+  at::Tensor dh_step = at::empty({N, H}, ws.options());
   scalar_t* dhp = dh_step.mutable_data_ptr<scalar_t>();
   const RecurrentGemm<scalar_t> hidden_gemm(false, P, G, whh, P, N);
-  const RecurrentGemm<scalar_t> proj_gemm(false, H, P, whr, H, proj ? N : 0);
-  ChunkedGrads<scalar_t> grads(s, G, {{0, 0, G}}, {{0, 0, G}}, true, x, out, h0, w_ih, G);
-  at::Tensor dout = proj ? at::empty({grads.max_rows(), P}, ws.options()) : at::Tensor();
-
+  const RecurrentGemm<scalar_t> proj_gemm(false, H, P, whr, H, N);
+  at::Tensor dout = at::empty({grads.max_rows(), P}, ws.options());
   for (int64_t k = s.steps() - 1; k >= 0; --k) {
     const int64_t t = s.time_at(k), n = s.sizes[t], off = s.offsets[t];
     const StepChunk chunk = grads.chunk();
     // Total gradient w.r.t. this step's output: from the loss and from later steps.
-    scalar_t* d = proj ? dout.mutable_data_ptr<scalar_t>() + (off - chunk.row_begin) * P : dhp;
+    scalar_t* d = dout.mutable_data_ptr<scalar_t>() + (off - chunk.row_begin) * P;
     const scalar_t* g_out = go + off * P;
     for (int64_t e = 0; e < n * P; ++e) d[e] = g_out[e] + dhs[e];
-    if (proj) {
-      // dh_step[:n] = dout[off:off+n] @ w_hr      [n, P] x [P, H]
-      proj_gemm.run(n, d, P, scalar_t(0), dhp, H);
-    }
+    // dh_step[:n] = dout[off:off+n] @ w_hr      [n, P] x [P, H]
+    proj_gemm.run(n, d, P, scalar_t(0), dhp, H);
     const PrevRows<scalar_t> c_prev = previous_rows(s, k, wsp + 4 * H, ws_ld, c0p, H);
     scalar_t* dg = grads.row(off);
-    lstm_backward_rows<scalar_t>(n, H, dhp, wsp + off * ws_ld, ws_ld, c_prev, dcs, dg);
+    for_each_row(n, 10 * H, [&](int64_t b) {
+      lstm_backward_units<scalar_t>(b, b + 1, H, 0, H, dhp, nullptr, wsp + off * ws_ld, ws_ld,
+                                    c_prev, dcs, dg);
+    });
     // dh_state[:n] = dgates[off:off+n] @ w_hh     [n, 4H] x [4H, P]
     hidden_gemm.run(n, dg, G, scalar_t(0), dhs, P);
-    if (grads.step_done(k) && proj) {
+    if (grads.step_done(k)) {
       // grad_w_hr += dout^T @ (o * tanh(c)) over the chunk's rows; o * tanh(c), the
       // unprojected h, is recomputed from the workspace rather than stored.
       const at::Tensor rows = ws.narrow(0, chunk.row_begin, chunk.rows());

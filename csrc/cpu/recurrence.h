@@ -199,6 +199,7 @@ class ChunkedGrads {
     return buffer_.mutable_data_ptr<scalar_t>() + (r - chunk().row_begin) * ld_;
   }
   const StepChunk& chunk() const { return chunks_[current_]; }
+  bool chunks_left() const { return current_ < chunks_.size(); }
   int64_t max_rows() const { return buffer_.size(0); }
 
   // After backward step k has written its rows: when k ends its chunk, runs the chunk's
@@ -295,6 +296,57 @@ class ChunkedGrads {
   size_t current_ = 0;
   at::Tensor buffer_, h_prev_, ones_;
   InputAndWeightGrads g_;
+};
+
+// The backward time loop of every cell (but the projected LSTM), on a team: one parallel
+// region per ChunkedGrads chunk, whose input and weight gradients are then made by the
+// usual parallel GEMMs between regions. In each step, every thread first runs the
+// pointwise pass of its blocks of units, writing their columns of the step's gate
+// gradients; after a barrier it computes its blocks' columns of dL/dh_prev =
+// dgates @ w_hh, which reads every gate column. No second barrier is needed: the next
+// step's pointwise pass of a block reads only the dh columns its own thread wrote.
+template <typename scalar_t>
+class BackwardTeam {
+ public:
+  //   w_hh: [G, P], the recurrent weight; dgate_ld: the row length of the gate gradients,
+  //   of which the first G columns multiply w_hh
+  BackwardTeam(const Schedule& s, const at::Tensor& w_hh, int64_t dgate_ld,
+               const UnitBlocks& units)
+      : s_(s), G_(w_hh.size(0)), dgate_ld_(dgate_ld), units_(units),
+        hidden_(w_hh.t(), 1, w_hh.size(1), units, s.batch) {}
+
+  // point(k, n, off, dgates, u0, len): step k's pointwise pass over rows [0, n) and units
+  // [u0, u0 + len), dgates being the step's [n, dgate_ld] gate-gradient rows. Then
+  // dh_state[:n, block] = dgates[:n, :G] @ w_hh[:, block] + beta * dh_state[:n, block].
+  template <typename Point>
+  void run(ChunkedGrads<scalar_t>& grads, scalar_t* dh_state, scalar_t beta,
+           const Point& point) {
+    const int64_t P = units_.units;
+    while (grads.chunks_left()) {
+      const StepChunk c = grads.chunk();
+      scalar_t* rows = grads.row(c.row_begin);
+      run_team(units_.count(), [&](const TeamMember& me) {
+        const auto [b0, b1] = me.share(units_.count());
+        for (int64_t k = c.k_first; k >= c.k_last; --k) {
+          const int64_t t = s_.time_at(k), n = s_.sizes[t], off = s_.offsets[t];
+          scalar_t* dg = rows + (off - c.row_begin) * dgate_ld_;
+          for (int64_t b = b0; b < b1; ++b) point(k, n, off, dg, units_.begin(b), units_.length(b));
+          me.barrier();
+          for (int64_t b = b0; b < b1; ++b) {
+            // dh_state[:n, block] (+)= dgates[:n, :G] @ w_hh[:, block]   [n, G] x [G, len]
+            hidden_.run(b, n, dg, dgate_ld_, beta, dh_state + units_.begin(b), P);
+          }
+        }
+      });
+      grads.step_done(c.k_last);
+    }
+  }
+
+ private:
+  const Schedule& s_;
+  int64_t G_, dgate_ld_;
+  UnitBlocks units_;
+  UnitBlockGemm<scalar_t> hidden_;
 };
 
 // The output laid out like the input: [T, N, P] when padded, [R, P] when packed.

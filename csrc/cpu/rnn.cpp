@@ -91,29 +91,25 @@ InputAndWeightGrads rnn_backward_impl(const RnnShapes& sh, bool relu, const at::
   const int64_t H = sh.hidden_size;
   const scalar_t* go = grad_out.const_data_ptr<scalar_t>();
   const scalar_t* op = out.const_data_ptr<scalar_t>();
-  const scalar_t* whh = w_hh.const_data_ptr<scalar_t>();
   scalar_t* dhs = dh_state.mutable_data_ptr<scalar_t>();
   const V one(scalar_t(1)), zero(scalar_t(0));
-  const RecurrentGemm<scalar_t> hidden_gemm(false, H, H, whh, H, s.batch);
   ChunkedGrads<scalar_t> grads(s, H, {{0, 0, H}}, {{0, 0, H}}, true, x, out, h0, w_ih, H);
-  for (int64_t k = s.steps() - 1; k >= 0; --k) {
-    const int64_t t = s.time_at(k), n = s.sizes[t], off = s.offsets[t];
-    scalar_t* dg = grads.row(off);
-    for_each_row(n, 2 * H, [&](int64_t b) {
-      for_each_chunk<scalar_t>(H, [&](int64_t j, int64_t cnt) {
-        const int64_t e = b * H + j;
-        const V h = load(op + off * H + e, cnt);
-        const V d = load(go + off * H + e, cnt) + load(dhs + e, cnt);
-        // relu' selects rather than multiplies, as torch.nn does: a NaN output passes
-        // the gradient on, and an infinite gradient stops at h <= 0 instead of 0 * inf.
-        const V dpre = relu ? V::blendv(d, zero, h <= zero) : d * (one - h * h);
-        store(dpre, dg + b * H + j, cnt);
-      });
-    });
-    // dh_state[:n] = dgates[off:off+n] @ w_hh      [n, H] x [H, H]
-    hidden_gemm.run(n, dg, H, scalar_t(0), dhs, H);
-    grads.step_done(k);
-  }
+  BackwardTeam<scalar_t> team(s, w_hh, H, unit_blocks(H, 1, H, s.batch));
+  team.run(grads, dhs, scalar_t(0),
+           [&](int64_t, int64_t n, int64_t off, scalar_t* dg, int64_t u0, int64_t len) {
+             for (int64_t b = 0; b < n; ++b) {
+               const int64_t e = b * H + u0;
+               for_each_chunk<scalar_t>(len, [&](int64_t j, int64_t cnt) {
+                 const V h = load(op + off * H + e + j, cnt);
+                 const V d = load(go + off * H + e + j, cnt) + load(dhs + e + j, cnt);
+                 // relu' selects rather than multiplies, as torch.nn does: a NaN output
+                 // passes the gradient on, and an infinite gradient stops at h <= 0
+                 // instead of 0 * inf.
+                 const V dpre = relu ? V::blendv(d, zero, h <= zero) : d * (one - h * h);
+                 store(dpre, dg + e + j, cnt);
+               });
+             }
+           });
   return grads.result();
 }
 
