@@ -43,7 +43,9 @@ struct UnitBlocks {
 // the thread it frees). Sizes are multiples of 8 units, one AVX2 vector of floats.
 inline UnitBlocks unit_blocks(int64_t units, int64_t cols_per_unit, int64_t k, int64_t rows) {
   constexpr int64_t kMaxBlocks = 8, kMinWork = int64_t(1) << 17;
-  const int64_t kMinCols = rows >= 64 ? 256 : 128;
+  // 256 columns where that still leaves two blocks and steps have 64 rows or more (MKL's
+  // single-threaded kernel loses a third of its speed at 128 columns there), else 128.
+  const int64_t kMinCols = rows >= 64 && units * cols_per_unit >= 512 ? 256 : 128;
   // In double: the product of four 32-bit extents can pass 2^63.
   const double work = double(units) * double(cols_per_unit) * double(std::max<int64_t>(k, 1)) *
                       double(std::max<int64_t>(rows, 1));
