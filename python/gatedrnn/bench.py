@@ -5,8 +5,9 @@ process, interleaved, for LSTM, GRU and RNN in two modes:
   inference  forward under torch.no_grad()
   training   forward + backward of a fixed random output gradient
 Each row is first checked numerically (outputs and input gradient against torch.nn), then
-timed: warm-up, then `repeats` rounds that each time torch.nn once and gatedrnn once
-(alternating which goes first), and the medians are reported. GFLOP/s counts the GEMM FLOPs
+timed: warm-up, then `repeats` rounds (more for short rows, so that each side runs for at
+least --min-time seconds) that each time torch.nn once and gatedrnn once (alternating
+which goes first), and the medians are reported. GFLOP/s counts the GEMM FLOPs
 (input and recurrent projections; x3 for training: forward, data gradients, weight
 gradients) and is compared with this machine's GEMM peak, measured at start-up with a large
 torch.mm in the same dtype. Peak memory (CPU: resident-set growth over one step, the second
@@ -17,6 +18,7 @@ Writes a Markdown table to stdout and, under --out, bench.md, bench.json and ben
 """
 import argparse
 import json
+import math
 import os
 import platform
 import statistics
@@ -151,16 +153,25 @@ class Row:
                                    f"from torch.nn by {err:.3g} (relative)")
 
 
-def time_row(row, device, repeats, warmup):
+MAX_REPEATS = 1000
+
+
+def time_row(row, device, repeats, warmup, min_time=0.0):
+    """Medians of interleaved timings, and the number of rounds: at least `repeats`, and
+    enough for each side to run about `min_time` seconds (a sub-millisecond row's median
+    over 15 rounds moves with every scheduler hiccup), at most MAX_REPEATS."""
+    slowest = 0.0
     for _ in range(warmup):
-        row.step(row.ref)
-        row.step(row.ours)
+        slowest = max(slowest, _timed(lambda: row.step(row.ref), device),
+                      _timed(lambda: row.step(row.ours), device))
+    if slowest > 0 and min_time > 0:
+        repeats = max(repeats, min(MAX_REPEATS, math.ceil(min_time / slowest)))
     times = {"torch": [], "gatedrnn": []}
     for k in range(repeats):
         pair = [("torch", row.ref), ("gatedrnn", row.ours)]
         for name, module in (pair if k % 2 == 0 else pair[::-1]):
             times[name].append(_timed(lambda: row.step(module), device))
-    return {name: statistics.median(ts) for name, ts in times.items()}
+    return {name: statistics.median(ts) for name, ts in times.items()}, repeats
 
 
 def peak_memory(row, which, device, dtype_name):
@@ -244,7 +255,8 @@ def machine_description(device):
 def markdown(result):
     lines = [
         f"gatedrnn {result['gatedrnn']} vs torch {result['torch']} on {result['machine']}, "
-        f"{result['dtype']}, median of {result['repeats']} interleaved runs; "
+        f"{result['dtype']}, median of at least {result['repeats']} interleaved runs "
+        f"(more for short rows: about {result['min_time']:g} s per side); "
         f"GEMM peak {result['gemm_peak_gflops']:.1f} GFLOP/s (torch.mm 2048^3).",
         "",
         "| cell | config (T, N, I, H) | mode | torch.nn ms | gatedrnn ms | speedup | "
@@ -297,17 +309,19 @@ def run(args):
     result = {"gatedrnn": gatedrnn.__version__, "torch": torch.__version__,
               "machine": machine_description(device), "device": str(device),
               "dtype": args.dtype, "tf32": args.tf32, "repeats": args.repeats,
+              "min_time": args.min_time,
               "gemm_peak_gflops": peak, "command": " ".join(sys.argv), "rows": []}
     plan = [(c, s, m) for c in args.cells for s in args.configs for m in args.modes]
     for k, (cell, config, mode) in enumerate(plan):
         _progress(k, len(plan), f"{cell} {config} {mode}")
         row = Row(cell, config, mode, dtype, device)
         row.check()
-        t = time_row(row, device, args.repeats, args.warmup)
+        t, rounds = time_row(row, device, args.repeats, args.warmup, args.min_time)
         mem = {} if args.no_memory else {
             name: peak_memory(row, name, device, args.dtype) for name in ("torch", "gatedrnn")}
         result["rows"].append({
             "cell": cell, "config": config, "mode": mode, "shape": CONFIGS[config],
+            "repeats": rounds,
             "torch_ms": 1e3 * t["torch"], "gatedrnn_ms": 1e3 * t["gatedrnn"],
             "speedup": t["torch"] / t["gatedrnn"],
             "gatedrnn_gflops": row.flops / t["gatedrnn"] / 1e9,
@@ -326,7 +340,11 @@ def main(argv=None):
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     p.add_argument("--device", default="cpu")
     p.add_argument("--tf32", action="store_true", help="allow TF32 on CUDA (default: off)")
-    p.add_argument("--repeats", type=int, default=15)
+    p.add_argument("--repeats", type=int, default=15,
+                   help="timing rounds per row, at least (default 15)")
+    p.add_argument("--min-time", type=float, default=0.5,
+                   help="short rows get more rounds, until each side has run about this "
+                        "many seconds (default 0.5; 0 turns it off)")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
@@ -339,7 +357,7 @@ def main(argv=None):
         _memory_child(*args.memory_child)
         return
     if args.quick:
-        args.configs, args.repeats, args.warmup = ["small", "tiny"], 3, 1
+        args.configs, args.repeats, args.warmup, args.min_time = ["small", "tiny"], 3, 1, 0.0
     if args.threads:
         torch.set_num_threads(args.threads)
     result = run(args)
