@@ -86,7 +86,7 @@ void gru_forward_impl(const RnnShapes& sh, const at::Tensor& x, const at::Tensor
                                 st.cur, wsp ? wsp + st.off * 4 * H : nullptr,
                                 outp + st.off * H, st.next);
   };
-  team.run(1, true, block, [](const TeamMember&, const TeamStep<scalar_t>&) {});
+  team.run(0, true, block, [](const TeamMember&, const TeamStep<scalar_t>&) {});
   h_state.copy_(team.final_state());
 }
 

@@ -45,17 +45,20 @@ class ForwardTeam {
     h_buf_[0].copy_(h0);
   }
 
-  // For each step, on every thread: block(step, b, len, u0) for each block b the thread
+  // For each step, on every thread: block(step, b, u0, len) for each block b the thread
   // owns, then finish(member, step), then the barrier. With units_write_state, the
   // blocks write the state's columns of their units and the rows a step leaves (packed
   // sequences) are carried over here; otherwise finish writes all of `next`.
+  // finish_blocks: how many blocks finish splits its own work into (the team gets
+  // enough threads for those and for the unit blocks).
   template <typename Block, typename Finish>
-  void run(int64_t threads, bool units_write_state, const Block& block, const Finish& finish) {
+  void run(int64_t finish_blocks, bool units_write_state, const Block& block,
+           const Finish& finish) {
     const int64_t N = h_buf_.size(1), P = h_buf_.size(2), I = x_.size(1);
     const scalar_t* xp = x_.const_data_ptr<scalar_t>();
     scalar_t* gp = gate_buf_.mutable_data_ptr<scalar_t>();
     scalar_t* hb = h_buf_.mutable_data_ptr<scalar_t>();
-    run_team(std::max(threads, units_.count()), [&](const TeamMember& me) {
+    run_team(std::max(finish_blocks, units_.count()), [&](const TeamMember& me) {
       const auto [b0, b1] = me.share(units_.count());
       for (int64_t k = 0; k < s_.steps(); ++k) {
         const int64_t t = s_.time_at(k);
@@ -83,7 +86,6 @@ class ForwardTeam {
 
   // The state after the last step.
   at::Tensor final_state() const { return h_buf_[s_.steps() % 2]; }
-  int64_t gate_ld() const { return G_; }
 
  private:
   const Schedule& s_;
@@ -312,7 +314,7 @@ class BackwardTeam {
   //   of which the first G columns multiply w_hh
   BackwardTeam(const Schedule& s, const at::Tensor& w_hh, int64_t dgate_ld,
                const UnitBlocks& units)
-      : s_(s), G_(w_hh.size(0)), dgate_ld_(dgate_ld), units_(units),
+      : s_(s), dgate_ld_(dgate_ld), units_(units),
         hidden_(w_hh.t(), 1, w_hh.size(1), units, s.batch) {}
 
   // point(k, n, off, dgates, u0, len): step k's pointwise pass over rows [0, n) and units
@@ -330,7 +332,9 @@ class BackwardTeam {
         for (int64_t k = c.k_first; k >= c.k_last; --k) {
           const int64_t t = s_.time_at(k), n = s_.sizes[t], off = s_.offsets[t];
           scalar_t* dg = rows + (off - c.row_begin) * dgate_ld_;
-          for (int64_t b = b0; b < b1; ++b) point(k, n, off, dg, units_.begin(b), units_.length(b));
+          for (int64_t b = b0; b < b1; ++b) {
+            point(k, n, off, dg, units_.begin(b), units_.length(b));
+          }
           me.barrier();
           for (int64_t b = b0; b < b1; ++b) {
             // dh_state[:n, block] (+)= dgates[:n, :G] @ w_hh[:, block]   [n, G] x [G, len]
@@ -344,7 +348,7 @@ class BackwardTeam {
 
  private:
   const Schedule& s_;
-  int64_t G_, dgate_ld_;
+  int64_t dgate_ld_;
   UnitBlocks units_;
   UnitBlockGemm<scalar_t> hidden_;
 };

@@ -55,7 +55,7 @@ void rnn_forward_impl(const RnnShapes& sh, bool relu, const at::Tensor& x,
       });
     }
   };
-  team.run(1, true, block, [](const TeamMember&, const TeamStep<scalar_t>&) {});
+  team.run(0, true, block, [](const TeamMember&, const TeamStep<scalar_t>&) {});
   h_state.copy_(team.final_state());
 }
 

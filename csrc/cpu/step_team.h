@@ -109,9 +109,10 @@ struct RowRange {
   int64_t rows() const { return end - begin; }
 };
 
-// Consecutive steps grouped so that a chunk's input projection, [rows, gate_cols], is
-// about 1 MiB of floats: computed a chunk ahead of the steps that read it, it is still in
-// cache when they do. A function of the shape alone.
+// Consecutive steps grouped so that a chunk's input projection, [rows, gate_cols], has
+// about 2^18 elements (1 MiB in float32), or one step if a step alone has more: computed
+// a chunk ahead of the steps that read it, it is still in cache when they do. A function
+// of the shape alone.
 class StepChunks {
  public:
   StepChunks(const Schedule& s, int64_t gate_cols) : s_(s) {
