@@ -325,3 +325,34 @@ def test_repeated_calls_are_deterministic(cell):
     for _ in range(2):
         again = run_ours(cell, tensors, batch_sizes, False)
         assert_results_close(again, first, rtol=0, atol=0)
+
+
+# Shapes whose time loops run on several unit blocks (csrc/cpu/step_team.h, unit_blocks):
+# (T, N, I, H, P). With H = 203 the LSTM and GRU get 4 blocks of 56, 56, 56 and 35 units
+# (the last one short and not a multiple of the vector width); with H = 300 the RNN gets
+# 2 blocks and the projected LSTM 8 hidden blocks and 2 projection blocks (P = 260);
+# N = 64 takes the wide-block rule (256 columns per block). The other shapes in this file
+# fit in one block.
+TEAM_SHAPES = [(6, 20, 30, 203, 150), (4, 20, 30, 300, 260), (3, 64, 16, 264, 200)]
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+@pytest.mark.parametrize("shape", TEAM_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_parity_with_several_unit_blocks(cell, dtype, packed, reverse, shape):
+    """Several threads own blocks of units in the forward and backward time loops; packed
+    input leaves rows behind that every block must carry over. float32 takes MKL's
+    packed-weight path, float64 the plain BLAS one."""
+    T, N, I, H, P = shape
+    module, tensors, batch_sizes = build_case(
+        cell, T, N, I, H, P, dtype=dtype, reverse=reverse, packed=packed)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        ours = run_ours(cell, tensors, batch_sizes, reverse)
+    finally:
+        torch.set_num_threads(threads)
+    ref = run_nn(cell, module, tensors, batch_sizes, reverse)
+    assert_results_close(ours, ref, **tolerances(dtype))
