@@ -96,16 +96,15 @@ struct GemmBlocks {
 // repacks its panels, and each parallel region costs a fork/join); 8 keeps up to 8
 // threads busy. Halving stops at 128 rows and 256 columns: MKL's single-threaded
 // kernels lose a third of their speed on narrower blocks (measured at m = 64, k = 512:
-// 80 GFLOP/s at 128 columns, 110 at 256 and more). split_m = false keeps whole columns
-// of C (a packed B is tied to its m).
-inline GemmBlocks gemm_blocks(int64_t m, int64_t n, int64_t k, bool split_m = true) {
+// 80 GFLOP/s at 128 columns, 110 at 256 and more).
+inline GemmBlocks gemm_blocks(int64_t m, int64_t n, int64_t k) {
   constexpr int64_t kBlockWork = int64_t(1) << 21, kMaxBlocks = 8;
   constexpr int64_t kMinRows = 128, kMinCols = 256;
   GemmBlocks g{m, n, m, n};
   const int64_t wanted =
       std::min(kMaxBlocks, std::max<int64_t>(1, m * n * std::max<int64_t>(k, 1) / kBlockWork));
   while (g.count() < wanted) {
-    const bool can_n = g.nb >= 2 * kMinCols, can_m = split_m && g.mb >= 2 * kMinRows;
+    const bool can_n = g.nb >= 2 * kMinCols, can_m = g.mb >= 2 * kMinRows;
     if (can_n && (g.nb >= 2 * g.mb || !can_m)) {
       g.nb = ceil_div(ceil_div(g.nb, 2), 16) * 16;
     } else if (can_m) {

@@ -174,10 +174,10 @@ void lstm_backward_units(int64_t r0, int64_t r1, int64_t H, int64_t u0, int64_t 
   }
 }
 
-// The backward loop. Without a projection it runs on a BackwardTeam. With one, each
-// step first needs all of dout (the total gradient w.r.t. the projected output) for
-// dh = dout @ w_hr; that path stays a plain loop of parallel GEMMs and a row-parallel
-// pointwise pass, and keeps dout for a chunk of steps, for grad_w_hr.
+// The backward loop, on a BackwardTeam. With a projection, each step first makes dout,
+// the total gradient w.r.t. the projected output, by blocks of its P columns; the
+// pointwise pass of a block of hidden units starts with its columns of dh = dout @ w_hr.
+// dout is kept for a chunk of steps, for grad_w_hr.
 template <typename scalar_t>
 InputAndWeightGrads lstm_backward_impl(const RnnShapes& sh, const at::Tensor& grad_out,
                                        const at::Tensor& x, const at::Tensor& out,
@@ -196,8 +196,9 @@ InputAndWeightGrads lstm_backward_impl(const RnnShapes& sh, const at::Tensor& gr
   scalar_t* dhs = dh_state.mutable_data_ptr<scalar_t>();
   scalar_t* dcs = dc_state.mutable_data_ptr<scalar_t>();
   ChunkedGrads<scalar_t> grads(s, G, {{0, 0, G}}, {{0, 0, G}}, true, x, out, h0, w_ih, G);
+  const UnitBlocks units = unit_blocks(H, kGates, P, N);
   if (!proj) {
-    BackwardTeam<scalar_t> team(s, w_hh, G, unit_blocks(H, kGates, H, N));
+    BackwardTeam<scalar_t> team(s, w_hh, G, units);
     team.run(grads, dhs, scalar_t(0),
              [&](int64_t k, int64_t n, int64_t off, scalar_t* dg, int64_t u0, int64_t len) {
                const PrevRows<scalar_t> c_prev = previous_rows(s, k, wsp + 4 * H, ws_ld, c0p, H);
@@ -207,40 +208,42 @@ InputAndWeightGrads lstm_backward_impl(const RnnShapes& sh, const at::Tensor& gr
     return grads.result();
   }
 
-  const scalar_t* whh = w_hh.const_data_ptr<scalar_t>();
-  const scalar_t* whr = w_hr.const_data_ptr<scalar_t>();
+  BackwardTeam<scalar_t> team(s, w_hh, G, unit_blocks(P, kGates, H, N));
+  const UnitBlockGemm<scalar_t> proj_gemm(w_hr.t(), 1, H, units, N);
   at::Tensor dh_step = at::empty({N, H}, ws.options());
-  scalar_t* dhp = dh_step.mutable_data_ptr<scalar_t>();
-  const RecurrentGemm<scalar_t> hidden_gemm(false, P, G, whh, P, N);
-  const RecurrentGemm<scalar_t> proj_gemm(false, H, P, whr, H, N);
   at::Tensor dout = at::empty({grads.max_rows(), P}, ws.options());
-  for (int64_t k = s.steps() - 1; k >= 0; --k) {
-    const int64_t t = s.time_at(k), n = s.sizes[t], off = s.offsets[t];
-    const StepChunk chunk = grads.chunk();
-    // Total gradient w.r.t. this step's output: from the loss and from later steps.
-    scalar_t* d = dout.mutable_data_ptr<scalar_t>() + (off - chunk.row_begin) * P;
+  scalar_t* dhp = dh_step.mutable_data_ptr<scalar_t>();
+  scalar_t* doutp = dout.mutable_data_ptr<scalar_t>();
+  // The chunk the team is in; rows of dout are relative to its first row.
+  StepChunk chunk = grads.chunks_left() ? grads.chunk() : StepChunk{0, 0, 0, 0};
+  const auto output_grad = [&](int64_t, int64_t n, int64_t off, int64_t j0, int64_t len) {
+    // dout[off:off+n, block] = grad_out[off:off+n, block] + dh_state[:n, block]
+    scalar_t* d = doutp + (off - chunk.row_begin) * P;
     const scalar_t* g_out = go + off * P;
-    for (int64_t e = 0; e < n * P; ++e) d[e] = g_out[e] + dhs[e];
-    // dh_step[:n] = dout[off:off+n] @ w_hr      [n, P] x [P, H]
-    proj_gemm.run(n, d, P, scalar_t(0), dhp, H);
-    const PrevRows<scalar_t> c_prev = previous_rows(s, k, wsp + 4 * H, ws_ld, c0p, H);
-    scalar_t* dg = grads.row(off);
-    for_each_row(n, 10 * H, [&](int64_t b) {
-      lstm_backward_units<scalar_t>(b, b + 1, H, 0, H, dhp, nullptr, wsp + off * ws_ld, ws_ld,
-                                    c_prev, dcs, dg);
-    });
-    // dh_state[:n] = dgates[off:off+n] @ w_hh     [n, 4H] x [4H, P]
-    hidden_gemm.run(n, dg, G, scalar_t(0), dhs, P);
-    if (grads.step_done(k)) {
-      // grad_w_hr += dout^T @ (o * tanh(c)) over the chunk's rows; o * tanh(c), the
-      // unprojected h, is recomputed from the workspace rather than stored.
-      const at::Tensor rows = ws.narrow(0, chunk.row_begin, chunk.rows());
-      const at::Tensor hp = rows.narrow(1, 3 * H, H) * rows.narrow(1, 4 * H, H).tanh();
-      gemm<scalar_t>(true, false, P, H, chunk.rows(), scalar_t(1),
-                     dout.const_data_ptr<scalar_t>(), P, hp.const_data_ptr<scalar_t>(), H,
-                     scalar_t(1), grad_w_hr.mutable_data_ptr<scalar_t>(), H);
+    for (int64_t b = 0; b < n; ++b) {
+      for (int64_t j = j0; j < j0 + len; ++j) d[b * P + j] = g_out[b * P + j] + dhs[b * P + j];
     }
-  }
+  };
+  const auto point = [&](int64_t k, int64_t n, int64_t off, scalar_t* dg, int64_t u0,
+                         int64_t len) {
+    const int64_t b = (u0 / units.size);
+    // dh_step[:n, block] = dout[off:off+n] @ w_hr[:, block]      [n, P] x [P, len]
+    proj_gemm.run(b, n, doutp + (off - chunk.row_begin) * P, P, scalar_t(0), dhp + u0, H);
+    const PrevRows<scalar_t> c_prev = previous_rows(s, k, wsp + 4 * H, ws_ld, c0p, H);
+    lstm_backward_units<scalar_t>(0, n, H, u0, len, dhp, nullptr, wsp + off * ws_ld, ws_ld,
+                                  c_prev, dcs, dg);
+  };
+  const auto grad_w_hr_of_chunk = [&](const StepChunk& c) {
+    // grad_w_hr += dout^T @ (o * tanh(c)) over the chunk's rows; o * tanh(c), the
+    // unprojected h, is recomputed from the workspace rather than stored.
+    const at::Tensor rows = ws.narrow(0, c.row_begin, c.rows());
+    const at::Tensor hp = rows.narrow(1, 3 * H, H) * rows.narrow(1, 4 * H, H).tanh();
+    gemm<scalar_t>(true, false, P, H, c.rows(), scalar_t(1), doutp, P,
+                   hp.const_data_ptr<scalar_t>(), H, scalar_t(1),
+                   grad_w_hr.mutable_data_ptr<scalar_t>(), H);
+    if (grads.chunks_left()) chunk = grads.chunk();
+  };
+  team.run_projected(grads, dhs, units, point, output_grad, grad_w_hr_of_chunk);
   return grads.result();
 }
 

@@ -3,7 +3,6 @@
 // Each cell writes its math once as a template over V, which is either
 // at::vec::Vectorized<scalar_t> (the body of a row) or used with partial
 // loads/stores for the tail, so scalar and vector paths cannot drift apart.
-#include <ATen/Parallel.h>
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 
@@ -94,16 +93,6 @@ template <typename scalar_t, typename F>
 inline void for_each_chunk(int64_t H, const F& body) {
   constexpr int64_t W = Vec<scalar_t>::size();
   for (int64_t j = 0; j < H; j += W) body(j, std::min<int64_t>(W, H - j));
-}
-
-// Splits the live rows of a step across threads. Small steps stay on the
-// calling thread: a fork/join costs more than the work.
-template <typename F>
-inline void for_each_row(int64_t rows, int64_t row_cost, const F& body) {
-  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(row_cost, 1));
-  at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
-    for (int64_t b = begin; b < end; ++b) body(b);
-  });
 }
 
 }  // namespace gatedrnn

@@ -300,22 +300,27 @@ class ChunkedGrads {
   InputAndWeightGrads g_;
 };
 
-// The backward time loop of every cell (but the projected LSTM), on a team: one parallel
-// region per ChunkedGrads chunk, whose input and weight gradients are then made by the
-// usual parallel GEMMs between regions. In each step, every thread first runs the
-// pointwise pass of its blocks of units, writing their columns of the step's gate
-// gradients; after a barrier it computes its blocks' columns of dL/dh_prev =
-// dgates @ w_hh, which reads every gate column. No second barrier is needed: the next
-// step's pointwise pass of a block reads only the dh columns its own thread wrote.
+// The backward time loop of every cell, on a team: one parallel region per ChunkedGrads
+// chunk, whose input and weight gradients are then made by the usual parallel GEMMs
+// between regions. In each step, every thread first runs the pointwise pass of its
+// blocks of units, writing their columns of the step's gate gradients; after a barrier
+// it computes its blocks' columns of dL/dh_prev = dgates @ w_hh, which reads every gate
+// column. No second barrier is needed: the next step's pointwise pass of a block reads
+// only the dh columns its own thread wrote.
+//
+// With an LSTM projection the state (P wide) and the hidden units (H) differ: a first
+// phase on the state's blocks turns dh into the gradient of each step's output, which
+// the pointwise passes (on blocks of hidden units) all read, so a barrier follows it.
 template <typename scalar_t>
 class BackwardTeam {
  public:
   //   w_hh: [G, P], the recurrent weight; dgate_ld: the row length of the gate gradients,
-  //   of which the first G columns multiply w_hh
+  //   of which the first G columns multiply w_hh; state_units: blocks of the P columns of
+  //   dh (and, without a projection, of the pointwise passes)
   BackwardTeam(const Schedule& s, const at::Tensor& w_hh, int64_t dgate_ld,
-               const UnitBlocks& units)
-      : s_(s), dgate_ld_(dgate_ld), units_(units),
-        hidden_(w_hh.t(), 1, w_hh.size(1), units, s.batch) {}
+               const UnitBlocks& state_units)
+      : s_(s), dgate_ld_(dgate_ld), units_(state_units),
+        hidden_(w_hh.t(), 1, w_hh.size(1), state_units, s.batch) {}
 
   // point(k, n, off, dgates, u0, len): step k's pointwise pass over rows [0, n) and units
   // [u0, u0 + len), dgates being the step's [n, dgate_ld] gate-gradient rows. Then
@@ -323,30 +328,55 @@ class BackwardTeam {
   template <typename Point>
   void run(ChunkedGrads<scalar_t>& grads, scalar_t* dh_state, scalar_t beta,
            const Point& point) {
+    run_phases(grads, dh_state, beta, units_, point, false,
+               [](int64_t, int64_t, int64_t, int64_t, int64_t) {},
+               [](const StepChunk&) {});
+  }
+
+  // The projected form: before the pointwise passes (on hidden_units), output(k, n, off,
+  // j0, len) runs on each block [j0, j0 + len) of the state's columns, then a barrier.
+  // after_chunk(chunk) runs after each chunk's input and weight gradients.
+  template <typename Point, typename Output, typename AfterChunk>
+  void run_projected(ChunkedGrads<scalar_t>& grads, scalar_t* dh_state,
+                     const UnitBlocks& hidden_units, const Point& point, const Output& output,
+                     const AfterChunk& after_chunk) {
+    run_phases(grads, dh_state, scalar_t(0), hidden_units, point, true, output, after_chunk);
+  }
+
+ private:
+  template <typename Point, typename Output, typename AfterChunk>
+  void run_phases(ChunkedGrads<scalar_t>& grads, scalar_t* dh_state, scalar_t beta,
+                  const UnitBlocks& point_units, const Point& point, bool with_output,
+                  const Output& output, const AfterChunk& after_chunk) {
     const int64_t P = units_.units;
     while (grads.chunks_left()) {
       const StepChunk c = grads.chunk();
       scalar_t* rows = grads.row(c.row_begin);
-      run_team(units_.count(), [&](const TeamMember& me) {
-        const auto [b0, b1] = me.share(units_.count());
+      run_team(std::max(units_.count(), point_units.count()), [&](const TeamMember& me) {
+        const auto [s0, s1] = me.share(units_.count());
+        const auto [b0, b1] = me.share(point_units.count());
         for (int64_t k = c.k_first; k >= c.k_last; --k) {
           const int64_t t = s_.time_at(k), n = s_.sizes[t], off = s_.offsets[t];
           scalar_t* dg = rows + (off - c.row_begin) * dgate_ld_;
+          if (with_output) {
+            for (int64_t b = s0; b < s1; ++b) output(k, n, off, units_.begin(b), units_.length(b));
+            me.barrier();
+          }
           for (int64_t b = b0; b < b1; ++b) {
-            point(k, n, off, dg, units_.begin(b), units_.length(b));
+            point(k, n, off, dg, point_units.begin(b), point_units.length(b));
           }
           me.barrier();
-          for (int64_t b = b0; b < b1; ++b) {
+          for (int64_t b = s0; b < s1; ++b) {
             // dh_state[:n, block] (+)= dgates[:n, :G] @ w_hh[:, block]   [n, G] x [G, len]
             hidden_.run(b, n, dg, dgate_ld_, beta, dh_state + units_.begin(b), P);
           }
         }
       });
       grads.step_done(c.k_last);
+      after_chunk(c);
     }
   }
 
- private:
   const Schedule& s_;
   int64_t dgate_ld_;
   UnitBlocks units_;

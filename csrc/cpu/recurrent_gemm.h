@@ -1,10 +1,9 @@
 #pragma once
-// The per-step recurrent GEMM, C[m, n] = A[m, k] @ op(B), where B (a recurrent weight)
-// is the same at every step. With MKL (x86-64 torch wheels) B is packed once per
-// sequence into MKL's internal panel format (cblas_sgemm_pack), so the steps do not
-// repack it: that copy was ~7% of an LSTM forward at (T, N, H) = (100, 16, 128).
-// B is packed per column block of C (gemm_blocks), so the blocks of a step run in
-// parallel and round the same way at any thread count.
+// The per-step recurrent GEMM, whose weight is the same at every step. With MKL (x86-64
+// torch wheels) it is packed once per sequence into MKL's internal panel format
+// (cblas_sgemm_pack), so the steps do not repack it: that copy was ~7% of an LSTM
+// forward at (T, N, H) = (100, 16, 128). It is cut by the blocks of units of a thread
+// team (step_team.h), one packed weight per block.
 // The MKL entry points are weak symbols: where the BLAS under torch is not MKL they
 // resolve to null and the plain BLAS GEMM is used.
 #include <ATen/ATen.h>
@@ -30,88 +29,7 @@ namespace gatedrnn {
 constexpr int kCblasRowMajor = 101, kCblasNoTrans = 111, kCblasTrans = 112;
 constexpr int kCblasBMatrix = 162, kCblasPacked = 151;
 
-template <typename scalar_t>
-class RecurrentGemm {
- public:
-  // op(B) = B^T with B stored [n, k] (trans_b), else B stored [k, n]; ldb its row stride.
-  // Steps with m == packed_m use the packed copy (MKL ties a packed B to its m).
-  RecurrentGemm(bool trans_b, int64_t n, int64_t k, const scalar_t* b, int64_t ldb,
-                int64_t packed_m)
-      : trans_b_(trans_b), n_(n), k_(k), b_(b), ldb_(ldb), packed_m_(packed_m),
-        blocks_(gemm_blocks(packed_m, n, k, /*split_m=*/false)) {
-    pack();
-  }
-
-  // C[:m] = A[:m] @ op(B) + beta * C[:m]
-  void run(int64_t m, const scalar_t* a, int64_t lda, scalar_t beta, scalar_t* c,
-           int64_t ldc) const {
-    if (m == 0) return;
-    if (!packed_.empty() && m == packed_m_ && k_ > 0) {
-      compute_packed(m, a, lda, beta, c, ldc);
-      return;
-    }
-    gemm<scalar_t>(false, trans_b_, m, n_, k_, scalar_t(1), a, lda, b_, ldb_, beta, c, ldc);
-  }
-
- private:
-  void pack();
-  void compute_packed(int64_t m, const scalar_t* a, int64_t lda, scalar_t beta, scalar_t* c,
-                      int64_t ldc) const;
-  // B's columns [j0, j0 + cols): the rows of a transposed B.
-  const scalar_t* b_columns(int64_t j0) const { return trans_b_ ? b_ + j0 * ldb_ : b_ + j0; }
-
-  bool trans_b_;
-  int64_t n_, k_;
-  const scalar_t* b_;
-  int64_t ldb_;
-  int64_t packed_m_;
-  GemmBlocks blocks_;                // column blocks of C, one packed B per block
-  std::vector<at::Tensor> packed_;   // bytes of MKL's packed B blocks, once per sequence
-};
-
-template <typename scalar_t>
-inline void RecurrentGemm<scalar_t>::pack() {}
-
-template <typename scalar_t>
-inline void RecurrentGemm<scalar_t>::compute_packed(int64_t, const scalar_t*, int64_t, scalar_t,
-                                                    scalar_t*, int64_t) const {}
-
-template <>
-inline void RecurrentGemm<float>::pack() {
-  if (!cblas_sgemm_pack_get_size || !cblas_sgemm_pack || !cblas_sgemm_compute) return;
-  if (packed_m_ <= 0 || n_ <= 0 || k_ <= 0) return;
-  const int m = blas_int(packed_m_, "m"), k = blas_int(k_, "k");
-  // MKL may lay out a packed B for the threads that will use it; the blocks run
-  // single-threaded, so pack them that way too.
-  const SerialBlas serial;
-  for (int64_t j0 = 0; j0 < n_; j0 += blocks_.nb) {
-    const int cols = blas_int(std::min(blocks_.nb, n_ - j0), "n");
-    const size_t bytes = cblas_sgemm_pack_get_size(kCblasBMatrix, m, cols, k);
-    at::Tensor block = at::empty({static_cast<int64_t>(bytes)}, at::kByte);
-    cblas_sgemm_pack(kCblasRowMajor, kCblasBMatrix, trans_b_ ? kCblasTrans : kCblasNoTrans, m,
-                     cols, k, 1.0f, b_columns(j0), blas_int(ldb_, "ldb"),
-                     reinterpret_cast<float*>(block.mutable_data_ptr<uint8_t>()));
-    packed_.push_back(std::move(block));
-  }
-}
-
-template <>
-inline void RecurrentGemm<float>::compute_packed(int64_t m, const float* a, int64_t lda,
-                                                 float beta, float* c, int64_t ldc) const {
-  for_each_gemm_block(blocks_, [&](int64_t, int64_t, int64_t j0, int64_t cols) {
-    const at::Tensor& block = packed_[j0 / blocks_.nb];
-    cblas_sgemm_compute(kCblasRowMajor, kCblasNoTrans, kCblasPacked, blas_int(m, "m"),
-                        blas_int(cols, "n"), blas_int(k_, "k"), a, blas_int(lda, "lda"),
-                        reinterpret_cast<const float*>(block.const_data_ptr<uint8_t>()),
-                        blas_int(cols, "ldb"), beta, c + j0, blas_int(ldc, "ldc"));
-  });
-}
-
-}  // namespace gatedrnn
-
-namespace gatedrnn {
-
-// The per-step recurrent GEMM cut by blocks of hidden units, for a StepTeam: block b
+// The per-step recurrent GEMM cut by blocks of hidden units: block b
 // computes C_b[m, gates * len] = A[m, k] @ W_b^T, where W_b is the rows
 // {g * gate_stride + begin(b) + j : g < gates, j < len} of W [rows, k] (the weight rows
 // of the block's units for every gate), gathered once per sequence and, with MKL,
