@@ -1,7 +1,8 @@
 #pragma once
-// The parts of the forward and backward passes that do not depend on the cell:
-// the hoisted input projection, the previous-state gather, and the weight
-// gradients computed as large GEMMs after the time loop.
+// The parts of the forward and backward passes that do not depend on the cell: the
+// forward and backward time loops on a thread team (ForwardTeam, BackwardTeam), the
+// previous-state gather, and the input and weight gradients made a chunk of steps at a
+// time as large GEMMs (ChunkedGrads).
 #include <ATen/ATen.h>
 
 #include <algorithm>
