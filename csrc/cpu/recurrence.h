@@ -205,13 +205,11 @@ class ChunkedGrads {
   bool chunks_left() const { return current_ < chunks_.size(); }
   int64_t max_rows() const { return buffer_.size(0); }
 
-  // After backward step k has written its rows: when k ends its chunk, runs the chunk's
-  // GEMMs and moves on. Returns whether it did.
-  bool step_done(int64_t k) {
-    if (k != chunk().k_last) return false;
+  // After the backward steps of the current chunk have written their rows: runs the
+  // chunk's GEMMs and moves on to the next chunk.
+  void finish_chunk() {
     accumulate(chunk());
     ++current_;
-    return true;
   }
 
   InputAndWeightGrads result() {
@@ -373,7 +371,7 @@ class BackwardTeam {
           }
         }
       });
-      grads.step_done(c.k_last);
+      grads.finish_chunk();
       after_chunk(c);
     }
   }

@@ -60,7 +60,6 @@ class UnitBlockGemm {
     }
   }
 
-  const UnitBlocks& units() const { return units_; }
 
   // C_b[:m] = A[:m] @ W_b^T + beta * C_b[:m]; c points at C_b's first column.
   // Single-threaded.
