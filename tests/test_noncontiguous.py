@@ -8,9 +8,11 @@ import torch
 from conftest import (
     CELLS,
     DTYPES,
+    as_leaves,
     assert_results_close,
     build_case,
     is_lstm,
+    op_forward,
     run_nn,
     run_ours,
     tolerances,
@@ -127,3 +129,40 @@ def test_batch_first_view_of_input(cell):
     assert not nc["input"].is_contiguous()
     assert_results_close(run_ours(cell, nc, None, False), run_ours(cell, c, None, False),
                          rtol=1e-12, atol=1e-12)
+
+
+def _grad_output_layouts(g):
+    """g (the output's gradient, [T, N, P] or [R, P]) in layouts the backward reads
+    in place or copies: a column slice of a wider tensor (one direction of a
+    bidirectional layer's gradient), a batch-first transpose, and a broadcast."""
+    wide = torch.cat([torch.full_like(g, float("nan")), g, torch.full_like(g, float("nan"))],
+                     dim=-1)
+    layouts = {"column_slice": wide[..., g.shape[-1]:2 * g.shape[-1]]}
+    if g.dim() == 3:
+        layouts["batch_first"] = g.transpose(0, 1).contiguous().transpose(0, 1)
+    layouts["expanded_row"] = g[..., :1, :].expand_as(g) if g.dim() == 3 else \
+        g[:1].expand_as(g)
+    return layouts
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("shape", [(4, 3), (1, 3), (4, 1), (1, 1)], ids=str)
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+def test_strided_output_gradient(cell, shape, packed, reverse):
+    """The backward ops read a strided output gradient in place; every layout gives the
+    bits of its contiguous copy."""
+    T, N = shape
+    _, tensors, batch_sizes = build_case(cell, T, N, 5, 6, 4, dtype=torch.float32,
+                                         packed=packed, reverse=reverse)
+    leaves = as_leaves(tensors)
+    out = op_forward(cell, leaves["input"], batch_sizes, leaves["h0"], leaves.get("c0"),
+                     leaves, reverse)[0]
+    keys = list(leaves)
+    g = torch.randn_like(out)
+    for name, layout in _grad_output_layouts(g).items():
+        expected = torch.autograd.grad(out, [leaves[k] for k in keys], layout.contiguous(),
+                                       retain_graph=True)
+        got = torch.autograd.grad(out, [leaves[k] for k in keys], layout, retain_graph=True)
+        for k, a, b in zip(keys, got, expected):
+            assert torch.equal(a, b), f"{name}: grad of {k}"

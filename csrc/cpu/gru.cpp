@@ -121,14 +121,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_forward(
 constexpr int64_t kGradLd = 4;
 
 // One backward step's rows [0, n) for the units [u0, u0 + len) of one block.
-//   go: [n, H] the loss's gradient w.r.t. the step's output rows
+//   go: [n, H] (leading dim go_ld) the loss's gradient w.r.t. the step's output rows
 //   dh_state: [N, H] in: dL/dh from later steps; out: dh * z, the part of dL/dh_prev that
 //             bypasses w_hh (the recurrent GEMM adds the rest)
 //   ws: [n, 4H] the step's workspace rows; h_prev: the state each row started from
 //   dgates: [n, 4H] the step's gradient buffer rows
 template <typename scalar_t>
 void gru_backward_units(int64_t n, int64_t H, int64_t u0, int64_t len, const scalar_t* go,
-                        scalar_t* dh_state, const scalar_t* ws,
+                        int64_t go_ld, scalar_t* dh_state, const scalar_t* ws,
                         const PrevRows<scalar_t>& h_prev, scalar_t* dgates) {
   using V = Vec<scalar_t>;
   const V one(scalar_t(1));
@@ -140,7 +140,7 @@ void gru_backward_units(int64_t n, int64_t H, int64_t u0, int64_t len, const sca
     for_each_chunk<scalar_t>(len, [&](int64_t j, int64_t cnt) {
       const V r = load(g + j, cnt), z = load(g + H + j, cnt), nn = load(g + 2 * H + j, cnt),
               hn = load(g + 3 * H + j, cnt);
-      const V d = load(go + e + j, cnt) + load(dh_state + e + j, cnt);
+      const V d = load(go + b * go_ld + u0 + j, cnt) + load(dh_state + e + j, cnt);
       const V hp = load(hp_row + j, cnt);
       const V dn = d * (one - z) * (one - nn * nn);
       const V dz = d * (hp - nn) * z * (one - z);
@@ -158,14 +158,15 @@ void gru_backward_units(int64_t n, int64_t H, int64_t u0, int64_t len, const sca
 // ChunkedGrads, which reads the two column ranges of the gradient buffer: dr, dz, dn for
 // w_ih and b_ih, dr, dz, dn * r for w_hh and b_hh.
 template <typename scalar_t>
-InputAndWeightGrads gru_backward_impl(const RnnShapes& sh, const at::Tensor& grad_out,
+InputAndWeightGrads gru_backward_impl(const RnnShapes& sh, const Rows<scalar_t>& grad_out,
                                       const at::Tensor& x, const at::Tensor& w_ih,
                                       const at::Tensor& w_hh, const at::Tensor& ws,
                                       const at::Tensor& out, const at::Tensor& h0,
                                       at::Tensor& dh_state) {
   const Schedule& s = sh.schedule;
   const int64_t H = sh.hidden_size;
-  const scalar_t* go = grad_out.const_data_ptr<scalar_t>();
+  const scalar_t* go = grad_out.data();
+  const int64_t go_ld = grad_out.ld;
   const scalar_t* wsp = ws.const_data_ptr<scalar_t>();
   const scalar_t* outp = out.const_data_ptr<scalar_t>();
   const scalar_t* h0p = h0.const_data_ptr<scalar_t>();
@@ -177,8 +178,8 @@ InputAndWeightGrads gru_backward_impl(const RnnShapes& sh, const at::Tensor& gra
   team.run(grads, dhs, scalar_t(1),
            [&](int64_t k, int64_t n, int64_t off, scalar_t* dg, int64_t u0, int64_t len) {
              const PrevRows<scalar_t> h_prev = previous_rows(s, k, outp, H, h0p, H);
-             gru_backward_units<scalar_t>(n, H, u0, len, go + off * H, dhs, wsp + off * 4 * H,
-                                          h_prev, dg);
+             gru_backward_units<scalar_t>(n, H, u0, len, go + off * go_ld, go_ld, dhs,
+                                          wsp + off * 4 * H, h_prev, dg);
            });
   return grads.result();
 }
@@ -197,13 +198,13 @@ gru_backward(const at::Tensor& grad_output, const at::Tensor& grad_h_n, const at
   check_shape(kBackward, grad_h_n, "grad_h_n", h0.sizes(), "h0's shape");
   const at::Tensor x = input.contiguous().view({s.rows, sh.input_size});
   const at::Tensor out = output.contiguous().view({s.rows, H});
-  const at::Tensor go = grad_output.contiguous().view({s.rows, H});
   const at::Tensor ws = workspace.contiguous(), h0c = h0.contiguous();
   const at::Tensor wih = w_ih.contiguous(), whh = w_hh.contiguous();
   at::Tensor dh_state = grad_h_n.contiguous().clone();
   InputAndWeightGrads g;
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), kBackward, [&] {
-    g = gru_backward_impl<scalar_t>(sh, go, x, wih, whh, ws, out, h0c, dh_state);
+    g = gru_backward_impl<scalar_t>(sh, strided_rows<scalar_t>(grad_output, s.rows, H), x, wih,
+                                    whh, ws, out, h0c, dh_state);
   });
   return {shaped_like_input(g.grad_input, input), dh_state, g.grad_w_ih, g.grad_w_hh,
           g.grad_b_ih, g.grad_b_hh};

@@ -140,14 +140,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward(
 }
 
 // One backward step's rows [r0, r1) for the units [u0, u0 + len) of one block.
-//   dh, dh_more: [n, H] the gradient w.r.t. o * fast_tanh(c) of this step is their sum
-//                (dh_more may be null)
+//   dh: [n, H] (leading dim dh_ld), dh_more: [n, H] (may be null): the gradient w.r.t.
+//       o * fast_tanh(c) of this step is their sum
 //   c_prev: the cell state each row started the step from
 //   dc_state: [N, H] in: dL/dc from later steps, out: dL/dc_prev
 //   dgates: [n, 4H] the step's gate-gradient rows
 template <typename scalar_t>
 void lstm_backward_units(int64_t r0, int64_t r1, int64_t H, int64_t u0, int64_t len,
-                         const scalar_t* dh, const scalar_t* dh_more, const scalar_t* ws,
+                         const scalar_t* dh, int64_t dh_ld, const scalar_t* dh_more,
+                         const scalar_t* ws,
                          int64_t ws_ld, const PrevRows<scalar_t>& c_prev, scalar_t* dc_state,
                          scalar_t* dgates) {
   using V = Vec<scalar_t>;
@@ -161,8 +162,8 @@ void lstm_backward_units(int64_t r0, int64_t r1, int64_t H, int64_t u0, int64_t 
       const V i = load(g + j, cnt), f = load(g + H + j, cnt), gg = load(g + 2 * H + j, cnt),
               o = load(g + 3 * H + j, cnt), c = load(g + 4 * H + j, cnt);
       const V cp = load(cp_row + j, cnt);
-      const V dhv = dh_more ? load(dh + e + j, cnt) + load(dh_more + e + j, cnt)
-                            : load(dh + e + j, cnt);
+      const V dh_own = load(dh + b * dh_ld + u0 + j, cnt);
+      const V dhv = dh_more ? dh_own + load(dh_more + e + j, cnt) : dh_own;
       const V tc = fast_tanh(c);
       const V dc = load(dc_state + e + j, cnt) + dhv * o * (one - tc * tc);
       store(dc * i * (one - i) * gg, dg + j, cnt);
@@ -179,7 +180,7 @@ void lstm_backward_units(int64_t r0, int64_t r1, int64_t H, int64_t u0, int64_t 
 // pointwise pass of a block of hidden units starts with its columns of dh = dout @ w_hr.
 // dout is kept for a chunk of steps, for grad_w_hr.
 template <typename scalar_t>
-InputAndWeightGrads lstm_backward_impl(const RnnShapes& sh, const at::Tensor& grad_out,
+InputAndWeightGrads lstm_backward_impl(const RnnShapes& sh, const Rows<scalar_t>& grad_out,
                                        const at::Tensor& x, const at::Tensor& out,
                                        const at::Tensor& h0, const at::Tensor& c0,
                                        const at::Tensor& w_ih, const at::Tensor& w_hh,
@@ -191,7 +192,8 @@ InputAndWeightGrads lstm_backward_impl(const RnnShapes& sh, const at::Tensor& gr
   const bool proj = w_hr.defined();
   const int64_t ws_ld = 5 * H;
   const scalar_t* wsp = ws.const_data_ptr<scalar_t>();
-  const scalar_t* go = grad_out.const_data_ptr<scalar_t>();
+  const scalar_t* go = grad_out.data();
+  const int64_t go_ld = grad_out.ld;
   const scalar_t* c0p = c0.const_data_ptr<scalar_t>();
   scalar_t* dhs = dh_state.mutable_data_ptr<scalar_t>();
   scalar_t* dcs = dc_state.mutable_data_ptr<scalar_t>();
@@ -202,7 +204,7 @@ InputAndWeightGrads lstm_backward_impl(const RnnShapes& sh, const at::Tensor& gr
     team.run(grads, dhs, scalar_t(0),
              [&](int64_t k, int64_t n, int64_t off, scalar_t* dg, int64_t u0, int64_t len) {
                const PrevRows<scalar_t> c_prev = previous_rows(s, k, wsp + 4 * H, ws_ld, c0p, H);
-               lstm_backward_units<scalar_t>(0, n, H, u0, len, go + off * H, dhs,
+               lstm_backward_units<scalar_t>(0, n, H, u0, len, go + off * go_ld, go_ld, dhs,
                                              wsp + off * ws_ld, ws_ld, c_prev, dcs, dg);
              });
     return grads.result();
@@ -219,9 +221,9 @@ InputAndWeightGrads lstm_backward_impl(const RnnShapes& sh, const at::Tensor& gr
   const auto output_grad = [&](int64_t, int64_t n, int64_t off, int64_t j0, int64_t len) {
     // dout[off:off+n, block] = grad_out[off:off+n, block] + dh_state[:n, block]
     scalar_t* d = doutp + (off - chunk.row_begin) * P;
-    const scalar_t* g_out = go + off * P;
+    const scalar_t* g_out = go + off * go_ld;
     for (int64_t b = 0; b < n; ++b) {
-      for (int64_t j = j0; j < j0 + len; ++j) d[b * P + j] = g_out[b * P + j] + dhs[b * P + j];
+      for (int64_t j = j0; j < j0 + len; ++j) d[b * P + j] = g_out[b * go_ld + j] + dhs[b * P + j];
     }
   };
   const auto point = [&](int64_t k, int64_t n, int64_t off, scalar_t* dg, int64_t u0,
@@ -230,7 +232,7 @@ InputAndWeightGrads lstm_backward_impl(const RnnShapes& sh, const at::Tensor& gr
     // dh_step[:n, block] = dout[off:off+n] @ w_hr[:, block]      [n, P] x [P, len]
     proj_gemm.run(b, n, doutp + (off - chunk.row_begin) * P, P, scalar_t(0), dhp + u0, H);
     const PrevRows<scalar_t> c_prev = previous_rows(s, k, wsp + 4 * H, ws_ld, c0p, H);
-    lstm_backward_units<scalar_t>(0, n, H, u0, len, dhp, nullptr, wsp + off * ws_ld, ws_ld,
+    lstm_backward_units<scalar_t>(0, n, H, u0, len, dhp, H, nullptr, wsp + off * ws_ld, ws_ld,
                                   c_prev, dcs, dg);
   };
   const auto grad_w_hr_of_chunk = [&](const StepChunk& c) {
@@ -267,7 +269,6 @@ lstm_backward(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
   const bool proj = w_hr.has_value() && w_hr->defined();
   const at::Tensor whr = proj ? w_hr->contiguous() : at::Tensor();
   const at::Tensor ws = workspace.contiguous();
-  const at::Tensor go = grad_output.contiguous().view({s.rows, P});
   const at::Tensor x = input.contiguous().view({s.rows, sh.input_size});
   const at::Tensor out = output.contiguous().view({s.rows, P});
   const at::Tensor h0c = h0.contiguous(), c0c = c0.contiguous(), whh = w_hh.contiguous();
@@ -277,8 +278,9 @@ lstm_backward(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
   at::Tensor grad_w_hr = proj ? at::zeros({P, H}, opts) : at::empty({0}, opts);
   InputAndWeightGrads g;
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), kBackward, [&] {
-    g = lstm_backward_impl<scalar_t>(sh, go, x, out, h0c, c0c, wih, whh, whr, ws, dh_state,
-                                     dc_state, grad_w_hr);
+    g = lstm_backward_impl<scalar_t>(sh, strided_rows<scalar_t>(grad_output, s.rows, P), x,
+                                     out, h0c, c0c, wih, whh, whr, ws, dh_state, dc_state,
+                                     grad_w_hr);
   });
   return {shaped_like_input(g.grad_input, input), dh_state, dc_state, g.grad_w_ih,
           g.grad_w_hh, g.grad_b_ih, g.grad_b_hh, grad_w_hr};

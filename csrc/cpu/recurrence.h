@@ -188,7 +188,9 @@ class ChunkedGrads {
     int64_t most = 0;
     for (const StepChunk& c : chunks_) most = std::max(most, c.rows());
     buffer_ = at::empty({most, ld_}, opts);
-    h_prev_ = at::empty({most, P_}, opts);
+    uniform_ = std::all_of(s.sizes.begin(), s.sizes.end(),
+                           [&](int64_t n) { return n == s.batch; });
+    if (!uniform_) h_prev_ = at::empty({most, P_}, opts);
     ones_ = at::ones({most}, opts);
     g_.grad_input = at::zeros({s.rows, I_}, opts);
     g_.grad_w_ih = at::zeros({gates_h, I_}, opts);
@@ -250,14 +252,51 @@ class ChunkedGrads {
                      g_.grad_w_ih.mutable_data_ptr<scalar_t>() + g.dst * I, I);
       column_sums(g, rows, dg, ones, g_.grad_b_ih);
     }
-    gather_h_prev(c);
+    const std::vector<PrevRun> runs = previous_states(c);
     for (const GateColumns& g : hidden_side_) {
-      // grad_w_hh[g.dst : g.dst+count] += dg[:, cols]^T @ h_prev
-      gemm<scalar_t>(true, false, g.count, P, rows, one, dg + g.src, ld_,
-                     h_prev_.const_data_ptr<scalar_t>(), P, one,
-                     g_.grad_w_hh.mutable_data_ptr<scalar_t>() + g.dst * P, P);
+      for (const PrevRun& run : runs) {
+        // grad_w_hh[g.dst : g.dst+count] += dg[run, cols]^T @ h_prev[run]
+        gemm<scalar_t>(true, false, g.count, P, run.rows, one, dg + run.first * ld_ + g.src,
+                       ld_, run.prev, P, one,
+                       g_.grad_w_hh.mutable_data_ptr<scalar_t>() + g.dst * P, P);
+      }
       if (!same_sides_) column_sums(g, rows, dg, ones, g_.grad_b_hh);
     }
+  }
+
+  // Rows [first, first + rows) of a chunk (relative to its first row), whose previous
+  // states are consecutive rows from prev on.
+  struct PrevRun {
+    int64_t first, rows;
+    const scalar_t* prev;
+  };
+
+  // The chunk's rows split into runs whose previous states are consecutive rows. When
+  // every step has the same rows, those are the neighbouring step's rows of out, or h0
+  // for the step that starts the sequence: at most two runs and no copy. Packed steps
+  // shrink, so their previous states are gathered into h_prev_.
+  std::vector<PrevRun> previous_states(const StepChunk& c) {
+    const int64_t rb = c.row_begin, re = c.row_end, N = s_.batch, R = s_.rows, P = P_;
+    const scalar_t* seq = out_.const_data_ptr<scalar_t>();
+    const scalar_t* init = h0_.const_data_ptr<scalar_t>();
+    if (!uniform_) {
+      gather_h_prev(c);
+      return {{0, c.rows(), h_prev_.const_data_ptr<scalar_t>()}};
+    }
+    std::vector<PrevRun> runs;
+    if (!s_.reverse) {
+      // rows [0, N) start from h0, row r >= N from row r - N
+      if (rb < N) runs.push_back({0, std::min(re, N) - rb, init + rb * P});
+      const int64_t b = std::max(rb, N);
+      if (re > b) runs.push_back({b - rb, re - b, seq + (b - N) * P});
+    } else {
+      // rows [R - N, R) start from h0, row r < R - N from row r + N
+      const int64_t e = std::min(re, R - N);
+      if (e > rb) runs.push_back({0, e - rb, seq + (rb + N) * P});
+      const int64_t b = std::max(rb, R - N);
+      if (re > b) runs.push_back({b - rb, re - b, init + (b - (R - N)) * P});
+    }
+    return runs;
   }
 
   // bias[g.dst : g.dst+count] += ones[rows] @ dg[:, cols], a GEMM so that it too is split
@@ -295,6 +334,7 @@ class ChunkedGrads {
   int64_t I_, P_;
   std::vector<StepChunk> chunks_;
   size_t current_ = 0;
+  bool uniform_ = false;  // every step has all N rows
   at::Tensor buffer_, h_prev_, ones_;
   InputAndWeightGrads g_;
 };
@@ -381,6 +421,31 @@ class BackwardTeam {
   UnitBlocks units_;
   UnitBlockGemm<scalar_t> hidden_;
 };
+
+// A [T, N, C] or [R, C] tensor as R rows of C elements, row r at data + r * ld.
+template <typename scalar_t>
+struct Rows {
+  at::Tensor keep;  // owns the data (a view of the argument, or a copy of it)
+  int64_t ld;
+  const scalar_t* data() const { return keep.const_data_ptr<scalar_t>(); }
+};
+
+// The rows of t without a copy when each is contiguous and they are evenly spaced, as in
+// a column slice of a wider tensor: the gradient of one direction of a bidirectional
+// layer is one half of the concatenated output's gradient. Otherwise a contiguous copy.
+template <typename scalar_t>
+Rows<scalar_t> strided_rows(const at::Tensor& t, int64_t rows, int64_t cols) {
+  if (rows > 0 && cols > 0 && t.stride(-1) == 1) {
+    int64_t ld = t.stride(0);
+    bool even = true;
+    if (t.dim() == 3) {
+      ld = t.size(1) > 1 ? t.stride(1) : t.stride(0);
+      even = t.size(0) == 1 || t.stride(0) == t.size(1) * ld;
+    }
+    if (even && (rows == 1 || ld >= cols)) return {t, rows == 1 ? cols : ld};
+  }
+  return {t.contiguous(), cols};
+}
 
 // The output laid out like the input: [T, N, P] when padded, [R, P] when packed.
 inline at::Tensor shaped_like_input(const at::Tensor& flat, const at::Tensor& input) {

@@ -82,14 +82,16 @@ std::tuple<at::Tensor, at::Tensor> rnn_forward(
 
 // Backward through act uses the output alone: tanh' = 1 - h^2, relu' = [h > 0].
 template <typename scalar_t>
-InputAndWeightGrads rnn_backward_impl(const RnnShapes& sh, bool relu, const at::Tensor& grad_out,
-                                      const at::Tensor& x, const at::Tensor& out,
+InputAndWeightGrads rnn_backward_impl(const RnnShapes& sh, bool relu,
+                                      const Rows<scalar_t>& grad_out, const at::Tensor& x,
+                                      const at::Tensor& out,
                                       const at::Tensor& h0, const at::Tensor& w_ih,
                                       const at::Tensor& w_hh, at::Tensor& dh_state) {
   using V = Vec<scalar_t>;
   const Schedule& s = sh.schedule;
   const int64_t H = sh.hidden_size;
-  const scalar_t* go = grad_out.const_data_ptr<scalar_t>();
+  const scalar_t* go = grad_out.data();
+  const int64_t go_ld = grad_out.ld;
   const scalar_t* op = out.const_data_ptr<scalar_t>();
   scalar_t* dhs = dh_state.mutable_data_ptr<scalar_t>();
   const V one(scalar_t(1)), zero(scalar_t(0));
@@ -101,7 +103,7 @@ InputAndWeightGrads rnn_backward_impl(const RnnShapes& sh, bool relu, const at::
                const int64_t e = b * H + u0;
                for_each_chunk<scalar_t>(len, [&](int64_t j, int64_t cnt) {
                  const V h = load(op + off * H + e + j, cnt);
-                 const V d = load(go + off * H + e + j, cnt) + load(dhs + e + j, cnt);
+                 const V d = load(go + (off + b) * go_ld + u0 + j, cnt) + load(dhs + e + j, cnt);
                  // relu' selects rather than multiplies, as torch.nn does: a NaN output
                  // passes the gradient on, and an infinite gradient stops at h <= 0
                  // instead of 0 * inf.
@@ -127,13 +129,13 @@ rnn_backward(const at::Tensor& grad_output, const at::Tensor& grad_h_n, const at
   check_shape(kBackward, grad_h_n, "grad_h_n", h0.sizes(), "h0's shape");
   const at::Tensor x = input.contiguous().view({s.rows, sh.input_size});
   const at::Tensor out = output.contiguous().view({s.rows, H});
-  const at::Tensor go = grad_output.contiguous().view({s.rows, H});
   const at::Tensor h0c = h0.contiguous();
   const at::Tensor wih = w_ih.contiguous(), whh = w_hh.contiguous();
   at::Tensor dh_state = grad_h_n.contiguous().clone();
   InputAndWeightGrads g;
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), kBackward, [&] {
-    g = rnn_backward_impl<scalar_t>(sh, relu, go, x, out, h0c, wih, whh, dh_state);
+    g = rnn_backward_impl<scalar_t>(sh, relu, strided_rows<scalar_t>(grad_output, s.rows, H), x,
+                                    out, h0c, wih, whh, dh_state);
   });
   return {shaped_like_input(g.grad_input, input), dh_state, g.grad_w_ih, g.grad_w_hh,
           g.grad_b_ih, g.grad_b_hh};
