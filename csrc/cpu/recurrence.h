@@ -192,7 +192,8 @@ class ChunkedGrads {
                            [&](int64_t n) { return n == s.batch; });
     if (!uniform_) h_prev_ = at::empty({most, P_}, opts);
     ones_ = at::ones({most}, opts);
-    g_.grad_input = at::zeros({s.rows, I_}, opts);
+    // Every row is in one chunk, whose first GEMM sets it: no need to clear it first.
+    g_.grad_input = at::empty({s.rows, I_}, opts);
     g_.grad_w_ih = at::zeros({gates_h, I_}, opts);
     g_.grad_w_hh = at::zeros({gates_h, P_}, opts);
     g_.grad_b_ih = at::zeros({gates_h}, opts);
@@ -242,9 +243,10 @@ class ChunkedGrads {
     const scalar_t* ones = ones_.const_data_ptr<scalar_t>();
     const scalar_t one(1);
     for (const GateColumns& g : input_side_) {
-      // grad_input[r0 : r0+rows] += dg[:, cols] @ w_ih[g.dst : g.dst+count]
+      // grad_input[r0 : r0+rows] (+)= dg[:, cols] @ w_ih[g.dst : g.dst+count]
+      const scalar_t beta = &g == &input_side_.front() ? scalar_t(0) : one;
       gemm<scalar_t>(false, false, rows, I, g.count, one, dg + g.src, ld_,
-                     w_ih_.const_data_ptr<scalar_t>() + g.dst * I, I, one,
+                     w_ih_.const_data_ptr<scalar_t>() + g.dst * I, I, beta,
                      g_.grad_input.mutable_data_ptr<scalar_t>() + r0 * I, I);
       // grad_w_ih[g.dst : g.dst+count] += dg[:, cols]^T @ x[r0 : r0+rows]
       gemm<scalar_t>(true, false, g.count, I, rows, one, dg + g.src, ld_,
