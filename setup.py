@@ -3,9 +3,9 @@
 Environment:
   GATEDRNN_CUDA=1|0   force the CUDA sources on or off (default: on when the installed
                       torch has CUDA and a CUDA toolkit is found)
-  GATEDRNN_CPU_VEC=avx2|default
-                      vector ISA of the CPU kernels (default: avx2 when the building
-                      machine has AVX2 and FMA, else the portable scalar fallback)
+  GATEDRNN_CPU_VEC=avx512|avx2|default
+                      vector ISA of the CPU kernels (default: the widest of avx512 and
+                      avx2 that the building machine has, else the portable fallback)
   MAX_JOBS            parallel compile jobs for ninja
 """
 import glob
@@ -33,23 +33,39 @@ def want_cuda():
     return torch.version.cuda is not None and cpp_extension.CUDA_HOME is not None
 
 
-def cpu_has_avx2():
+def cpu_flags():
     try:
         with open("/proc/cpuinfo") as f:
-            flags = f.read()
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
     except OSError:
-        return False
-    return " avx2" in flags and " fma" in flags
+        pass
+    return set()
+
+
+def default_cpu_vec():
+    flags = cpu_flags()
+    if {"avx512f", "avx512dq", "avx512bw", "avx512vl", "fma"} <= flags:
+        return "avx512"
+    if {"avx2", "fma"} <= flags:
+        return "avx2"
+    return "default"
 
 
 def cpu_vec_flags():
-    choice = os.environ.get("GATEDRNN_CPU_VEC") or ("avx2" if cpu_has_avx2() else "default")
+    choice = os.environ.get("GATEDRNN_CPU_VEC") or default_cpu_vec()
+    if choice == "avx512":
+        # ATen's AVX-512 Vectorized<T>, as libtorch_cpu's own AVX512 kernels are built.
+        return ["-mavx512f", "-mavx512dq", "-mavx512bw", "-mavx512vl", "-mfma",
+                "-DCPU_CAPABILITY=AVX512", "-DCPU_CAPABILITY_AVX512"]
     if choice == "avx2":
         # Selects ATen's AVX2 Vectorized<T> (SLEEF exp/tanh, exported by libtorch_cpu).
         return ["-mavx2", "-mfma", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"]
     if choice == "default":
         return []
-    raise ValueError(f"GATEDRNN_CPU_VEC must be 'avx2' or 'default', got {choice!r}")
+    raise ValueError(
+        f"GATEDRNN_CPU_VEC must be 'avx512', 'avx2' or 'default', got {choice!r}")
 
 
 def rel(paths):

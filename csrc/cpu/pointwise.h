@@ -21,34 +21,28 @@ inline Vec<scalar_t> exp_nonpositive(const Vec<scalar_t>& x) {
   return x.exp();
 }
 
-#if defined(CPU_CAPABILITY_AVX2) && !defined(_MSC_VER)
-// Inline float version: SLEEF's exp is an out-of-line call, ~10% of a small LSTM step.
+// Inline float version, written once over Vectorized (AVX-512, AVX2 or the portable
+// fallback): SLEEF's exp is an out-of-line call, ~10% of a small LSTM step.
 // exp(x) = 2^n * exp(r), n = round(x / ln 2), r = x - n ln 2 in [-ln2/2, ln2/2] (ln 2 in
 // two parts, so r is exact), exp(r) by its Taylor series to r^7 (truncation error below
 // 1e-8 relative). Below ln(FLT_MIN) the result is 0; NaN stays NaN.
 template <>
-inline Vec<float> exp_nonpositive(const Vec<float>& v) {
-  const __m256 x = v;
-  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504f)),
-                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-  __m256 p = _mm256_set1_ps(1.0f / 5040);
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 720));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+inline Vec<float> exp_nonpositive(const Vec<float>& x) {
+  using at::vec::fmadd;
+  using V = Vec<float>;
+  using Vi = Vec<int32_t>;
+  // Clamped so that n fits an int32 (NaN stays NaN through maximum).
+  const V n = (at::vec::maximum(x, V(-88.0f)) * V(1.44269504f)).round();
+  const V r = fmadd(n, V(2.12194440e-4f), fmadd(n, V(-0.693359375f), x));
+  V p(1.0f / 5040);
+  for (const float c : {1.0f / 720, 1.0f / 120, 1.0f / 24, 1.0f / 6, 0.5f, 1.0f, 1.0f}) {
+    p = fmadd(p, r, V(c));
+  }
   // 2^n from its exponent bits; n >= -126 wherever the result is kept.
-  const __m256i bits = _mm256_slli_epi32(
-      _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-  const __m256 y = _mm256_mul_ps(p, _mm256_castsi256_ps(bits));
-  const __m256 underflow = _mm256_cmp_ps(x, _mm256_set1_ps(-87.33f), _CMP_LT_OQ);
-  return _mm256_andnot_ps(underflow, y);
+  const Vi bits = (at::vec::convert_to_int_of_same_size(n) + Vi(127)) << Vi(23);
+  const V y = p * at::vec::cast<float>(bits);
+  return V::blendv(y, V(0.0f), x < V(-87.33f));
 }
-#endif
 
 // 1 / (1 + exp(-x)), written as e / (1 + e) for x < 0 with e = exp(-|x|) in (0, 1], so
 // exp never overflows. NaN propagates.
