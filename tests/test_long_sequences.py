@@ -50,16 +50,17 @@ def training_step_bytes(cell: str, T: int, N: int = 1, I: int = 16, H: int = 16,
       made by the backward:
         grad_input                    R * I
         one chunk of gate gradients (the input and weight gradients are made a chunk
-        of ~1024 rows at a time): 1024 * (G + H + 1) with G = 4H (LSTM), 4H (GRU:
-        dr, dz, dn * r, dn), H (RNN), plus the chunk's previous states and a row of
-        ones for the bias sums
+        of ~1024 rows at a time): 1024 * (G + 1) with G = 4H (LSTM), 4H (GRU:
+        dr, dz, dn * r, dn), H (RNN), and a row of ones for the bias sums (packed
+        input adds the chunk's gathered previous states, 1024 * H; padded input reads
+        them from the output in place)
     plus 16 bytes per step for the schedule (the batch size and row offset of each
     step). The input itself and the output gradient belong to the caller.
     """
     R = T * N
     saved = {"lstm": H + 5 * H, "gru": H + 4 * H, "rnn": H}[cell]
     gate_grads = {"lstm": 4 * H, "gru": 4 * H, "rnn": H}[cell]
-    chunk = min(R, 1024) * (gate_grads + H + 1)
+    chunk = min(R, 1024) * (gate_grads + 1)
     return element * (R * (saved + I) + chunk) + 16 * T
 
 

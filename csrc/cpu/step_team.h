@@ -108,14 +108,17 @@ struct RowRange {
 };
 
 // Consecutive steps grouped so that a chunk's input projection, [rows, gate_cols], has
-// about 2^18 elements (1 MiB in float32), or one step if a step alone has more: computed
-// a chunk ahead of the steps that read it, it is still in cache when they do. A function
-// of the shape alone.
+// about 2^16 elements (256 KiB in float32) but at least 128 rows (fewer make the GEMM
+// that computes it inefficient), or one step if a step alone has more: computed a chunk
+// ahead of the steps that read it, it is still in cache when they do. A function of the
+// shape alone.
 class StepChunks {
  public:
   StepChunks(const Schedule& s, int64_t gate_cols) : s_(s) {
-    constexpr int64_t kChunkElements = int64_t(1) << 18;
-    steps_ = std::max<int64_t>(1, kChunkElements / std::max<int64_t>(1, s.batch * gate_cols));
+    constexpr int64_t kChunkElements = int64_t(1) << 16, kMinRows = 128;
+    const int64_t batch = std::max<int64_t>(1, s.batch);
+    steps_ = std::max({int64_t(1), kChunkElements / (batch * std::max<int64_t>(1, gate_cols)),
+                       (kMinRows + batch - 1) / batch});
     for (int64_t k = 0; k < s.steps(); k += steps_) {
       max_rows_ = std::max(max_rows_, rows_of(k).rows());
     }
