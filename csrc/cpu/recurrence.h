@@ -33,6 +33,9 @@ struct TeamStep {
 // the steps read it: no thread reads another's columns, so that needs no barrier. The
 // state alternates between two [N, P] buffers; each step reads one whole and writes
 // its blocks of the other, and one barrier per step orders the threads.
+// A shape too small for two blocks runs its steps on one thread; if its whole input
+// projection is small too (up to 4 MiB in float32), it is one GEMM before the loop, on
+// every thread.
 template <typename scalar_t>
 class ForwardTeam {
  public:
@@ -40,7 +43,9 @@ class ForwardTeam {
   ForwardTeam(const Schedule& s, const at::Tensor& x, const at::Tensor& w_ih, int64_t gates,
               const UnitBlocks& units, const at::Tensor& h0)
       : s_(s), x_(x), gates_(gates), G_(w_ih.size(0)), units_(units),
-        input_(w_ih, gates, units.units, units, 0), chunks_(s, w_ih.size(0)),
+        whole_(units.count() == 1 && s.rows * w_ih.size(0) <= kWholeElements),
+        w_ih_(w_ih.contiguous()),
+        input_(w_ih, gates, units.units, units, 0), chunks_(s, w_ih.size(0), whole_),
         gate_buf_(at::empty({chunks_.max_rows(), w_ih.size(0)}, x.options())),
         h_buf_(at::empty({2, h0.size(0), h0.size(1)}, x.options())) {
     h_buf_[0].copy_(h0);
@@ -59,12 +64,17 @@ class ForwardTeam {
     const scalar_t* xp = x_.const_data_ptr<scalar_t>();
     scalar_t* gp = gate_buf_.mutable_data_ptr<scalar_t>();
     scalar_t* hb = h_buf_.mutable_data_ptr<scalar_t>();
+    if (whole_) {
+      // gates[R, G] = x @ w_ih^T: the one block's columns are w_ih's rows in order.
+      gemm<scalar_t>(false, true, s_.rows, G_, I, scalar_t(1), xp, I,
+                     w_ih_.const_data_ptr<scalar_t>(), I, scalar_t(0), gp, G_);
+    }
     run_team(std::max(finish_blocks, units_.count()), [&](const TeamMember& me) {
       const auto [b0, b1] = me.share(units_.count());
       for (int64_t k = 0; k < s_.steps(); ++k) {
         const int64_t t = s_.time_at(k);
         const RowRange chunk = chunks_.rows_of(k);
-        if (chunk.first_step == k) {
+        if (!whole_ && chunk.first_step == k) {
           for (int64_t b = b0; b < b1; ++b) {
             // gates[chunk, block] = x[chunk] @ w_ih_b^T      [rows, I] x [I, gates len]
             input_.run(b, chunk.rows(), xp + chunk.begin * I, I, scalar_t(0),
@@ -93,6 +103,9 @@ class ForwardTeam {
   const at::Tensor& x_;
   int64_t gates_, G_;
   UnitBlocks units_;
+  static constexpr int64_t kWholeElements = int64_t(1) << 20;
+  bool whole_;  // one block: the input projection is made before the loop
+  at::Tensor w_ih_;
   UnitBlockGemm<scalar_t> input_;
   StepChunks chunks_;
   at::Tensor gate_buf_, h_buf_;

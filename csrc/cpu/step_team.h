@@ -114,11 +114,13 @@ struct RowRange {
 // shape alone.
 class StepChunks {
  public:
-  StepChunks(const Schedule& s, int64_t gate_cols) : s_(s) {
+  // whole: one chunk of every step.
+  StepChunks(const Schedule& s, int64_t gate_cols, bool whole) : s_(s) {
     constexpr int64_t kChunkElements = int64_t(1) << 16, kMinRows = 128;
     const int64_t batch = std::max<int64_t>(1, s.batch);
     steps_ = std::max({int64_t(1), kChunkElements / (batch * std::max<int64_t>(1, gate_cols)),
                        (kMinRows + batch - 1) / batch});
+    if (whole) steps_ = std::max<int64_t>(1, s.steps());
     for (int64_t k = 0; k < s.steps(); k += steps_) {
       max_rows_ = std::max(max_rows_, rows_of(k).rows());
     }
