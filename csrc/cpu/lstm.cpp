@@ -148,9 +148,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward(
 template <typename scalar_t>
 void lstm_backward_units(int64_t r0, int64_t r1, int64_t H, int64_t u0, int64_t len,
                          const scalar_t* dh, int64_t dh_ld, const scalar_t* dh_more,
-                         const scalar_t* ws,
-                         int64_t ws_ld, const PrevRows<scalar_t>& c_prev, scalar_t* dc_state,
-                         scalar_t* dgates) {
+                         const scalar_t* ws, int64_t ws_ld, const PrevRows<scalar_t>& c_prev,
+                         scalar_t* dc_state, scalar_t* dgates) {
   using V = Vec<scalar_t>;
   const V one(scalar_t(1));
   for (int64_t b = r0; b < r1; ++b) {

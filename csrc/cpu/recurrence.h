@@ -44,8 +44,10 @@ class ForwardTeam {
               const UnitBlocks& units, const at::Tensor& h0)
       : s_(s), x_(x), gates_(gates), G_(w_ih.size(0)), units_(units),
         whole_(units.count() == 1 && s.rows * w_ih.size(0) <= kWholeElements),
-        w_ih_(w_ih.contiguous()),
-        input_(w_ih, gates, units.units, units, 0), chunks_(s, w_ih.size(0), whole_),
+        w_ih_(whole_ ? w_ih.contiguous() : at::Tensor()),
+        input_(whole_ ? UnitBlockGemm<scalar_t>()
+                      : UnitBlockGemm<scalar_t>(w_ih, gates, units.units, units, 0)),
+        chunks_(s, w_ih.size(0), whole_),
         gate_buf_(at::empty({chunks_.max_rows(), w_ih.size(0)}, x.options())),
         h_buf_(at::empty({2, h0.size(0), h0.size(1)}, x.options())) {
     h_buf_[0].copy_(h0);
@@ -105,8 +107,8 @@ class ForwardTeam {
   UnitBlocks units_;
   static constexpr int64_t kWholeElements = int64_t(1) << 20;
   bool whole_;  // one block: the input projection is made before the loop
-  at::Tensor w_ih_;
-  UnitBlockGemm<scalar_t> input_;
+  at::Tensor w_ih_;                // used when whole_
+  UnitBlockGemm<scalar_t> input_;  // by blocks, chunk by chunk, otherwise
   StepChunks chunks_;
   at::Tensor gate_buf_, h_buf_;
 };
