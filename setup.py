@@ -72,7 +72,7 @@ def rel(paths):
     return sorted(os.path.relpath(p, ROOT) for p in paths)
 
 
-sources = rel(glob.glob(os.path.join(ROOT, "csrc", "registration.cpp"))
+sources = rel(glob.glob(os.path.join(ROOT, "csrc", "*.cpp"))
               + glob.glob(os.path.join(ROOT, "csrc", "cpu", "*.cpp")))
 cxx_flags = ["-O3", "-std=c++17"] + cpu_vec_flags()
 link_flags = []

@@ -3,7 +3,6 @@
 // input is padded [T, N, I] (batch_sizes None) or packed [R, I] with batch_sizes.
 // need_workspace = false (inference: no backward will run) returns an empty [0, *]
 // workspace, so the forward need not keep per-step activations.
-#include <Python.h>
 #include <torch/library.h>
 
 TORCH_LIBRARY(gatedrnn, m) {
@@ -35,10 +34,4 @@ TORCH_LIBRARY(gatedrnn, m) {
       "Tensor h0, Tensor w_ih, Tensor w_hh, Tensor output, str nonlinearity, bool reverse) "
       "-> (Tensor grad_input, Tensor grad_h0, Tensor grad_w_ih, Tensor grad_w_hh, "
       "Tensor grad_b_ih, Tensor grad_b_hh)");
-}
-
-// gatedrnn._C is imported only for the registrations above (static initializers).
-PyMODINIT_FUNC PyInit__C(void) {
-  static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
-  return PyModule_Create(&module);
 }

@@ -52,6 +52,8 @@ def peak(cell: str, steps: list) -> dict:
         for _ in range(2):
             x.grad = None
             module.zero_grad(set_to_none=True)
+            # Blocks the CPU block cache kept from the first step would be reused unseen.
+            gatedrnn.empty_cpu_cache()
             reset_peak()
             before = status_bytes("VmRSS")
             train_step(module, x, grad_out)

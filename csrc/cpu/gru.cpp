@@ -8,6 +8,7 @@
 
 #include <tuple>
 
+#include "block_cache.h"
 #include "pointwise.h"
 #include "recurrence.h"
 #include "recurrent_gemm.h"
@@ -100,16 +101,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_forward(
   const Schedule& s = sh.schedule;
   const int64_t H = sh.hidden_size;
   const auto opts = input.options();
-  const at::Tensor x = input.contiguous().view({s.rows, sh.input_size});
+  const at::Tensor x = cached_contiguous(input).view({s.rows, sh.input_size});
   const at::Tensor bih = optional_bias(b_ih, kGates * H, opts);
   const at::Tensor bhh = optional_bias(b_hh, kGates * H, opts);
-  at::Tensor out = at::empty({s.rows, H}, opts);
+  at::Tensor out = cached_empty({s.rows, H}, opts);
   at::Tensor h_state = h0.contiguous().clone();
-  at::Tensor ws = at::empty({need_workspace ? s.rows : 0, 4 * H}, opts);
+  at::Tensor ws = cached_empty({need_workspace ? s.rows : 0, 4 * H}, opts);
   at::Tensor ws_arg = need_workspace ? ws : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), kForward, [&] {
-    gru_forward_impl<scalar_t>(sh, x, w_ih.contiguous(), w_hh.contiguous(), bih, bhh, out,
-                               h_state, ws_arg);
+    gru_forward_impl<scalar_t>(sh, x, cached_contiguous(w_ih), cached_contiguous(w_hh), bih, bhh,
+                               out, h_state, ws_arg);
   });
   return {shaped_like_input(out, input), h_state, ws};
 }
@@ -196,10 +197,10 @@ gru_backward(const at::Tensor& grad_output, const at::Tensor& grad_h_n, const at
   check_shape(kBackward, workspace, "workspace", {s.rows, 4 * H}, "rows, 4*hidden_size");
   check_shape(kBackward, grad_output, "grad_output", output.sizes(), "the output's shape");
   check_shape(kBackward, grad_h_n, "grad_h_n", h0.sizes(), "h0's shape");
-  const at::Tensor x = input.contiguous().view({s.rows, sh.input_size});
-  const at::Tensor out = output.contiguous().view({s.rows, H});
-  const at::Tensor ws = workspace.contiguous(), h0c = h0.contiguous();
-  const at::Tensor wih = w_ih.contiguous(), whh = w_hh.contiguous();
+  const at::Tensor x = cached_contiguous(input).view({s.rows, sh.input_size});
+  const at::Tensor out = cached_contiguous(output).view({s.rows, H});
+  const at::Tensor ws = cached_contiguous(workspace), h0c = h0.contiguous();
+  const at::Tensor wih = cached_contiguous(w_ih), whh = cached_contiguous(w_hh);
   at::Tensor dh_state = grad_h_n.contiguous().clone();
   InputAndWeightGrads g;
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), kBackward, [&] {

@@ -6,6 +6,7 @@
 
 #include <tuple>
 
+#include "block_cache.h"
 #include "pointwise.h"
 #include "recurrence.h"
 #include "recurrent_gemm.h"
@@ -124,14 +125,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward(
   const Schedule& s = sh.schedule;
   const int64_t H = sh.hidden_size, P = sh.state_size;
   const auto opts = input.options();
-  const at::Tensor x = input.contiguous().view({s.rows, sh.input_size});
-  const at::Tensor wih = w_ih.contiguous(), whh = w_hh.contiguous();
-  const at::Tensor whr = (w_hr.has_value() && w_hr->defined()) ? w_hr->contiguous() : at::Tensor();
+  const at::Tensor x = cached_contiguous(input).view({s.rows, sh.input_size});
+  const at::Tensor wih = cached_contiguous(w_ih), whh = cached_contiguous(w_hh);
+  const at::Tensor whr =
+      (w_hr.has_value() && w_hr->defined()) ? cached_contiguous(*w_hr) : at::Tensor();
   const at::Tensor bias = combined_bias(b_ih, b_hh, kGates * H, opts);
-  at::Tensor out = at::empty({s.rows, P}, opts);
+  at::Tensor out = cached_empty({s.rows, P}, opts);
   at::Tensor h_state = h0.contiguous().clone();
   at::Tensor c_state = c0.contiguous().clone();
-  at::Tensor ws = at::empty({need_workspace ? s.rows : 0, 5 * H}, opts);
+  at::Tensor ws = cached_empty({need_workspace ? s.rows : 0, 5 * H}, opts);
   at::Tensor ws_arg = need_workspace ? ws : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), kForward, [&] {
     lstm_forward_impl<scalar_t>(sh, x, wih, whh, bias, whr, out, h_state, c_state, ws_arg);
@@ -212,7 +214,7 @@ InputAndWeightGrads lstm_backward_impl(const RnnShapes& sh, const Rows<scalar_t>
   BackwardTeam<scalar_t> team(s, w_hh, G, unit_blocks(P, kGates, H, N));
   const UnitBlockGemm<scalar_t> proj_gemm(w_hr.t(), 1, H, units, N);
   at::Tensor dh_step = at::empty({N, H}, ws.options());
-  at::Tensor dout = at::empty({grads.max_rows(), P}, ws.options());
+  at::Tensor dout = cached_empty({grads.max_rows(), P}, ws.options());
   scalar_t* dhp = dh_step.mutable_data_ptr<scalar_t>();
   scalar_t* doutp = dout.mutable_data_ptr<scalar_t>();
   // The chunk the team is in; rows of dout are relative to its first row.
@@ -266,15 +268,15 @@ lstm_backward(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
   check_shape(kBackward, grad_c_n, "grad_c_n", c0.sizes(), "c0's shape");
   const auto opts = input.options();
   const bool proj = w_hr.has_value() && w_hr->defined();
-  const at::Tensor whr = proj ? w_hr->contiguous() : at::Tensor();
-  const at::Tensor ws = workspace.contiguous();
-  const at::Tensor x = input.contiguous().view({s.rows, sh.input_size});
-  const at::Tensor out = output.contiguous().view({s.rows, P});
-  const at::Tensor h0c = h0.contiguous(), c0c = c0.contiguous(), whh = w_hh.contiguous();
-  const at::Tensor wih = w_ih.contiguous();
+  const at::Tensor whr = proj ? cached_contiguous(*w_hr) : at::Tensor();
+  const at::Tensor ws = cached_contiguous(workspace);
+  const at::Tensor x = cached_contiguous(input).view({s.rows, sh.input_size});
+  const at::Tensor out = cached_contiguous(output).view({s.rows, P});
+  const at::Tensor h0c = h0.contiguous(), c0c = c0.contiguous(), whh = cached_contiguous(w_hh);
+  const at::Tensor wih = cached_contiguous(w_ih);
   at::Tensor dh_state = grad_h_n.contiguous().clone();
   at::Tensor dc_state = grad_c_n.contiguous().clone();
-  at::Tensor grad_w_hr = proj ? at::zeros({P, H}, opts) : at::empty({0}, opts);
+  at::Tensor grad_w_hr = proj ? cached_zeros({P, H}, opts) : at::empty({0}, opts);
   InputAndWeightGrads g;
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), kBackward, [&] {
     g = lstm_backward_impl<scalar_t>(sh, strided_rows<scalar_t>(grad_output, s.rows, P), x,

@@ -12,6 +12,7 @@
 
 #include "../common/blas.h"
 #include "../common/sequence.h"
+#include "block_cache.h"
 #include "recurrent_gemm.h"
 #include "step_team.h"
 
@@ -44,11 +45,11 @@ class ForwardTeam {
               const UnitBlocks& units, const at::Tensor& h0)
       : s_(s), x_(x), gates_(gates), G_(w_ih.size(0)), units_(units),
         whole_(units.count() == 1 && s.rows * w_ih.size(0) <= kWholeElements),
-        w_ih_(whole_ ? w_ih.contiguous() : at::Tensor()),
+        w_ih_(whole_ ? cached_contiguous(w_ih) : at::Tensor()),
         input_(whole_ ? UnitBlockGemm<scalar_t>()
                       : UnitBlockGemm<scalar_t>(w_ih, gates, units.units, units, 0)),
         chunks_(s, w_ih.size(0), whole_),
-        gate_buf_(at::empty({chunks_.max_rows(), w_ih.size(0)}, x.options())),
+        gate_buf_(cached_empty({chunks_.max_rows(), w_ih.size(0)}, x.options())),
         h_buf_(at::empty({2, h0.size(0), h0.size(1)}, x.options())) {
     h_buf_[0].copy_(h0);
   }
@@ -202,15 +203,15 @@ class ChunkedGrads {
     const auto opts = x.options();
     int64_t most = 0;
     for (const StepChunk& c : chunks_) most = std::max(most, c.rows());
-    buffer_ = at::empty({most, ld_}, opts);
+    buffer_ = cached_empty({most, ld_}, opts);
     uniform_ = std::all_of(s.sizes.begin(), s.sizes.end(),
                            [&](int64_t n) { return n == s.batch; });
-    if (!uniform_) h_prev_ = at::empty({most, P_}, opts);
+    if (!uniform_) h_prev_ = cached_empty({most, P_}, opts);
     ones_ = at::ones({most}, opts);
     // Every row is in one chunk, whose first GEMM sets it: no need to clear it first.
-    g_.grad_input = at::empty({s.rows, I_}, opts);
-    g_.grad_w_ih = at::zeros({gates_h, I_}, opts);
-    g_.grad_w_hh = at::zeros({gates_h, P_}, opts);
+    g_.grad_input = cached_empty({s.rows, I_}, opts);
+    g_.grad_w_ih = cached_zeros({gates_h, I_}, opts);
+    g_.grad_w_hh = cached_zeros({gates_h, P_}, opts);
     g_.grad_b_ih = at::zeros({gates_h}, opts);
     g_.grad_b_hh = at::zeros({gates_h}, opts);
   }
@@ -461,7 +462,7 @@ Rows<scalar_t> strided_rows(const at::Tensor& t, int64_t rows, int64_t cols) {
     }
     if (even && (rows == 1 || ld >= cols)) return {t, rows == 1 ? cols : ld};
   }
-  return {t.contiguous(), cols};
+  return {cached_contiguous(t), cols};
 }
 
 // The output laid out like the input: [T, N, P] when padded, [R, P] when packed.

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "../common/blas.h"
+#include "block_cache.h"
 #include "step_team.h"
 
 extern "C" {
@@ -47,13 +48,14 @@ class UnitBlockGemm {
     for (int64_t b = 0; b < units.count(); ++b) {
       if (units.count() == 1 && gates * gate_stride == w.size(0)) {
         // One block of every unit: W_b is W itself.
-        weights_.push_back(w.contiguous());
+        weights_.push_back(cached_contiguous(w));
       } else {
         std::vector<at::Tensor> rows;
         for (int64_t g = 0; g < gates; ++g) {
           rows.push_back(w.narrow(0, g * gate_stride + units.begin(b), units.length(b)));
         }
-        weights_.push_back(at::cat(rows).contiguous());
+        at::Tensor block = cached_empty({gates * units.length(b), k_}, w.options());
+        weights_.push_back(at::cat_out(block, rows));
       }
       blas_int(weights_.back().size(0), "n");
       pack(b);
@@ -97,7 +99,7 @@ inline void UnitBlockGemm<float>::pack(int64_t b) {
   // single-threaded, so pack it that way too.
   const SerialBlas serial;
   const size_t bytes = cblas_sgemm_pack_get_size(kCblasBMatrix, m, n, k);
-  at::Tensor block = at::empty({static_cast<int64_t>(bytes)}, at::kByte);
+  at::Tensor block = cached_empty({static_cast<int64_t>(bytes)}, at::kByte);
   cblas_sgemm_pack(kCblasRowMajor, kCblasBMatrix, kCblasTrans, m, n, k, 1.0f,
                    weights_[b].const_data_ptr<float>(), k,
                    reinterpret_cast<float*>(block.mutable_data_ptr<uint8_t>()));

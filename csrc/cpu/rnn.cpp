@@ -7,6 +7,7 @@
 #include <string>
 #include <tuple>
 
+#include "block_cache.h"
 #include "pointwise.h"
 #include "recurrence.h"
 #include "recurrent_gemm.h"
@@ -69,13 +70,13 @@ std::tuple<at::Tensor, at::Tensor> rnn_forward(
                                       b_ih, b_hh, c10::nullopt, reverse);
   const Schedule& s = sh.schedule;
   const auto opts = input.options();
-  const at::Tensor x = input.contiguous().view({s.rows, sh.input_size});
+  const at::Tensor x = cached_contiguous(input).view({s.rows, sh.input_size});
   const at::Tensor bias = combined_bias(b_ih, b_hh, sh.hidden_size, opts);
-  at::Tensor out = at::empty({s.rows, sh.hidden_size}, opts);
+  at::Tensor out = cached_empty({s.rows, sh.hidden_size}, opts);
   at::Tensor h_state = h0.contiguous().clone();
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), kForward, [&] {
-    rnn_forward_impl<scalar_t>(sh, relu, x, w_ih.contiguous(), w_hh.contiguous(), bias, out,
-                               h_state);
+    rnn_forward_impl<scalar_t>(sh, relu, x, cached_contiguous(w_ih), cached_contiguous(w_hh), bias,
+                               out, h_state);
   });
   return {shaped_like_input(out, input), h_state};
 }
@@ -127,10 +128,10 @@ rnn_backward(const at::Tensor& grad_output, const at::Tensor& grad_h_n, const at
   const int64_t H = sh.hidden_size;
   check_shape(kBackward, grad_output, "grad_output", output.sizes(), "the output's shape");
   check_shape(kBackward, grad_h_n, "grad_h_n", h0.sizes(), "h0's shape");
-  const at::Tensor x = input.contiguous().view({s.rows, sh.input_size});
-  const at::Tensor out = output.contiguous().view({s.rows, H});
+  const at::Tensor x = cached_contiguous(input).view({s.rows, sh.input_size});
+  const at::Tensor out = cached_contiguous(output).view({s.rows, H});
   const at::Tensor h0c = h0.contiguous();
-  const at::Tensor wih = w_ih.contiguous(), whh = w_hh.contiguous();
+  const at::Tensor wih = cached_contiguous(w_ih), whh = cached_contiguous(w_hh);
   at::Tensor dh_state = grad_h_n.contiguous().clone();
   InputAndWeightGrads g;
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), kBackward, [&] {

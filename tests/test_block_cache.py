@@ -1,0 +1,123 @@
+"""The CPU block cache (csrc/cpu/block_cache.h): the ops' large results and buffers come
+from blocks that earlier calls freed. A reused block holds whatever its last user left,
+so nothing may read a block before writing it; the cache must keep and release blocks as
+documented; and GATEDRNN_CPU_CACHE_MB must size it or turn it off."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import gatedrnn
+from conftest import CELLS, build_case, op_and_args, run_ours
+
+# Large enough that the workspace, output and gradients (float64) are cached blocks
+# (32 KiB and more).
+SHAPES = [
+    pytest.param(dict(T=16, N=8, I=48, H=64, packed=False, reverse=False), id="padded"),
+    pytest.param(dict(T=16, N=8, I=48, H=64, packed=True, reverse=True), id="packed-rev"),
+]
+
+
+def _case(cell, shape):
+    return build_case(cell, shape["T"], shape["N"], shape["I"], shape["H"], 24,
+                      packed=shape["packed"], reverse=shape["reverse"])
+
+
+def _poison_forward_blocks(cell, tensors, batch_sizes, reverse):
+    """Runs the forward op and fills its results (the workspace among them) with NaN
+    before freeing them, so that the cache holds NaN blocks of the sizes the next
+    forward asks for."""
+    op, args = op_and_args(cell, tensors, batch_sizes, reverse)
+    if not cell.startswith("rnn"):
+        args = (*args, True)  # need_workspace
+    with torch.no_grad():
+        results = op(*args)
+        for r in results:
+            r.fill_(float("nan"))
+        del results
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_blocks_left_full_of_nan_do_not_change_any_result(cell, shape):
+    _, tensors, batch_sizes = _case(cell, shape)
+    gatedrnn.empty_cpu_cache()
+    fresh = {k: v.clone() for k, v in
+             run_ours(cell, tensors, batch_sizes, shape["reverse"]).items()}
+    _poison_forward_blocks(cell, tensors, batch_sizes, shape["reverse"])
+    # The backward's results too: freed full of NaN, through autograd.
+    poisoned = run_ours(cell, tensors, batch_sizes, shape["reverse"])
+    for v in poisoned.values():
+        v.fill_(float("nan"))
+    del poisoned
+    assert gatedrnn.cpu_cache_bytes() > 0
+    again = run_ours(cell, tensors, batch_sizes, shape["reverse"])
+    for k, v in fresh.items():
+        assert torch.equal(again[k], v), k
+
+
+def test_freed_results_return_to_the_cache_and_empty_releases_them():
+    _, tensors, batch_sizes = build_case("lstm", 32, 8, 40, 48)
+    op, args = op_and_args("lstm", tensors, batch_sizes, False)
+    gatedrnn.empty_cpu_cache()
+    assert gatedrnn.cpu_cache_bytes() == 0
+    with torch.no_grad():
+        results = op(*args, True)
+    workspace_bytes = results[3].numel() * results[3].element_size()
+    held_while_alive = gatedrnn.cpu_cache_bytes()
+    del results
+    assert gatedrnn.cpu_cache_bytes() >= held_while_alive + workspace_bytes
+    with torch.no_grad():
+        results = op(*args, True)  # takes its blocks back from the cache
+    assert gatedrnn.cpu_cache_bytes() <= held_while_alive
+    del results
+    gatedrnn.empty_cpu_cache()
+    assert gatedrnn.cpu_cache_bytes() == 0
+
+
+def test_results_from_the_cache_are_ordinary_tensors():
+    _, tensors, batch_sizes = build_case("gru", 32, 8, 40, 48)
+    op, args = op_and_args("gru", tensors, batch_sizes, False)
+    with torch.no_grad():
+        out = op(*args, True)[0]
+    expected = out.clone()
+    out.resize_(4 * out.numel())  # a resizable storage
+    assert torch.equal(out[:expected.numel()].view_as(expected), expected)
+    out.fill_(1.0)
+    assert out.sum().item() == out.numel()
+
+
+def _child(code: str, cache_mb: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "GATEDRNN_CPU_CACHE_MB": cache_mb}
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+
+
+_RUN_AND_FREE = """
+import torch, gatedrnn
+m = gatedrnn.GRU(64, 64)
+x = torch.randn(50, 8, 64, requires_grad=True)
+out, _ = m(x)
+out.sum().backward()
+del out
+print(gatedrnn.cpu_cache_bytes())
+"""
+
+
+@pytest.mark.parametrize("cache_mb, most", [("0", 0), ("1", 1 << 20), ("", 256 << 20)])
+def test_the_environment_sizes_the_cache(cache_mb, most):
+    done = _child(_RUN_AND_FREE, cache_mb)
+    assert done.returncode == 0, done.stderr
+    held = int(done.stdout.split()[-1])
+    assert held <= most
+    if most > 0:
+        assert held > 0
+
+
+@pytest.mark.parametrize("bad", ["lots", "-1", "1.5"])
+def test_a_bad_cache_size_is_an_error_naming_the_variable(bad):
+    done = _child(_RUN_AND_FREE, bad)
+    assert done.returncode != 0
+    assert "GATEDRNN_CPU_CACHE_MB" in done.stderr and "RuntimeError" in done.stderr
