@@ -2,7 +2,7 @@
 import torch
 
 from ._common import (check_devices, check_workspace_kept, fake_backward_grads, flat_rows,
-                      output_like, zeros_if_none)
+                      output_like, register_autograd, zeros_if_none)
 
 
 @torch.library.register_fake("gatedrnn::gru_forward")
@@ -46,4 +46,4 @@ def _backward(ctx, grad_output, grad_h_n, _grad_workspace):
             d_b_hh if has_b_hh else None, None, None)
 
 
-torch.library.register_autograd("gatedrnn::gru_forward", _backward, setup_context=_setup_context)
+register_autograd("gru_forward", _backward, _setup_context)

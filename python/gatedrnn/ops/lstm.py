@@ -2,7 +2,7 @@
 import torch
 
 from ._common import (check_devices, check_workspace_kept, fake_backward_grads, flat_rows,
-                      grad_if, output_like, zeros_if_none)
+                      grad_if, output_like, register_autograd, zeros_if_none)
 
 
 @torch.library.register_fake("gatedrnn::lstm_forward")
@@ -50,5 +50,4 @@ def _backward(ctx, grad_output, grad_h_n, grad_c_n, _grad_workspace):
             d_b_hh if has_b_hh else None, grad_if(w_hr, d_w_hr), None, None)
 
 
-torch.library.register_autograd(
-    "gatedrnn::lstm_forward", _backward, setup_context=_setup_context)
+register_autograd("lstm_forward", _backward, _setup_context)

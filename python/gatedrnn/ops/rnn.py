@@ -1,7 +1,8 @@
 """torch.library registrations for gatedrnn::rnn_forward / rnn_backward (tanh and relu)."""
 import torch
 
-from ._common import check_devices, fake_backward_grads, output_like, zeros_if_none
+from ._common import (check_devices, fake_backward_grads, output_like, register_autograd,
+                      zeros_if_none)
 
 
 @torch.library.register_fake("gatedrnn::rnn_forward")
@@ -41,4 +42,4 @@ def _backward(ctx, grad_output, grad_h_n):
             d_b_hh if has_b_hh else None, None, None)
 
 
-torch.library.register_autograd("gatedrnn::rnn_forward", _backward, setup_context=_setup_context)
+register_autograd("rnn_forward", _backward, _setup_context)
