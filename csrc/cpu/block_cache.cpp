@@ -12,7 +12,6 @@
 #include <list>
 #include <map>
 #include <mutex>
-#include <string>
 
 namespace gatedrnn {
 namespace {
