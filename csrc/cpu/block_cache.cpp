@@ -6,6 +6,8 @@
 #include <c10/core/impl/alloc_cpu.h>
 #include <c10/util/Exception.h>
 
+#include <pthread.h>
+
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
@@ -85,7 +87,12 @@ class BlockCache final : public c10::Allocator {
   };
   using Lru = std::list<Free>;  // most recently freed first
 
-  BlockCache() : limit_(cache_limit()) {}
+  BlockCache() : limit_(cache_limit()) {
+    // A fork while another thread holds the mutex (ops release the GIL) would leave the
+    // child's copy locked for good: hold it across the fork, as glibc does its arenas'.
+    pthread_atfork([] { instance().mutex_.lock(); }, [] { instance().mutex_.unlock(); },
+                   [] { instance().mutex_.unlock(); });
+  }
 
   static size_t capacity_of(const char* base) {
     size_t capacity;
