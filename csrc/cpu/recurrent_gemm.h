@@ -13,6 +13,7 @@
 
 #include "../common/blas.h"
 #include "block_cache.h"
+#include "small_batch_gemm.h"
 #include "step_team.h"
 
 extern "C" {
@@ -34,7 +35,8 @@ constexpr int kCblasBMatrix = 162, kCblasPacked = 151;
 // computes C_b[m, gates * len] = A[m, k] @ W_b^T, where W_b is the rows
 // {g * gate_stride + begin(b) + j : g < gates, j < len} of W [rows, k] (the weight rows
 // of the block's units for every gate), gathered once per sequence and, with MKL,
-// packed for m == packed_m.
+// packed for m == packed_m. Batches of a few rows with a small W_b run on
+// SmallBatchGemm instead (small_batch_gemm.h), for every m.
 template <typename scalar_t>
 class UnitBlockGemm {
  public:
@@ -45,8 +47,18 @@ class UnitBlockGemm {
       : units_(units), gates_(gates), k_(w.size(1)), packed_m_(packed_m) {
     blas_int(k_, "k");
     blas_int(packed_m_, "m");
+    packed_.resize(units.count());
     for (int64_t b = 0; b < units.count(); ++b) {
-      if (units.count() == 1 && gates * gate_stride == w.size(0)) {
+      const bool whole = units.count() == 1 && gates * gate_stride == w.size(0);
+      const bool small =
+          SmallBatchGemm<scalar_t>::suits(packed_m_, gates * units.length(b), k_);
+      if (whole && small) {
+        // Every m <= packed_m runs on the panels, made straight from w.
+        small_.emplace_back(w);
+        weights_.emplace_back();
+        continue;
+      }
+      if (whole) {
         // One block of every unit: W_b is W itself.
         weights_.push_back(cached_contiguous(w));
       } else {
@@ -58,10 +70,14 @@ class UnitBlockGemm {
         weights_.push_back(at::cat_out(block, rows));
       }
       blas_int(weights_.back().size(0), "n");
-      pack(b);
+      if (small) {
+        small_.emplace_back(weights_.back());
+      } else {
+        small_.emplace_back();
+        pack(b);
+      }
     }
   }
-
 
   // C_b[:m] = A[:m] @ W_b^T + beta * C_b[:m]; c points at C_b's first column.
   // Single-threaded.
@@ -69,7 +85,13 @@ class UnitBlockGemm {
            int64_t ldc) const {
     const int64_t n = gates_ * units_.length(b);
     if (m == 0 || n == 0) return;
-    if (b < static_cast<int64_t>(packed_.size()) && m == packed_m_ && k_ > 0) {
+    if (small_[b].defined()) {
+      TORCH_INTERNAL_ASSERT(m <= packed_m_, "gatedrnn: a step of ", m, " rows, above the ",
+                            packed_m_, " the recurrent GEMM was made for");
+      small_[b].run(m, a, lda, beta, c, ldc);
+      return;
+    }
+    if (packed_[b].defined() && m == packed_m_) {
       compute_packed(b, m, a, lda, beta, c, ldc);
       return;
     }
@@ -85,7 +107,10 @@ class UnitBlockGemm {
   UnitBlocks units_;
   int64_t gates_ = 0, k_ = 0, packed_m_ = 0;
   std::vector<at::Tensor> weights_;  // W_b: [gates * len, k]
-  std::vector<at::Tensor> packed_;   // bytes of MKL's packed W_b^T
+  std::vector<at::Tensor> packed_;   // bytes of MKL's packed W_b^T (undefined: not packed)
+  // Per block: defined where W_b runs on SmallBatchGemm (then packed_[b] is not, nor
+  // maybe weights_[b]). Mutable: each run flips its panel order.
+  mutable std::vector<SmallBatchGemm<scalar_t>> small_;
 };
 
 template <>
@@ -103,7 +128,7 @@ inline void UnitBlockGemm<float>::pack(int64_t b) {
   cblas_sgemm_pack(kCblasRowMajor, kCblasBMatrix, kCblasTrans, m, n, k, 1.0f,
                    weights_[b].const_data_ptr<float>(), k,
                    reinterpret_cast<float*>(block.mutable_data_ptr<uint8_t>()));
-  packed_.push_back(std::move(block));
+  packed_[b] = std::move(block);
 }
 
 template <>
