@@ -253,33 +253,70 @@ class ChunkedGrads {
     }
   }
 
+  // The chunk's three independent parts: grad_input; grad_w_ih and b_ih; grad_w_hh and
+  // b_hh. Each is a sequence of GEMMs, every one cut into blocks across the threads
+  // (gemm). When every GEMM is a single block (short chunks of small layers: (T, N, I,
+  // H) = (200, 1, 64, 64) has three of ~3M multiply-adds), the blocks would run one
+  // after the other on one thread; the three parts then run side by side instead, each
+  // on one thread. Either way each GEMM is the same single-threaded BLAS call, so the
+  // results are the same bits.
   void accumulate(const StepChunk& c) {
     const int64_t r0 = c.row_begin, rows = c.rows(), I = I_, P = P_;
     const scalar_t* dg = buffer_.const_data_ptr<scalar_t>();
     const scalar_t* ones = ones_.const_data_ptr<scalar_t>();
     const scalar_t one(1);
-    for (const GateColumns& g : input_side_) {
-      // grad_input[r0 : r0+rows] (+)= dg[:, cols] @ w_ih[g.dst : g.dst+count]
-      const scalar_t beta = &g == &input_side_.front() ? scalar_t(0) : one;
-      gemm<scalar_t>(false, false, rows, I, g.count, one, dg + g.src, ld_,
-                     w_ih_.const_data_ptr<scalar_t>() + g.dst * I, I, beta,
-                     g_.grad_input.mutable_data_ptr<scalar_t>() + r0 * I, I);
-      // grad_w_ih[g.dst : g.dst+count] += dg[:, cols]^T @ x[r0 : r0+rows]
-      gemm<scalar_t>(true, false, g.count, I, rows, one, dg + g.src, ld_,
-                     x_.const_data_ptr<scalar_t>() + r0 * I, I, one,
-                     g_.grad_w_ih.mutable_data_ptr<scalar_t>() + g.dst * I, I);
-      column_sums(g, rows, dg, ones, g_.grad_b_ih);
-    }
     const std::vector<PrevRun> runs = previous_states(c);
-    for (const GateColumns& g : hidden_side_) {
-      for (const PrevRun& run : runs) {
-        // grad_w_hh[g.dst : g.dst+count] += dg[run, cols]^T @ h_prev[run]
-        gemm<scalar_t>(true, false, g.count, P, run.rows, one, dg + run.first * ld_ + g.src,
-                       ld_, run.prev, P, one,
-                       g_.grad_w_hh.mutable_data_ptr<scalar_t>() + g.dst * P, P);
+    const auto input_grad = [&] {
+      for (const GateColumns& g : input_side_) {
+        // grad_input[r0 : r0+rows] (+)= dg[:, cols] @ w_ih[g.dst : g.dst+count]
+        const scalar_t beta = &g == &input_side_.front() ? scalar_t(0) : one;
+        gemm<scalar_t>(false, false, rows, I, g.count, one, dg + g.src, ld_,
+                       w_ih_.const_data_ptr<scalar_t>() + g.dst * I, I, beta,
+                       g_.grad_input.mutable_data_ptr<scalar_t>() + r0 * I, I);
       }
-      if (!same_sides_) column_sums(g, rows, dg, ones, g_.grad_b_hh);
+    };
+    const auto input_weights = [&] {
+      for (const GateColumns& g : input_side_) {
+        // grad_w_ih[g.dst : g.dst+count] += dg[:, cols]^T @ x[r0 : r0+rows]
+        gemm<scalar_t>(true, false, g.count, I, rows, one, dg + g.src, ld_,
+                       x_.const_data_ptr<scalar_t>() + r0 * I, I, one,
+                       g_.grad_w_ih.mutable_data_ptr<scalar_t>() + g.dst * I, I);
+        column_sums(g, rows, dg, ones, g_.grad_b_ih);
+      }
+    };
+    const auto hidden_weights = [&] {
+      for (const GateColumns& g : hidden_side_) {
+        for (const PrevRun& run : runs) {
+          // grad_w_hh[g.dst : g.dst+count] += dg[run, cols]^T @ h_prev[run]
+          gemm<scalar_t>(true, false, g.count, P, run.rows, one,
+                         dg + run.first * ld_ + g.src, ld_, run.prev, P, one,
+                         g_.grad_w_hh.mutable_data_ptr<scalar_t>() + g.dst * P, P);
+        }
+        if (!same_sides_) column_sums(g, rows, dg, ones, g_.grad_b_hh);
+      }
+    };
+    bool single_blocks = true;
+    for (const GateColumns& g : input_side_) {
+      single_blocks = single_blocks && gemm_blocks(rows, I, g.count).count() == 1 &&
+                      gemm_blocks(g.count, I, rows).count() == 1;
     }
+    for (const GateColumns& g : hidden_side_) {
+      single_blocks = single_blocks && gemm_blocks(g.count, P, rows).count() == 1;
+    }
+    if (!single_blocks) {
+      input_grad();
+      input_weights();
+      hidden_weights();
+      return;
+    }
+    // gemm() inside a parallel region runs its one block on the calling thread.
+    at::parallel_for(0, 3, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t part = begin; part < end; ++part) {
+        if (part == 0) input_grad();
+        if (part == 1) input_weights();
+        if (part == 2) hidden_weights();
+      }
+    });
   }
 
   // Rows [first, first + rows) of a chunk (relative to its first row), whose previous
