@@ -356,3 +356,27 @@ def test_parity_with_several_unit_blocks(cell, dtype, packed, reverse, shape):
         torch.set_num_threads(threads)
     ref = run_nn(cell, module, tensors, batch_sizes, reverse)
     assert_results_close(ours, ref, **tolerances(dtype))
+
+
+# Shapes whose per-step recurrent GEMM runs on the small-batch kernel
+# (csrc/cpu/small_batch_gemm.h: batches of up to 4 rows, weights up to 128 KiB):
+# (T, N, I, H, P). With H = 72 the weight's columns end in a partial panel, the
+# backward's transposed weight (k = 3H or 4H) is summed in two halves of k, and N = 3
+# takes a group of two rows and one of one (packed input shrinks to 2 and 1). With
+# H = 150 the RNN's panels are halved too; the LSTM and GRU weights are too large for it
+# there and take MKL's path.
+SMALL_BATCH_SHAPES = [(5, 3, 7, 72, 40), (4, 1, 5, 150, 100), (6, 4, 3, 72, 24)]
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+@pytest.mark.parametrize("shape", SMALL_BATCH_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_parity_small_batch_kernel(cell, dtype, packed, reverse, shape):
+    T, N, I, H, P = shape
+    module, tensors, batch_sizes = build_case(
+        cell, T, N, I, H, P, dtype=dtype, reverse=reverse, packed=packed)
+    ours = run_ours(cell, tensors, batch_sizes, reverse)
+    ref = run_nn(cell, module, tensors, batch_sizes, reverse)
+    assert_results_close(ours, ref, **tolerances(dtype))
