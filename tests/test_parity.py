@@ -335,29 +335,6 @@ def test_repeated_calls_are_deterministic(cell):
 # fit in one block.
 TEAM_SHAPES = [(6, 20, 30, 203, 150), (4, 20, 30, 300, 260), (3, 64, 16, 264, 200)]
 
-
-@pytest.mark.parametrize("cell", CELLS)
-@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
-@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
-@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
-@pytest.mark.parametrize("shape", TEAM_SHAPES, ids=lambda s: "x".join(map(str, s)))
-def test_parity_with_several_unit_blocks(cell, dtype, packed, reverse, shape):
-    """Several threads own blocks of units in the forward and backward time loops; packed
-    input leaves rows behind that every block must carry over. float32 takes MKL's
-    packed-weight path, float64 the plain BLAS one."""
-    T, N, I, H, P = shape
-    module, tensors, batch_sizes = build_case(
-        cell, T, N, I, H, P, dtype=dtype, reverse=reverse, packed=packed)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        ours = run_ours(cell, tensors, batch_sizes, reverse)
-    finally:
-        torch.set_num_threads(threads)
-    ref = run_nn(cell, module, tensors, batch_sizes, reverse)
-    assert_results_close(ours, ref, **tolerances(dtype))
-
-
 # Shapes whose per-step recurrent GEMM runs on the small-batch kernel
 # (csrc/cpu/small_batch_gemm.h: batches of up to 4 rows, weights up to 128 KiB):
 # (T, N, I, H, P). With H = 72 the weight's columns end in a partial panel, the
@@ -372,11 +349,23 @@ SMALL_BATCH_SHAPES = [(5, 3, 7, 72, 40), (4, 1, 5, 150, 100), (6, 4, 3, 72, 24)]
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 @pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
 @pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
-@pytest.mark.parametrize("shape", SMALL_BATCH_SHAPES, ids=lambda s: "x".join(map(str, s)))
-def test_parity_small_batch_kernel(cell, dtype, packed, reverse, shape):
+@pytest.mark.parametrize("shape", TEAM_SHAPES + SMALL_BATCH_SHAPES,
+                         ids=lambda s: "x".join(map(str, s)))
+def test_parity_with_several_unit_blocks_and_small_batches(cell, dtype, packed, reverse,
+                                                           shape):
+    """Several threads own blocks of units in the forward and backward time loops; packed
+    input leaves rows behind that every block must carry over. float32 takes MKL's
+    packed-weight path, float64 the plain BLAS one. The small-batch shapes take the
+    small-batch kernel wherever the weight fits it (in float64 fewer of them do)."""
     T, N, I, H, P = shape
     module, tensors, batch_sizes = build_case(
         cell, T, N, I, H, P, dtype=dtype, reverse=reverse, packed=packed)
-    ours = run_ours(cell, tensors, batch_sizes, reverse)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        ours = run_ours(cell, tensors, batch_sizes, reverse)
+    finally:
+        torch.set_num_threads(threads)
     ref = run_nn(cell, module, tensors, batch_sizes, reverse)
     assert_results_close(ours, ref, **tolerances(dtype))
+
