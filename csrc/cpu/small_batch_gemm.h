@@ -7,19 +7,20 @@
 // streaming the weight from L2 costs; it also packs each weight into an 8 MB buffer per
 // call. This kernel reads W^T in panels of `width` columns, each panel's k rows
 // contiguous (so the hardware prefetcher streams it), keeps every output of a panel in
-// registers across the whole k sum, and visits the panels in alternating order from one
-// call to the next: the panels last read are still in L1 when the next step starts.
+// registers across the whole k sum, and visits the panels (and the halves of a large
+// panel) in alternating order from one call to the next: what it read last is still in
+// L1 when the next step starts.
 //
-// Every output is one chain of fused multiply-adds over k in order, whatever m, the
-// row grouping or the panel order, so results do not depend on the batch a row is in
-// or on the thread count.
+// Every output is the same sum in the same order whatever m, the row grouping or the
+// visiting order (one chain of fused multiply-adds over k, or one over each half of k
+// and then their sum), so results do not depend on the batch a row is in or on the
+// thread count.
 #include <ATen/ATen.h>
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 
 #include <algorithm>
 #include <cstdint>
-#include <memory>
 
 #include "block_cache.h"
 
@@ -55,8 +56,9 @@ class SmallBatchGemm {
   // w: [n, k], any strides.
   explicit SmallBatchGemm(const at::Tensor& w) : n_(w.size(0)), k_(w.size(1)) {
     const int64_t panels = (n_ + kWidth - 1) / kWidth;
-    // panels_[p, kk, j] = w[p * width + j, kk], zeros past n: the panels of w^T [k, n],
-    // which for a transposed weight (the backward's) is the weight itself, not copied.
+    // panels_[p, kk, j] = w[p * width + j, kk], zeros past n: the panels of w^T [k, n].
+    // For the backward's transposed weight with n = width, that is the weight itself,
+    // used without a copy.
     at::Tensor wt = w.t();
     if (panels * kWidth != n_) {
       at::Tensor wide = at::zeros({k_, panels * kWidth}, w.options());
