@@ -156,6 +156,10 @@ print("hung", hung)
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+@pytest.mark.skipif("libasan" in os.environ.get("LD_PRELOAD", ""),
+                    reason="under scripts/sanitize.sh: GCC 12's libasan leaves a child forked "
+                           "while another thread allocates hung in its own allocator, without "
+                           "gatedrnn (2 of 100 forks with only torch ops)")
 def test_forked_children_get_a_working_cache_while_another_thread_allocates():
     """The cache holds its lock across fork() (pthread_atfork), so that a thread inside it
     at the fork cannot leave the child's copy locked. That race is too narrow to hit here
