@@ -49,33 +49,26 @@ class UnitBlockGemm {
     blas_int(packed_m_, "m");
     packed_.resize(units.count());
     for (int64_t b = 0; b < units.count(); ++b) {
-      const bool whole = units.count() == 1 && gates * gate_stride == w.size(0);
-      const bool small =
-          SmallBatchGemm<scalar_t>::suits(packed_m_, gates * units.length(b), k_);
-      if (whole && small) {
-        // Every m <= packed_m runs on the panels, made straight from w.
-        small_.emplace_back(w);
-        weights_.emplace_back();
-        continue;
-      }
-      if (whole) {
-        // One block of every unit: W_b is W itself.
-        weights_.push_back(cached_contiguous(w));
-      } else {
+      // W_b: W itself when the one block has every unit, else its rows gathered.
+      at::Tensor w_b = w;
+      if (units.count() != 1 || gates * gate_stride != w.size(0)) {
         std::vector<at::Tensor> rows;
         for (int64_t g = 0; g < gates; ++g) {
           rows.push_back(w.narrow(0, g * gate_stride + units.begin(b), units.length(b)));
         }
-        at::Tensor block = cached_empty({gates * units.length(b), k_}, w.options());
-        weights_.push_back(at::cat_out(block, rows));
+        w_b = cached_empty({gates * units.length(b), k_}, w.options());
+        at::cat_out(w_b, rows);
       }
+      if (SmallBatchGemm<scalar_t>::suits(packed_m_, w_b.size(0), k_)) {
+        // Every m <= packed_m runs on panels made from W_b (any strides).
+        small_.emplace_back(w_b);
+        weights_.emplace_back();
+        continue;
+      }
+      weights_.push_back(cached_contiguous(w_b));
       blas_int(weights_.back().size(0), "n");
-      if (small) {
-        small_.emplace_back(weights_.back());
-      } else {
-        small_.emplace_back();
-        pack(b);
-      }
+      small_.emplace_back();
+      pack(b);
     }
   }
 
@@ -108,8 +101,8 @@ class UnitBlockGemm {
   int64_t gates_ = 0, k_ = 0, packed_m_ = 0;
   std::vector<at::Tensor> weights_;  // W_b: [gates * len, k]
   std::vector<at::Tensor> packed_;   // bytes of MKL's packed W_b^T (undefined: not packed)
-  // Per block: defined where W_b runs on SmallBatchGemm (then packed_[b] is not, nor
-  // maybe weights_[b]). Mutable: each run flips its panel order.
+  // Per block: defined where W_b runs on SmallBatchGemm (then weights_[b] and
+  // packed_[b] are not). Mutable: each run flips its panel order.
   mutable std::vector<SmallBatchGemm<scalar_t>> small_;
 };
 
