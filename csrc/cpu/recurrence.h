@@ -6,6 +6,7 @@
 #include <ATen/ATen.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <utility>
 #include <vector>
@@ -162,6 +163,78 @@ PrevRows<scalar_t> previous_rows(const Schedule& s, int64_t k, const scalar_t* s
   return p;
 }
 
+// One product of a GemmSum: op(A)[m, k] @ B[k, n], A stored [k, m] (row-major, leading
+// dim lda) when trans_a, else [m, k]; B is [k, n].
+template <typename scalar_t>
+struct GemmTerm {
+  bool trans_a;
+  int64_t k;
+  const scalar_t* a;
+  int64_t lda;
+  const scalar_t* b;
+  int64_t ldb;
+};
+
+// C[m, n] = beta * C + the terms, added in their order.
+template <typename scalar_t>
+struct GemmSum {
+  int64_t m, n;
+  scalar_t* c;
+  int64_t ldc;
+  scalar_t beta;
+  std::vector<GemmTerm<scalar_t>> terms;
+};
+
+// Computes independent sums (no two write the same C), each cut into the blocks
+// gemm_blocks gives for its total k. The blocks of all the sums go to the team's threads,
+// largest first, each to whichever thread is free: the sums no longer wait for one
+// another, and a sum too small to split runs beside the others instead of leaving
+// threads idle (the RNN backward at (T, N, I, H) = (100, 16, 128, 128) has an 8-block
+// input gradient and two single-block weight gradients per chunk). A block is the same
+// BLAS calls whichever thread runs it, so results do not depend on the thread count.
+template <typename scalar_t>
+void run_gemm_sums(const std::vector<GemmSum<scalar_t>>& sums) {
+  struct Block {
+    size_t sum;
+    int64_t i0, mi, j0, ni;
+    double work;
+  };
+  std::vector<Block> blocks;
+  for (size_t s = 0; s < sums.size(); ++s) {
+    const GemmSum<scalar_t>& g = sums[s];
+    int64_t k = 0;
+    for (const GemmTerm<scalar_t>& t : g.terms) {
+      // The checks blas_gemm would make, here: nothing may throw inside the team.
+      blas_int(t.k, "k"), blas_int(t.lda, "lda"), blas_int(t.ldb, "ldb");
+      k += t.k;
+    }
+    if (g.m == 0 || g.n == 0) continue;
+    blas_int(g.m, "m"), blas_int(g.n, "n"), blas_int(g.ldc, "ldc");
+    const GemmBlocks gb = gemm_blocks(g.m, g.n, k);
+    for (int64_t id = 0; id < gb.count(); ++id) {
+      const int64_t i0 = (id / gb.cols()) * gb.mb, j0 = (id % gb.cols()) * gb.nb;
+      const int64_t mi = std::min(gb.mb, g.m - i0), ni = std::min(gb.nb, g.n - j0);
+      blocks.push_back({s, i0, mi, j0, ni, double(mi) * double(ni) * double(std::max<int64_t>(k, 1))});
+    }
+  }
+  std::stable_sort(blocks.begin(), blocks.end(),
+                   [](const Block& x, const Block& y) { return x.work > y.work; });
+  std::atomic<size_t> next{0};
+  run_team(static_cast<int64_t>(blocks.size()), [&](const TeamMember&) {
+    for (size_t i = next.fetch_add(1); i < blocks.size(); i = next.fetch_add(1)) {
+      const Block& bl = blocks[i];
+      const GemmSum<scalar_t>& g = sums[bl.sum];
+      scalar_t beta = g.beta;
+      for (const GemmTerm<scalar_t>& t : g.terms) {
+        const scalar_t* a = t.trans_a ? t.a + bl.i0 : t.a + bl.i0 * t.lda;
+        blas_gemm<scalar_t>(t.trans_a, false, bl.mi, bl.ni, t.k, scalar_t(1), a, t.lda,
+                            t.b + bl.j0, t.ldb, beta, g.c + bl.i0 * g.ldc + bl.j0, g.ldc);
+        beta = scalar_t(1);
+      }
+    }
+  });
+}
+
 struct InputAndWeightGrads {
   at::Tensor grad_input, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh;
 };
@@ -253,70 +326,40 @@ class ChunkedGrads {
     }
   }
 
-  // The chunk's three independent parts: grad_input; grad_w_ih and b_ih; grad_w_hh and
-  // b_hh. Each is a sequence of GEMMs, every one cut into blocks across the threads
-  // (gemm). When every GEMM is a single block (short chunks of small layers: (T, N, I,
-  // H) = (200, 1, 64, 64) has three of ~3M multiply-adds), the blocks would run one
-  // after the other on one thread; the three parts then run side by side instead, each
-  // on one thread. Either way each GEMM is the same single-threaded BLAS call, so the
-  // results are the same bits.
+  // The chunk's GEMMs: grad_input, and grad_w_ih, b_ih, grad_w_hh and b_hh per column
+  // range, as independent sums (run_gemm_sums) whose blocks share the threads.
   void accumulate(const StepChunk& c) {
     const int64_t r0 = c.row_begin, rows = c.rows(), I = I_, P = P_;
     const scalar_t* dg = buffer_.const_data_ptr<scalar_t>();
     const scalar_t* ones = ones_.const_data_ptr<scalar_t>();
-    const scalar_t one(1);
     const std::vector<PrevRun> runs = previous_states(c);
-    const auto input_grad = [&] {
-      for (const GateColumns& g : input_side_) {
-        // grad_input[r0 : r0+rows] (+)= dg[:, cols] @ w_ih[g.dst : g.dst+count]
-        const scalar_t beta = &g == &input_side_.front() ? scalar_t(0) : one;
-        gemm<scalar_t>(false, false, rows, I, g.count, one, dg + g.src, ld_,
-                       w_ih_.const_data_ptr<scalar_t>() + g.dst * I, I, beta,
-                       g_.grad_input.mutable_data_ptr<scalar_t>() + r0 * I, I);
-      }
-    };
-    const auto input_weights = [&] {
-      for (const GateColumns& g : input_side_) {
-        // grad_w_ih[g.dst : g.dst+count] += dg[:, cols]^T @ x[r0 : r0+rows]
-        gemm<scalar_t>(true, false, g.count, I, rows, one, dg + g.src, ld_,
-                       x_.const_data_ptr<scalar_t>() + r0 * I, I, one,
-                       g_.grad_w_ih.mutable_data_ptr<scalar_t>() + g.dst * I, I);
-        column_sums(g, rows, dg, ones, g_.grad_b_ih);
-      }
-    };
-    const auto hidden_weights = [&] {
-      for (const GateColumns& g : hidden_side_) {
-        for (const PrevRun& run : runs) {
-          // grad_w_hh[g.dst : g.dst+count] += dg[run, cols]^T @ h_prev[run]
-          gemm<scalar_t>(true, false, g.count, P, run.rows, one,
-                         dg + run.first * ld_ + g.src, ld_, run.prev, P, one,
-                         g_.grad_w_hh.mutable_data_ptr<scalar_t>() + g.dst * P, P);
-        }
-        if (!same_sides_) column_sums(g, rows, dg, ones, g_.grad_b_hh);
-      }
-    };
-    bool single_blocks = true;
+    std::vector<GemmSum<scalar_t>> sums;
+    // grad_input[r0 : r0+rows] = sum over the input side of dg[:, cols] @ w_ih[g.dst : g.dst+count]
+    GemmSum<scalar_t> input{rows, I, g_.grad_input.mutable_data_ptr<scalar_t>() + r0 * I, I,
+                            scalar_t(0), {}};
     for (const GateColumns& g : input_side_) {
-      single_blocks = single_blocks && gemm_blocks(rows, I, g.count).count() == 1 &&
-                      gemm_blocks(g.count, I, rows).count() == 1;
+      input.terms.push_back({false, g.count, dg + g.src, ld_,
+                             w_ih_.const_data_ptr<scalar_t>() + g.dst * I, I});
+    }
+    sums.push_back(std::move(input));
+    for (const GateColumns& g : input_side_) {
+      // grad_w_ih[g.dst : g.dst+count] += dg[:, cols]^T @ x[r0 : r0+rows]
+      sums.push_back({g.count, I, g_.grad_w_ih.mutable_data_ptr<scalar_t>() + g.dst * I, I,
+                      scalar_t(1),
+                      {{true, rows, dg + g.src, ld_, x_.const_data_ptr<scalar_t>() + r0 * I, I}}});
+      sums.push_back(column_sum(g, rows, dg, ones, g_.grad_b_ih));
     }
     for (const GateColumns& g : hidden_side_) {
-      single_blocks = single_blocks && gemm_blocks(g.count, P, rows).count() == 1;
-    }
-    if (!single_blocks) {
-      input_grad();
-      input_weights();
-      hidden_weights();
-      return;
-    }
-    // gemm() inside a parallel region runs its one block on the calling thread.
-    at::parallel_for(0, 3, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t part = begin; part < end; ++part) {
-        if (part == 0) input_grad();
-        if (part == 1) input_weights();
-        if (part == 2) hidden_weights();
+      // grad_w_hh[g.dst : g.dst+count] += sum over the runs of dg[run, cols]^T @ h_prev[run]
+      GemmSum<scalar_t> hidden{g.count, P, g_.grad_w_hh.mutable_data_ptr<scalar_t>() + g.dst * P,
+                               P, scalar_t(1), {}};
+      for (const PrevRun& run : runs) {
+        hidden.terms.push_back({true, run.rows, dg + run.first * ld_ + g.src, ld_, run.prev, P});
       }
-    });
+      sums.push_back(std::move(hidden));
+      if (!same_sides_) sums.push_back(column_sum(g, rows, dg, ones, g_.grad_b_hh));
+    }
+    run_gemm_sums(sums);
   }
 
   // Rows [first, first + rows) of a chunk (relative to its first row), whose previous
@@ -356,10 +399,10 @@ class ChunkedGrads {
 
   // bias[g.dst : g.dst+count] += ones[rows] @ dg[:, cols], a GEMM so that it too is split
   // only across columns.
-  void column_sums(const GateColumns& g, int64_t rows, const scalar_t* dg, const scalar_t* ones,
-                   at::Tensor& bias) {
-    gemm<scalar_t>(false, false, 1, g.count, rows, scalar_t(1), ones, rows, dg + g.src, ld_,
-                   scalar_t(1), bias.mutable_data_ptr<scalar_t>() + g.dst, g.count);
+  GemmSum<scalar_t> column_sum(const GateColumns& g, int64_t rows, const scalar_t* dg,
+                               const scalar_t* ones, at::Tensor& bias) {
+    return {1, g.count, bias.mutable_data_ptr<scalar_t>() + g.dst, g.count, scalar_t(1),
+            {{false, rows, ones, rows, dg + g.src, ld_}}};
   }
 
   // The state each row of the chunk started from: the same sequence's row at the
@@ -395,8 +438,8 @@ class ChunkedGrads {
 };
 
 // The backward time loop of every cell, on a team: one parallel region per ChunkedGrads
-// chunk, whose input and weight gradients are then made by the usual parallel GEMMs
-// between regions. In each step, every thread first runs the pointwise pass of its
+// chunk, whose input and weight gradients are then made between regions, by
+// run_gemm_sums. In each step, every thread first runs the pointwise pass of its
 // blocks of units, writing their columns of the step's gate gradients; after a barrier
 // it computes its blocks' columns of dL/dh_prev = dgates @ w_hh, which reads every gate
 // column. No second barrier is needed: the next step's pointwise pass of a block reads
