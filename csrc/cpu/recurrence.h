@@ -203,18 +203,19 @@ void run_gemm_sums(const std::vector<GemmSum<scalar_t>>& sums) {
   for (size_t s = 0; s < sums.size(); ++s) {
     const GemmSum<scalar_t>& g = sums[s];
     int64_t k = 0;
+    // The checks blas_gemm makes, made here: nothing may throw inside the team.
+    for (const int64_t v : {g.m, g.n, g.ldc}) blas_int(v, "a GEMM extent");
     for (const GemmTerm<scalar_t>& t : g.terms) {
-      // The checks blas_gemm would make, here: nothing may throw inside the team.
-      blas_int(t.k, "k"), blas_int(t.lda, "lda"), blas_int(t.ldb, "ldb");
+      for (const int64_t v : {t.k, t.lda, t.ldb}) blas_int(v, "a GEMM extent");
       k += t.k;
     }
     if (g.m == 0 || g.n == 0) continue;
-    blas_int(g.m, "m"), blas_int(g.n, "n"), blas_int(g.ldc, "ldc");
     const GemmBlocks gb = gemm_blocks(g.m, g.n, k);
     for (int64_t id = 0; id < gb.count(); ++id) {
       const int64_t i0 = (id / gb.cols()) * gb.mb, j0 = (id % gb.cols()) * gb.nb;
       const int64_t mi = std::min(gb.mb, g.m - i0), ni = std::min(gb.nb, g.n - j0);
-      blocks.push_back({s, i0, mi, j0, ni, double(mi) * double(ni) * double(std::max<int64_t>(k, 1))});
+      const double work = double(mi) * double(ni) * double(std::max<int64_t>(k, 1));
+      blocks.push_back({s, i0, mi, j0, ni, work});
     }
   }
   std::stable_sort(blocks.begin(), blocks.end(),
@@ -334,7 +335,8 @@ class ChunkedGrads {
     const scalar_t* ones = ones_.const_data_ptr<scalar_t>();
     const std::vector<PrevRun> runs = previous_states(c);
     std::vector<GemmSum<scalar_t>> sums;
-    // grad_input[r0 : r0+rows] = sum over the input side of dg[:, cols] @ w_ih[g.dst : g.dst+count]
+    // grad_input[r0 : r0+rows] = sum over the input side of
+    //                            dg[:, cols] @ w_ih[g.dst : g.dst+count]
     GemmSum<scalar_t> input{rows, I, g_.grad_input.mutable_data_ptr<scalar_t>() + r0 * I, I,
                             scalar_t(0), {}};
     for (const GateColumns& g : input_side_) {
