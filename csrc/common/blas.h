@@ -89,6 +89,14 @@ struct GemmBlocks {
   int64_t rows() const { return mb > 0 ? ceil_div(m, mb) : 0; }
   int64_t cols() const { return nb > 0 ? ceil_div(n, nb) : 0; }
   int64_t count() const { return rows() * cols(); }
+  // Block `id` (row-major over the grid of blocks): C[i0 : i0+mi, j0 : j0+ni].
+  struct Block {
+    int64_t i0, mi, j0, ni;
+  };
+  Block block(int64_t id) const {
+    const int64_t i0 = (id / cols()) * mb, j0 = (id % cols()) * nb;
+    return {i0, std::min(mb, m - i0), j0, std::min(nb, n - j0)};
+  }
 };
 
 // Blocks of at least ~2^21 multiply-adds (about 30 us on one core), at most 8 of them:
@@ -124,8 +132,8 @@ void for_each_gemm_block(const GemmBlocks& g, const F& block) {
   at::parallel_for(0, count, 1, [&](int64_t begin, int64_t end) {
     const SerialBlas serial;
     for (int64_t id = begin; id < end; ++id) {
-      const int64_t i0 = (id / g.cols()) * g.mb, j0 = (id % g.cols()) * g.nb;
-      block(i0, std::min(g.mb, g.m - i0), j0, std::min(g.nb, g.n - j0));
+      const GemmBlocks::Block b = g.block(id);
+      block(b.i0, b.mi, b.j0, b.ni);
     }
   });
 }

@@ -210,7 +210,7 @@ template <typename scalar_t>
 void run_gemm_sums(const std::vector<GemmSum<scalar_t>>& sums) {
   struct Block {
     size_t sum;
-    int64_t i0, mi, j0, ni;
+    GemmBlocks::Block c;
     double work;
   };
   std::vector<Block> blocks;
@@ -226,10 +226,8 @@ void run_gemm_sums(const std::vector<GemmSum<scalar_t>>& sums) {
     if (g.m == 0 || g.n == 0) continue;
     const GemmBlocks gb = gemm_blocks(g.m, g.n, k);
     for (int64_t id = 0; id < gb.count(); ++id) {
-      const int64_t i0 = (id / gb.cols()) * gb.mb, j0 = (id % gb.cols()) * gb.nb;
-      const int64_t mi = std::min(gb.mb, g.m - i0), ni = std::min(gb.nb, g.n - j0);
-      const double work = double(mi) * double(ni) * double(std::max<int64_t>(k, 1));
-      blocks.push_back({s, i0, mi, j0, ni, work});
+      const GemmBlocks::Block c = gb.block(id);
+      blocks.push_back({s, c, double(c.mi) * double(c.ni) * double(std::max<int64_t>(k, 1))});
     }
   }
   std::stable_sort(blocks.begin(), blocks.end(),
@@ -237,8 +235,8 @@ void run_gemm_sums(const std::vector<GemmSum<scalar_t>>& sums) {
   std::atomic<size_t> next{0};
   run_team(static_cast<int64_t>(blocks.size()), [&](const TeamMember&) {
     for (size_t i = next.fetch_add(1); i < blocks.size(); i = next.fetch_add(1)) {
-      const Block& bl = blocks[i];
-      const GemmSum<scalar_t>& g = sums[bl.sum];
+      const GemmBlocks::Block& bl = blocks[i].c;
+      const GemmSum<scalar_t>& g = sums[blocks[i].sum];
       scalar_t beta = g.beta;
       for (const GemmTerm<scalar_t>& t : g.terms) {
         const scalar_t* a = t.trans_a ? t.a + bl.i0 : t.a + bl.i0 * t.lda;
