@@ -57,6 +57,15 @@ def _seed():
 # cells
 # --------------------------------------------------------------------------
 
+#: (major, minor) of the installed torch.
+TORCH_VERSION = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2])
+
+#: Dynamo of older torch (seen with 2.4.1; releases 2.5 to 2.12 not tried) cannot trace the
+#: module's forward (its call of check_forward_args) nor the functional's batch size read
+#: from packed input without hx (Tensor.item); gatedrnn's ops themselves trace there.
+OLD_DYNAMO = pytest.mark.xfail(TORCH_VERSION < (2, 13), strict=False,
+                               reason="Dynamo of torch < 2.13 cannot trace this")
+
 #: Every cell variant under test. "lstm_proj" is an LSTM with proj_size > 0.
 CELLS = ("lstm", "lstm_proj", "gru", "rnn_tanh", "rnn_relu")
 DTYPES = (torch.float32, torch.float64)
@@ -312,12 +321,17 @@ def run_nn(cell, module, tensors, batch_sizes, reverse, use=None):
     return res
 
 
-def assert_results_close(ours: dict, ref: dict, **tol):
+def assert_results_close(ours: dict, ref: dict, scale_atol: bool = False, **tol):
+    """scale_atol: each tensor's atol is multiplied by its largest |value| (if above 1), for
+    float32 sums of large terms, whose rounding grows with the terms."""
     assert set(ours) == set(ref), (sorted(ours), sorted(ref))
     for k in ref:
         assert ours[k].shape == ref[k].shape, (k, ours[k].shape, ref[k].shape)
         assert ours[k].dtype == ref[k].dtype, (k, ours[k].dtype, ref[k].dtype)
-        torch.testing.assert_close(ours[k], ref[k], **tol, msg=lambda m, k=k: f"{k}: {m}")
+        tol_k = dict(tol)
+        if scale_atol and ref[k].numel() > 0:
+            tol_k["atol"] = tol["atol"] * max(1.0, ref[k].abs().max().item())
+        torch.testing.assert_close(ours[k], ref[k], **tol_k, msg=lambda m, k=k: f"{k}: {m}")
 
 
 def op_and_args(cell, tensors: dict, batch_sizes, reverse: bool):

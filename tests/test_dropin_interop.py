@@ -16,6 +16,7 @@ import pytest
 import torch
 
 import gatedrnn
+from conftest import OLD_DYNAMO
 from _dropin_helpers import (
     CELLS,
     I,
@@ -582,12 +583,14 @@ def _compile_check(fullgraph):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
+@OLD_DYNAMO
 def test_torch_compile_fullgraph_matches_eager():
     """torch.compile(fullgraph=True) of a model holding our modules, default Dynamo
     configuration: no graph break, same forward and backward as eager."""
     _compile_check(fullgraph=True)
 
 
+@OLD_DYNAMO
 def test_torch_compile_fullgraph_allow_rnn_matches_eager():
     """The same with torch._dynamo.config.allow_rnn=True, the switch users set to let Dynamo
     trace torch.nn's own RNN modules: it must not change how ours trace."""

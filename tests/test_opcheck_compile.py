@@ -2,6 +2,8 @@
 torch.compile(fullgraph=True) of the functional API (forward and backward)
 against eager."""
 
+import contextlib
+
 import pytest
 import torch
 import torch._dynamo
@@ -11,6 +13,7 @@ import torch.fx.experimental._config
 from conftest import (
     CELLS,
     DTYPES,
+    OLD_DYNAMO,
     as_leaves,
     assert_results_close,
     build_case,
@@ -176,7 +179,8 @@ def test_compile_fullgraph_aot_eager(cell, packed, reverse):
 
 
 @pytest.mark.parametrize("cell", CELLS)
-@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+@pytest.mark.parametrize("packed", [False, pytest.param(True, marks=OLD_DYNAMO)],
+                         ids=["padded", "packed"])
 def test_compile_fullgraph_no_hx(cell, packed):
     """hx=None (zeros created inside the functional) under fullgraph."""
     _, tensors, batch_sizes = build_case(cell, 4, 3, 4, 5, 3, dtype=torch.float32, packed=packed)
@@ -185,6 +189,9 @@ def test_compile_fullgraph_no_hx(cell, packed):
     _compare_compiled(cell, tensors, batch_sizes, False, False, compiled, f)
 
 
+@pytest.mark.xfail(not hasattr(torch.fx.experimental._config, "use_duck_shape"), strict=False,
+                   reason="without fx's use_duck_shape switch (torch 2.4.1 has none) sizes that "
+                   "coincide add a recompile")
 @pytest.mark.parametrize("cell", ["lstm_proj", "gru", "rnn_tanh"])
 @pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
 def test_compile_dynamic_shapes(cell, packed):
@@ -194,7 +201,10 @@ def test_compile_dynamic_shapes(cell, packed):
     counter = torch._dynamo.testing.CompileCounterWithBackend("aot_eager")
     compiled = torch.compile(f, backend=counter, fullgraph=True, dynamic=True)
     # no duck sizing: sizes that happen to coincide must not add guards
-    with torch.fx.experimental._config.patch(use_duck_shape=False):
+    no_duck = (torch.fx.experimental._config.patch(use_duck_shape=False)
+               if hasattr(torch.fx.experimental._config, "use_duck_shape")
+               else contextlib.nullcontext())
+    with no_duck:
         for seed, (T, N) in enumerate([(3, 2), (5, 4), (4, 3)]):
             _, tensors, batch_sizes = build_case(
                 cell, T, N, 4, 5, 3, dtype=torch.float64, packed=packed, seed=seed

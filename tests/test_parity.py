@@ -380,5 +380,9 @@ def test_parity_with_several_unit_blocks_and_small_batches(cell, dtype, packed, 
         # Sums over I = 512 inputs and 320 rows: two correct float32 orders of summation
         # differ by up to ~2e-5 there (a packing error would be of the order of the values).
         tol = dict(rtol=1e-4, atol=1e-4)
-    assert_results_close(ours, ref, **tol)
+    # In float32 the weight and bias gradients here reach |50|, and an entry near 0 that
+    # sums 192 such terms is off by up to ~1.6e-5 in both gatedrnn and torch.nn (against
+    # float64: RNN (3, 64, 16, 264), portable build on an AMD EPYC), so atol scales with
+    # each tensor's largest value; a wrong block would be off by the values themselves.
+    assert_results_close(ours, ref, scale_atol=dtype == torch.float32, **tol)
 
