@@ -2,6 +2,7 @@
 // Gate order r, z, n as in torch.nn.GRU:
 //   r = s(W_ir x + b_ir + W_hr h + b_hr), z = s(W_iz x + b_iz + W_hz h + b_hz)
 //   n = tanh(W_in x + b_in + r * (W_hn h + b_hn)),  h' = (1 - z) * n + z * h
+// The time loops; the per-step pointwise passes are built once per ISA (isa/gru.h).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <torch/library.h>
@@ -9,7 +10,7 @@
 #include <tuple>
 
 #include "block_cache.h"
-#include "pointwise.h"
+#include "isa/gru.h"
 #include "recurrence.h"
 #include "recurrent_gemm.h"
 
@@ -19,47 +20,6 @@ namespace {
 constexpr int64_t kGates = 3;
 constexpr const char* kForward = "gatedrnn.gru_forward";
 constexpr const char* kBackward = "gatedrnn.gru_backward";
-
-// workspace row (4H): activated r, z, n, then hn = W_hn h + b_hn (needed for dr).
-
-// One step's rows [0, n) for the units [u0, u0 + len) of one block.
-//   xg, hg: [n, 3 * len] (leading dim ld) the block's x @ w_ih^T and h @ w_hh^T, gate g at
-//           columns g * len
-//   h_cur: [n, H] the state before the step; h_out, h_next: [n, H], written at u0 + j
-//   ws: [n, 4H] the step's workspace rows, or null when no backward will read them
-template <typename scalar_t>
-void gru_forward_units(int64_t n, int64_t H, int64_t u0, int64_t len, const scalar_t* xg,
-                       const scalar_t* hg, int64_t ld, const scalar_t* b_ih,
-                       const scalar_t* b_hh, const scalar_t* h_cur, scalar_t* ws,
-                       scalar_t* h_out, scalar_t* h_next) {
-  using V = Vec<scalar_t>;
-  const int64_t ws_ld = 4 * H;
-  const scalar_t* bi = b_ih + u0;
-  const scalar_t* bh = b_hh + u0;
-  for (int64_t b = 0; b < n; ++b) {
-    const scalar_t* x = xg + b * ld;
-    const scalar_t* h = hg + b * ld;
-    scalar_t* g = ws ? ws + b * ws_ld + u0 : nullptr;
-    const int64_t row = b * H + u0;
-    for_each_chunk<scalar_t>(len, [&](int64_t j, int64_t cnt) {
-      const V r = sigmoid(load(x + j, cnt) + load(bi + j, cnt) + load(h + j, cnt) +
-                          load(bh + j, cnt));
-      const V z = sigmoid(load(x + len + j, cnt) + load(bi + H + j, cnt) +
-                          load(h + len + j, cnt) + load(bh + H + j, cnt));
-      const V hn = load(h + 2 * len + j, cnt) + load(bh + 2 * H + j, cnt);
-      const V nn = fast_tanh(load(x + 2 * len + j, cnt) + load(bi + 2 * H + j, cnt) + r * hn);
-      const V h_new = nn + z * (load(h_cur + row + j, cnt) - nn);
-      if (g) {
-        store(r, g + j, cnt);
-        store(z, g + H + j, cnt);
-        store(nn, g + 2 * H + j, cnt);
-        store(hn, g + 3 * H + j, cnt);
-      }
-      store(h_new, h_next + row + j, cnt);
-      store(h_new, h_out + row + j, cnt);
-    });
-  }
-}
 
 // The time loop runs on a ForwardTeam. The n gate needs W_hn h apart from W_in x, so the
 // recurrent GEMM goes to its own [N, 3H] buffer rather than into the gate columns.
@@ -78,14 +38,14 @@ void gru_forward_impl(const RnnShapes& sh, const at::Tensor& x, const at::Tensor
   scalar_t* outp = out.mutable_data_ptr<scalar_t>();
   const scalar_t* bih = b_ih.const_data_ptr<scalar_t>();
   const scalar_t* bhh = b_hh.const_data_ptr<scalar_t>();
+  const auto forward_units = gru_kernels<scalar_t>().forward_units;
   ForwardTeam<scalar_t> team(s, x, w_ih, kGates, units, h_state);
   const auto block = [&](const TeamStep<scalar_t>& st, int64_t b, int64_t u0, int64_t len) {
     scalar_t* hgb = hgp + kGates * u0;
     // hg_b[:n] = h[:n] @ w_hh_b^T       [n, H] x [H, 3 len]
     hidden.run(b, st.n, st.cur, H, scalar_t(0), hgb, G);
-    gru_forward_units<scalar_t>(st.n, H, u0, len, st.gates + kGates * u0, hgb, G, bih, bhh,
-                                st.cur, wsp ? wsp + st.off * 4 * H : nullptr,
-                                outp + st.off * H, st.next);
+    forward_units(st.n, H, u0, len, st.gates + kGates * u0, hgb, G, bih, bhh, st.cur,
+                  wsp ? wsp + st.off * 4 * H : nullptr, outp + st.off * H, st.next);
   };
   team.run(0, true, block, [](const TeamMember&, const TeamStep<scalar_t>&) {});
   h_state.copy_(team.final_state());
@@ -115,46 +75,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_forward(
   return {shaped_like_input(out, input), h_state, ws};
 }
 
-// Gradient buffer row (4H): dr, dz, dn * r, dn. The first 3H columns are the gradient of
-// the hidden-side pre-activations (W_h h + b_h), which the recurrent GEMM reads in place;
-// the input side is dr, dz, dn. Sharing dr and dz keeps one [R, 4H] buffer instead of two
-// [R, 3H] ones.
-constexpr int64_t kGradLd = 4;
-
-// One backward step's rows [0, n) for the units [u0, u0 + len) of one block.
-//   go: [n, H] (leading dim go_ld) the loss's gradient w.r.t. the step's output rows
-//   dh_state: [N, H] in: dL/dh from later steps; out: dh * z, the part of dL/dh_prev that
-//             bypasses w_hh (the recurrent GEMM adds the rest)
-//   ws: [n, 4H] the step's workspace rows; h_prev: the state each row started from
-//   dgates: [n, 4H] the step's gradient buffer rows
-template <typename scalar_t>
-void gru_backward_units(int64_t n, int64_t H, int64_t u0, int64_t len, const scalar_t* go,
-                        int64_t go_ld, scalar_t* dh_state, const scalar_t* ws,
-                        const PrevRows<scalar_t>& h_prev, scalar_t* dgates) {
-  using V = Vec<scalar_t>;
-  const V one(scalar_t(1));
-  for (int64_t b = 0; b < n; ++b) {
-    const scalar_t* g = ws + b * 4 * H + u0;
-    scalar_t* dg = dgates + b * kGradLd * H + u0;
-    const scalar_t* hp_row = h_prev.row(b) + u0;
-    const int64_t e = b * H + u0;
-    for_each_chunk<scalar_t>(len, [&](int64_t j, int64_t cnt) {
-      const V r = load(g + j, cnt), z = load(g + H + j, cnt), nn = load(g + 2 * H + j, cnt),
-              hn = load(g + 3 * H + j, cnt);
-      const V d = load(go + b * go_ld + u0 + j, cnt) + load(dh_state + e + j, cnt);
-      const V hp = load(hp_row + j, cnt);
-      const V dn = d * (one - z) * (one - nn * nn);
-      const V dz = d * (hp - nn) * z * (one - z);
-      const V dr = dn * hn * r * (one - r);
-      store(dr, dg + j, cnt);
-      store(dz, dg + H + j, cnt);
-      store(dn * r, dg + 2 * H + j, cnt);
-      store(dn, dg + 3 * H + j, cnt);
-      store(d * z, dh_state + e + j, cnt);
-    });
-  }
-}
-
 // The backward loop, on a BackwardTeam; the input and weight gradients come out of
 // ChunkedGrads, which reads the two column ranges of the gradient buffer: dr, dz, dn for
 // w_ih and b_ih, dr, dz, dn * r for w_hh and b_hh.
@@ -172,15 +92,16 @@ InputAndWeightGrads gru_backward_impl(const RnnShapes& sh, const Rows<scalar_t>&
   const scalar_t* outp = out.const_data_ptr<scalar_t>();
   const scalar_t* h0p = h0.const_data_ptr<scalar_t>();
   scalar_t* dhs = dh_state.mutable_data_ptr<scalar_t>();
-  ChunkedGrads<scalar_t> grads(s, kGradLd * H, {{0, 0, 2 * H}, {3 * H, 2 * H, H}},
+  const auto backward_units = gru_kernels<scalar_t>().backward_units;
+  ChunkedGrads<scalar_t> grads(s, kGruGradCols * H, {{0, 0, 2 * H}, {3 * H, 2 * H, H}},
                                {{0, 0, kGates * H}}, false, x, out, h0, w_ih, kGates * H);
-  BackwardTeam<scalar_t> team(s, w_hh, kGradLd * H, unit_blocks(H, kGates, H, s.batch));
+  BackwardTeam<scalar_t> team(s, w_hh, kGruGradCols * H, unit_blocks(H, kGates, H, s.batch));
   // dh_state[:n] = dh * z + dgates[:, 0:3H] @ w_hh      [n, 3H] x [3H, H]
   team.run(grads, dhs, scalar_t(1),
            [&](int64_t k, int64_t n, int64_t off, scalar_t* dg, int64_t u0, int64_t len) {
              const PrevRows<scalar_t> h_prev = previous_rows(s, k, outp, H, h0p, H);
-             gru_backward_units<scalar_t>(n, H, u0, len, go + off * go_ld, go_ld, dhs,
-                                          wsp + off * 4 * H, h_prev, dg);
+             backward_units(n, H, u0, len, go + off * go_ld, go_ld, dhs, wsp + off * 4 * H,
+                            h_prev, dg);
            });
   return grads.result();
 }

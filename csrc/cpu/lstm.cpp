@@ -1,5 +1,6 @@
 // LSTM over one direction of a (possibly packed) sequence, on the CPU.
 // Gate order i, f, g, o as in torch.nn.LSTM; with w_hr, h = W_hr (o * fast_tanh(c)).
+// The time loops; the per-step pointwise passes are built once per ISA (isa/lstm.h).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <torch/library.h>
@@ -7,7 +8,7 @@
 #include <tuple>
 
 #include "block_cache.h"
-#include "pointwise.h"
+#include "isa/lstm.h"
 #include "recurrence.h"
 #include "recurrent_gemm.h"
 #include "step_team.h"
@@ -18,46 +19,6 @@ namespace {
 constexpr int64_t kGates = 4;
 constexpr const char* kForward = "gatedrnn.lstm_forward";
 constexpr const char* kBackward = "gatedrnn.lstm_backward";
-
-// workspace row (5H): activated gates i, f, g, o, then the cell state c.
-
-// One step's rows [0, n) for the units [u0, u0 + len) of one block.
-//   pre: [n, 4 * len] (leading dim pre_ld) the block's x @ w_ih^T + h @ w_hh^T, gate g
-//        at columns g * len
-//   c_state: [N, H]; ws: [n, 5H] the step's workspace rows, or null when no backward
-//   will read them; h_out, h_next: [n, *] (h_next may be null), written at u0 + j
-template <typename scalar_t>
-void lstm_forward_units(int64_t n, int64_t H, int64_t u0, int64_t len, const scalar_t* pre,
-                        int64_t pre_ld, const scalar_t* bias, scalar_t* c_state, scalar_t* ws,
-                        int64_t ws_ld, scalar_t* h_out, int64_t h_out_ld, scalar_t* h_next,
-                        int64_t h_next_ld) {
-  using V = Vec<scalar_t>;
-  const scalar_t* bu = bias + u0;
-  for (int64_t b = 0; b < n; ++b) {
-    const scalar_t* p = pre + b * pre_ld;
-    scalar_t* c = c_state + b * H + u0;
-    scalar_t* g = ws ? ws + b * ws_ld + u0 : nullptr;
-    for_each_chunk<scalar_t>(len, [&](int64_t j, int64_t cnt) {
-      const auto gate = [&](int64_t q) {
-        return load(p + q * len + j, cnt) + load(bu + q * H + j, cnt);
-      };
-      const V i = sigmoid(gate(0)), f = sigmoid(gate(1)), gg = fast_tanh(gate(2)),
-              o = sigmoid(gate(3));
-      const V c_new = f * load(c + j, cnt) + i * gg;
-      const V h = o * fast_tanh(c_new);
-      if (g) {
-        store(i, g + j, cnt);
-        store(f, g + H + j, cnt);
-        store(gg, g + 2 * H + j, cnt);
-        store(o, g + 3 * H + j, cnt);
-        store(c_new, g + 4 * H + j, cnt);
-      }
-      store(c_new, c + j, cnt);
-      store(h, h_out + b * h_out_ld + u0 + j, cnt);
-      if (h_next) store(h, h_next + b * h_next_ld + u0 + j, cnt);
-    });
-  }
-}
 
 // The time loop runs on a ForwardTeam; each block adds its recurrent GEMM into its gate
 // columns in place and runs the pointwise pass. With a projection, a second phase (after
@@ -83,6 +44,7 @@ void lstm_forward_impl(const RnnShapes& sh, const at::Tensor& x, const at::Tenso
   scalar_t* outp = out.mutable_data_ptr<scalar_t>();
   scalar_t* cs = c_state.mutable_data_ptr<scalar_t>();
   const scalar_t* bp = bias.const_data_ptr<scalar_t>();
+  const auto forward_units = lstm_kernels<scalar_t>().forward_units;
 
   ForwardTeam<scalar_t> team(s, x, w_ih, kGates, units, h_state);
   const auto block = [&](const TeamStep<scalar_t>& st, int64_t b, int64_t u0, int64_t len) {
@@ -91,11 +53,10 @@ void lstm_forward_impl(const RnnShapes& sh, const at::Tensor& x, const at::Tenso
     hidden.run(b, st.n, st.cur, P, scalar_t(1), pre, G);
     scalar_t* ws_rows = wsp ? wsp + st.off * ws_ld : nullptr;
     if (!proj) {
-      lstm_forward_units<scalar_t>(st.n, H, u0, len, pre, G, bp, cs, ws_rows, ws_ld,
-                                   outp + st.off * H, H, st.next, H);
+      forward_units(st.n, H, u0, len, pre, G, bp, cs, ws_rows, ws_ld, outp + st.off * H, H,
+                    st.next, H);
     } else {
-      lstm_forward_units<scalar_t>(st.n, H, u0, len, pre, G, bp, cs, ws_rows, ws_ld, hpp, H,
-                                   nullptr, 0);
+      forward_units(st.n, H, u0, len, pre, G, bp, cs, ws_rows, ws_ld, hpp, H, nullptr, 0);
     }
   };
   const auto project = [&](const TeamMember& me, const TeamStep<scalar_t>& st) {
@@ -141,41 +102,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward(
   return {shaped_like_input(out, input), h_state, c_state, ws};
 }
 
-// One backward step's rows [r0, r1) for the units [u0, u0 + len) of one block.
-//   dh: [n, H] (leading dim dh_ld), dh_more: [n, H] (may be null): the gradient w.r.t.
-//       o * fast_tanh(c) of this step is their sum
-//   c_prev: the cell state each row started the step from
-//   dc_state: [N, H] in: dL/dc from later steps, out: dL/dc_prev
-//   dgates: [n, 4H] the step's gate-gradient rows
-template <typename scalar_t>
-void lstm_backward_units(int64_t r0, int64_t r1, int64_t H, int64_t u0, int64_t len,
-                         const scalar_t* dh, int64_t dh_ld, const scalar_t* dh_more,
-                         const scalar_t* ws, int64_t ws_ld, const PrevRows<scalar_t>& c_prev,
-                         scalar_t* dc_state, scalar_t* dgates) {
-  using V = Vec<scalar_t>;
-  const V one(scalar_t(1));
-  for (int64_t b = r0; b < r1; ++b) {
-    const scalar_t* g = ws + b * ws_ld + u0;
-    const scalar_t* cp_row = c_prev.row(b) + u0;
-    scalar_t* dg = dgates + b * kGates * H + u0;
-    const int64_t e = b * H + u0;
-    for_each_chunk<scalar_t>(len, [&](int64_t j, int64_t cnt) {
-      const V i = load(g + j, cnt), f = load(g + H + j, cnt), gg = load(g + 2 * H + j, cnt),
-              o = load(g + 3 * H + j, cnt), c = load(g + 4 * H + j, cnt);
-      const V cp = load(cp_row + j, cnt);
-      const V dh_own = load(dh + b * dh_ld + u0 + j, cnt);
-      const V dhv = dh_more ? dh_own + load(dh_more + e + j, cnt) : dh_own;
-      const V tc = fast_tanh(c);
-      const V dc = load(dc_state + e + j, cnt) + dhv * o * (one - tc * tc);
-      store(dc * i * (one - i) * gg, dg + j, cnt);
-      store(dc * f * (one - f) * cp, dg + H + j, cnt);
-      store(dc * i * (one - gg * gg), dg + 2 * H + j, cnt);
-      store(dhv * tc * o * (one - o), dg + 3 * H + j, cnt);
-      store(dc * f, dc_state + e + j, cnt);
-    });
-  }
-}
-
 // The backward loop, on a BackwardTeam. With a projection, each step first makes dout,
 // the total gradient w.r.t. the projected output, by blocks of its P columns; the
 // pointwise pass of a block of hidden units starts with its columns of dh = dout @ w_hr.
@@ -198,6 +124,7 @@ InputAndWeightGrads lstm_backward_impl(const RnnShapes& sh, const Rows<scalar_t>
   const scalar_t* c0p = c0.const_data_ptr<scalar_t>();
   scalar_t* dhs = dh_state.mutable_data_ptr<scalar_t>();
   scalar_t* dcs = dc_state.mutable_data_ptr<scalar_t>();
+  const auto backward_units = lstm_kernels<scalar_t>().backward_units;
   ChunkedGrads<scalar_t> grads(s, G, {{0, 0, G}}, {{0, 0, G}}, true, x, out, h0, w_ih, G);
   const UnitBlocks units = unit_blocks(H, kGates, P, N);
   if (!proj) {
@@ -205,8 +132,8 @@ InputAndWeightGrads lstm_backward_impl(const RnnShapes& sh, const Rows<scalar_t>
     team.run(grads, dhs, scalar_t(0),
              [&](int64_t k, int64_t n, int64_t off, scalar_t* dg, int64_t u0, int64_t len) {
                const PrevRows<scalar_t> c_prev = previous_rows(s, k, wsp + 4 * H, ws_ld, c0p, H);
-               lstm_backward_units<scalar_t>(0, n, H, u0, len, go + off * go_ld, go_ld, dhs,
-                                             wsp + off * ws_ld, ws_ld, c_prev, dcs, dg);
+               backward_units(n, H, u0, len, go + off * go_ld, go_ld, dhs, wsp + off * ws_ld,
+                              ws_ld, c_prev, dcs, dg);
              });
     return grads.result();
   }
@@ -233,8 +160,7 @@ InputAndWeightGrads lstm_backward_impl(const RnnShapes& sh, const Rows<scalar_t>
     // dh_step[:n, block] = dout[off:off+n] @ w_hr[:, block]      [n, P] x [P, len]
     proj_gemm.run(b, n, doutp + (off - chunk.row_begin) * P, P, scalar_t(0), dhp + u0, H);
     const PrevRows<scalar_t> c_prev = previous_rows(s, k, wsp + 4 * H, ws_ld, c0p, H);
-    lstm_backward_units<scalar_t>(0, n, H, u0, len, dhp, H, nullptr, wsp + off * ws_ld, ws_ld,
-                                  c_prev, dcs, dg);
+    backward_units(n, H, u0, len, dhp, H, nullptr, wsp + off * ws_ld, ws_ld, c_prev, dcs, dg);
   };
   const auto grad_w_hr_of_chunk = [&](const StepChunk& c) {
     // grad_w_hr += dout^T @ (o * tanh(c)) over the chunk's rows; o * tanh(c), the

@@ -14,6 +14,7 @@
 #include "../common/blas.h"
 #include "../common/sequence.h"
 #include "block_cache.h"
+#include "prev_rows.h"
 #include "recurrent_gemm.h"
 #include "step_team.h"
 
@@ -143,23 +144,6 @@ inline at::Tensor optional_bias(const c10::optional<at::Tensor>& b, int64_t size
                                 const at::TensorOptions& opts) {
   return (b.has_value() && b->defined()) ? b->contiguous() : at::zeros({size}, opts);
 }
-
-// The rows a step started from: the same sequences' rows at the previously
-// processed step, or the initial state for rows whose sequence starts at this
-// step (all rows at the first step; with packed reverse input, the rows that
-// join late). Live rows that continue a sequence always form a prefix.
-template <typename scalar_t>
-struct PrevRows {
-  const scalar_t* seq = nullptr;   // row 0 of the previous step
-  int64_t seq_ld = 0;
-  const scalar_t* init = nullptr;  // row 0 of the initial state
-  int64_t init_ld = 0;
-  int64_t from_seq = 0;            // rows [0, from_seq) continue a sequence
-
-  const scalar_t* row(int64_t b) const {
-    return b < from_seq ? seq + b * seq_ld : init + b * init_ld;
-  }
-};
 
 // seq: [R, seq_ld] per-row states of every step, init: [N, init_ld].
 template <typename scalar_t>

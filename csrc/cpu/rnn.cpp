@@ -1,5 +1,6 @@
 // Elman RNN (tanh or relu) over one direction of a (possibly packed) sequence, on the CPU.
 //   h' = act(W_ih x + b_ih + W_hh h + b_hh)
+// The time loops; the per-step pointwise passes are built once per ISA (isa/rnn.h).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <torch/library.h>
@@ -8,7 +9,7 @@
 #include <tuple>
 
 #include "block_cache.h"
-#include "pointwise.h"
+#include "isa/rnn.h"
 #include "recurrence.h"
 #include "recurrent_gemm.h"
 
@@ -31,30 +32,18 @@ template <typename scalar_t>
 void rnn_forward_impl(const RnnShapes& sh, bool relu, const at::Tensor& x,
                       const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& bias,
                       at::Tensor& out, at::Tensor& h_state) {
-  using V = Vec<scalar_t>;
   const Schedule& s = sh.schedule;
   const int64_t H = sh.hidden_size, N = s.batch;
   const UnitBlocks units = unit_blocks(H, 1, H, N);
   const UnitBlockGemm<scalar_t> hidden(w_hh, 1, H, units, N);
   scalar_t* outp = out.mutable_data_ptr<scalar_t>();
   const scalar_t* bp = bias.const_data_ptr<scalar_t>();
-  const V zero(scalar_t(0));
+  const auto forward_units = rnn_kernels<scalar_t>().forward_units;
   ForwardTeam<scalar_t> team(s, x, w_ih, 1, units, h_state);
   const auto block = [&](const TeamStep<scalar_t>& st, int64_t b, int64_t u0, int64_t len) {
-    scalar_t* pre = st.gates + u0;
-    // pre[:n] += h[:n] @ w_hh_b^T      [n, H] x [H, len]
-    hidden.run(b, st.n, st.cur, H, scalar_t(1), pre, H);
-    for (int64_t r = 0; r < st.n; ++r) {
-      const scalar_t* p = pre + r * H;
-      scalar_t* o = outp + (st.off + r) * H + u0;
-      scalar_t* h_next = st.next + r * H + u0;
-      for_each_chunk<scalar_t>(len, [&](int64_t j, int64_t cnt) {
-        const V a = load(p + j, cnt) + load(bp + u0 + j, cnt);
-        const V h = relu ? at::vec::maximum(a, zero) : fast_tanh(a);
-        store(h, o + j, cnt);
-        store(h, h_next + j, cnt);
-      });
-    }
+    // gates[:n, block] += h[:n] @ w_hh_b^T      [n, H] x [H, len]
+    hidden.run(b, st.n, st.cur, H, scalar_t(1), st.gates + u0, H);
+    forward_units(st.n, H, u0, len, relu, st.gates, bp, outp + st.off * H, st.next);
   };
   team.run(0, true, block, [](const TeamMember&, const TeamStep<scalar_t>&) {});
   h_state.copy_(team.final_state());
@@ -88,30 +77,18 @@ InputAndWeightGrads rnn_backward_impl(const RnnShapes& sh, bool relu,
                                       const at::Tensor& out,
                                       const at::Tensor& h0, const at::Tensor& w_ih,
                                       const at::Tensor& w_hh, at::Tensor& dh_state) {
-  using V = Vec<scalar_t>;
   const Schedule& s = sh.schedule;
   const int64_t H = sh.hidden_size;
   const scalar_t* go = grad_out.data();
   const int64_t go_ld = grad_out.ld;
   const scalar_t* op = out.const_data_ptr<scalar_t>();
   scalar_t* dhs = dh_state.mutable_data_ptr<scalar_t>();
-  const V one(scalar_t(1)), zero(scalar_t(0));
+  const auto backward_units = rnn_kernels<scalar_t>().backward_units;
   ChunkedGrads<scalar_t> grads(s, H, {{0, 0, H}}, {{0, 0, H}}, true, x, out, h0, w_ih, H);
   BackwardTeam<scalar_t> team(s, w_hh, H, unit_blocks(H, 1, H, s.batch));
   team.run(grads, dhs, scalar_t(0),
            [&](int64_t, int64_t n, int64_t off, scalar_t* dg, int64_t u0, int64_t len) {
-             for (int64_t b = 0; b < n; ++b) {
-               const int64_t e = b * H + u0;
-               for_each_chunk<scalar_t>(len, [&](int64_t j, int64_t cnt) {
-                 const V h = load(op + off * H + e + j, cnt);
-                 const V d = load(go + (off + b) * go_ld + u0 + j, cnt) + load(dhs + e + j, cnt);
-                 // relu' selects rather than multiplies, as torch.nn does: a NaN output
-                 // passes the gradient on, and an infinite gradient stops at h <= 0
-                 // instead of 0 * inf.
-                 const V dpre = relu ? V::blendv(d, zero, h <= zero) : d * (one - h * h);
-                 store(dpre, dg + e + j, cnt);
-               });
-             }
+             backward_units(n, H, u0, len, relu, op + off * H, go + off * go_ld, go_ld, dhs, dg);
            });
   return grads.result();
 }

@@ -1,12 +1,61 @@
 """gatedrnn: fused LSTM, GRU and RNN kernels behind drop-in torch.nn replacements."""
-import torch  # noqa: F401  (loads libtorch before the extension)
+import os as _os
 
-from . import _C  # noqa: F401  (op schemas and kernels)
+import torch  # loads libtorch before the extension
+
+
+def _check_build():
+    """The compiled extension links against the exact torch it was built with; another
+    torch would fail to load it with an undefined-symbol error, or worse. Say so first."""
+    root = _os.path.dirname(_os.path.dirname(_os.path.dirname(_os.path.abspath(__file__))))
+    if _os.path.isfile(_os.path.join(root, "setup.py")):
+        rebuild = f"pip install --no-build-isolation -e {root}"
+    else:
+        rebuild = ("pip install --no-build-isolation --no-deps --force-reinstall "
+                   "<the gatedrnn source folder>")
+    try:
+        from . import _build_info
+    except ImportError:
+        raise ImportError(
+            f"gatedrnn's compiled extension has not been built; build it against the "
+            f"installed torch ({torch.__version__}): {rebuild}") from None
+    built = (_build_info.torch_version, _build_info.torch_git_version)
+    installed = (torch.__version__, torch.version.git_version)
+    if built != installed:
+        what = "torch {} (git {})" if built[0] == installed[0] else "torch {}"
+        raise ImportError(
+            f"gatedrnn was built against {what.format(*built)}, but {what.format(*installed)} "
+            f"is installed, and its compiled extension loads only into the torch it was "
+            f"built with. Rebuild it against the installed torch: {rebuild}")
+    return rebuild
+
+
+_rebuild = _check_build()
+try:
+    from . import _C  # op schemas and kernels
+except ImportError as error:
+    raise ImportError(f"gatedrnn's compiled extension failed to load ({error}); rebuild it: "
+                      f"{_rebuild}") from error
+
 from ._C import cpu_cache_bytes, empty_cpu_cache
-from . import ops  # noqa: F401  (fake kernels and autograd)
-from . import functional
-from .convert import convert
-from .modules import GRU, LSTM, RNN
+from . import ops  # noqa: F401,E402  (fake kernels and autograd)
+from . import functional  # noqa: E402
+from .convert import convert  # noqa: E402
+from .modules import GRU, LSTM, RNN  # noqa: E402
 
-__all__ = ["LSTM", "GRU", "RNN", "convert", "functional", "cpu_cache_bytes", "empty_cpu_cache"]
+
+def cpu_capability() -> str:
+    """The build of the CPU kernels in use: ``"avx512"``, ``"avx2"`` or ``"default"``
+    (portable). One build of gatedrnn carries all three (on x86-64) and picks the best this
+    CPU supports; ``GATEDRNN_CPU_CAPABILITY=avx2`` (or ``default``), set before gatedrnn is
+    imported, forces a lower one. Results are exactly reproducible for a given capability."""
+    return _C.cpu_capability()
+
+
+# Decided now, so that a GATEDRNN_CPU_CAPABILITY the CPU cannot run fails the import with
+# its reason rather than the first op call.
+cpu_capability()
+
+__all__ = ["LSTM", "GRU", "RNN", "convert", "functional", "cpu_cache_bytes", "empty_cpu_cache",
+           "cpu_capability"]
 __version__ = "0.1.0"

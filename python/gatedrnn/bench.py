@@ -260,7 +260,8 @@ def machine_description(device):
                     break
     except OSError:
         pass
-    return f"{cpu}, {os.cpu_count()} logical CPUs, {torch.get_num_threads()} torch threads"
+    return (f"{cpu}, {os.cpu_count()} logical CPUs, {torch.get_num_threads()} torch threads, "
+            f"gatedrnn CPU kernels: {gatedrnn.cpu_capability()}")
 
 
 def markdown(result):

@@ -14,6 +14,7 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
+from . import _build_info
 from . import _C  # noqa: F401  (defines the op schemas)
 from . import ops  # noqa: F401  (fake kernels and autograd)
 
@@ -30,6 +31,18 @@ def _batch(input: Tensor, batch_sizes: Optional[Tensor]) -> int:
     return input.shape[1]
 
 
+def _check_device(input: Tensor) -> None:
+    """A build without the CUDA kernels says why, rather than the dispatcher's list of
+    backends (a build on a machine without a matching CUDA toolkit makes only the CPU ones)."""
+    if input.device.type == "cuda" and not _build_info.cuda:
+        raise RuntimeError(
+            f"input is on {input.device}, but this build of gatedrnn has no CUDA kernels: "
+            f"{_build_info.cuda_skipped}. Rebuild it with a CUDA toolkit whose major version "
+            f"matches torch's CUDA ({torch.version.cuda}), e.g. CUDA_HOME=/usr/local/cuda "
+            "pip install --no-build-isolation --force-reinstall --no-deps <the gatedrnn "
+            "source folder>")
+
+
 def _zeros(input: Tensor, batch: int, size: int) -> Tensor:
     return torch.zeros(batch, size, dtype=input.dtype, device=input.device)
 
@@ -44,6 +57,7 @@ def lstm(input: Tensor, hx=None, *, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[T
          b_hh: Optional[Tensor] = None, w_hr: Optional[Tensor] = None,
          batch_sizes: Optional[Tensor] = None, reverse: bool = False):
     """One LSTM layer in one direction. Returns (output, (h_n, c_n))."""
+    _check_device(input)
     if hx is None:
         batch = _batch(input, batch_sizes)
         hidden = w_ih.shape[0] // 4
@@ -59,6 +73,7 @@ def gru(input: Tensor, hx: Optional[Tensor] = None, *, w_ih: Tensor, w_hh: Tenso
         b_ih: Optional[Tensor] = None, b_hh: Optional[Tensor] = None,
         batch_sizes: Optional[Tensor] = None, reverse: bool = False):
     """One GRU layer in one direction. Returns (output, h_n)."""
+    _check_device(input)
     if hx is None:
         hx = _zeros(input, _batch(input, batch_sizes), w_hh.shape[1])
     output, h_n, _ = torch.ops.gatedrnn.gru_forward(
@@ -72,6 +87,7 @@ def rnn(input: Tensor, hx: Optional[Tensor] = None, *, w_ih: Tensor, w_hh: Tenso
         nonlinearity: str = "tanh", batch_sizes: Optional[Tensor] = None,
         reverse: bool = False):
     """One Elman RNN layer (tanh or relu) in one direction. Returns (output, h_n)."""
+    _check_device(input)
     if hx is None:
         hx = _zeros(input, _batch(input, batch_sizes), w_hh.shape[1])
     return torch.ops.gatedrnn.rnn_forward(

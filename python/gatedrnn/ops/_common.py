@@ -59,6 +59,10 @@ def check_workspace_kept(op: str, input, workspace) -> None:
 
 _IMPL = torch.library.Library("gatedrnn", "IMPL")
 
+# torch._C._any_requires_grad is the fast check; torch before 2.5 lacks it.
+_any_requires_grad = getattr(torch._C, "_any_requires_grad", None) or (
+    lambda *args: any(isinstance(a, torch.Tensor) and a.requires_grad for a in args))
+
 
 def register_autograd(name: str, backward, setup_context) -> None:
     """Registers the Autograd kernel of torch.ops.gatedrnn.<name>: setup_context(ctx,
@@ -95,7 +99,7 @@ def register_autograd(name: str, backward, setup_context) -> None:
     def autograd_kernel(keyset, *args):
         if len(args) < len(defaults):
             args = args + defaults[len(args):]
-        if torch.is_grad_enabled() and torch._C._any_requires_grad(*args):
+        if torch.is_grad_enabled() and _any_requires_grad(*args):
             return Function.apply(keyset, *args)
         with torch._C._AutoDispatchBelowAutograd():
             return op.redispatch(keyset & below_autograd, *args)

@@ -3,6 +3,14 @@
 // Each cell writes its math once as a template over V, which is either
 // at::vec::Vectorized<scalar_t> (the body of a row) or used with partial
 // loads/stores for the tail, so scalar and vector paths cannot drift apart.
+//
+// Only for the files of csrc/cpu/isa/, which setup.py compiles once per ISA with
+// CPU_CAPABILITY set (DEFAULT, AVX2, AVX512): everything here is in the namespace of that
+// ISA, as ATen's Vectorized is, so no function compiled for one ISA can stand in for
+// another's at link time (see tests/test_cpu_capability.py).
+#ifndef CPU_CAPABILITY
+#error "vec_math.h is for csrc/cpu/isa/*.cpp, which setup.py compiles once per ISA"
+#endif
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 
@@ -10,6 +18,7 @@
 #include <cstdint>
 
 namespace gatedrnn {
+namespace CPU_CAPABILITY {
 
 template <typename scalar_t>
 using Vec = at::vec::Vectorized<scalar_t>;
@@ -89,4 +98,5 @@ inline void for_each_chunk(int64_t H, const F& body) {
   for (int64_t j = 0; j < H; j += W) body(j, std::min<int64_t>(W, H - j));
 }
 
+}  // namespace CPU_CAPABILITY
 }  // namespace gatedrnn
