@@ -16,8 +16,8 @@
 // and then their sum), so results do not depend on the batch a row is in or on the
 // thread count.
 //
-// The panel micro-kernel is built once per ISA (isa/small_batch_panel.h); this class lays
-// out the panels for the ISA in use and visits them.
+// The kernel is built once per ISA (isa/small_batch_panel.h); this class lays out the
+// panels for the ISA in use and keeps the visiting order.
 #include <ATen/ATen.h>
 
 #include <algorithm>
@@ -70,13 +70,8 @@ class SmallBatchGemm {
   // Each call reverses the order of the previous one (panels, and halves of a panel).
   void run(int64_t m, const scalar_t* a, int64_t lda, scalar_t beta, scalar_t* c,
            int64_t ldc) {
-    const int64_t panels = panels_.size(0), width = kernels_->width;
-    const scalar_t* base = panels_.template const_data_ptr<scalar_t>();
-    for (int64_t i = 0; i < panels; ++i) {
-      const int64_t p = reverse_ ? panels - 1 - i : i;
-      kernels_->panel(base + p * k_ * width, k_, half_, !reverse_, m, a, lda, beta,
-                      c + p * width, ldc, std::min(width, n_ - p * width));
-    }
+    kernels_->gemm(panels_.template const_data_ptr<scalar_t>(), n_, k_, half_, reverse_, m, a,
+                   lda, beta, c, ldc);
     reverse_ = !reverse_;
   }
 
