@@ -64,6 +64,89 @@ _any_requires_grad = getattr(torch._C, "_any_requires_grad", None) or (
     lambda *args: any(isinstance(a, torch.Tensor) and a.requires_grad for a in args))
 
 
+def differentiable_grads(ctx, reference, args, output_grads):
+    """For a backward run with create_graph=True (double backward: gradient penalties,
+    Hessian-vector products, meta-learning): the gradients w.r.t. the op's tensor arguments
+    args (what the op was called with), as differentiable functions of those arguments and
+    of output_grads. The fused backward ops are first-order only, so this recomputes the
+    forward in plain PyTorch (reference.py, the same math as the kernels and torch.nn) and
+    differentiates that, keeping the graph: correct to any order, at the speed of a Python
+    loop over the steps. One entry per argument: None where no gradient is needed."""
+    result = [None] * len(args)
+    wrt = [i for i, a in enumerate(args)
+           if isinstance(a, torch.Tensor) and ctx.needs_input_grad[i + 1]]
+    with torch.enable_grad():
+        outputs = reference(*args)
+    pairs = [(o, g) for o, g in zip(outputs, output_grads) if g is not None]
+    if not wrt or not pairs:
+        return result
+    grads = torch.autograd.grad([o for o, _ in pairs], [args[i] for i in wrt],
+                                [g for _, g in pairs], create_graph=True, allow_unused=True)
+    for i, g in zip(wrt, grads):
+        result[i] = torch.zeros_like(args[i]) if g is None else g
+    return result
+
+
+def register_first_order(name: str, forward: str) -> None:
+    """The Autograd kernel of a backward op: it runs it, but refuses to record it for
+    differentiation, which it has no formula for (a silent zero would be wrong). Double
+    backward goes through the forward op instead (differentiable_grads)."""
+    op = getattr(torch.ops.gatedrnn, name).default
+    below_autograd = torch._C._after_autograd_keyset
+
+    def autograd_kernel(keyset, *args):
+        if torch.is_grad_enabled() and _any_requires_grad(*args):
+            raise RuntimeError(
+                f"gatedrnn.{name} computes first-order gradients and cannot itself be "
+                f"differentiated. For second-order gradients, differentiate "
+                f"gatedrnn.{forward} (or the module) with create_graph=True: gatedrnn "
+                f"supports that")
+        with torch._C._AutoDispatchBelowAutograd():
+            return op.redispatch(keyset & below_autograd, *args)
+
+    _IMPL.impl(name, autograd_kernel, "Autograd", with_keyset=True)
+
+
+def register_autocast(name: str, state_outputs: int, cpu_casts) -> None:
+    """Autocast kernels of a forward op, so that under torch.autocast it gives the output
+    dtypes torch.nn's module gives, by the same casts.
+
+    CUDA: torch.nn runs cuDNN in the autocast dtype (float16 or bfloat16) for every cell.
+    CPU: torch.nn's policy depends on the cell and the path: cpu_casts(args) says whether
+    it casts (the LSTM but for packed input without projection; the RNN always, through its
+    linear layers; the GRU never). Where it casts, float tensors other than
+    float64 are cast to the autocast dtype, so they are rounded as torch.nn's are; the CPU
+    kernels have no bfloat16 or float16 build yet, so they then compute in float32 and the
+    first state_outputs outputs (output and states; not the workspace) are returned in the
+    autocast dtype, within its rounding of torch.nn's result."""
+    op = getattr(torch.ops.gatedrnn, name).default
+
+    def lowered(args, dtype):
+        return tuple(a.to(dtype) if isinstance(a, torch.Tensor) and a.is_floating_point()
+                     and a.dtype != torch.float64 else a for a in args)
+
+    def cuda_kernel(*args):
+        dtype = torch.get_autocast_dtype("cuda")
+        with torch.autocast("cuda", enabled=False):
+            return op(*lowered(args, dtype))
+
+    def cpu_kernel(*args):
+        dtype = torch.get_autocast_dtype("cpu")
+        floats = [a for a in args if isinstance(a, torch.Tensor) and a.is_floating_point()]
+        if not cpu_casts(args) or all(a.dtype == torch.float64 for a in floats):
+            with torch.autocast("cpu", enabled=False):
+                return op(*args)
+        computed = lowered(lowered(args, dtype), torch.float32)
+        with torch.autocast("cpu", enabled=False):
+            outputs = op(*computed)
+        outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+        cast = tuple(o.to(dtype) if i < state_outputs else o for i, o in enumerate(outputs))
+        return cast if len(cast) > 1 else cast[0]
+
+    _IMPL.impl(name, cuda_kernel, "AutocastCUDA")
+    _IMPL.impl(name, cpu_kernel, "AutocastCPU")
+
+
 def register_autograd(name: str, backward, setup_context) -> None:
     """Registers the Autograd kernel of torch.ops.gatedrnn.<name>: setup_context(ctx,
     inputs, output) and backward(ctx, *grads) as torch.library.register_autograd takes

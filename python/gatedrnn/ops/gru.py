@@ -1,8 +1,10 @@
 """torch.library registrations for gatedrnn::gru_forward / gru_backward."""
 import torch
 
-from ._common import (check_devices, check_workspace_kept, fake_backward_grads, flat_rows,
-                      output_like, register_autograd, zeros_if_none)
+from .. import reference
+from ._common import (check_devices, check_workspace_kept, differentiable_grads,
+                      fake_backward_grads, flat_rows, grad_if, output_like, register_autocast,
+                      register_autograd, register_first_order, zeros_if_none)
 
 
 @torch.library.register_fake("gatedrnn::gru_forward")
@@ -27,23 +29,27 @@ def _gru_backward_fake(grad_output, grad_h_n, input, batch_sizes, h0, w_ih, w_hh
 def _setup_context(ctx, inputs, output):
     input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, reverse = inputs[:8]
     out, _, workspace = output
-    ctx.save_for_backward(input, batch_sizes, h0, w_ih, w_hh, out, workspace)
+    ctx.save_for_backward(input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, out, workspace)
     # Outputs without a gradient arrive as None rather than as zeros: autograd would
     # otherwise allocate and clear a tensor the size of the workspace every backward.
     ctx.set_materialize_grads(False)
-    ctx.has_bias = (b_ih is not None, b_hh is not None)
     ctx.reverse = reverse
 
 
 def _backward(ctx, grad_output, grad_h_n, _grad_workspace):
-    input, batch_sizes, h0, w_ih, w_hh, out, workspace = ctx.saved_tensors
+    input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, out, workspace = ctx.saved_tensors
+    if torch.is_grad_enabled():  # create_graph=True
+        args = (input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, ctx.reverse)
+        return (*differentiable_grads(ctx, reference.gru, args, (grad_output, grad_h_n)), None)
     check_workspace_kept("gatedrnn.gru_forward", input, workspace)
     d_input, d_h0, d_w_ih, d_w_hh, d_b_ih, d_b_hh = torch.ops.gatedrnn.gru_backward(
         zeros_if_none(grad_output, out), zeros_if_none(grad_h_n, h0), input, batch_sizes, h0,
         w_ih, w_hh, out, workspace, ctx.reverse)
-    has_b_ih, has_b_hh = ctx.has_bias
-    return (d_input, None, d_h0, d_w_ih, d_w_hh, d_b_ih if has_b_ih else None,
-            d_b_hh if has_b_hh else None, None, None)
+    return (d_input, None, d_h0, d_w_ih, d_w_hh, grad_if(b_ih, d_b_ih), grad_if(b_hh, d_b_hh),
+            None, None)
 
 
 register_autograd("gru_forward", _backward, _setup_context)
+register_first_order("gru_backward", "gru_forward")
+# torch.nn.GRU runs in its inputs' dtype under CPU autocast.
+register_autocast("gru_forward", 2, lambda args: False)

@@ -1,8 +1,15 @@
 """torch.library registrations for gatedrnn::lstm_forward / lstm_backward."""
 import torch
 
-from ._common import (check_devices, check_workspace_kept, fake_backward_grads, flat_rows,
-                      grad_if, output_like, register_autograd, zeros_if_none)
+from .. import reference
+from ._common import (check_devices, check_workspace_kept, differentiable_grads,
+                      fake_backward_grads, flat_rows, grad_if, output_like, register_autocast,
+                      register_autograd, register_first_order, zeros_if_none)
+
+
+PROJECTION_NOT_IN_ONNX = ("an LSTM with a projection (proj_size > 0) cannot be exported to "
+                          "ONNX: ONNX's LSTM operator has no projection (torch.nn.LSTM's "
+                          "export refuses it too)")
 
 
 @torch.library.register_fake("gatedrnn::lstm_forward")
@@ -10,6 +17,10 @@ def _lstm_forward_fake(input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
                        need_workspace=True):
     check_devices("gatedrnn.lstm_forward", input, batch_sizes, h0=h0, c0=c0, w_ih=w_ih,
                   w_hh=w_hh, b_ih=b_ih, b_hh=b_hh, w_hr=w_hr)
+    if w_hr is not None and torch.onnx.is_in_onnx_export():
+        # The module refuses this first (modules/_base.py); the exporters' graph captures
+        # that reach the op (torch.export under Dynamo) are refused here.
+        raise RuntimeError(PROJECTION_NOT_IN_ONNX)
     hidden = w_ih.shape[0] // 4
     state = w_hh.shape[1]
     workspace = input.new_empty((flat_rows(input) if need_workspace else 0, 5 * hidden))
@@ -29,25 +40,33 @@ def _lstm_backward_fake(grad_output, grad_h_n, grad_c_n, input, batch_sizes, h0,
 def _setup_context(ctx, inputs, output):
     input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse = inputs[:10]
     out, _, _, workspace = output
-    ctx.save_for_backward(input, batch_sizes, h0, c0, w_ih, w_hh, w_hr, out, workspace)
+    ctx.save_for_backward(input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, out,
+                          workspace)
     # Outputs without a gradient arrive as None rather than as zeros: autograd would
     # otherwise allocate and clear a tensor the size of the workspace every backward.
     ctx.set_materialize_grads(False)
-    ctx.has_bias = (b_ih is not None, b_hh is not None)
     ctx.reverse = reverse
 
 
 def _backward(ctx, grad_output, grad_h_n, grad_c_n, _grad_workspace):
-    input, batch_sizes, h0, c0, w_ih, w_hh, w_hr, out, workspace = ctx.saved_tensors
+    input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, out, workspace = ctx.saved_tensors
+    if torch.is_grad_enabled():  # create_graph=True
+        args = (input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, ctx.reverse)
+        grads = differentiable_grads(ctx, reference.lstm, args, (grad_output, grad_h_n, grad_c_n))
+        return (*grads, None)
     check_workspace_kept("gatedrnn.lstm_forward", input, workspace)
     grads = torch.ops.gatedrnn.lstm_backward(
         zeros_if_none(grad_output, out), zeros_if_none(grad_h_n, h0),
         zeros_if_none(grad_c_n, c0), input, batch_sizes, h0, c0, w_ih, w_hh, w_hr, out,
         workspace, ctx.reverse)
     d_input, d_h0, d_c0, d_w_ih, d_w_hh, d_b_ih, d_b_hh, d_w_hr = grads
-    has_b_ih, has_b_hh = ctx.has_bias
-    return (d_input, None, d_h0, d_c0, d_w_ih, d_w_hh, d_b_ih if has_b_ih else None,
-            d_b_hh if has_b_hh else None, grad_if(w_hr, d_w_hr), None, None)
+    return (d_input, None, d_h0, d_c0, d_w_ih, d_w_hh, grad_if(b_ih, d_b_ih),
+            grad_if(b_hh, d_b_hh), grad_if(w_hr, d_w_hr), None, None)
 
 
 register_autograd("lstm_forward", _backward, _setup_context)
+register_first_order("lstm_backward", "lstm_forward")
+# torch.nn.LSTM (2.4.1 to 2.14.1) casts on its oneDNN path (padded input, no projection) and
+# wherever it has a projection (its default path's linear layers cast); packed input
+# without one runs its fused cell in float32.
+register_autocast("lstm_forward", 3, lambda args: args[1] is None or args[8] is not None)

@@ -1,7 +1,9 @@
 """torch.library registrations for gatedrnn::rnn_forward / rnn_backward (tanh and relu)."""
 import torch
 
-from ._common import (check_devices, fake_backward_grads, output_like, register_autograd,
+from .. import reference
+from ._common import (check_devices, differentiable_grads, fake_backward_grads, grad_if,
+                      output_like, register_autocast, register_autograd, register_first_order,
                       zeros_if_none)
 
 
@@ -23,23 +25,27 @@ def _rnn_backward_fake(grad_output, grad_h_n, input, batch_sizes, h0, w_ih, w_hh
 def _setup_context(ctx, inputs, output):
     input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity, reverse = inputs
     out, _ = output
-    ctx.save_for_backward(input, batch_sizes, h0, w_ih, w_hh, out)
+    ctx.save_for_backward(input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, out)
     # Outputs without a gradient arrive as None rather than as zeros: autograd would
-    # otherwise allocate and clear a tensor the size of the workspace every backward.
+    # otherwise allocate and clear a tensor the size of the output every backward.
     ctx.set_materialize_grads(False)
-    ctx.has_bias = (b_ih is not None, b_hh is not None)
     ctx.nonlinearity = nonlinearity
     ctx.reverse = reverse
 
 
 def _backward(ctx, grad_output, grad_h_n):
-    input, batch_sizes, h0, w_ih, w_hh, out = ctx.saved_tensors
+    input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, out = ctx.saved_tensors
+    if torch.is_grad_enabled():  # create_graph=True
+        args = (input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, ctx.nonlinearity, ctx.reverse)
+        return tuple(differentiable_grads(ctx, reference.rnn, args, (grad_output, grad_h_n)))
     d_input, d_h0, d_w_ih, d_w_hh, d_b_ih, d_b_hh = torch.ops.gatedrnn.rnn_backward(
         zeros_if_none(grad_output, out), zeros_if_none(grad_h_n, h0), input, batch_sizes, h0,
         w_ih, w_hh, out, ctx.nonlinearity, ctx.reverse)
-    has_b_ih, has_b_hh = ctx.has_bias
-    return (d_input, None, d_h0, d_w_ih, d_w_hh, d_b_ih if has_b_ih else None,
-            d_b_hh if has_b_hh else None, None, None)
+    return (d_input, None, d_h0, d_w_ih, d_w_hh, grad_if(b_ih, d_b_ih), grad_if(b_hh, d_b_hh),
+            None, None)
 
 
 register_autograd("rnn_forward", _backward, _setup_context)
+register_first_order("rnn_backward", "rnn_forward")
+# torch.nn.RNN's linear layers cast under CPU autocast, so its output is in that dtype.
+register_autocast("rnn_forward", 2, lambda args: True)

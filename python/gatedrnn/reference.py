@@ -1,0 +1,110 @@
+"""The cells in plain PyTorch, one layer and one direction, step by step: the readable math,
+an oracle for the tests, and the differentiable path that double backward runs through
+(ops/_common.py: the fused backward ops compute first-order gradients only).
+
+Each function takes the arguments of its forward op (torch.ops.gatedrnn.<cell>_forward) and
+returns its outputs but the workspace. Shapes (T steps, N batch, I input, H hidden size,
+P = proj_size or H):
+  input     [T, N, I] padded, or packed data [R, I] with batch_sizes [T] (CPU int64)
+  h0        [N, P]; c0 [N, H] (LSTM)
+  w_ih      [G * H, I]; w_hh [G * H, P]; b_ih, b_hh [G * H] or None; w_hr [P, H] or None
+  output    like input with P features; h_n [N, P]; c_n [N, H]
+
+At step t only the first batch_sizes[t] rows are live (padded input: all N). The rows that
+are not live keep their state: in the forward direction those sequences have ended (their
+final state), in reverse they have not started yet (still h0), so one update rule,
+state[:n] = step(state[:n]), serves both directions.
+
+Math (as torch.nn):
+  LSTM  i, f, g, o = chunks of x W_ih^T + b_ih + h W_hh^T + b_hh (in that order)
+        c' = sigmoid(f) c + sigmoid(i) tanh(g),  h' = sigmoid(o) tanh(c')  [then h' W_hr^T]
+  GRU   r, z, n: x W_ih^T + b_ih = (xr, xz, xn), h W_hh^T + b_hh = (hr, hz, hn)
+        r = sigmoid(xr + hr), z = sigmoid(xz + hz), n = tanh(xn + r hn),  h' = (1 - z) n + z h
+  RNN   h' = act(x W_ih^T + b_ih + h W_hh^T + b_hh), act = tanh or relu
+"""
+from typing import Callable, List, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+
+def _linear(x: Tensor, w: Tensor, b: Optional[Tensor]) -> Tensor:
+    y = x @ w.t()
+    return y if b is None else y + b
+
+
+def _schedule(input: Tensor, batch_sizes: Optional[Tensor]) -> Tuple[Tensor, List[int]]:
+    """The input as rows [R, I] and the live rows of each step."""
+    if batch_sizes is None:
+        T, N = input.shape[0], input.shape[1]
+        return input.reshape(T * N, input.shape[2]), [N] * T
+    return input, [int(n) for n in batch_sizes.tolist()]
+
+
+def _run(input: Tensor, batch_sizes: Optional[Tensor], states: Sequence[Tensor], reverse: bool,
+         step: Callable[[Tensor, Tuple[Tensor, ...]], Tuple[Tensor, Tuple[Tensor, ...]]]):
+    """Runs step(x_rows, live_states) -> (output_rows, new_live_states) over the sequence;
+    returns (output laid out like input, final states)."""
+    rows, sizes = _schedule(input, batch_sizes)
+    offsets = [0]
+    for n in sizes[:-1]:
+        offsets.append(offsets[-1] + n)
+    outputs: List[Optional[Tensor]] = [None] * len(sizes)
+    states = tuple(states)
+    order = range(len(sizes) - 1, -1, -1) if reverse else range(len(sizes))
+    for t in order:
+        n, off = sizes[t], offsets[t]
+        out, live = step(rows[off:off + n], tuple(s[:n] for s in states))
+        outputs[t] = out
+        states = tuple(torch.cat([new, s[n:]]) for new, s in zip(live, states))
+    # No steps: an empty output as wide as the state (h, the first state).
+    output = torch.cat(outputs) if outputs else rows.new_empty((0, states[0].shape[-1]))
+    if batch_sizes is None:
+        output = output.reshape(input.shape[0], input.shape[1], output.shape[-1])
+    return output, states
+
+
+def lstm(input: Tensor, batch_sizes: Optional[Tensor], h0: Tensor, c0: Tensor, w_ih: Tensor,
+         w_hh: Tensor, b_ih: Optional[Tensor], b_hh: Optional[Tensor], w_hr: Optional[Tensor],
+         reverse: bool) -> Tuple[Tensor, Tensor, Tensor]:
+    def step(x, state):
+        h, c = state
+        i, f, g, o = (_linear(x, w_ih, b_ih) + _linear(h, w_hh, b_hh)).chunk(4, dim=1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        h = torch.sigmoid(o) * torch.tanh(c)
+        if w_hr is not None:
+            h = h @ w_hr.t()
+        return h, (h, c)
+
+    output, (h_n, c_n) = _run(input, batch_sizes, (h0, c0), reverse, step)
+    return output, h_n, c_n
+
+
+def gru(input: Tensor, batch_sizes: Optional[Tensor], h0: Tensor, w_ih: Tensor, w_hh: Tensor,
+        b_ih: Optional[Tensor], b_hh: Optional[Tensor], reverse: bool) -> Tuple[Tensor, Tensor]:
+    def step(x, state):
+        (h,) = state
+        xr, xz, xn = _linear(x, w_ih, b_ih).chunk(3, dim=1)
+        hr, hz, hn = _linear(h, w_hh, b_hh).chunk(3, dim=1)
+        r = torch.sigmoid(xr + hr)
+        z = torch.sigmoid(xz + hz)
+        n = torch.tanh(xn + r * hn)
+        h = (1 - z) * n + z * h
+        return h, (h,)
+
+    output, (h_n,) = _run(input, batch_sizes, (h0,), reverse, step)
+    return output, h_n
+
+
+def rnn(input: Tensor, batch_sizes: Optional[Tensor], h0: Tensor, w_ih: Tensor, w_hh: Tensor,
+        b_ih: Optional[Tensor], b_hh: Optional[Tensor], nonlinearity: str,
+        reverse: bool) -> Tuple[Tensor, Tensor]:
+    act = torch.relu if nonlinearity == "relu" else torch.tanh
+
+    def step(x, state):
+        (h,) = state
+        h = act(_linear(x, w_ih, b_ih) + _linear(h, w_hh, b_hh))
+        return h, (h,)
+
+    output, (h_n,) = _run(input, batch_sizes, (h0,), reverse, step)
+    return output, h_n
