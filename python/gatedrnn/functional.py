@@ -49,7 +49,12 @@ def _zeros(input: Tensor, batch: int, size: int) -> Tensor:
 
 def _needs_grad(*tensors) -> bool:
     """Whether autograd may differentiate the op: if not, the forward keeps no workspace
-    (the per-step activations only a backward reads)."""
+    (the per-step activations only a backward reads). Under torch.jit.trace always: the
+    answer would be frozen into the trace as a constant, so a graph traced under no_grad
+    could not be differentiated, and trace's check, which re-traces under no_grad, would
+    find two graphs."""
+    if torch.jit.is_tracing():
+        return True
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 

@@ -9,11 +9,22 @@ does (packed, batch_first, unbatched, hx given or not) and runs the fused ops.
 They derive from RNNBase rather than from torch.nn.LSTM/GRU/RNN themselves because
 torch.compile refuses to trace any instance of those three classes (Dynamo's
 `allow_rnn` guard); RNNBase instances it traces, and our forward has no graph break.
+
+Two integrations hand the module to torch.nn's own class instead, as a twin that shares
+every parameter, buffer and hook (_as_torch_nn): ONNX export (both exporters), which then
+writes the standard ONNX LSTM / GRU / RNN nodes torch.nn's modules export to, and
+torch.jit.script, which cannot compile a forward that calls the fused ops from Python.
 """
+import copy
+import warnings
+
 import torch
 from torch.nn.utils.rnn import PackedSequence
 
 from .. import functional as F
+from ..ops.lstm import PROJECTION_NOT_IN_ONNX
+
+_TORCH_NN = {"LSTM": torch.nn.LSTM, "GRU": torch.nn.GRU, "RNN": torch.nn.RNN}
 
 
 class FusedRNNMixin:
@@ -73,7 +84,32 @@ class FusedRNNMixin:
         h, c = states
         return (h, c.to(dtype) if c.dtype != dtype else c)
 
+    def _as_torch_nn(self):
+        """This module as an instance of its torch.nn class: a shallow copy, so parameters,
+        buffers, hooks and training mode are shared, not copied (as convert() re-classes the
+        other way)."""
+        twin = copy.copy(self)
+        twin.__class__ = _TORCH_NN[self._mode]
+        return twin
+
+    def __prepare_scriptable__(self):
+        """torch.jit.script compiles the torch.nn twin: TorchScript cannot compile this
+        forward, which reaches the fused ops through Python. The scripted module runs
+        torch.nn's kernels on the shared parameters (same math; float32 results differ
+        from ours in the last bits). torch.jit.script also puts what this returns in place
+        of the submodule in the model being scripted, so it says so."""
+        warnings.warn(
+            f"torch.jit.script: gatedrnn.{type(self).__name__} cannot be compiled by "
+            f"TorchScript, so the scripted model runs torch.nn.{self._mode} on the same "
+            f"parameters, and torch.jit.script has also put that torch.nn module in its place "
+            f"in the original model; gatedrnn.convert(model) swaps it back. torch.jit.trace, "
+            f"torch.compile and torch.export keep gatedrnn's kernels.", UserWarning,
+            stacklevel=2)
+        return self._as_torch_nn()
+
     def forward(self, input, hx=None):
+        if torch.onnx.is_in_onnx_export():
+            return self._onnx_forward(input, hx)
         name = type(self).__name__
         packed = isinstance(input, PackedSequence)
         lstm = self._mode == "LSTM"
@@ -147,3 +183,13 @@ class FusedRNNMixin:
             output = output.squeeze(0 if self.batch_first else 1)
             hidden = self._from_tuple(tuple(h.squeeze(1) for h in finals))
         return output, hidden
+
+    def _onnx_forward(self, input, hx):
+        """Under torch.onnx.export: torch.nn's forward, which the exporters turn into ONNX's
+        own LSTM / GRU / RNN nodes, so any ONNX runtime runs the model with no custom
+        domain. ONNX's LSTM has no projection; torch's TorchScript-based exporter refuses
+        one, and its dynamo exporter (2.13) writes an LSTM node without it, whose state
+        shapes onnxruntime rejects, so a projection is refused here for both."""
+        if getattr(self, "proj_size", 0) > 0:
+            raise RuntimeError(f"proj_size={self.proj_size}: {PROJECTION_NOT_IN_ONNX}")
+        return self._as_torch_nn().forward(input, hx)
