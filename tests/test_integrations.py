@@ -1,0 +1,349 @@
+"""Everywhere torch.nn's recurrent modules go, ours go: double backward, TorchScript
+(trace and script), autocast, torch.export with save/load, and AOTInductor (ONNX export is
+in test_onnx.py)."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from torch.autograd import gradcheck, gradgradcheck
+from torch.nn.utils.rnn import pack_padded_sequence
+
+import gatedrnn
+from _dropin_helpers import CELLS, I, N, T, is_lstm, make_pair
+from conftest import as_leaves, build_case, op_and_args
+
+pytestmark = pytest.mark.integration
+
+# --------------------------------------------------------------------------
+# double backward
+# --------------------------------------------------------------------------
+
+
+def _op_outputs(cell, leaves, batch_sizes, reverse):
+    op, args = op_and_args(cell, leaves, batch_sizes, reverse)
+    outs = op(*args)
+    return outs[:3] if is_lstm(cell) else outs[:2]
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+def test_gradgradcheck(cell, packed, reverse):
+    _, tensors, batch_sizes = build_case(cell, 3, 3, 3, 4, 2, dtype=torch.float64,
+                                         packed=packed, reverse=reverse)
+    if cell == "rnn_relu":
+        # keep pre-activations away from relu's kink, where finite differences break
+        tensors["input"] = tensors["input"].abs() + 0.5
+    names = [k for k, v in tensors.items() if isinstance(v, torch.Tensor)]
+    leaves = as_leaves(tensors)
+
+    def f(*values):
+        return _op_outputs(cell, {**leaves, **dict(zip(names, values))}, batch_sizes, reverse)
+
+    args = tuple(leaves[k] for k in names)
+    assert gradcheck(f, args)
+    assert gradgradcheck(f, args)
+
+
+def _gradient_penalty(module, x, lengths):
+    """WGAN-GP style: the gradient of a loss w.r.t. the input, squared, differentiated
+    w.r.t. the parameters."""
+    x = x.detach().requires_grad_()
+    inp = pack_padded_sequence(x, lengths, enforce_sorted=False) if lengths is not None else x
+    out, hx = module(inp)
+    out = out.data if lengths is not None else out
+    states = hx if isinstance(hx, tuple) else (hx,)
+    loss = out.sin().sum() + sum((s * s).sum() for s in states)
+    (g,) = torch.autograd.grad(loss, x, create_graph=True)
+    penalty = (g * g).sum()
+    return [penalty.detach(), *torch.autograd.grad(penalty, list(module.parameters()))]
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+def test_gradient_penalty_equals_torch_nn(cell, packed):
+    ref, ours = make_pair(cell, num_layers=2, bidirectional=True)
+    x = torch.randn(T, N, I, dtype=torch.float64)
+    lengths = torch.tensor([T, T - 2, 1]) if packed else None
+    expected = _gradient_penalty(ref, x, lengths)
+    got = _gradient_penalty(ours, x, lengths)
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh"])
+def test_hessian_vector_product_equals_torch_nn(cell):
+    ref, ours = make_pair(cell)
+    x = torch.randn(T, N, I, dtype=torch.float64)
+    v = [torch.randn_like(p) for p in ref.parameters()]
+
+    def hvp(module):
+        params = list(module.parameters())
+        loss = module(x)[0].pow(2).sum()
+        grads = torch.autograd.grad(loss, params, create_graph=True)
+        return torch.autograd.grad(grads, params, v)
+
+    for a, b in zip(hvp(ours), hvp(ref)):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+def _backward_op_calls(fn):
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        fn()
+    return sum(1 for e in prof.events() if e.name.startswith("gatedrnn::") and
+               e.name.endswith("_backward"))
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_first_order_backward_runs_the_fused_op(cell):
+    """The reference path is only for create_graph=True; plain backward stays fused."""
+    _, ours = make_pair(cell, num_layers=2)
+    x = torch.randn(T, N, I, dtype=torch.float64, requires_grad=True)
+    assert _backward_op_calls(lambda: ours(x)[0].sum().backward()) == 2
+    assert _backward_op_calls(
+        lambda: torch.autograd.grad(ours(x)[0].sum(), x, create_graph=True)) == 0
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_differentiating_a_backward_op_directly_raises(cell):
+    _, tensors, batch_sizes = build_case(cell, 3, 2, 3, 4, 2, dtype=torch.float64)
+    leaves = as_leaves(tensors)
+    op, args = op_and_args(cell, leaves, batch_sizes, False)
+    outs = op(*args)
+    g = [torch.ones_like(o) for o in (outs[:3] if is_lstm(cell) else outs[:2])]
+    t = leaves
+    ops = torch.ops.gatedrnn
+    if is_lstm(cell):
+        call = lambda: ops.lstm_backward(*g, t["input"], None, t["h0"], t["c0"], t["w_ih"],  # noqa: E731
+                                         t["w_hh"], t.get("w_hr"), outs[0], outs[3], False)
+    elif cell == "gru":
+        call = lambda: ops.gru_backward(*g, t["input"], None, t["h0"], t["w_ih"], t["w_hh"],  # noqa: E731
+                                        outs[0], outs[2], False)
+    else:
+        call = lambda: ops.rnn_backward(*g, t["input"], None, t["h0"], t["w_ih"], t["w_hh"],  # noqa: E731
+                                        outs[0], cell[4:], False)
+    with pytest.raises(RuntimeError, match=r"computes first-order gradients and cannot itself "
+                                           r"be differentiated.*create_graph=True"):
+        call()
+    with torch.no_grad():
+        call()  # not differentiated: runs
+
+
+def test_forward_mode_ad_and_functorch_refuse():
+    """No jvp rule and no functorch support yet: both refuse, neither returns zeros."""
+    _, ours = make_pair("lstm")
+    x = torch.randn(T, N, I, dtype=torch.float64)
+    with torch.autograd.forward_ad.dual_level():
+        dual = torch.autograd.forward_ad.make_dual(x, torch.randn_like(x))
+        with pytest.raises(NotImplementedError, match="jvp"):
+            ours(dual)
+    with pytest.raises(RuntimeError, match="setup_context"):
+        torch.func.grad(lambda v: ours(v)[0].sum())(x)
+
+
+# --------------------------------------------------------------------------
+# TorchScript
+# --------------------------------------------------------------------------
+
+
+class Tagger(torch.nn.Module):
+    """A small model with recurrent layers inside, as users have them."""
+
+    def __init__(self, cell):
+        super().__init__()
+        self.embed = torch.nn.Linear(I, 8)
+        self.rnn = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}[cell](
+            8, 6, num_layers=2, bidirectional=True, batch_first=True)
+        self.head = torch.nn.Linear(12, 3)
+
+    def forward(self, x):
+        return self.head(self.rnn(torch.tanh(self.embed(x)))[0])
+
+
+def _tagger_pair(cell, dtype=torch.float32):
+    torch.manual_seed(0)
+    ref = Tagger(cell).to(dtype)
+    ours = gatedrnn.convert(Tagger(cell).to(dtype))
+    ours.load_state_dict(ref.state_dict())
+    return ref, ours
+
+
+def _outputs_and_grads(model, x, params=None):
+    """model(x) and the gradients of a loss w.r.t. x and params (default: the model's)."""
+    x = x.detach().requires_grad_()
+    y = model(x)
+    params = list(model.parameters()) if params is None else params
+    grads = torch.autograd.grad(y.pow(2).sum(), [x, *params])
+    return [y.detach(), *grads]
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("traced_under", ["grad", "no_grad"])
+def test_jit_trace_matches_eager(cell, traced_under, tmp_path):
+    _, ours = _tagger_pair(cell, torch.float64)
+    example = torch.randn(2, T, I, dtype=torch.float64)
+    # trace's check (on by default) re-traces under no_grad and raises if the graphs differ;
+    # its TracerWarnings about shape checks are torch.nn's own too.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        if traced_under == "no_grad":
+            with torch.no_grad():
+                traced = torch.jit.trace(ours, (example,))
+        else:
+            traced = torch.jit.trace(ours, (example,))
+    torch.jit.save(traced, tmp_path / "model.pt")
+    loaded = torch.jit.load(tmp_path / "model.pt")
+    x = torch.randn(3, T, I, dtype=torch.float64)  # another batch size
+    expected = _outputs_and_grads(ours, x)
+    for model in (traced, loaded):
+        for a, b in zip(_outputs_and_grads(model, x), expected):
+            assert torch.equal(a, b)
+
+
+class Holder(torch.nn.Module):
+    """One recurrent module inside a model: how torch.nn's RNNs script (alone, their
+    overloaded forward leaves the scripted module without one)."""
+
+    def __init__(self, rnn):
+        super().__init__()
+        self.rnn = rnn
+
+    def forward(self, x):
+        return self.rnn(x)[0]
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_jit_script_runs_torch_nn_on_shared_parameters(cell):
+    ref, ours = make_pair(cell, num_layers=2, bidirectional=True)
+    holder = Holder(ours)
+    with pytest.warns(UserWarning, match=r"runs torch\.nn\.(LSTM|GRU|RNN) on the same "
+                                         r"parameters.*gatedrnn\.convert\(model\) swaps it back"):
+        scripted = torch.jit.script(holder)
+    for name, p in ours.named_parameters():
+        assert getattr(scripted.rnn, name).data_ptr() == p.data_ptr(), name
+    x = torch.randn(T, N, I, dtype=torch.float64)
+    params = list(ours.parameters())
+    for a, b in zip(_outputs_and_grads(scripted, x, params),
+                    _outputs_and_grads(Holder(ref), x, list(ref.parameters()))):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    # our module object is unchanged; torch.jit.script put the twin in the model, and
+    # convert swaps it back
+    assert isinstance(ours, gatedrnn.modules._base.FusedRNNMixin)
+    assert type(holder.rnn) is type(ref)
+    gatedrnn.convert(holder)
+    assert isinstance(holder.rnn, gatedrnn.modules._base.FusedRNNMixin)
+    assert holder.rnn.weight_ih_l0 is ours.weight_ih_l0
+
+
+def test_jit_script_of_a_converted_model():
+    ref, ours = _tagger_pair("lstm", torch.float64)
+    with pytest.warns(UserWarning, match="torch.jit.script"):
+        scripted = torch.jit.script(ours)
+    x = torch.randn(2, T, I, dtype=torch.float64)
+    torch.testing.assert_close(scripted(x), ref(x), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh"])
+def test_jit_script_of_a_lone_module_does_what_torch_nns_does(cell):
+    def outcome(module):
+        try:
+            return torch.jit.script(module)(torch.randn(T, N, I, dtype=torch.float64))[0].shape
+        except Exception as error:  # noqa: BLE001  (compared below)
+            return type(error)
+
+    ref, ours = make_pair(cell)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        assert outcome(ours) == outcome(ref)
+
+
+# --------------------------------------------------------------------------
+# autocast
+# --------------------------------------------------------------------------
+
+def _torch_nn_autocast_dtype(ref, x, dtype):
+    """The dtype of torch.nn's output under CPU autocast, and the output. Its LSTM oneDNN
+    path (padded, no projection) raises on CPUs without bfloat16/float16 support (seen on
+    an AMD EPYC Zen 3 with torch 2.4.1, 2.13.0 and 2.14.1); on a CPU with it, that path's
+    output is in the autocast dtype."""
+    try:
+        with torch.autocast("cpu", dtype=dtype):
+            out = ref(x)[0]
+    except RuntimeError as error:
+        assert "primitive descriptor" in str(error)
+        return dtype, None
+    return (out.data if not isinstance(out, torch.Tensor) else out).dtype, out
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_cpu_autocast_gives_torch_nn_dtypes(cell, packed, dtype):
+    ref, ours = make_pair(cell, dtype=torch.float32, num_layers=2)
+    x = torch.randn(T, N, I)
+    inp = pack_padded_sequence(x, torch.tensor([T, T - 1, 2])) if packed else x
+    expected_dtype, expected = _torch_nn_autocast_dtype(ref, inp, dtype)
+    x.requires_grad_()
+    inp = pack_padded_sequence(x, torch.tensor([T, T - 1, 2])) if packed else x
+    with torch.autocast("cpu", dtype=dtype):
+        out, hx = ours(inp)
+    data = out.data if packed else out
+    assert data.dtype == expected_dtype
+    for h in (hx if isinstance(hx, tuple) else (hx,)):
+        assert h.dtype == expected_dtype
+    with torch.no_grad():
+        full = ours(inp)[0]
+    full = full.data if packed else full
+    # within the autocast dtype's rounding of the float32 result (and of torch.nn's)
+    tol = dict(rtol=2e-2, atol=2e-2) if dtype == torch.bfloat16 else dict(rtol=3e-3, atol=3e-3)
+    torch.testing.assert_close(data.float(), full, **tol)
+    if expected is not None:
+        torch.testing.assert_close(data.float(), (expected.data if packed else expected).float(),
+                                   rtol=4e-2, atol=4e-2)
+    data.float().sum().backward()
+    assert x.grad.dtype == torch.float32 and torch.isfinite(x.grad).all()
+    assert all(p.grad.dtype == torch.float32 for p in ours.parameters())
+
+
+def test_cpu_autocast_leaves_float64_alone():
+    _, ours = make_pair("lstm", dtype=torch.float64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = ours(torch.randn(T, N, I, dtype=torch.float64))[0]
+    assert out.dtype == torch.float64
+
+
+@pytest.mark.parametrize("op", ["lstm_forward", "gru_forward", "rnn_forward"])
+@pytest.mark.parametrize("key", ["AutocastCPU", "AutocastCUDA"])
+def test_autocast_kernels_are_registered(op, key):
+    assert torch._C._dispatch_has_kernel_for_dispatch_key(f"gatedrnn::{op}", key)
+
+
+# --------------------------------------------------------------------------
+# torch.export and AOTInductor
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_torch_export_save_load_runs(cell, tmp_path):
+    _, ours = _tagger_pair(cell)
+    x = torch.randn(2, T, I)
+    program = torch.export.export(ours.eval(), (x,))
+    names = {str(n.target) for n in program.graph.nodes if n.op == "call_function"}
+    assert any(name.startswith("gatedrnn.") for name in names), names
+    torch.export.save(program, tmp_path / "model.pt2")
+    loaded = torch.export.load(tmp_path / "model.pt2")
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.module()(x), ours(x), rtol=0, atol=0)
+
+
+def test_aoti_compile_and_package_runs(tmp_path):
+    _, ours = _tagger_pair("lstm")
+    x = torch.randn(2, T, I)
+    program = torch.export.export(ours.eval(), (x,))
+    path = torch._inductor.aoti_compile_and_package(program, package_path=str(tmp_path / "m.pt2"))
+    runner = torch._inductor.aoti_load_package(path)
+    with torch.no_grad():
+        torch.testing.assert_close(runner(x), ours(x), rtol=1e-5, atol=1e-5)
