@@ -4,29 +4,58 @@ training step, gatedrnn and torch.nn in the same process, medians of 15 interlea
 
     OMP_NUM_THREADS=2 python benchmarks/double_backward.py
 """
-import statistics, time, torch, gatedrnn
-torch.manual_seed(0)
-def first(m, x):
-    y = m(x)[0]; y.pow(2).sum().backward()
-def penalty(m, x):
-    xi = x.detach().requires_grad_()
-    y = m(xi)[0]
-    (g,) = torch.autograd.grad(y.pow(2).sum(), xi, create_graph=True)
+import statistics
+import time
+
+import torch
+
+import gatedrnn
+
+SHAPES = [(100, 16, 128, 128), (200, 1, 64, 64)]  # (T, N, I, H): the suite's small and tiny
+PAIRS = [(gatedrnn.LSTM, torch.nn.LSTM), (gatedrnn.GRU, torch.nn.GRU), (gatedrnn.RNN, torch.nn.RNN)]
+
+
+def first_order(module, x):
+    module(x)[0].pow(2).sum().backward()
+
+
+def gradient_penalty(module, x):
+    x = x.detach().requires_grad_()
+    (g,) = torch.autograd.grad(module(x)[0].pow(2).sum(), x, create_graph=True)
     (g * g).sum().backward()
-for cls, ncls in [(gatedrnn.LSTM, torch.nn.LSTM), (gatedrnn.GRU, torch.nn.GRU), (gatedrnn.RNN, torch.nn.RNN)]:
-    for T, N, I, H in [(100, 16, 128, 128), (200, 1, 64, 64)]:
-        ours = cls(I, H); ref = ncls(I, H); ref.load_state_dict(ours.state_dict())
-        x = torch.randn(T, N, I, requires_grad=True)
-        times = {}
-        for name, f in [("first", first), ("penalty", penalty)]:
-            for label, m in [("ours", ours), ("torch", ref)]:
-                times[(name, label)] = []
-            for _ in range(3):
-                f(ours, x); f(ref, x)
-            for _ in range(15):
-                for label, m in [("ours", ours), ("torch", ref)]:
-                    t = time.perf_counter(); f(m, x); times[(name, label)].append(time.perf_counter() - t)
-        med = {k: 1e3 * statistics.median(v) for k, v in times.items()}
-        print(f"{cls.__name__} {(T, N, I, H)}: first-order ours {med[('first','ours')]:.2f} ms, torch.nn {med[('first','torch')]:.2f}; "
-              f"penalty ours {med[('penalty','ours')]:.2f} ms, torch.nn {med[('penalty','torch')]:.2f}; "
-              f"ours penalty/first {med[('penalty','ours')]/med[('first','ours')]:.1f}x, penalty ours/torch.nn {med[('penalty','ours')]/med[('penalty','torch')]:.2f}x")
+
+
+def median_ms(step, modules, x, rounds=15, warmup=3):
+    times = {name: [] for name in modules}
+    for _ in range(warmup):
+        for m in modules.values():
+            step(m, x)
+    for _ in range(rounds):
+        for name, m in modules.items():
+            start = time.perf_counter()
+            step(m, x)
+            times[name].append(time.perf_counter() - start)
+    return {name: 1e3 * statistics.median(t) for name, t in times.items()}
+
+
+def main():
+    torch.manual_seed(0)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, gatedrnn CPU kernels "
+          f"{gatedrnn.cpu_capability()}")
+    for ours_cls, nn_cls in PAIRS:
+        for T, N, I, H in SHAPES:
+            ours, ref = ours_cls(I, H), nn_cls(I, H)
+            ref.load_state_dict(ours.state_dict())
+            modules = {"gatedrnn": ours, "torch.nn": ref}
+            x = torch.randn(T, N, I, requires_grad=True)
+            first = median_ms(first_order, modules, x)
+            penalty = median_ms(gradient_penalty, modules, x)
+            print(f"{nn_cls.__name__} {(T, N, I, H)}: first order {first['gatedrnn']:.2f} ms "
+                  f"(torch.nn {first['torch.nn']:.2f}); gradient penalty "
+                  f"{penalty['gatedrnn']:.2f} ms (torch.nn {penalty['torch.nn']:.2f}): "
+                  f"{penalty['gatedrnn'] / penalty['torch.nn']:.2f}x torch.nn's, "
+                  f"{penalty['gatedrnn'] / first['gatedrnn']:.1f}x our first order")
+
+
+if __name__ == "__main__":
+    main()
