@@ -1,12 +1,16 @@
 // The gatedrnn._C Python module. Importing it runs the static initializers that register
 // the ops (registration.cpp, cpu/, cuda/); its only functions manage the CPU block cache
-// (cpu/block_cache.h) and say which build of the CPU micro-kernels runs (cpu/capability.h).
+// (cpu/block_cache.h) and the cache of packed weights (cpu/weight_cache.h), say which build of the CPU micro-kernels runs (cpu/capability.h) and
+// measure the FMA peak the benchmark suite compares with (cpu/isa/fma_peak.h).
 #include <Python.h>
 
 #include <exception>
+#include <string>
 
 #include "cpu/block_cache.h"
 #include "cpu/capability.h"
+#include "cpu/isa/fma_peak.h"
+#include "cpu/weight_cache.h"
 
 namespace {
 
@@ -19,6 +23,15 @@ PyObject* cpu_cache_bytes(PyObject*, PyObject*) {
   return PyLong_FromLongLong(gatedrnn::cpu_cache_bytes());
 }
 
+PyObject* empty_weight_cache(PyObject*, PyObject*) {
+  gatedrnn::empty_weight_cache();
+  Py_RETURN_NONE;
+}
+
+PyObject* weight_cache_bytes(PyObject*, PyObject*) {
+  return PyLong_FromLongLong(gatedrnn::weight_cache_bytes());
+}
+
 PyObject* cpu_capability(PyObject*, PyObject*) {
   try {
     return PyUnicode_FromString(gatedrnn::cpu_capability_name(gatedrnn::cpu_capability()));
@@ -28,13 +41,42 @@ PyObject* cpu_capability(PyObject*, PyObject*) {
   }
 }
 
+PyObject* fma_peak_gflops(PyObject*, PyObject* args) {
+  int threads = 1, float64 = 0;
+  double seconds = 0.2;
+  if (!PyArg_ParseTuple(args, "i|pd", &threads, &float64, &seconds)) return nullptr;
+  double result = 0;
+  std::string error;
+  // Without the GIL while it runs (seconds); nothing may leave the block by an exception.
+  Py_BEGIN_ALLOW_THREADS
+  try {
+    result = gatedrnn::fma_peak_gflops(threads, float64 != 0, seconds);
+  } catch (const std::exception& e) {
+    error = e.what();
+  }
+  Py_END_ALLOW_THREADS
+  if (!error.empty()) {
+    PyErr_SetString(PyExc_RuntimeError, error.c_str());
+    return nullptr;
+  }
+  return PyFloat_FromDouble(result);
+}
+
 PyMethodDef methods[] = {
     {"empty_cpu_cache", empty_cpu_cache, METH_NOARGS,
      "Frees the blocks the CPU block cache holds."},
     {"cpu_cache_bytes", cpu_cache_bytes, METH_NOARGS,
      "Bytes of freed blocks the CPU block cache holds."},
+    {"empty_weight_cache", empty_weight_cache, METH_NOARGS,
+     "Drops every packed weight the CPU ops keep across calls (needed only after a weight "
+     "was changed in a way PyTorch does not count, e.g. through .data)."},
+    {"weight_cache_bytes", weight_cache_bytes, METH_NOARGS,
+     "Bytes of packed weights the CPU ops keep across calls."},
     {"cpu_capability", cpu_capability, METH_NOARGS,
      "The build of the CPU micro-kernels in use: 'avx512', 'avx2' or 'default'."},
+    {"fma_peak_gflops", fma_peak_gflops, METH_VARARGS,
+     "fma_peak_gflops(threads, float64=False, seconds=0.2): GFLOP/s of a register-only "
+     "FMA loop with the CPU micro-kernels' ISA, on that many threads at once."},
     {nullptr, nullptr, 0, nullptr}};
 
 }  // namespace

@@ -8,7 +8,8 @@
 
 #include <pthread.h>
 
-#include <cerrno>
+#include "env_mib.h"
+
 #include <cstdlib>
 #include <cstring>
 #include <list>
@@ -31,17 +32,7 @@ constexpr size_t kMaxCachedBytes = size_t(8) << 20;
 // aligned for any vector load.
 constexpr size_t kHeader = 64;
 
-size_t cache_limit() {
-  const char* env = std::getenv("GATEDRNN_CPU_CACHE_MB");
-  if (env == nullptr || *env == '\0') return size_t(256) << 20;
-  char* end = nullptr;
-  errno = 0;
-  const long long mb = std::strtoll(env, &end, 10);
-  TORCH_CHECK(errno == 0 && *end == '\0' && mb >= 0 && mb <= (1ll << 30),
-              "gatedrnn: GATEDRNN_CPU_CACHE_MB must be a whole number of MiB (0 turns the "
-              "CPU block cache off), got '", env, "'");
-  return static_cast<size_t>(mb) << 20;
-}
+size_t cache_limit() { return env_mib("GATEDRNN_CPU_CACHE_MB", 256, "CPU block cache"); }
 
 class BlockCache final : public c10::Allocator {
  public:

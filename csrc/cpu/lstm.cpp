@@ -167,9 +167,9 @@ InputAndWeightGrads lstm_backward_impl(const RnnShapes& sh, const Rows<scalar_t>
     // unprojected h, is recomputed from the workspace rather than stored.
     const at::Tensor rows = ws.narrow(0, c.row_begin, c.rows());
     const at::Tensor hp = rows.narrow(1, 3 * H, H) * rows.narrow(1, 4 * H, H).tanh();
-    gemm<scalar_t>(true, false, P, H, c.rows(), scalar_t(1), doutp, P,
-                   hp.const_data_ptr<scalar_t>(), H, scalar_t(1),
-                   grad_w_hr.mutable_data_ptr<scalar_t>(), H);
+    parallel_gemm<scalar_t>(P, H, c.rows(), GemmA<scalar_t>::transposed(doutp, P),
+                            GemmB<scalar_t>::rows(hp.const_data_ptr<scalar_t>(), H), scalar_t(1),
+                            grad_w_hr.mutable_data_ptr<scalar_t>(), H);
     if (grads.chunks_left()) chunk = grads.chunk();
   };
   team.run_projected(grads, dhs, units, point, output_grad, grad_w_hr_of_chunk);

@@ -8,12 +8,13 @@
 #include <algorithm>
 #include <atomic>
 #include <cstring>
+#include <memory>
 #include <utility>
 #include <vector>
 
-#include "../common/blas.h"
 #include "../common/sequence.h"
 #include "block_cache.h"
+#include "gemm.h"
 #include "prev_rows.h"
 #include "recurrent_gemm.h"
 #include "step_team.h"
@@ -47,13 +48,11 @@ class ForwardTeam {
               const UnitBlocks& units, const at::Tensor& h0)
       : s_(s), x_(x), gates_(gates), G_(w_ih.size(0)), units_(units),
         whole_(units.count() == 1 && s.rows * w_ih.size(0) <= kWholeElements),
-        w_ih_(whole_ ? cached_contiguous(w_ih) : at::Tensor()),
+        w_ih_(whole_ ? packed_whole<scalar_t>(w_ih) : nullptr),
         chunks_(s, w_ih.size(0), whole_),
         input_(whole_ ? UnitBlockGemm<scalar_t>()
                       : UnitBlockGemm<scalar_t>(w_ih, gates, units.units, units,
-                                                packs_input(gates, units, w_ih.size(1))
-                                                    ? chunks_.max_rows()
-                                                    : 0)),
+                                                chunks_.max_rows())),
         gate_buf_(cached_empty({chunks_.max_rows(), w_ih.size(0)}, x.options())),
         h_buf_(at::empty({2, h0.size(0), h0.size(1)}, x.options())) {
     h_buf_[0].copy_(h0);
@@ -74,8 +73,8 @@ class ForwardTeam {
     scalar_t* hb = h_buf_.mutable_data_ptr<scalar_t>();
     if (whole_) {
       // gates[R, G] = x @ w_ih^T: the one block's columns are w_ih's rows in order.
-      gemm<scalar_t>(false, true, s_.rows, G_, I, scalar_t(1), xp, I,
-                     w_ih_.const_data_ptr<scalar_t>(), I, scalar_t(0), gp, G_);
+      parallel_gemm<scalar_t>(s_.rows, G_, I, GemmA<scalar_t>::rows(xp, I), w_ih_->b(),
+                              scalar_t(0), gp, G_);
     }
     run_team(std::max(finish_blocks, units_.count()), [&](const TeamMember& me) {
       const auto [b0, b1] = me.share(units_.count());
@@ -113,18 +112,8 @@ class ForwardTeam {
   UnitBlocks units_;
   static constexpr int64_t kWholeElements = int64_t(1) << 20;
 
-  // Whether the chunk GEMMs run on weight blocks packed once per call (for chunks of the
-  // full row count; UnitBlockGemm) rather than on plain ones, which MKL repacks at every
-  // chunk. Worth it for blocks of 256 KiB and more: the forward at (T, N, I, H) =
-  // (100, 64, 512, 512), blocks of 512-768 KiB, was 8% faster for LSTM, 4-10% for GRU
-  // and 0-7% for RNN (medians, alternating calls in one process); at (100, 16, 128, 128),
-  // blocks of 64-96 KiB, it was 5-12% slower (MKL then copies the chunk's x instead).
-  static bool packs_input(int64_t gates, const UnitBlocks& units, int64_t input_size) {
-    constexpr int64_t kMinBytes = int64_t(256) << 10;
-    return gates * units.size * input_size * int64_t(sizeof(scalar_t)) >= kMinBytes;
-  }
   bool whole_;  // one block: the input projection is made before the loop
-  at::Tensor w_ih_;                // used when whole_
+  std::shared_ptr<const PackedWeight<scalar_t>> w_ih_;  // used when whole_
   StepChunks chunks_;
   UnitBlockGemm<scalar_t> input_;  // by blocks, chunk by chunk, otherwise
   at::Tensor gate_buf_, h_buf_;
@@ -189,7 +178,7 @@ struct GemmSum {
 // another, and a sum too small to split runs beside the others instead of leaving
 // threads idle (the RNN backward at (T, N, I, H) = (100, 16, 128, 128) has an 8-block
 // input gradient and two single-block weight gradients per chunk). A block is the same
-// BLAS calls whichever thread runs it, so results do not depend on the thread count.
+// kernel calls whichever thread runs it, so results do not depend on the thread count.
 template <typename scalar_t>
 void run_gemm_sums(const std::vector<GemmSum<scalar_t>>& sums) {
   struct Block {
@@ -201,12 +190,7 @@ void run_gemm_sums(const std::vector<GemmSum<scalar_t>>& sums) {
   for (size_t s = 0; s < sums.size(); ++s) {
     const GemmSum<scalar_t>& g = sums[s];
     int64_t k = 0;
-    // The checks blas_gemm makes, made here: nothing may throw inside the team.
-    for (const int64_t v : {g.m, g.n, g.ldc}) blas_int(v, "a GEMM extent");
-    for (const GemmTerm<scalar_t>& t : g.terms) {
-      for (const int64_t v : {t.k, t.lda, t.ldb}) blas_int(v, "a GEMM extent");
-      k += t.k;
-    }
+    for (const GemmTerm<scalar_t>& t : g.terms) k += t.k;
     if (g.m == 0 || g.n == 0) continue;
     const GemmBlocks gb = gemm_blocks(g.m, g.n, k);
     for (int64_t id = 0; id < gb.count(); ++id) {
@@ -222,10 +206,17 @@ void run_gemm_sums(const std::vector<GemmSum<scalar_t>>& sums) {
       const GemmBlocks::Block& bl = blocks[i].c;
       const GemmSum<scalar_t>& g = sums[blocks[i].sum];
       scalar_t beta = g.beta;
+      if (g.terms.empty()) {  // a sum of nothing: C = beta * C
+        tile_gemm<scalar_t>(bl.mi, bl.ni, 0, GemmA<scalar_t>::rows(nullptr, 0),
+                            GemmB<scalar_t>::rows(nullptr, 0), beta, g.c + bl.i0 * g.ldc + bl.j0,
+                            g.ldc);
+      }
       for (const GemmTerm<scalar_t>& t : g.terms) {
-        const scalar_t* a = t.trans_a ? t.a + bl.i0 : t.a + bl.i0 * t.lda;
-        blas_gemm<scalar_t>(t.trans_a, false, bl.mi, bl.ni, t.k, scalar_t(1), a, t.lda,
-                            t.b + bl.j0, t.ldb, beta, g.c + bl.i0 * g.ldc + bl.j0, g.ldc);
+        const GemmA<scalar_t> a = t.trans_a ? GemmA<scalar_t>::transposed(t.a, t.lda)
+                                            : GemmA<scalar_t>::rows(t.a, t.lda);
+        tile_gemm<scalar_t>(bl.mi, bl.ni, t.k, a.from_row(bl.i0),
+                            GemmB<scalar_t>::rows(t.b + bl.j0, t.ldb), beta,
+                            g.c + bl.i0 * g.ldc + bl.j0, g.ldc);
         beta = scalar_t(1);
       }
     }
@@ -280,10 +271,17 @@ class ChunkedGrads {
     ones_ = at::ones({most}, opts);
     // Every row is in one chunk, whose first GEMM sets it: no need to clear it first.
     g_.grad_input = cached_empty({s.rows, I_}, opts);
-    g_.grad_w_ih = cached_zeros({gates_h, I_}, opts);
-    g_.grad_w_hh = cached_zeros({gates_h, P_}, opts);
-    g_.grad_b_ih = at::zeros({gates_h}, opts);
-    g_.grad_b_hh = at::zeros({gates_h}, opts);
+    // Likewise the weight and bias gradients when the column lists cover every row: the
+    // first chunk's sums set them (beta = 0). Clearing them first cost a pass over each
+    // weight per call, most of a one-step backward: GRU, hidden size 500, batch 1.
+    first_sets_ = !chunks_.empty() && covers(input_side_, gates_h) && covers(hidden_side_, gates_h);
+    const auto make = [&](at::IntArrayRef size) {
+      return first_sets_ ? cached_empty(size, opts) : cached_zeros(size, opts);
+    };
+    g_.grad_w_ih = make({gates_h, I_});
+    g_.grad_w_hh = make({gates_h, P_});
+    g_.grad_b_ih = make({gates_h});
+    g_.grad_b_hh = make({gates_h});
   }
 
   // The gate-gradient row of flat row r, which must be in the current chunk.
@@ -327,6 +325,7 @@ class ChunkedGrads {
   // range, as independent sums (run_gemm_sums) whose blocks share the threads.
   void accumulate(const StepChunk& c) {
     const int64_t r0 = c.row_begin, rows = c.rows(), I = I_, P = P_;
+    const scalar_t beta = first_sets_ && current_ == 0 ? scalar_t(0) : scalar_t(1);
     const scalar_t* dg = buffer_.const_data_ptr<scalar_t>();
     const scalar_t* ones = ones_.const_data_ptr<scalar_t>();
     const std::vector<PrevRun> runs = previous_states(c);
@@ -343,19 +342,19 @@ class ChunkedGrads {
     for (const GateColumns& g : input_side_) {
       // grad_w_ih[g.dst : g.dst+count] += dg[:, cols]^T @ x[r0 : r0+rows]
       sums.push_back({g.count, I, g_.grad_w_ih.mutable_data_ptr<scalar_t>() + g.dst * I, I,
-                      scalar_t(1),
+                      beta,
                       {{true, rows, dg + g.src, ld_, x_.const_data_ptr<scalar_t>() + r0 * I, I}}});
-      sums.push_back(column_sum(g, rows, dg, ones, g_.grad_b_ih));
+      sums.push_back(column_sum(g, rows, dg, ones, g_.grad_b_ih, beta));
     }
     for (const GateColumns& g : hidden_side_) {
       // grad_w_hh[g.dst : g.dst+count] += sum over the runs of dg[run, cols]^T @ h_prev[run]
       GemmSum<scalar_t> hidden{g.count, P, g_.grad_w_hh.mutable_data_ptr<scalar_t>() + g.dst * P,
-                               P, scalar_t(1), {}};
+                               P, beta, {}};
       for (const PrevRun& run : runs) {
         hidden.terms.push_back({true, run.rows, dg + run.first * ld_ + g.src, ld_, run.prev, P});
       }
       sums.push_back(std::move(hidden));
-      if (!same_sides_) sums.push_back(column_sum(g, rows, dg, ones, g_.grad_b_hh));
+      if (!same_sides_) sums.push_back(column_sum(g, rows, dg, ones, g_.grad_b_hh, beta));
     }
     run_gemm_sums(sums);
   }
@@ -366,6 +365,18 @@ class ChunkedGrads {
     int64_t first, rows;
     const scalar_t* prev;
   };
+
+  // Whether the column ranges' destinations tile [0, rows) exactly.
+  static bool covers(std::vector<GateColumns> side, int64_t rows) {
+    std::sort(side.begin(), side.end(),
+              [](const GateColumns& x, const GateColumns& y) { return x.dst < y.dst; });
+    int64_t next = 0;
+    for (const GateColumns& g : side) {
+      if (g.dst != next) return false;
+      next += g.count;
+    }
+    return next == rows;
+  }
 
   // The chunk's rows split into runs whose previous states are consecutive rows. When
   // every step has the same rows, those are the neighbouring step's rows of out, or h0
@@ -398,8 +409,8 @@ class ChunkedGrads {
   // bias[g.dst : g.dst+count] += ones[rows] @ dg[:, cols], a GEMM so that it too is split
   // only across columns.
   GemmSum<scalar_t> column_sum(const GateColumns& g, int64_t rows, const scalar_t* dg,
-                               const scalar_t* ones, at::Tensor& bias) {
-    return {1, g.count, bias.mutable_data_ptr<scalar_t>() + g.dst, g.count, scalar_t(1),
+                               const scalar_t* ones, at::Tensor& bias, scalar_t beta) {
+    return {1, g.count, bias.mutable_data_ptr<scalar_t>() + g.dst, g.count, beta,
             {{false, rows, ones, rows, dg + g.src, ld_}}};
   }
 
@@ -431,6 +442,7 @@ class ChunkedGrads {
   std::vector<StepChunk> chunks_;
   size_t current_ = 0;
   bool uniform_ = false;  // every step has all N rows
+  bool first_sets_ = false;  // the first chunk's sums set the weight gradients
   at::Tensor buffer_, h_prev_, ones_;
   InputAndWeightGrads g_;
 };

@@ -1,138 +1,118 @@
 #pragma once
-// The per-step recurrent GEMM, whose weight is the same at every step. With MKL (x86-64
-// torch wheels) it is packed once per sequence into MKL's internal panel format
-// (cblas_sgemm_pack), so the steps do not repack it: that copy was ~7% of an LSTM
-// forward at (T, N, H) = (100, 16, 128). It is cut by the blocks of units of a thread
-// team (step_team.h), one packed weight per block.
-// The MKL entry points are weak symbols: where the BLAS under torch is not MKL they
-// resolve to null and the plain BLAS GEMM is used.
+// The per-step recurrent GEMM, whose weight is the same at every step: packed into the GEMM
+// kernel's panels (gemm.h) once, and kept across calls while the weight is unchanged
+// (weight_cache.h). It is cut by the blocks of units of a thread team (step_team.h), one
+// packed weight per block.
 #include <ATen/ATen.h>
 
-#include <cstddef>
+#include <algorithm>
+#include <cstdint>
+#include <memory>
 #include <vector>
 
-#include "../common/blas.h"
-#include "block_cache.h"
+#include "gemm.h"
 #include "small_batch_gemm.h"
 #include "step_team.h"
-
-extern "C" {
-size_t cblas_sgemm_pack_get_size(int identifier, int m, int n, int k) __attribute__((weak));
-void cblas_sgemm_pack(int layout, int identifier, int trans, int m, int n, int k, float alpha,
-                      const float* src, int ld, float* dest) __attribute__((weak));
-void cblas_sgemm_compute(int layout, int transa, int transb, int m, int n, int k,
-                         const float* a, int lda, const float* b, int ldb, float beta,
-                         float* c, int ldc) __attribute__((weak));
-}
+#include "weight_cache.h"
 
 namespace gatedrnn {
 
-// MKL's CBLAS enum values.
-constexpr int kCblasRowMajor = 101, kCblasNoTrans = 111, kCblasTrans = 112;
-constexpr int kCblasBMatrix = 162, kCblasPacked = 151;
+// The packed blocks of a UnitBlockGemm: per block, one of the two is defined.
+template <typename scalar_t>
+struct UnitBlockPacking {
+  std::vector<PackedWeight<scalar_t>> packed;
+  std::vector<SmallBatchGemm<scalar_t>> small;
+  int64_t bytes() const {
+    int64_t total = 0;
+    for (const auto& p : packed) total += p.bytes();
+    for (const auto& p : small) total += p.bytes();
+    return total;
+  }
+};
+
+// Tags of the packings kept in the weight cache.
+enum PackingTag : int64_t { kUnitBlockPacking = 1, kWholePacking = 2 };
 
 // The per-step recurrent GEMM cut by blocks of hidden units: block b
 // computes C_b[m, gates * len] = A[m, k] @ W_b^T, where W_b is the rows
 // {g * gate_stride + begin(b) + j : g < gates, j < len} of W [rows, k] (the weight rows
-// of the block's units for every gate), gathered once per sequence and, with MKL,
-// packed for m == packed_m. Batches of a few rows with a small W_b run on
-// SmallBatchGemm instead (small_batch_gemm.h), for every m.
+// of the block's units for every gate). Batches of up to max_m <=
+// SmallBatchGemm::kMaxBatch rows with a small W_b run on SmallBatchGemm instead
+// (small_batch_gemm.h).
 template <typename scalar_t>
 class UnitBlockGemm {
  public:
   UnitBlockGemm() = default;
-  // w: [rows, k], any strides (a transposed weight is fine).
+  // w: [rows, k], any strides (a transposed weight is fine). max_m: the most rows a
+  // step will have.
   UnitBlockGemm(const at::Tensor& w, int64_t gates, int64_t gate_stride, UnitBlocks units,
-                int64_t packed_m)
-      : units_(units), gates_(gates), k_(w.size(1)), packed_m_(packed_m) {
-    blas_int(k_, "k");
-    blas_int(packed_m_, "m");
-    packed_.resize(units.count());
+                int64_t max_m)
+      : units_(units), gates_(gates), max_m_(max_m), reverse_(units.count(), 0) {
+    const int64_t small_m = std::clamp<int64_t>(max_m, 0, SmallBatchGemm<scalar_t>::kMaxBatch + 1);
+    packing_ = cached_packing_of<UnitBlockPacking<scalar_t>>(
+        w, {kUnitBlockPacking, gates, gate_stride, units.units, units.size, small_m},
+        [&]() { return pack(w, gates, gate_stride, units, small_m); });
+  }
+
+  // C_b[:m] = A[:m] @ W_b^T + beta * C_b[:m]; c points at C_b's first column.
+  // Single-threaded; two threads may run two different blocks at once.
+  void run(int64_t b, int64_t m, const scalar_t* a, int64_t lda, scalar_t beta, scalar_t* c,
+           int64_t ldc) const {
+    if (m == 0 || gates_ * units_.length(b) == 0) return;
+    const SmallBatchGemm<scalar_t>& small = packing_->small[b];
+    if (small.defined()) {
+      TORCH_INTERNAL_ASSERT(m <= max_m_, "gatedrnn: a step of ", m, " rows, above the ",
+                            max_m_, " the recurrent GEMM was made for");
+      // Each run visits the panels in the order opposite to the last one's.
+      small.run(m, a, lda, beta, c, ldc, reverse_[b] != 0);
+      reverse_[b] = !reverse_[b];
+      return;
+    }
+    packing_->packed[b].run(m, a, lda, beta, c, ldc);
+  }
+
+ private:
+  static std::shared_ptr<const UnitBlockPacking<scalar_t>> pack(const at::Tensor& w,
+                                                                int64_t gates,
+                                                                int64_t gate_stride,
+                                                                UnitBlocks units,
+                                                                int64_t small_m) {
+    auto made = std::make_shared<UnitBlockPacking<scalar_t>>();
+    const int64_t k = w.size(1);
     for (int64_t b = 0; b < units.count(); ++b) {
-      // W_b: W itself when the one block has every unit, else its rows gathered.
+      // W_b: W itself when the one block has every unit, else its rows.
       at::Tensor w_b = w;
       if (units.count() != 1 || gates * gate_stride != w.size(0)) {
         std::vector<at::Tensor> rows;
         for (int64_t g = 0; g < gates; ++g) {
           rows.push_back(w.narrow(0, g * gate_stride + units.begin(b), units.length(b)));
         }
-        w_b = cached_empty({gates * units.length(b), k_}, w.options());
-        at::cat_out(w_b, rows);
+        w_b = at::cat(rows);
       }
-      if (SmallBatchGemm<scalar_t>::suits(packed_m_, w_b.size(0), k_)) {
-        // Every m <= packed_m runs on panels made from W_b (any strides).
-        small_.emplace_back(w_b);
-        weights_.emplace_back();
-        continue;
+      if (SmallBatchGemm<scalar_t>::suits(small_m, w_b.size(0), k)) {
+        made->small.emplace_back(w_b);
+        made->packed.emplace_back();
+      } else {
+        made->small.emplace_back();
+        made->packed.emplace_back(w_b);
       }
-      weights_.push_back(cached_contiguous(w_b));
-      blas_int(weights_.back().size(0), "n");
-      small_.emplace_back();
-      pack(b);
     }
+    return made;
   }
-
-  // C_b[:m] = A[:m] @ W_b^T + beta * C_b[:m]; c points at C_b's first column.
-  // Single-threaded.
-  void run(int64_t b, int64_t m, const scalar_t* a, int64_t lda, scalar_t beta, scalar_t* c,
-           int64_t ldc) const {
-    const int64_t n = gates_ * units_.length(b);
-    if (m == 0 || n == 0) return;
-    if (small_[b].defined()) {
-      TORCH_INTERNAL_ASSERT(m <= packed_m_, "gatedrnn: a step of ", m, " rows, above the ",
-                            packed_m_, " the recurrent GEMM was made for");
-      small_[b].run(m, a, lda, beta, c, ldc);
-      return;
-    }
-    if (packed_[b].defined() && m == packed_m_) {
-      compute_packed(b, m, a, lda, beta, c, ldc);
-      return;
-    }
-    blas_gemm<scalar_t>(false, true, m, n, k_, scalar_t(1), a, lda,
-                        weights_[b].template const_data_ptr<scalar_t>(), k_, beta, c, ldc);
-  }
-
- private:
-  void pack(int64_t) {}
-  void compute_packed(int64_t, int64_t, const scalar_t*, int64_t, scalar_t, scalar_t*,
-                      int64_t) const {}
 
   UnitBlocks units_;
-  int64_t gates_ = 0, k_ = 0, packed_m_ = 0;
-  std::vector<at::Tensor> weights_;  // W_b: [gates * len, k]
-  std::vector<at::Tensor> packed_;   // bytes of MKL's packed W_b^T (undefined: not packed)
-  // Per block: defined where W_b runs on SmallBatchGemm (then weights_[b] and
-  // packed_[b] are not). Mutable: each run flips its panel order.
-  mutable std::vector<SmallBatchGemm<scalar_t>> small_;
+  int64_t gates_ = 0, max_m_ = 0;
+  std::shared_ptr<const UnitBlockPacking<scalar_t>> packing_;
+  // Per block, this call's next visiting order for SmallBatchGemm (a char: vector<bool>
+  // packs bits, and two threads write neighbouring blocks).
+  mutable std::vector<char> reverse_;
 };
 
-template <>
-inline void UnitBlockGemm<float>::pack(int64_t b) {
-  if (!cblas_sgemm_pack_get_size || !cblas_sgemm_pack || !cblas_sgemm_compute) return;
-  if (packed_m_ <= 0 || k_ <= 0) return;
-  const int m = static_cast<int>(packed_m_), k = static_cast<int>(k_);
-  const int n = static_cast<int>(weights_[b].size(0));
-  if (n == 0) return;
-  // MKL may lay out a packed matrix for the threads that will use it; every block runs
-  // single-threaded, so pack it that way too.
-  const SerialBlas serial;
-  const size_t bytes = cblas_sgemm_pack_get_size(kCblasBMatrix, m, n, k);
-  at::Tensor block = cached_empty({static_cast<int64_t>(bytes)}, at::kByte);
-  cblas_sgemm_pack(kCblasRowMajor, kCblasBMatrix, kCblasTrans, m, n, k, 1.0f,
-                   weights_[b].const_data_ptr<float>(), k,
-                   reinterpret_cast<float*>(block.mutable_data_ptr<uint8_t>()));
-  packed_[b] = std::move(block);
-}
-
-template <>
-inline void UnitBlockGemm<float>::compute_packed(int64_t b, int64_t m, const float* a,
-                                                 int64_t lda, float beta, float* c,
-                                                 int64_t ldc) const {
-  const int n = static_cast<int>(weights_[b].size(0));
-  cblas_sgemm_compute(kCblasRowMajor, kCblasNoTrans, kCblasPacked, static_cast<int>(m), n,
-                      static_cast<int>(k_), a, static_cast<int>(lda),
-                      reinterpret_cast<const float*>(packed_[b].const_data_ptr<uint8_t>()), n,
-                      beta, c, static_cast<int>(ldc));
+// W^T of a whole weight packed for parallel_gemm, kept across calls like the blocks above.
+template <typename scalar_t>
+std::shared_ptr<const PackedWeight<scalar_t>> packed_whole(const at::Tensor& w) {
+  return cached_packing_of<PackedWeight<scalar_t>>(
+      w, {kWholePacking}, [&]() { return std::make_shared<const PackedWeight<scalar_t>>(w); });
 }
 
 }  // namespace gatedrnn

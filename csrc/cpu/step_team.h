@@ -22,7 +22,7 @@
 #include <omp.h>
 #endif
 
-#include "../common/blas.h"
+#include "gemm.h"
 #include "../common/sequence.h"
 
 namespace gatedrnn {
@@ -78,8 +78,7 @@ class TeamMember {
   int64_t id_, size_;
 };
 
-// Runs body(const TeamMember&) on min(max_threads, at::get_num_threads()) threads, each
-// with single-threaded BLAS. Every thread must reach the same barriers; the body must
+// Runs body(const TeamMember&) on min(max_threads, at::get_num_threads()) threads. Every thread must reach the same barriers; the body must
 // not throw (an exception cannot leave a parallel region), so all argument checks are
 // made before.
 template <typename Body>
@@ -89,14 +88,10 @@ void run_team(int64_t max_threads, const Body& body) {
 #ifdef _OPENMP
   if (threads > 1) {
 #pragma omp parallel num_threads(static_cast<int>(threads))
-    {
-      const SerialBlas serial;
-      body(TeamMember(omp_get_thread_num(), omp_get_num_threads()));
-    }
+    body(TeamMember(omp_get_thread_num(), omp_get_num_threads()));
     return;
   }
 #endif
-  const SerialBlas serial;
   body(TeamMember(0, 1));
 }
 

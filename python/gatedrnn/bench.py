@@ -9,8 +9,10 @@ timed: warm-up, then `repeats` rounds (more for short rows, so that each side ru
 least --min-time seconds) that each time torch.nn once and gatedrnn once (alternating
 which goes first), and the medians are reported. GFLOP/s counts the GEMM FLOPs
 (input and recurrent projections; x3 for training: forward, data gradients, weight
-gradients) and is compared with this machine's GEMM peak, measured at start-up with a large
-torch.mm in the same dtype. Peak memory (CPU: resident-set growth over one step, the second
+gradients) and is compared with this machine's peak: on the CPU, the FMA peak (a
+register-only loop of fused multiply-adds of ours, with the ISA our kernels use, on every
+thread at once), beside which the header gives what the libraries' GEMMs reach (torch.mm,
+i.e. MKL on x86-64 wheels, and oneDNN); on the GPU a large torch.mm in the same dtype. Peak memory (CPU: resident-set growth over one step, the second
 of two, in a fresh child process; CUDA: torch.cuda.max_memory_allocated) is measured after
 timing.
 
@@ -40,7 +42,16 @@ CONFIGS = {
     "long": (1000, 8, 256, 256, 1, False, False),
     "large-2l-bi": (100, 64, 512, 512, 2, True, False),
     "large-packed": (100, 64, 512, 512, 1, False, True),
+    # Step-by-step calls (seq2seq decoders, RL policies, streaming): T = 1 per call, the
+    # state carried from call to call, 2 layers; timed per call (DECODE_CALLS calls per
+    # round), LSTM and GRU.
+    "decode-n1-h256": (1, 1, 256, 256, 2, False, False),
+    "decode-n64-h256": (1, 64, 256, 256, 2, False, False),
+    "decode-n1-h512": (1, 1, 512, 512, 2, False, False),
+    "decode-n64-h512": (1, 64, 512, 512, 2, False, False),
 }
+DECODE_CALLS = 20
+DECODE_CELLS = ("lstm", "gru")
 CELLS = {"lstm": (torch.nn.LSTM, gatedrnn.LSTM, 4), "gru": (torch.nn.GRU, gatedrnn.GRU, 3),
          "rnn": (torch.nn.RNN, gatedrnn.RNN, 1)}
 MODES = ("inference", "training")
@@ -67,15 +78,37 @@ def gemm_flops(cell, T, N, I, H, layers, bidirectional, steps_total=None):
     return total
 
 
-def measure_gemm_peak(dtype, device, size=2048, repeats=10):
+def measure_gemm_peak(dtype, device, size=2048, repeats=10, library="torch.mm"):
+    """GFLOP/s of a size^3 GEMM: torch.mm, or ("onednn", CPU only) oneDNN's inner product
+    on mkldnn tensors (None where torch has no oneDNN)."""
     a = torch.randn(size, size, dtype=dtype, device=device)
     b = torch.randn(size, size, dtype=dtype, device=device)
+    fn = lambda: torch.mm(a, b)  # noqa: E731
+    if library == "onednn":
+        if device.type != "cpu" or not torch.backends.mkldnn.is_available():
+            return None
+        try:
+            am, bm = a.to_mkldnn(), b.to_mkldnn()
+            fn = lambda: torch._C._nn.mkldnn_linear(am, bm)  # noqa: E731
+            fn()
+        except RuntimeError:
+            return None
     for _ in range(2):
-        torch.mm(a, b)
+        fn()
     times = []
     for _ in range(repeats):
-        times.append(_timed(lambda: torch.mm(a, b), device))
+        times.append(_timed(fn, device))
     return 2 * size ** 3 / statistics.median(times) / 1e9
+
+
+def measure_fma_peak(dtype):
+    """GFLOP/s of our register-only FMA loop on every torch thread at once (the CPU's
+    limit for our kernels' ISA); None for dtypes it has no loop for."""
+    if dtype not in (torch.float32, torch.float64):
+        return None
+    from gatedrnn import _C
+    return max(_C.fma_peak_gflops(torch.get_num_threads(), dtype == torch.float64, 0.2)
+               for _ in range(3))
 
 
 def _sync(device):
@@ -102,6 +135,9 @@ class Row:
     def __init__(self, cell, config, mode, dtype, device):
         self.cell, self.config, self.mode = cell, config, mode
         T, N, I, H, layers, bidir, packed = CONFIGS[config]
+        # decode: DECODE_CALLS calls of one step each, the state carried between them
+        self.calls = DECODE_CALLS if config.startswith("decode") else 1
+        T = T * self.calls
         nn_cls, our_cls, _ = CELLS[cell]
         torch.manual_seed(0)
         self.ref = nn_cls(I, H, num_layers=layers, bidirectional=bidir).to(device, dtype)
@@ -115,8 +151,9 @@ class Row:
         out_features = H * (2 if bidir else 1)
         self.grad = torch.randn(self.rows if packed else T, *(() if packed else (N,)),
                                 out_features, dtype=dtype, device=device)
+        # per call
         self.flops = gemm_flops(cell, T, N, I, H, layers, bidir, self.rows) * (
-            3 if self.training else 1)
+            3 if self.training else 1) / self.calls
 
     def _input(self):
         if self.lengths is None:
@@ -127,7 +164,26 @@ class Row:
         out, _ = module(self._input())
         return out.data if self.lengths is not None else out
 
+    def _decode(self, module):
+        """The calls of a decode row; returns the last call's output. In training, each
+        call's output is differentiated at once (the state it hands on is detached)."""
+        state, out = None, None
+        for t in range(self.calls):
+            with torch.set_grad_enabled(self.training):
+                out, state = module(self.x[t:t + 1], state)
+                if self.training:
+                    out.backward(self.grad[t:t + 1])
+            state = (tuple(s.detach() for s in state) if isinstance(state, tuple)
+                     else state.detach())
+        return out.detach()
+
     def step(self, module):
+        if self.calls > 1:
+            if self.training:
+                module.zero_grad(set_to_none=True)
+                self.x.grad = None
+            self._decode(module)
+            return
         if self.training:
             module.zero_grad(set_to_none=True)
             self.x.grad = None
@@ -140,7 +196,12 @@ class Row:
         """Outputs (and, for training, input gradients) must agree before timing."""
         results = []
         for module in (self.ref, self.ours):
-            if self.training:
+            if self.calls > 1:
+                module.zero_grad(set_to_none=True)
+                self.x.grad = None
+                out = self._decode(module)
+                results.append((out, self.x.grad.clone()) if self.training else (out,))
+            elif self.training:
                 self.step(module)
                 results.append((self._output(module).detach(), self.x.grad.clone()))
             else:
@@ -248,31 +309,48 @@ def _progress(done, total, label):
         sys.stderr.write("\n")
 
 
-def machine_description(device):
-    if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)}, CUDA {torch.version.cuda}"
-    cpu = platform.processor() or platform.machine()
+def cpu_identity():
+    """(vendor, model name, family/model) of this CPU from /proc/cpuinfo, where there is one."""
+    fields = {}
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
+                if not line.strip():
                     break
+                key, _, value = line.partition(":")
+                fields[key.strip()] = value.strip()
     except OSError:
         pass
-    return (f"{cpu}, {os.cpu_count()} logical CPUs, {torch.get_num_threads()} torch threads, "
+    vendor = {"GenuineIntel": "Intel", "AuthenticAMD": "AMD"}.get(
+        fields.get("vendor_id", ""), fields.get("vendor_id") or platform.machine())
+    name = fields.get("model name") or platform.processor() or platform.machine()
+    family = (f"family {fields['cpu family']} model {fields['model']}"
+              if "cpu family" in fields and "model" in fields else "")
+    return vendor, name, family
+
+
+def machine_description(device):
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)}, CUDA {torch.version.cuda}"
+    vendor, name, family = cpu_identity()
+    which = f"{name} ({vendor}{', ' + family if family else ''})"
+    return (f"{which}, {os.cpu_count()} logical CPUs, {torch.get_num_threads()} torch threads, "
             f"gatedrnn CPU kernels: {gatedrnn.cpu_capability()}")
 
 
 def markdown(result):
+    libraries = ", ".join(
+        f"{name} {value:.1f}" for name, value in result.get("library_gemm_gflops", {}).items()
+        if value is not None)
+    peak = (f"FMA peak {result['peak_gflops']:.1f} GFLOP/s ({result['peak_source']})"
+            + (f"; library GEMMs 2048^3: {libraries} GFLOP/s" if libraries else ""))
     lines = [
         f"gatedrnn {result['gatedrnn']} vs torch {result['torch']} on {result['machine']}, "
         f"{result['dtype']}, median of at least {result['repeats']} interleaved runs "
-        f"(more for short rows: about {result['min_time']:g} s per side); "
-        f"GEMM peak {result['gemm_peak_gflops']:.1f} GFLOP/s (torch.mm 2048^3).",
+        f"(more for short rows: about {result['min_time']:g} s per side); {peak}.",
         "",
         "| cell | config (T, N, I, H) | mode | torch.nn ms | gatedrnn ms | speedup | "
-        "gatedrnn GFLOP/s | % of GEMM peak | torch.nn peak MiB | gatedrnn peak MiB |",
+        "gatedrnn GFLOP/s | % of peak | torch.nn peak MiB | gatedrnn peak MiB |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     fmt_mem = lambda v: "n/a" if v is None else f"{v:.1f}"  # noqa: E731
@@ -317,18 +395,27 @@ def run(args):
         # Strict-fp32 rows: no TF32 in torch.nn's cuDNN or in our GEMMs.
         torch.backends.cudnn.allow_tf32 = args.tf32
         torch.backends.cuda.matmul.allow_tf32 = args.tf32
-    peak = measure_gemm_peak(dtype, device)
+    libraries = {"torch.mm": measure_gemm_peak(dtype, device)}
+    peak = measure_fma_peak(dtype) if device.type == "cpu" else None
+    if peak is not None:
+        libraries["oneDNN"] = measure_gemm_peak(dtype, device, library="onednn")
+        source = f"our register-only FMA loop, {torch.get_num_threads()} threads"
+    else:
+        peak, source = libraries["torch.mm"], "torch.mm 2048^3"
     result = {"gatedrnn": gatedrnn.__version__, "torch": torch.__version__,
               "machine": machine_description(device), "device": str(device),
+              "cpu": dict(zip(("vendor", "model", "family"), cpu_identity())),
               "dtype": args.dtype, "tf32": args.tf32, "repeats": args.repeats,
-              "min_time": args.min_time,
-              "gemm_peak_gflops": peak, "command": " ".join(sys.argv), "rows": []}
-    plan = [(c, s, m) for c in args.cells for s in args.configs for m in args.modes]
+              "min_time": args.min_time, "peak_gflops": peak, "peak_source": source,
+              "library_gemm_gflops": libraries, "command": " ".join(sys.argv), "rows": []}
+    plan = [(c, s, m) for c in args.cells for s in args.configs for m in args.modes
+            if c in DECODE_CELLS or not s.startswith("decode")]
     for k, (cell, config, mode) in enumerate(plan):
         _progress(k, len(plan), f"{cell} {config} {mode}")
         row = Row(cell, config, mode, dtype, device)
         row.check()
         t, rounds = time_row(row, device, args.repeats, args.warmup, args.min_time)
+        t = {name: value / row.calls for name, value in t.items()}  # per call
         mem = {} if args.no_memory else {
             name: peak_memory(row, name, device, args.dtype) for name in ("torch", "gatedrnn")}
         result["rows"].append({

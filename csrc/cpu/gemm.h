@@ -1,0 +1,170 @@
+#pragma once
+// Our GEMM, for every product of the CPU ops: the recurrent GEMM of each step, the input
+// projection, and the input and weight gradients. No allocation and no dispatcher call,
+// so it can sit in the time loop; the micro-kernel is built once per ISA
+// (isa/gemm_tiles.h) and everything here is plain C++.
+//
+// Each output is one chain of fused multiply-adds over the whole k, in order (no split of
+// k), so its bits depend on neither the blocking nor the thread count, and a thread can
+// run several blocks as one call. It replaced MKL's sgemm (and its packed form) and dgemm,
+// which is fast on Intel only. On the AMD EPYC (Zen 3, AVX2, one core) it was written on:
+// the step products (m, n, k) = (64, 1024, 512) and (64, 256, 2048) at 80-84 GFLOP/s
+// against MKL's 59-61 (torch.mm, one thread), a weight gradient (2048, 512, 1024) with A
+// transposed at 66-70 against 68, an input gradient (1024, 512, 2048) at 64-71 against 77.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cstdint>
+
+#include "block_cache.h"
+#include "isa/gemm_tiles.h"
+
+namespace gatedrnn {
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// A as the micro-kernel reads it: a(r, kk) = data[r * row + kk * step].
+template <typename scalar_t>
+struct GemmA {
+  const scalar_t* data;
+  int64_t row, step;
+  // A row-major [m, k] (leading dim ld), or one stored [k, m] and used transposed.
+  static GemmA rows(const scalar_t* a, int64_t ld) { return {a, ld, 1}; }
+  static GemmA transposed(const scalar_t* a, int64_t ld) { return {a, 1, ld}; }
+  GemmA from_row(int64_t i0) const { return {data + i0 * row, row, step}; }
+};
+
+// B as the micro-kernel reads it, in panels of `width` columns (the kernel's):
+// b(kk, j) = data[(j / width) * panel + kk * ld + j % width].
+template <typename scalar_t>
+struct GemmB {
+  const scalar_t* data;
+  int64_t ld, panel, width;
+  // A row-major B [k, n] (leading dim ld), read in place.
+  static GemmB rows(const scalar_t* b, int64_t ld) {
+    const int64_t w = gemm_kernels<scalar_t>().width;
+    return {b, ld, w, w};
+  }
+  // Columns from j0 on; j0 must start a panel unless B is read in place.
+  GemmB from_column(int64_t j0) const {
+    TORCH_INTERNAL_ASSERT(panel == width || j0 % width == 0,
+                          "gatedrnn: a packed GEMM operand cut inside a panel");
+    return {data + (j0 / width) * panel + j0 % width, ld, panel, width};
+  }
+};
+
+// C[m, n] = A @ B + beta * C on this thread (C not read when beta == 0).
+template <typename scalar_t>
+inline void tile_gemm(int64_t m, int64_t n, int64_t k, const GemmA<scalar_t>& a,
+                      const GemmB<scalar_t>& b, scalar_t beta, scalar_t* c, int64_t ldc) {
+  gemm_kernels<scalar_t>().gemm(m, n, k, a.data, a.row, a.step, b.data, b.ld, b.panel, beta, c,
+                                ldc);
+}
+
+// W^T for a weight W [n, k] (any strides) in panels of `width` columns:
+// [ceil(n / width), k, width], panels[p, kk, j] = W[p * width + j, kk], zeros past n, each
+// panel's k rows contiguous so that a kernel streams them. Always a copy: packings are
+// kept across calls (weight_cache.h), and one that shared the weight's memory would keep
+// the weight alive.
+inline at::Tensor pack_panels(const at::Tensor& w, int64_t width) {
+  const int64_t n = w.size(0), k = w.size(1), panels = ceil_div(n, width);
+  at::Tensor packed = cached_empty({panels, k, width}, w.options());
+  // packed[p, kk, j] = w[p * width + j, kk]
+  const int64_t full = n / width;
+  if (full > 0) {
+    packed.narrow(0, 0, full).copy_(w.narrow(0, 0, full * width).reshape({full, width, k})
+                                        .transpose(1, 2));
+  }
+  if (full < panels) {
+    at::Tensor last = packed.select(0, full);
+    last.zero_();
+    last.narrow(1, 0, n - full * width).copy_(w.narrow(0, full * width, n - full * width).t());
+  }
+  return packed;
+}
+
+// W^T for a weight W [n, k], packed once into the GEMM kernel's panels (pack_panels).
+template <typename scalar_t>
+class PackedWeight {
+ public:
+  PackedWeight() = default;
+  explicit PackedWeight(const at::Tensor& w)
+      : n_(w.size(0)), k_(w.size(1)), panels_(pack_panels(w, gemm_kernels<scalar_t>().width)) {}
+  bool defined() const { return panels_.defined(); }
+  int64_t n() const { return n_; }
+  int64_t k() const { return k_; }
+  int64_t bytes() const { return panels_.defined() ? panels_.nbytes() : 0; }
+  GemmB<scalar_t> b() const {
+    const int64_t width = gemm_kernels<scalar_t>().width;
+    return {panels_.template const_data_ptr<scalar_t>(), width, k_ * width, width};
+  }
+  // C[:m] = A[:m] @ W^T + beta * C[:m] on this thread.
+  void run(int64_t m, const scalar_t* a, int64_t lda, scalar_t beta, scalar_t* c,
+           int64_t ldc) const {
+    tile_gemm<scalar_t>(m, n_, k_, GemmA<scalar_t>::rows(a, lda), b(), beta, c, ldc);
+  }
+
+ private:
+  int64_t n_ = 0, k_ = 0;
+  at::Tensor panels_;
+};
+
+// How a GEMM's C is cut into blocks for threads: a function of the shape alone, never of
+// the thread count (though with one chain per output the bits would not change anyway).
+struct GemmBlocks {
+  int64_t m = 0, n = 0;    // C is [m, n]
+  int64_t mb = 0, nb = 0;  // block height and width
+  int64_t rows() const { return mb > 0 ? ceil_div(m, mb) : 0; }
+  int64_t cols() const { return nb > 0 ? ceil_div(n, nb) : 0; }
+  int64_t count() const { return rows() * cols(); }
+  // Block `id` (row-major over the grid of blocks): C[i0 : i0+mi, j0 : j0+ni].
+  struct Block {
+    int64_t i0, mi, j0, ni;
+  };
+  Block block(int64_t id) const {
+    const int64_t i0 = (id / cols()) * mb, j0 = (id % cols()) * nb;
+    return {i0, std::min(mb, m - i0), j0, std::min(nb, n - j0)};
+  }
+};
+
+// Blocks of at least ~2^21 multiply-adds (about 30 us on one core), at most 8 of them:
+// on the 2-core benchmark machine fewer, larger blocks beat 64 small ones (each parallel
+// region costs a fork/join, each block rereads its share of A and B); 8 keeps up to 8
+// threads busy. Halving stops at 128 rows and 256 columns. Widths are multiples of 64
+// columns, so that a block starts a panel of every kernel (16 to 32 columns).
+inline GemmBlocks gemm_blocks(int64_t m, int64_t n, int64_t k) {
+  constexpr int64_t kBlockWork = int64_t(1) << 21, kMaxBlocks = 8;
+  constexpr int64_t kMinRows = 128, kMinCols = 256;
+  GemmBlocks g{m, n, m, n};
+  const int64_t wanted =
+      std::min(kMaxBlocks, std::max<int64_t>(1, m * n * std::max<int64_t>(k, 1) / kBlockWork));
+  while (g.count() < wanted) {
+    const bool can_n = g.nb >= 2 * kMinCols, can_m = g.mb >= 2 * kMinRows;
+    if (can_n && (g.nb >= 2 * g.mb || !can_m)) {
+      g.nb = ceil_div(ceil_div(g.nb, 2), 64) * 64;
+    } else if (can_m) {
+      g.mb = ceil_div(ceil_div(g.mb, 2), 16) * 16;
+    } else {
+      break;
+    }
+  }
+  return g;
+}
+
+// C[m, n] = A @ B + beta * C, its blocks (gemm_blocks) spread over threads.
+template <typename scalar_t>
+void parallel_gemm(int64_t m, int64_t n, int64_t k, const GemmA<scalar_t>& a,
+                   const GemmB<scalar_t>& b, scalar_t beta, scalar_t* c, int64_t ldc) {
+  if (m == 0 || n == 0) return;
+  const GemmBlocks g = gemm_blocks(m, n, k);
+  at::parallel_for(0, g.count(), 1, [&](int64_t begin, int64_t end) {
+    for (int64_t id = begin; id < end; ++id) {
+      const GemmBlocks::Block bl = g.block(id);
+      tile_gemm<scalar_t>(bl.mi, bl.ni, k, a.from_row(bl.i0), b.from_column(bl.j0), beta,
+                          c + bl.i0 * ldc + bl.j0, ldc);
+    }
+  });
+}
+
+}  // namespace gatedrnn

@@ -1,0 +1,32 @@
+#pragma once
+// The micro-kernel of our GEMM (cpu/gemm.h), built once per ISA (isa/gemm_tiles.cpp):
+// C = A @ B + beta * C with B in panels of `width` columns, each output held in a register
+// for its whole sum over k.
+#include <cstdint>
+
+#include "../capability.h"
+
+namespace gatedrnn {
+
+template <typename scalar_t>
+struct GemmKernels {
+  // Columns per panel of B: two vectors of the ISA (32 floats with AVX-512, 16 with AVX2
+  // and the portable build).
+  int64_t width;
+  // c[:m, :n] = a @ b + beta * c[:m, :n] (c not read when beta == 0), where
+  //   a(r, kk) = a[r * a_row + kk * a_step]        (a row-major A, or a transposed one)
+  //   b(kk, j) = b[(j / width) * b_panel + kk * b_ld + j % width]
+  // so a row-major B [k, n] is b_ld = its leading dim, b_panel = width, and a packed one
+  // ([panels, k, width]) b_ld = width, b_panel = k * width. Columns of B past n are never
+  // read. Each output is one chain of fused multiply-adds over kk = 0, 1, ..., k - 1
+  // starting from zero, then beta * c is added (one more fused multiply-add), so its
+  // bits depend neither on m, n, the row or panel it is in, nor on how a caller cuts C
+  // into blocks.
+  void (*gemm)(int64_t m, int64_t n, int64_t k, const scalar_t* a, int64_t a_row,
+               int64_t a_step, const scalar_t* b, int64_t b_ld, int64_t b_panel, scalar_t beta,
+               scalar_t* c, int64_t ldc);
+};
+
+GATEDRNN_CPU_KERNELS(GemmKernels, gemm_kernels)
+
+}  // namespace gatedrnn
