@@ -1,6 +1,6 @@
 // The gatedrnn._C Python module. Importing it runs the static initializers that register
 // the ops (registration.cpp, cpu/, cuda/); its only functions manage the CPU block cache
-// (cpu/block_cache.h) and the cache of packed weights (cpu/weight_cache.h), say which build of the CPU micro-kernels runs (cpu/capability.h) and
+// (cpu/block_cache.h), say which build of the CPU micro-kernels runs (cpu/capability.h) and
 // measure the FMA peak the benchmark suite compares with (cpu/isa/fma_peak.h).
 #include <Python.h>
 
@@ -10,7 +10,6 @@
 #include "cpu/block_cache.h"
 #include "cpu/capability.h"
 #include "cpu/isa/fma_peak.h"
-#include "cpu/weight_cache.h"
 
 namespace {
 
@@ -21,15 +20,6 @@ PyObject* empty_cpu_cache(PyObject*, PyObject*) {
 
 PyObject* cpu_cache_bytes(PyObject*, PyObject*) {
   return PyLong_FromLongLong(gatedrnn::cpu_cache_bytes());
-}
-
-PyObject* empty_weight_cache(PyObject*, PyObject*) {
-  gatedrnn::empty_weight_cache();
-  Py_RETURN_NONE;
-}
-
-PyObject* weight_cache_bytes(PyObject*, PyObject*) {
-  return PyLong_FromLongLong(gatedrnn::weight_cache_bytes());
 }
 
 PyObject* cpu_capability(PyObject*, PyObject*) {
@@ -67,11 +57,6 @@ PyMethodDef methods[] = {
      "Frees the blocks the CPU block cache holds."},
     {"cpu_cache_bytes", cpu_cache_bytes, METH_NOARGS,
      "Bytes of freed blocks the CPU block cache holds."},
-    {"empty_weight_cache", empty_weight_cache, METH_NOARGS,
-     "Drops every packed weight the CPU ops keep across calls (needed only after a weight "
-     "was changed in a way PyTorch does not count, e.g. through .data)."},
-    {"weight_cache_bytes", weight_cache_bytes, METH_NOARGS,
-     "Bytes of packed weights the CPU ops keep across calls."},
     {"cpu_capability", cpu_capability, METH_NOARGS,
      "The build of the CPU micro-kernels in use: 'avx512', 'avx2' or 'default'."},
     {"fma_peak_gflops", fma_peak_gflops, METH_VARARGS,

@@ -64,9 +64,7 @@ inline void tile_gemm(int64_t m, int64_t n, int64_t k, const GemmA<scalar_t>& a,
 
 // W^T for a weight W [n, k] (any strides) in panels of `width` columns:
 // [ceil(n / width), k, width], panels[p, kk, j] = W[p * width + j, kk], zeros past n, each
-// panel's k rows contiguous so that a kernel streams them. Always a copy: packings are
-// kept across calls (weight_cache.h), and one that shared the weight's memory would keep
-// the weight alive.
+// panel's k rows contiguous so that a kernel streams them.
 inline at::Tensor pack_panels(const at::Tensor& w, int64_t width) {
   const int64_t n = w.size(0), k = w.size(1), panels = ceil_div(n, width);
   at::Tensor packed = cached_empty({panels, k, width}, w.options());

@@ -48,7 +48,9 @@ class ForwardTeam {
               const UnitBlocks& units, const at::Tensor& h0)
       : s_(s), x_(x), gates_(gates), G_(w_ih.size(0)), units_(units),
         whole_(units.count() == 1 && s.rows * w_ih.size(0) <= kWholeElements),
-        w_ih_(whole_ ? packed_whole<scalar_t>(w_ih) : nullptr),
+        direct_(whole_ && s.rows <= kDirectRows && w_ih.stride(1) == 1),
+        w_ih_(whole_ && !direct_ ? PackedWeight<scalar_t>(w_ih) : PackedWeight<scalar_t>()),
+        w_ih_direct_(direct_ ? w_ih : at::Tensor()),
         chunks_(s, w_ih.size(0), whole_),
         input_(whole_ ? UnitBlockGemm<scalar_t>()
                       : UnitBlockGemm<scalar_t>(w_ih, gates, units.units, units,
@@ -73,8 +75,15 @@ class ForwardTeam {
     scalar_t* hb = h_buf_.mutable_data_ptr<scalar_t>();
     if (whole_) {
       // gates[R, G] = x @ w_ih^T: the one block's columns are w_ih's rows in order.
-      parallel_gemm<scalar_t>(s_.rows, G_, I, GemmA<scalar_t>::rows(xp, I), w_ih_->b(),
-                              scalar_t(0), gp, G_);
+      if (direct_) {
+        // One or two rows: w_ih read in place, nothing packed.
+        gemm_kernels<scalar_t>().dot(s_.rows, G_, I, xp, I,
+                                     w_ih_direct_.const_data_ptr<scalar_t>(),
+                                     w_ih_direct_.stride(0), scalar_t(0), gp, G_);
+      } else {
+        parallel_gemm<scalar_t>(s_.rows, G_, I, GemmA<scalar_t>::rows(xp, I), w_ih_.b(),
+                                scalar_t(0), gp, G_);
+      }
     }
     run_team(std::max(finish_blocks, units_.count()), [&](const TeamMember& me) {
       const auto [b0, b1] = me.share(units_.count());
@@ -113,7 +122,9 @@ class ForwardTeam {
   static constexpr int64_t kWholeElements = int64_t(1) << 20;
 
   bool whole_;  // one block: the input projection is made before the loop
-  std::shared_ptr<const PackedWeight<scalar_t>> w_ih_;  // used when whole_
+  bool direct_;                    // whole_ with one or two rows
+  PackedWeight<scalar_t> w_ih_;    // used when whole_ and not direct_
+  at::Tensor w_ih_direct_;         // used when direct_
   StepChunks chunks_;
   UnitBlockGemm<scalar_t> input_;  // by blocks, chunk by chunk, otherwise
   at::Tensor gate_buf_, h_buf_;

@@ -1,44 +1,34 @@
 #pragma once
-// The per-step recurrent GEMM, whose weight is the same at every step: packed into the GEMM
-// kernel's panels (gemm.h) once, and kept across calls while the weight is unchanged
-// (weight_cache.h). It is cut by the blocks of units of a thread team (step_team.h), one
-// packed weight per block.
+// The per-step recurrent GEMM, whose weight is the same at every step. It is cut by the
+// blocks of units of a thread team (step_team.h), one weight block per team block, and
+// either packed once per call into the GEMM kernel's panels (gemm.h) or, for steps of
+// one or two rows, read where it is (GemmKernels::dot and the tiles on a B read in
+// place): a one-step call (T = 1: seq2seq decoders, RL policies, streaming) would
+// otherwise spend most of its time packing. A 2-layer GRU step with hidden size 500 at
+// batch 1 took 7.6 ms packing every weight, against torch.nn's 1.6.
+//
+// Packings are not kept from one call to the next. A cache keyed by the weight's storage,
+// data pointer and version counter made that GRU call 0.65 ms, but it cannot see writes
+// through `.data`, which PyTorch does not count: torch.autograd.gradcheck perturbs inputs
+// that way (and failed on stale packings), as do hand-written optimizers.
 #include <ATen/ATen.h>
 
-#include <algorithm>
 #include <cstdint>
-#include <memory>
 #include <vector>
 
 #include "gemm.h"
 #include "small_batch_gemm.h"
 #include "step_team.h"
-#include "weight_cache.h"
 
 namespace gatedrnn {
 
-// The packed blocks of a UnitBlockGemm: per block, one of the two is defined.
-template <typename scalar_t>
-struct UnitBlockPacking {
-  std::vector<PackedWeight<scalar_t>> packed;
-  std::vector<SmallBatchGemm<scalar_t>> small;
-  int64_t bytes() const {
-    int64_t total = 0;
-    for (const auto& p : packed) total += p.bytes();
-    for (const auto& p : small) total += p.bytes();
-    return total;
-  }
-};
-
-// Tags of the packings kept in the weight cache.
-enum PackingTag : int64_t { kUnitBlockPacking = 1, kWholePacking = 2 };
+// Steps of up to this many rows read the weight in place.
+constexpr int64_t kDirectRows = 2;
 
 // The per-step recurrent GEMM cut by blocks of hidden units: block b
 // computes C_b[m, gates * len] = A[m, k] @ W_b^T, where W_b is the rows
 // {g * gate_stride + begin(b) + j : g < gates, j < len} of W [rows, k] (the weight rows
-// of the block's units for every gate). Batches of up to max_m <=
-// SmallBatchGemm::kMaxBatch rows with a small W_b run on SmallBatchGemm instead
-// (small_batch_gemm.h).
+// of the block's units for every gate).
 template <typename scalar_t>
 class UnitBlockGemm {
  public:
@@ -47,38 +37,15 @@ class UnitBlockGemm {
   // step will have.
   UnitBlockGemm(const at::Tensor& w, int64_t gates, int64_t gate_stride, UnitBlocks units,
                 int64_t max_m)
-      : units_(units), gates_(gates), max_m_(max_m), reverse_(units.count(), 0) {
-    const int64_t small_m = std::clamp<int64_t>(max_m, 0, SmallBatchGemm<scalar_t>::kMaxBatch + 1);
-    packing_ = cached_packing_of<UnitBlockPacking<scalar_t>>(
-        w, {kUnitBlockPacking, gates, gate_stride, units.units, units.size, small_m},
-        [&]() { return pack(w, gates, gate_stride, units, small_m); });
-  }
-
-  // C_b[:m] = A[:m] @ W_b^T + beta * C_b[:m]; c points at C_b's first column.
-  // Single-threaded; two threads may run two different blocks at once.
-  void run(int64_t b, int64_t m, const scalar_t* a, int64_t lda, scalar_t beta, scalar_t* c,
-           int64_t ldc) const {
-    if (m == 0 || gates_ * units_.length(b) == 0) return;
-    const SmallBatchGemm<scalar_t>& small = packing_->small[b];
-    if (small.defined()) {
-      TORCH_INTERNAL_ASSERT(m <= max_m_, "gatedrnn: a step of ", m, " rows, above the ",
-                            max_m_, " the recurrent GEMM was made for");
-      // Each run visits the panels in the order opposite to the last one's.
-      small.run(m, a, lda, beta, c, ldc, reverse_[b] != 0);
-      reverse_[b] = !reverse_[b];
+      : units_(units), gates_(gates), gate_stride_(gate_stride), max_m_(max_m),
+        k_(w.size(1)) {
+    if (max_m <= kDirectRows && (w.stride(1) == 1 || w.stride(0) == 1)) {
+      // In place: rows of W contiguous (dot), or W^T's rows (the tiles on B in place).
+      w_ = w;
+      rows_ = w.stride(1) == 1;
       return;
     }
-    packing_->packed[b].run(m, a, lda, beta, c, ldc);
-  }
-
- private:
-  static std::shared_ptr<const UnitBlockPacking<scalar_t>> pack(const at::Tensor& w,
-                                                                int64_t gates,
-                                                                int64_t gate_stride,
-                                                                UnitBlocks units,
-                                                                int64_t small_m) {
-    auto made = std::make_shared<UnitBlockPacking<scalar_t>>();
-    const int64_t k = w.size(1);
+    reverse_.assign(units.count(), 0);
     for (int64_t b = 0; b < units.count(); ++b) {
       // W_b: W itself when the one block has every unit, else its rows.
       at::Tensor w_b = w;
@@ -89,30 +56,60 @@ class UnitBlockGemm {
         }
         w_b = at::cat(rows);
       }
-      if (SmallBatchGemm<scalar_t>::suits(small_m, w_b.size(0), k)) {
-        made->small.emplace_back(w_b);
-        made->packed.emplace_back();
+      if (SmallBatchGemm<scalar_t>::suits(max_m, w_b.size(0), k_)) {
+        small_.emplace_back(w_b);
+        packed_.emplace_back();
       } else {
-        made->small.emplace_back();
-        made->packed.emplace_back(w_b);
+        small_.emplace_back();
+        packed_.emplace_back(w_b);
       }
     }
-    return made;
   }
 
+  // C_b[:m] = A[:m] @ W_b^T + beta * C_b[:m]; c points at C_b's first column.
+  // Single-threaded; two threads may run two different blocks at once.
+  void run(int64_t b, int64_t m, const scalar_t* a, int64_t lda, scalar_t beta, scalar_t* c,
+           int64_t ldc) const {
+    const int64_t len = units_.length(b);
+    if (m == 0 || gates_ * len == 0) return;
+    TORCH_INTERNAL_ASSERT(m <= max_m_, "gatedrnn: a step of ", m, " rows, above the ", max_m_,
+                          " the recurrent GEMM was made for");
+    if (w_.defined()) {
+      const scalar_t* w = w_.template const_data_ptr<scalar_t>();
+      for (int64_t g = 0; g < gates_; ++g) {
+        const int64_t row = g * gate_stride_ + units_.begin(b);
+        if (rows_) {
+          // C[:, g len : (g+1) len] = A @ W[row : row + len]^T
+          gemm_kernels<scalar_t>().dot(m, len, k_, a, lda, w + row * w_.stride(0),
+                                       w_.stride(0), beta, c + g * len, ldc);
+        } else {
+          // W^T [k, rows] is row-major with leading dim stride(1): its columns in place.
+          tile_gemm<scalar_t>(m, len, k_, GemmA<scalar_t>::rows(a, lda),
+                              GemmB<scalar_t>::rows(w + row * w_.stride(0), w_.stride(1)), beta,
+                              c + g * len, ldc);
+        }
+      }
+      return;
+    }
+    if (small_[b].defined()) {
+      // Each run visits the panels in the order opposite to the last one's.
+      small_[b].run(m, a, lda, beta, c, ldc, reverse_[b] != 0);
+      reverse_[b] = !reverse_[b];
+      return;
+    }
+    packed_[b].run(m, a, lda, beta, c, ldc);
+  }
+
+ private:
   UnitBlocks units_;
-  int64_t gates_ = 0, max_m_ = 0;
-  std::shared_ptr<const UnitBlockPacking<scalar_t>> packing_;
-  // Per block, this call's next visiting order for SmallBatchGemm (a char: vector<bool>
-  // packs bits, and two threads write neighbouring blocks).
+  int64_t gates_ = 0, gate_stride_ = 0, max_m_ = 0, k_ = 0;
+  at::Tensor w_;       // defined: W read in place
+  bool rows_ = false;  // W's rows contiguous (else W^T's)
+  std::vector<PackedWeight<scalar_t>> packed_;  // W_b^T, per block, where not small_
+  std::vector<SmallBatchGemm<scalar_t>> small_;
+  // Per block, the next visiting order for SmallBatchGemm (a char: vector<bool> packs
+  // bits, and two threads write neighbouring blocks).
   mutable std::vector<char> reverse_;
 };
-
-// W^T of a whole weight packed for parallel_gemm, kept across calls like the blocks above.
-template <typename scalar_t>
-std::shared_ptr<const PackedWeight<scalar_t>> packed_whole(const at::Tensor& w) {
-  return cached_packing_of<PackedWeight<scalar_t>>(
-      w, {kWholePacking}, [&]() { return std::make_shared<const PackedWeight<scalar_t>>(w); });
-}
 
 }  // namespace gatedrnn

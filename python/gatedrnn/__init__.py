@@ -37,7 +37,7 @@ except ImportError as error:
     raise ImportError(f"gatedrnn's compiled extension failed to load ({error}); rebuild it: "
                       f"{_rebuild}") from error
 
-from ._C import cpu_cache_bytes, empty_cpu_cache, empty_weight_cache, weight_cache_bytes
+from ._C import cpu_cache_bytes, empty_cpu_cache
 from . import ops  # noqa: F401,E402  (fake kernels and autograd)
 from . import functional  # noqa: E402
 from .convert import convert  # noqa: E402
@@ -57,5 +57,5 @@ def cpu_capability() -> str:
 cpu_capability()
 
 __all__ = ["LSTM", "GRU", "RNN", "convert", "functional", "cpu_cache_bytes", "empty_cpu_cache",
-           "weight_cache_bytes", "empty_weight_cache", "cpu_capability"]
+           "cpu_capability"]
 __version__ = "0.1.0"

@@ -209,9 +209,58 @@ void gemm(int64_t m, int64_t n, int64_t k, const scalar_t* a, int64_t a_row, int
   }
 }
 
+// J rows of w against one row of a: J * 2 vector chains over k (two per row of w, for
+// the FMA latency), the last vector of k partial. The lanes of each row's two chains are
+// then added in a fixed order.
+template <typename scalar_t, int64_t J>
+C10_ALWAYS_INLINE void dot_rows(int64_t k, const scalar_t* a, const scalar_t* w, int64_t ldw,
+                                scalar_t beta, scalar_t* c) {
+  using V = Vec<scalar_t>;
+  constexpr int64_t L = V::size();
+  V acc0[J], acc1[J];
+#pragma GCC unroll 8
+  for (int64_t j = 0; j < J; ++j) acc0[j] = acc1[j] = V(scalar_t(0));
+  int64_t kk = 0;
+  for (; kk + 2 * L <= k; kk += 2 * L) {
+    const V a0 = V::loadu(a + kk), a1 = V::loadu(a + kk + L);
+#pragma GCC unroll 8
+    for (int64_t j = 0; j < J; ++j) {
+      acc0[j] = at::vec::fmadd(a0, V::loadu(w + j * ldw + kk), acc0[j]);
+      acc1[j] = at::vec::fmadd(a1, V::loadu(w + j * ldw + kk + L), acc1[j]);
+    }
+  }
+  for (; kk < k; kk += L) {
+    const int64_t count = std::min<int64_t>(L, k - kk);
+    const V a0 = V::loadu(a + kk, count);
+#pragma GCC unroll 8
+    for (int64_t j = 0; j < J; ++j) {
+      acc0[j] = at::vec::fmadd(a0, V::loadu(w + j * ldw + kk, count), acc0[j]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int64_t j = 0; j < J; ++j) {
+    scalar_t lanes[L];
+    (acc0[j] + acc1[j]).store(lanes);
+    scalar_t sum = beta == scalar_t(0) ? scalar_t(0) : beta * c[j];
+    for (int64_t l = 0; l < L; ++l) sum += lanes[l];
+    c[j] = sum;
+  }
+}
+
+template <typename scalar_t>
+void dot(int64_t m, int64_t n, int64_t k, const scalar_t* a, int64_t lda, const scalar_t* w,
+         int64_t ldw, scalar_t beta, scalar_t* c, int64_t ldc) {
+  for (int64_t r = 0; r < m; ++r) {
+    int64_t j = 0;
+    for (; j + 4 <= n; j += 4) dot_rows<scalar_t, 4>(k, a + r * lda, w + j * ldw, ldw, beta, c + r * ldc + j);
+    for (; j < n; ++j) dot_rows<scalar_t, 1>(k, a + r * lda, w + j * ldw, ldw, beta, c + r * ldc + j);
+  }
+}
+
 }  // namespace
 
-GATEDRNN_CPU_KERNEL_TABLE(GemmKernels, gemm_kernels, 2 * Vec<scalar_t>::size(), &gemm<scalar_t>)
+GATEDRNN_CPU_KERNEL_TABLE(GemmKernels, gemm_kernels, 2 * Vec<scalar_t>::size(), &gemm<scalar_t>,
+                          &dot<scalar_t>)
 
 }  // namespace CPU_CAPABILITY
 }  // namespace gatedrnn

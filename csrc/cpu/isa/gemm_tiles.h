@@ -25,6 +25,13 @@ struct GemmKernels {
   void (*gemm)(int64_t m, int64_t n, int64_t k, const scalar_t* a, int64_t a_row,
                int64_t a_step, const scalar_t* b, int64_t b_ld, int64_t b_panel, scalar_t beta,
                scalar_t* c, int64_t ldc);
+  // c[:m, :n] = a[:m, :k] @ w[:n, :k]^T + beta * c (c not read when beta == 0), with a's
+  // and w's rows contiguous (leading dims lda, ldw): a row of a against rows of w as they
+  // are stored, nothing packed, for batches of a few rows. Each output is the same sum in
+  // the same order whatever m and n: per vector lane a chain of fused multiply-adds over
+  // the lane's k, the lanes then added in a fixed order, then beta * c.
+  void (*dot)(int64_t m, int64_t n, int64_t k, const scalar_t* a, int64_t lda,
+              const scalar_t* w, int64_t ldw, scalar_t beta, scalar_t* c, int64_t ldc);
 };
 
 GATEDRNN_CPU_KERNELS(GemmKernels, gemm_kernels)
