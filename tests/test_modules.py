@@ -180,3 +180,31 @@ def test_module_to_dtype_then_forward():
     ours, ref = ours.double(), ref.double()
     x = torch.randn(T, N, I, dtype=torch.float64)
     torch.testing.assert_close(ours(x)[0], ref(x)[0], rtol=1e-10, atol=1e-10)
+
+
+# Every change of a weight between calls is seen, whichever way it is made: nothing packed
+# from the weights outlives a call. Through .data PyTorch bumps no version counter
+# (torch.autograd.gradcheck perturbs inputs that way, as hand-written optimizers update
+# weights), so a cache keyed by the version counter would compute with stale weights.
+@pytest.mark.parametrize("cls", [gatedrnn.LSTM, gatedrnn.GRU, gatedrnn.RNN])
+@pytest.mark.parametrize("batch", [1, 2, 16])  # in place (1, 2), the small-batch kernel, tiles
+@pytest.mark.parametrize("how", ["data", "in_place", "optimizer"])
+def test_weight_changes_between_calls_are_seen(cls, batch, how):
+    torch.manual_seed(0)
+    ours = cls(40, 40, num_layers=2, dtype=torch.float64)
+    ref = getattr(torch.nn, cls.__name__)(40, 40, num_layers=2, dtype=torch.float64)
+    ref.load_state_dict(ours.state_dict())
+    x = torch.randn(1, batch, 40, dtype=torch.float64)
+    opts = [torch.optim.SGD(m.parameters(), lr=0.5) for m in (ours, ref)]
+    for step in range(3):
+        for module, opt in zip((ours, ref), opts):
+            if how == "optimizer":
+                opt.zero_grad()
+                module(x)[0].square().sum().backward()
+                opt.step()
+            else:
+                with torch.no_grad():
+                    for name, p in module.named_parameters():
+                        (p.data if how == "data" else p).mul_(-0.9).add_(0.01 * (step + 1))
+        with torch.no_grad():
+            torch.testing.assert_close(ours(x)[0], ref(x)[0], rtol=1e-10, atol=1e-10)
