@@ -129,13 +129,14 @@ def cotangent(shape, dtype, seed):
 
 
 def run(module, kind, x, lengths=None, hx=None, *, batch_first=None, backward=True,
-        input_grad=True):
+        input_grad=True, cotangent_dtype=None):
     """Forward (and backward of a fixed random linear loss over every output) of
     ``module``. Returns a dict: 'output' (PackedSequence.data for packed input),
     for packed input 'batch_sizes', 'sorted_indices', 'unsorted_indices', the final
     states 'h_n' (and 'c_n'), and the gradients 'grad.input', 'grad.hx[k]' and
     'grad.<parameter name>' (parameters that require grad; the input's gradient only
-    when ``input_grad``)."""
+    when ``input_grad``). The loss's weights are drawn in float64 and rounded to
+    ``cotangent_dtype`` (default: each output's dtype), then taken in the output's dtype."""
     if batch_first is None:
         batch_first = module.batch_first
     x = _leaf(x) if input_grad else x.detach()
@@ -160,7 +161,8 @@ def run(module, kind, x, lengths=None, hx=None, *, batch_first=None, backward=Tr
         res[name] = o.detach()
     if not backward:
         return res
-    loss = sum((o * cotangent(o.shape, o.dtype, 100 + k)).sum() for k, o in enumerate(outs))
+    loss = sum((o * cotangent(o.shape, cotangent_dtype or o.dtype, 100 + k).to(o.dtype)).sum()
+               for k, o in enumerate(outs))
     leaves = {"grad.input": x} if input_grad else {}
     if hx_leaves is not None:
         hl = hx_leaves if isinstance(hx_leaves, tuple) else (hx_leaves,)

@@ -2,6 +2,7 @@
 
 import time
 
+import pytest
 import torch
 
 from gatedrnn import bench
@@ -32,3 +33,29 @@ def test_rounds_are_capped(monkeypatch):
     monkeypatch.setattr(bench, "MAX_REPEATS", 6)
     _, rounds = bench.time_row(SleepRow(), torch.device("cpu"), 2, 1, min_time=100.0)
     assert rounds == 6
+
+
+class ThreeSleepRow(SleepRow):
+    def peer(self):
+        time.sleep(0.001)
+
+
+def test_a_peer_is_timed_in_the_same_rounds():
+    medians, rounds = bench.time_row(ThreeSleepRow(), torch.device("cpu"), 3, 1, min_time=0.0)
+    assert rounds == 3
+    assert set(medians) == {"torch", "gatedrnn", "onnxruntime"}
+
+
+def test_onnxruntime_peer_agrees_with_torch_nn():
+    import onnxruntime  # noqa: F401  (a test dependency: pyproject.toml)
+    row = bench.Row("gru", "tiny", "inference", torch.float32, torch.device("cpu"))
+    row.peer = bench.OnnxRuntimePeer.for_row(row, torch.device("cpu"))
+    assert row.peer is not None
+    row.check()  # raises if onnxruntime's output is not torch.nn's
+    training = bench.Row("gru", "tiny", "training", torch.float32, torch.device("cpu"))
+    assert bench.OnnxRuntimePeer.for_row(training, torch.device("cpu")) is None
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_reduced_precision_rows_check(dtype):
+    bench.Row("lstm", "tiny", "training", dtype, torch.device("cpu")).check()

@@ -14,7 +14,8 @@ register-only loop of fused multiply-adds of ours, with the ISA our kernels use,
 thread at once), beside which the header gives what the libraries' GEMMs reach (torch.mm,
 i.e. MKL on x86-64 wheels, and oneDNN); on the GPU a large torch.mm in the same dtype. Peak memory (CPU: resident-set growth over one step, the second
 of two, in a fresh child process; CUDA: torch.cuda.max_memory_allocated) is measured after
-timing.
+timing. Float32 CPU inference rows also time onnxruntime (when installed) on torch.nn's
+model exported to ONNX, as a third contender in the same interleaved rounds.
 
 Writes a Markdown table to stdout and, under --out, bench.md, bench.json and bench.png.
 """
@@ -103,12 +104,52 @@ def measure_gemm_peak(dtype, device, size=2048, repeats=10, library="torch.mm"):
 
 def measure_fma_peak(dtype):
     """GFLOP/s of our register-only FMA loop on every torch thread at once (the CPU's
-    limit for our kernels' ISA); None for dtypes it has no loop for."""
-    if dtype not in (torch.float32, torch.float64):
-        return None
+    limit for our kernels' ISA), in the dtype our CPU kernels compute a dtype in: bfloat16
+    and float16 in float32 (they have no reduced-precision kernels yet)."""
     from gatedrnn import _C
     return max(_C.fma_peak_gflops(torch.get_num_threads(), dtype == torch.float64, 0.2)
                for _ in range(3))
+
+
+class OnnxRuntimePeer:
+    """The peer CPU users deploy RNNs with: torch.nn's model exported to ONNX (ONNX's own
+    LSTM / GRU / RNN nodes) and run by onnxruntime with torch's thread count. Its worker
+    threads are told not to spin after a run: spinning, they took the other core from
+    whichever side ran next in the interleaved timing."""
+
+    @staticmethod
+    def for_row(row, device):
+        """A peer for inference rows in float32 on the CPU, padded input, whole sequences;
+        None elsewhere or when onnxruntime is not installed."""
+        if (device.type != "cpu" or row.training or row.calls > 1 or row.lengths is not None
+                or row.x.dtype != torch.float32):
+            return None
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError:
+            return None
+        return OnnxRuntimePeer(row.ref, row.x)
+
+    def __init__(self, module, x):
+        import io
+        import warnings
+
+        import onnxruntime as ort
+        model = io.BytesIO()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(module, (x,), model, dynamo=False, input_names=["input"])
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()
+        options.inter_op_num_threads = 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.session = ort.InferenceSession(model.getvalue(), options,
+                                            providers=["CPUExecutionProvider"])
+        self.feed = {"input": x.detach().numpy()}
+        self.version = ort.__version__
+
+    def __call__(self):
+        return torch.from_numpy(self.session.run(None, self.feed)[0])
 
 
 def _sync(device):
@@ -154,6 +195,7 @@ class Row:
         # per call
         self.flops = gemm_flops(cell, T, N, I, H, layers, bidir, self.rows) * (
             3 if self.training else 1) / self.calls
+        self.peer = None  # a third contender (OnnxRuntimePeer), set by run()
 
     def _input(self):
         if self.lengths is None:
@@ -207,12 +249,17 @@ class Row:
             else:
                 with torch.no_grad():
                     results.append((self._output(module),))
-        tol = 1e-9 if self.x.dtype == torch.float64 else 2e-3
-        for a, b in zip(*results):
-            err = (a - b).abs().max().item() / max(1.0, a.abs().max().item())
-            if not err <= tol:
-                raise RuntimeError(f"{self.cell} {self.config} {self.mode}: gatedrnn differs "
-                                   f"from torch.nn by {err:.3g} (relative)")
+        tol = {torch.float64: 1e-9, torch.bfloat16: 5e-2, torch.float16: 1e-2}.get(
+            self.x.dtype, 2e-3)
+        others = [("gatedrnn", results[1])]
+        if self.peer is not None:
+            others.append(("onnxruntime", (self.peer(),)))
+        for name, result in others:
+            for a, b in zip(results[0], result):
+                err = (a - b).abs().max().item() / max(1.0, a.abs().max().item())
+                if not err <= tol:
+                    raise RuntimeError(f"{self.cell} {self.config} {self.mode}: {name} "
+                                       f"differs from torch.nn by {err:.3g} (relative)")
 
 
 MAX_REPEATS = 1000
@@ -222,17 +269,19 @@ def time_row(row, device, repeats, warmup, min_time=0.0):
     """Medians of interleaved timings, and the number of rounds: at least `repeats`, and
     enough for each side to run about `min_time` seconds (a sub-millisecond row's median
     over 15 rounds moves with every scheduler hiccup), at most MAX_REPEATS."""
+    contenders = [("torch", lambda: row.step(row.ref)), ("gatedrnn", lambda: row.step(row.ours))]
+    if getattr(row, "peer", None) is not None:
+        contenders.append(("onnxruntime", row.peer))
     slowest = 0.0
     for _ in range(warmup):
-        slowest = max(slowest, _timed(lambda: row.step(row.ref), device),
-                      _timed(lambda: row.step(row.ours), device))
+        slowest = max([slowest] + [_timed(fn, device) for _, fn in contenders])
     if slowest > 0 and min_time > 0:
         repeats = max(repeats, min(MAX_REPEATS, math.ceil(min_time / slowest)))
-    times = {"torch": [], "gatedrnn": []}
+    times = {name: [] for name, _ in contenders}
     for k in range(repeats):
-        pair = [("torch", row.ref), ("gatedrnn", row.ours)]
-        for name, module in (pair if k % 2 == 0 else pair[::-1]):
-            times[name].append(_timed(lambda: row.step(module), device))
+        first = k % len(contenders)  # each goes first in turn
+        for name, fn in contenders[first:] + contenders[:first]:
+            times[name].append(_timed(fn, device))
     return {name: statistics.median(ts) for name, ts in times.items()}, repeats
 
 
@@ -350,17 +399,20 @@ def markdown(result):
         f"(more for short rows: about {result['min_time']:g} s per side); {peak}.",
         "",
         "| cell | config (T, N, I, H) | mode | torch.nn ms | gatedrnn ms | speedup | "
-        "gatedrnn GFLOP/s | % of peak | torch.nn peak MiB | gatedrnn peak MiB |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "gatedrnn GFLOP/s | % of peak | torch.nn peak MiB | gatedrnn peak MiB | "
+        "onnxruntime ms | vs onnxruntime |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     fmt_mem = lambda v: "n/a" if v is None else f"{v:.1f}"  # noqa: E731
+    fmt_peer = lambda r: ("| | |" if r.get("onnxruntime_ms") is None else  # noqa: E731
+                          f"| {r['onnxruntime_ms']:.2f} | **{r['speedup_vs_onnxruntime']:.2f}x** |")
     for r in result["rows"]:
         T, N, I, H = CONFIGS[r["config"]][:4]
         lines.append(
             f"| {r['cell']} | {r['config']} ({T}, {N}, {I}, {H}) | {r['mode']} | "
             f"{r['torch_ms']:.2f} | {r['gatedrnn_ms']:.2f} | **{r['speedup']:.2f}x** | "
             f"{r['gatedrnn_gflops']:.1f} | {100 * r['peak_fraction']:.0f}% | "
-            f"{fmt_mem(r['torch_peak_mib'])} | {fmt_mem(r['gatedrnn_peak_mib'])} |")
+            f"{fmt_mem(r['torch_peak_mib'])} | {fmt_mem(r['gatedrnn_peak_mib'])} {fmt_peer(r)}")
     return "\n".join(lines)
 
 
@@ -400,6 +452,8 @@ def run(args):
     if peak is not None:
         libraries["oneDNN"] = measure_gemm_peak(dtype, device, library="onednn")
         source = f"our register-only FMA loop, {torch.get_num_threads()} threads"
+        if dtype in (torch.bfloat16, torch.float16):
+            source += ", float32 (our CPU kernels compute this dtype in float32)"
     else:
         peak, source = libraries["torch.mm"], "torch.mm 2048^3"
     result = {"gatedrnn": gatedrnn.__version__, "torch": torch.__version__,
@@ -413,6 +467,10 @@ def run(args):
     for k, (cell, config, mode) in enumerate(plan):
         _progress(k, len(plan), f"{cell} {config} {mode}")
         row = Row(cell, config, mode, dtype, device)
+        if args.onnxruntime:
+            row.peer = OnnxRuntimePeer.for_row(row, device)
+            if row.peer is not None:
+                result["onnxruntime"] = row.peer.version
         row.check()
         t, rounds = time_row(row, device, args.repeats, args.warmup, args.min_time)
         t = {name: value / row.calls for name, value in t.items()}  # per call
@@ -426,7 +484,10 @@ def run(args):
             "gatedrnn_gflops": row.flops / t["gatedrnn"] / 1e9,
             "torch_gflops": row.flops / t["torch"] / 1e9,
             "peak_fraction": row.flops / t["gatedrnn"] / 1e9 / peak,
-            "torch_peak_mib": mem.get("torch"), "gatedrnn_peak_mib": mem.get("gatedrnn")})
+            "torch_peak_mib": mem.get("torch"), "gatedrnn_peak_mib": mem.get("gatedrnn"),
+            "onnxruntime_ms": 1e3 * t["onnxruntime"] if "onnxruntime" in t else None,
+            "speedup_vs_onnxruntime": (t["onnxruntime"] / t["gatedrnn"]
+                                       if "onnxruntime" in t else None)})
     _progress(len(plan), len(plan), "done")
     return result
 
@@ -436,7 +497,8 @@ def main(argv=None):
     p.add_argument("--cells", nargs="+", default=list(CELLS), choices=list(CELLS))
     p.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     p.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
-    p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    p.add_argument("--dtype", default="float32",
+                   choices=["float32", "float64", "bfloat16", "float16"])
     p.add_argument("--device", default="cpu")
     p.add_argument("--tf32", action="store_true", help="allow TF32 on CUDA (default: off)")
     p.add_argument("--repeats", type=int, default=15,
@@ -447,6 +509,9 @@ def main(argv=None):
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
+    p.add_argument("--no-onnxruntime", dest="onnxruntime", action="store_false",
+                   help="no onnxruntime column (default: on float32 CPU inference rows, "
+                        "when onnxruntime is installed)")
     p.add_argument("--out", default="benchmarks/out", help="folder for bench.md/json/png")
     p.add_argument("--quick", action="store_true",
                    help="a smoke run: small and tiny configs, 3 repeats, 1 warm-up")

@@ -47,6 +47,27 @@ def _zeros(input: Tensor, batch: int, size: int) -> Tensor:
     return torch.zeros(batch, size, dtype=input.dtype, device=input.device)
 
 
+# torch.nn runs bfloat16 and float16 on the CPU. Our CPU kernels have no reduced-precision
+# build: they compute those in float32 from the values as given and round each result once
+# (oneDNN's bfloat16 kernels, which torch.nn uses, also accumulate, do the gate math and
+# keep the LSTM cell state in float32, but round h to bfloat16 at every step, so our error
+# against a float64 reference is at most theirs: tests/test_reduced_precision.py).
+# The CUDA kernels take these dtypes themselves.
+_COMPUTED_IN_FLOAT32 = (torch.bfloat16, torch.float16)
+
+
+def _in_float32(op: str, input: Tensor, tensors: dict):
+    """(input, tensors) as float32 copies if input is a bfloat16 or float16 CPU tensor,
+    else None. Every tensor must have input's dtype, as the ops require."""
+    if input.device.type != "cpu" or input.dtype not in _COMPUTED_IN_FLOAT32:
+        return None
+    for name, t in tensors.items():
+        if t is not None and t.dtype != input.dtype:
+            raise RuntimeError(f"gatedrnn.{op}: expected {name} to have dtype {input.dtype} "
+                               f"(the dtype of input), got {t.dtype}")
+    return input.float(), {n: None if t is None else t.float() for n, t in tensors.items()}
+
+
 def _needs_grad(*tensors) -> bool:
     """Whether autograd may differentiate the op: if not, the forward keeps no workspace
     (the per-step activations only a backward reads). Under torch.jit.trace always: the
@@ -68,6 +89,13 @@ def lstm(input: Tensor, hx=None, *, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[T
         hidden = w_ih.shape[0] // 4
         hx = (_zeros(input, batch, w_hh.shape[1]), _zeros(input, batch, hidden))
     h0, c0 = hx
+    widened = _in_float32("lstm_forward", input, dict(h0=h0, c0=c0, w_ih=w_ih, w_hh=w_hh,
+                                                      b_ih=b_ih, b_hh=b_hh, w_hr=w_hr))
+    if widened is not None:
+        x, a = widened
+        output, (h_n, c_n) = lstm(x, (a.pop("h0"), a.pop("c0")), **a, batch_sizes=batch_sizes,
+                                  reverse=reverse)
+        return output.to(input.dtype), (h_n.to(input.dtype), c_n.to(input.dtype))
     output, h_n, c_n, _ = torch.ops.gatedrnn.lstm_forward(
         input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse,
         _needs_grad(input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr))
@@ -81,6 +109,12 @@ def gru(input: Tensor, hx: Optional[Tensor] = None, *, w_ih: Tensor, w_hh: Tenso
     _check_device(input)
     if hx is None:
         hx = _zeros(input, _batch(input, batch_sizes), w_hh.shape[1])
+    widened = _in_float32("gru_forward", input, dict(h0=hx, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih,
+                                                     b_hh=b_hh))
+    if widened is not None:
+        x, a = widened
+        output, h_n = gru(x, a.pop("h0"), **a, batch_sizes=batch_sizes, reverse=reverse)
+        return output.to(input.dtype), h_n.to(input.dtype)
     output, h_n, _ = torch.ops.gatedrnn.gru_forward(
         input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, reverse,
         _needs_grad(input, hx, w_ih, w_hh, b_ih, b_hh))
@@ -95,6 +129,13 @@ def rnn(input: Tensor, hx: Optional[Tensor] = None, *, w_ih: Tensor, w_hh: Tenso
     _check_device(input)
     if hx is None:
         hx = _zeros(input, _batch(input, batch_sizes), w_hh.shape[1])
+    widened = _in_float32("rnn_forward", input, dict(h0=hx, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih,
+                                                     b_hh=b_hh))
+    if widened is not None:
+        x, a = widened
+        output, h_n = rnn(x, a.pop("h0"), **a, nonlinearity=nonlinearity,
+                          batch_sizes=batch_sizes, reverse=reverse)
+        return output.to(input.dtype), h_n.to(input.dtype)
     return torch.ops.gatedrnn.rnn_forward(
         input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, nonlinearity, reverse)
 
@@ -127,6 +168,24 @@ def stacked(mode: str, input: Tensor, states: Sequence[Tensor], weights, *, num_
     Dropout (training only) is applied to the output of every layer but the last.
     Returns (output, final states shaped like states).
     """
+    # Reduced precision on the CPU: widened once here rather than per layer, so the layers
+    # pass float32 to each other and only the results are rounded. (Rounded between layers,
+    # a ReLU pre-activation near 0 can change sign, and with it a whole gradient entry:
+    # seen in tests/test_reduced_precision.py.)
+    named = {f"states[{k}]": s for k, s in enumerate(states)}
+    for index, layer_weights in enumerate(weights):
+        named.update({f"{name} of layer-direction {index}": w for name, w in
+                      zip(("w_ih", "w_hh", "b_ih", "b_hh", "w_hr"), layer_weights)})
+    widened = _in_float32(mode, input, named)
+    if widened is not None:
+        x, a = widened
+        wide = list(a.values())
+        output, finals = stacked(
+            mode, x, wide[:len(states)],
+            [tuple(wide[len(states) + 5 * i:len(states) + 5 * i + 5]) for i in range(len(weights))],
+            num_layers=num_layers, bidirectional=bidirectional, batch_sizes=batch_sizes,
+            dropout=dropout, training=training, nonlinearity=nonlinearity)
+        return output.to(input.dtype), tuple(f.to(input.dtype) for f in finals)
     directions = 2 if bidirectional else 1
     finals = [[] for _ in states]
     layer_input = input
