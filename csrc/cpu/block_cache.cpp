@@ -8,8 +8,7 @@
 
 #include <pthread.h>
 
-#include "env_mib.h"
-
+#include <cerrno>
 #include <cstdlib>
 #include <cstring>
 #include <list>
@@ -31,6 +30,19 @@ constexpr size_t kMaxCachedBytes = size_t(8) << 20;
 // Each block starts with a header that records its capacity; the data follows, still
 // aligned for any vector load.
 constexpr size_t kHeader = 64;
+
+// Bytes: the variable `name` read as a whole number of MiB, or default_mib when it is
+// unset or empty; a clear error naming it otherwise. `what` is the cache it sizes.
+size_t env_mib(const char* name, long long default_mib, const char* what) {
+  const char* env = std::getenv(name);
+  if (env == nullptr || *env == '\0') return static_cast<size_t>(default_mib) << 20;
+  char* end = nullptr;
+  errno = 0;
+  const long long mb = std::strtoll(env, &end, 10);
+  TORCH_CHECK(errno == 0 && *end == '\0' && mb >= 0 && mb <= (1ll << 30), "gatedrnn: ", name,
+              " must be a whole number of MiB (0 turns the ", what, " off), got '", env, "'");
+  return static_cast<size_t>(mb) << 20;
+}
 
 size_t cache_limit() { return env_mib("GATEDRNN_CPU_CACHE_MB", 256, "CPU block cache"); }
 

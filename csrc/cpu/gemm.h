@@ -90,9 +90,6 @@ class PackedWeight {
   explicit PackedWeight(const at::Tensor& w)
       : n_(w.size(0)), k_(w.size(1)), panels_(pack_panels(w, gemm_kernels<scalar_t>().width)) {}
   bool defined() const { return panels_.defined(); }
-  int64_t n() const { return n_; }
-  int64_t k() const { return k_; }
-  int64_t bytes() const { return panels_.defined() ? panels_.nbytes() : 0; }
   GemmB<scalar_t> b() const {
     const int64_t width = gemm_kernels<scalar_t>().width;
     return {panels_.template const_data_ptr<scalar_t>(), width, k_ * width, width};

@@ -61,7 +61,6 @@ class SmallBatchGemm {
   }
 
   bool defined() const { return panels_.defined(); }
-  int64_t bytes() const { return panels_.defined() ? panels_.nbytes() : 0; }
 
   // C[:m] = A[:m] @ W^T + beta * C[:m], m <= kMaxBatch. With beta == 0, C is not read.
   // reverse: the visiting order, which the caller flips from one call to the next
