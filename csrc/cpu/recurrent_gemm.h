@@ -47,21 +47,25 @@ class UnitBlockGemm {
     }
     reverse_.assign(units.count(), 0);
     for (int64_t b = 0; b < units.count(); ++b) {
-      // W_b: W itself when the one block has every unit, else its rows.
-      at::Tensor w_b = w;
-      if (units.count() != 1 || gates * gate_stride != w.size(0)) {
-        std::vector<at::Tensor> rows;
-        for (int64_t g = 0; g < gates; ++g) {
-          rows.push_back(w.narrow(0, g * gate_stride + units.begin(b), units.length(b)));
+      const int64_t begin = units.begin(b), len = units.length(b);
+      if (SmallBatchGemm<scalar_t>::suits(max_m, gates * len, k_)) {
+        // W_b: W itself when the one block has every unit, else its rows.
+        at::Tensor w_b = w;
+        if (units.count() != 1 || gates * gate_stride != w.size(0)) {
+          std::vector<at::Tensor> rows;
+          for (int64_t g = 0; g < gates; ++g) {
+            rows.push_back(w.narrow(0, g * gate_stride + begin, len));
+          }
+          w_b = at::cat(rows);
         }
-        w_b = at::cat(rows);
-      }
-      if (SmallBatchGemm<scalar_t>::suits(max_m, w_b.size(0), k_)) {
         small_.emplace_back(w_b);
         packed_.emplace_back();
       } else {
+        // W_b's row j is W's row (j / len) * gate_stride + begin + j % len.
         small_.emplace_back();
-        packed_.emplace_back(w_b);
+        packed_.emplace_back(w, gates * len, [&](int64_t j) {
+          return (j / len) * gate_stride + begin + j % len;
+        });
       }
     }
   }

@@ -56,7 +56,7 @@ class SmallBatchGemm {
   // w: [n, k], any strides.
   explicit SmallBatchGemm(const at::Tensor& w)
       : kernels_(&small_batch_kernels<scalar_t>()), n_(w.size(0)), k_(w.size(1)),
-        panels_(pack_panels(w, kernels_->width)) {
+        panels_(pack_panels<scalar_t>(w, n_, kernels_->width)) {
     half_ = k_ * kernels_->width * int64_t(sizeof(scalar_t)) > kSegmentBytes ? k_ / 2 : k_;
   }
 
