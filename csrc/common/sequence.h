@@ -3,10 +3,10 @@
 // (possibly packed) sequence. Padded input [T, N, I] is treated as packed data
 // [T*N, I] whose batch_sizes are all N, so one code path serves both.
 #include <ATen/core/Tensor.h>
-#include <c10/util/Optional.h>
 
 #include <cstdint>
 #include <limits>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -64,7 +64,7 @@ inline void check_blas_extent(const char* op, const char* what, int64_t extent) 
 //   input: [T, N, I] (batch_sizes undefined) or packed [R, I]
 //   batch_sizes: [T] int64 on the CPU, non-increasing, positive, summing to R
 inline Schedule make_schedule(const char* op, const at::Tensor& input,
-                              const c10::optional<at::Tensor>& batch_sizes, bool reverse) {
+                              const std::optional<at::Tensor>& batch_sizes, bool reverse) {
   Schedule s;
   s.reverse = reverse;
   if (!batch_sizes.has_value() || !batch_sizes->defined()) {
@@ -113,12 +113,12 @@ inline Schedule make_schedule(const char* op, const at::Tensor& input,
 // Checks input, states and weights of a cell with `gates` gate blocks.
 // w_hr is the LSTM projection (undefined for the other cells).
 inline RnnShapes check_rnn_args(const char* op, int64_t gates, const at::Tensor& input,
-                                const c10::optional<at::Tensor>& batch_sizes,
+                                const std::optional<at::Tensor>& batch_sizes,
                                 const at::Tensor& h0, const at::Tensor* c0,
                                 const at::Tensor& w_ih, const at::Tensor& w_hh,
-                                const c10::optional<at::Tensor>& b_ih,
-                                const c10::optional<at::Tensor>& b_hh,
-                                const c10::optional<at::Tensor>& w_hr, bool reverse) {
+                                const std::optional<at::Tensor>& b_ih,
+                                const std::optional<at::Tensor>& b_hh,
+                                const std::optional<at::Tensor>& w_hr, bool reverse) {
   TORCH_CHECK(at::isFloatingType(input.scalar_type()), op,
                    ": expected input to be a floating-point tensor, got ",
                    input.scalar_type());
@@ -150,7 +150,7 @@ inline RnnShapes check_rnn_args(const char* op, int64_t gates, const at::Tensor&
               "number of rows (", gates, "*hidden_size), got w_ih ", shape_str(w_ih),
               " and w_hh ", shape_str(w_hh));
   check_shape(op, w_hh, "w_hh", {gates * H, P}, "gates*hidden_size, hidden or proj size");
-  const auto check_bias = [&](const c10::optional<at::Tensor>& b, const char* name) {
+  const auto check_bias = [&](const std::optional<at::Tensor>& b, const char* name) {
     if (!b.has_value() || !b->defined()) return;
     check_same_dtype(op, input, *b, name);
     check_shape(op, *b, name, {gates * H}, "gates*hidden_size");

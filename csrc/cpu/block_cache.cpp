@@ -156,7 +156,7 @@ at::Tensor cached_empty(at::IntArrayRef sizes, const at::TensorOptions& options)
   TORCH_INTERNAL_ASSERT(options.device().is_cpu());
   return at::detail::empty_generic(sizes, &BlockCache::instance(),
                                    c10::DispatchKeySet(c10::DispatchKey::CPU),
-                                   c10::typeMetaToScalarType(options.dtype()), c10::nullopt);
+                                   c10::typeMetaToScalarType(options.dtype()), std::nullopt);
 }
 
 at::Tensor cached_zeros(at::IntArrayRef sizes, const at::TensorOptions& options) {

@@ -52,12 +52,12 @@ void gru_forward_impl(const RnnShapes& sh, const at::Tensor& x, const at::Tensor
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_forward(
-    const at::Tensor& input, const c10::optional<at::Tensor>& batch_sizes,
+    const at::Tensor& input, const std::optional<at::Tensor>& batch_sizes,
     const at::Tensor& h0, const at::Tensor& w_ih, const at::Tensor& w_hh,
-    const c10::optional<at::Tensor>& b_ih, const c10::optional<at::Tensor>& b_hh,
+    const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh,
     bool reverse, bool need_workspace) {
   const RnnShapes sh = check_rnn_args(kForward, kGates, input, batch_sizes, h0, nullptr, w_ih,
-                                      w_hh, b_ih, b_hh, c10::nullopt, reverse);
+                                      w_hh, b_ih, b_hh, std::nullopt, reverse);
   const Schedule& s = sh.schedule;
   const int64_t H = sh.hidden_size;
   const auto opts = input.options();
@@ -108,11 +108,11 @@ InputAndWeightGrads gru_backward_impl(const RnnShapes& sh, const Rows<scalar_t>&
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
 gru_backward(const at::Tensor& grad_output, const at::Tensor& grad_h_n, const at::Tensor& input,
-             const c10::optional<at::Tensor>& batch_sizes, const at::Tensor& h0,
+             const std::optional<at::Tensor>& batch_sizes, const at::Tensor& h0,
              const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& output,
              const at::Tensor& workspace, bool reverse) {
   const RnnShapes sh = check_rnn_args(kBackward, kGates, input, batch_sizes, h0, nullptr, w_ih,
-                                      w_hh, c10::nullopt, c10::nullopt, c10::nullopt, reverse);
+                                      w_hh, std::nullopt, std::nullopt, std::nullopt, reverse);
   const Schedule& s = sh.schedule;
   const int64_t H = sh.hidden_size;
   check_shape(kBackward, workspace, "workspace", {s.rows, 4 * H}, "rows, 4*hidden_size");

@@ -76,10 +76,10 @@ void lstm_forward_impl(const RnnShapes& sh, const at::Tensor& x, const at::Tenso
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward(
-    const at::Tensor& input, const c10::optional<at::Tensor>& batch_sizes,
+    const at::Tensor& input, const std::optional<at::Tensor>& batch_sizes,
     const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& w_ih,
-    const at::Tensor& w_hh, const c10::optional<at::Tensor>& b_ih,
-    const c10::optional<at::Tensor>& b_hh, const c10::optional<at::Tensor>& w_hr,
+    const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih,
+    const std::optional<at::Tensor>& b_hh, const std::optional<at::Tensor>& w_hr,
     bool reverse, bool need_workspace) {
   const RnnShapes sh = check_rnn_args(kForward, kGates, input, batch_sizes, h0, &c0, w_ih,
                                       w_hh, b_ih, b_hh, w_hr, reverse);
@@ -180,12 +180,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
            at::Tensor>
 lstm_backward(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
               const at::Tensor& grad_c_n, const at::Tensor& input,
-              const c10::optional<at::Tensor>& batch_sizes, const at::Tensor& h0,
+              const std::optional<at::Tensor>& batch_sizes, const at::Tensor& h0,
               const at::Tensor& c0, const at::Tensor& w_ih, const at::Tensor& w_hh,
-              const c10::optional<at::Tensor>& w_hr, const at::Tensor& output,
+              const std::optional<at::Tensor>& w_hr, const at::Tensor& output,
               const at::Tensor& workspace, bool reverse) {
   const RnnShapes sh = check_rnn_args(kBackward, kGates, input, batch_sizes, h0, &c0, w_ih,
-                                      w_hh, c10::nullopt, c10::nullopt, w_hr, reverse);
+                                      w_hh, std::nullopt, std::nullopt, w_hr, reverse);
   const Schedule& s = sh.schedule;
   const int64_t H = sh.hidden_size, P = sh.state_size;
   check_shape(kBackward, workspace, "workspace", {s.rows, 5 * H}, "rows, 5*hidden_size");

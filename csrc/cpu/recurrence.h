@@ -131,8 +131,8 @@ class ForwardTeam {
 };
 
 // b_ih + b_hh as one vector (zeros where absent), so the pointwise pass adds one bias.
-inline at::Tensor combined_bias(const c10::optional<at::Tensor>& b_ih,
-                                const c10::optional<at::Tensor>& b_hh, int64_t size,
+inline at::Tensor combined_bias(const std::optional<at::Tensor>& b_ih,
+                                const std::optional<at::Tensor>& b_hh, int64_t size,
                                 const at::TensorOptions& opts) {
   at::Tensor bias = at::zeros({size}, opts);
   if (b_ih.has_value() && b_ih->defined()) bias.add_(*b_ih);
@@ -140,7 +140,7 @@ inline at::Tensor combined_bias(const c10::optional<at::Tensor>& b_ih,
   return bias;
 }
 
-inline at::Tensor optional_bias(const c10::optional<at::Tensor>& b, int64_t size,
+inline at::Tensor optional_bias(const std::optional<at::Tensor>& b, int64_t size,
                                 const at::TensorOptions& opts) {
   return (b.has_value() && b->defined()) ? b->contiguous() : at::zeros({size}, opts);
 }

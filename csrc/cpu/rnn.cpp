@@ -50,13 +50,13 @@ void rnn_forward_impl(const RnnShapes& sh, bool relu, const at::Tensor& x,
 }
 
 std::tuple<at::Tensor, at::Tensor> rnn_forward(
-    const at::Tensor& input, const c10::optional<at::Tensor>& batch_sizes,
+    const at::Tensor& input, const std::optional<at::Tensor>& batch_sizes,
     const at::Tensor& h0, const at::Tensor& w_ih, const at::Tensor& w_hh,
-    const c10::optional<at::Tensor>& b_ih, const c10::optional<at::Tensor>& b_hh,
+    const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh,
     c10::string_view nonlinearity, bool reverse) {
   const bool relu = is_relu(kForward, nonlinearity);
   const RnnShapes sh = check_rnn_args(kForward, 1, input, batch_sizes, h0, nullptr, w_ih, w_hh,
-                                      b_ih, b_hh, c10::nullopt, reverse);
+                                      b_ih, b_hh, std::nullopt, reverse);
   const Schedule& s = sh.schedule;
   const auto opts = input.options();
   const at::Tensor x = cached_contiguous(input).view({s.rows, sh.input_size});
@@ -95,12 +95,12 @@ InputAndWeightGrads rnn_backward_impl(const RnnShapes& sh, bool relu,
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
 rnn_backward(const at::Tensor& grad_output, const at::Tensor& grad_h_n, const at::Tensor& input,
-             const c10::optional<at::Tensor>& batch_sizes, const at::Tensor& h0,
+             const std::optional<at::Tensor>& batch_sizes, const at::Tensor& h0,
              const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& output,
              c10::string_view nonlinearity, bool reverse) {
   const bool relu = is_relu(kBackward, nonlinearity);
   const RnnShapes sh = check_rnn_args(kBackward, 1, input, batch_sizes, h0, nullptr, w_ih, w_hh,
-                                      c10::nullopt, c10::nullopt, c10::nullopt, reverse);
+                                      std::nullopt, std::nullopt, std::nullopt, reverse);
   const Schedule& s = sh.schedule;
   const int64_t H = sh.hidden_size;
   check_shape(kBackward, grad_output, "grad_output", output.sizes(), "the output's shape");
