@@ -10,6 +10,9 @@
 - both forward paths: the per-step path (GATEDRNN_PERSISTENT=0) and the
   persistent kernel (GATEDRNN_PERSISTENT=1, which raises when the kernel
   cannot run, so these tests know it ran).
+- which path auto picks (the profiler's kernel names), forced persistent on an
+  empty sequence, the inference form (need_workspace=False), two host threads
+  launching different persistent plans at once, fp16/bf16 at a realistic size.
 """
 
 import pytest
@@ -314,9 +317,11 @@ LOW = [
 @pytest.mark.parametrize("dtype", LOW)
 @pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
 @pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
-def test_low_precision_error_vs_torch_nn(cell, dtype, packed, reverse, path):
-    T, N, I, H, P = 12, 4, 16, 32, 8
-    skip_unsupported(path, cell, N)
+def assert_low_precision_within_2x_torch_nn(cell, dtype, shape, packed, reverse):
+    """Outputs, final states and every gradient of ours in `dtype` within 2x torch.nn's
+    (cuDNN's) error against a float64 reference (plus one unit of rounding at the
+    tensor's scale)."""
+    T, N, I, H, P = shape
     module, tensors, batch_sizes = build_case(
         cell, T, N, I, H, P, dtype=torch.float64, reverse=reverse, packed=packed, device=DEVICE
     )
@@ -342,6 +347,25 @@ def test_low_precision_error_vs_torch_nn(cell, dtype, packed, reverse, path):
         assert ours[k].dtype == dtype, k
         assert e_ours <= 2 * e_nn + eps * scale, (
             f"{k}: error {e_ours:.3g} vs torch.nn {e_nn:.3g} (scale {scale:.3g})")
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("dtype", LOW)
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+def test_low_precision_error_vs_torch_nn(cell, dtype, packed, reverse, path):
+    skip_unsupported(path, cell, 4)
+    assert_low_precision_within_2x_torch_nn(cell, dtype, (12, 4, 16, 32, 8), packed, reverse)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "lstm_proj", "gru", "rnn_tanh"])
+@pytest.mark.parametrize("dtype", LOW)
+def test_low_precision_at_a_realistic_size(cell, dtype, path):
+    """(T, N, I, H) = (100, 64, 256, 256) (the persistent kernel at N = 16), the weight
+    gradients being sums over all 6,400 rows (1,600 at N = 16)."""
+    N = 16 if path == "persistent" else 64
+    skip_unsupported(path, cell, N)
+    assert_low_precision_within_2x_torch_nn(cell, dtype, (100, N, 256, 256, 128), False, False)
 
 
 # --------------------------------------------------------------------------
@@ -402,6 +426,103 @@ def test_bad_persistent_setting(monkeypatch):
     op, args = op_and_args("gru", tensors, batch_sizes, False)
     with pytest.raises(ValueError, match="GATEDRNN_PERSISTENT"):
         op(*args)
+
+
+def _persistent_kernels_launched(fn):
+    """How many launches of the persistent forward kernel fn() made (the CUDA profiler's
+    kernel names: persistent_forward_kernel<...>)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    return sum(e.count for e in prof.key_averages() if "persistent_forward_kernel" in e.key)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "lstm_proj", "gru", "rnn_tanh"])
+@pytest.mark.parametrize("N", [1, PERSISTENT_MAX_BATCH, PERSISTENT_MAX_BATCH + 1])
+def test_auto_picks_the_persistent_kernel_exactly_when_it_can_run(cell, N, monkeypatch):
+    monkeypatch.setenv("GATEDRNN_PERSISTENT", "auto")
+    _, tensors, batch_sizes = build_case(cell, 6, N, 5, 24, 7, device=DEVICE, packed=True)
+    op, args = op_and_args(cell, tensors, batch_sizes, False)
+    with torch.no_grad():
+        launched = _persistent_kernels_launched(lambda: op(*args))
+    assert launched == (1 if persistent_supported(cell, N) else 0)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh"])
+@pytest.mark.parametrize("T,N", [(0, 3), (4, 0)], ids=["T0", "N0"])
+def test_forced_persistent_on_an_empty_sequence_is_a_no_op(cell, T, N, monkeypatch):
+    """GATEDRNN_PERSISTENT=1 with nothing to run: the CPU op's (empty) results, no error."""
+    monkeypatch.setenv("GATEDRNN_PERSISTENT", "1")
+    _, tensors, batch_sizes = build_case(cell, T, N, 3, 5, 5, dtype=torch.float64)
+    op, args = op_and_args(cell, tensors, batch_sizes, False)
+    ref = op(*args)
+    _, cuda_args = op_and_args(cell, to_device(tensors), batch_sizes, False)
+    ours = op(*cuda_args)
+    for a, b in zip(ours, ref):
+        assert a.shape == b.shape
+        torch.testing.assert_close(a.cpu(), b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "lstm_proj", "gru"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["f32", "f16"])
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+def test_inference_form_on_cuda(cell, dtype, packed, path, no_tf32):
+    """need_workspace=False: the same outputs and states bit for bit, an empty workspace
+    (and the kernels, which then write none, leave the rest as it was)."""
+    skip_unsupported(path, cell, 3)
+    _, tensors, batch_sizes = build_case(cell, 6, 3, 4, 10, 4, dtype=dtype, packed=packed,
+                                         device=DEVICE)
+    op, args = op_and_args(cell, tensors, batch_sizes, False)
+    with torch.no_grad():
+        kept = op(*args, True)
+        dropped = op(*args, False)
+    assert kept[-1].shape[0] == tensors["input"].shape[0] * (1 if packed else 3)
+    assert dropped[-1].shape == (0, kept[-1].shape[1])
+    for a, b in zip(kept[:-1], dropped[:-1]):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh"])
+def test_persistent_plans_of_two_threads_at_once(cell, monkeypatch):
+    """Two host threads launching the persistent kernel with different shared-memory
+    sizes, over and over: each gets the results it gets alone (the kernel's
+    shared-memory limit is process-wide; lowering it under another thread's launch
+    would make that launch fail)."""
+    import threading
+
+    monkeypatch.setenv("GATEDRNN_PERSISTENT", "1")
+    cases = []
+    for H in (8, 200):
+        _, tensors, batch_sizes = build_case(cell, 5, 4, 6, H, H, dtype=torch.float32,
+                                             device=DEVICE, seed=H)
+        op, args = op_and_args(cell, tensors, batch_sizes, False)
+        with torch.no_grad():
+            cases.append((op, args, op(*args)))
+    torch.cuda.synchronize()  # the side streams below read what the default stream wrote
+    errors = []
+
+    def worker(op, args, expected):
+        try:
+            stream = torch.cuda.Stream()
+            with torch.cuda.stream(stream), torch.no_grad():
+                for _ in range(50):
+                    got = op(*args)
+                    stream.synchronize()
+                    for a, b in zip(got, expected):
+                        if not torch.equal(a, b):
+                            errors.append("different results")
+                            return
+        except Exception as e:  # noqa: BLE001 (reported below)
+            errors.append(repr(e))
+
+    threads = [threading.Thread(target=worker, args=case) for case in cases]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
 
 
 # --------------------------------------------------------------------------

@@ -11,20 +11,17 @@
 // only launches: at::mm_out / at::addmm_out on narrowed views of those
 // buffers (cuBLAS, no allocation) and the pointwise kernels. No host sync.
 //
-// Autocast: nothing is registered in C++. Every op requires input, states,
-// weights and biases of one dtype (check_rnn_args), so the Python side should
-// cast all floating-point arguments of the forward ops to the autocast dtype,
-// e.g. torch.library.register_autocast("gatedrnn::lstm_forward", "cuda",
-// torch.float16) (likewise gru_forward / rnn_forward; batch_sizes is int64 and
-// is left alone). The saved tensors are then in that dtype and the backward
-// ops need no autocast of their own. fp16/bf16 compute the pointwise math in
-// fp32 and keep the LSTM cell state (and dL/dc) in fp32 between steps; the
-// GEMMs are cuBLAS's fp16/bf16 GEMMs with fp32 accumulation.
+// Autocast: registered in Python (python/gatedrnn/ops/_common.py, register_autocast): under
+// torch.autocast("cuda") the forward ops get every floating-point argument but float64 in
+// the autocast dtype, as cuDNN does for torch.nn's modules; the saved tensors are then in
+// that dtype and the backward ops need no autocast of their own. fp16/bf16 compute the
+// pointwise math in fp32 and keep the LSTM cell state (and dL/dc) in fp32 between steps;
+// the GEMMs are cuBLAS's fp16/bf16 GEMMs with fp32 accumulation, and the weight gradients
+// (sums over every row of the sequence) are written in fp32 and rounded once.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
-#include <c10/util/Optional.h>
 #include <torch/version.h>
 
 #include <cuda_bf16.h>
@@ -32,6 +29,7 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <optional>
 #include <string>
 
 #include "../common/sequence.h"
@@ -63,7 +61,7 @@ T* ptr(const at::Tensor& t) {
 // Reduction over the rows (the bias gradients).
 constexpr int64_t kDim0[] = {0};
 
-inline at::Tensor contiguous_or_undefined(const c10::optional<at::Tensor>& t) {
+inline at::Tensor contiguous_or_undefined(const std::optional<at::Tensor>& t) {
   return (t.has_value() && t->defined()) ? t->contiguous() : at::Tensor();
 }
 
@@ -104,6 +102,17 @@ inline void mm_acc_out(at::Tensor& out, const at::Tensor& a, const at::Tensor& b
   }
 #endif
   out.copy_(at::mm(a, b));
+}
+
+// a @ b for a weight gradient, whose sums run over every row of the sequence (6,400 at
+// (T, N) = (100, 64)): for the half types accumulated and written in fp32 by cuBLAS, then
+// rounded once, as cuDNN's are (an fp16 output lets cuBLAS reduce split-k partial sums in
+// fp16); for float/double a plain GEMM.
+inline at::Tensor weight_grad(const at::Tensor& a, const at::Tensor& b) {
+  const at::ScalarType dtype = a.scalar_type();
+  at::Tensor out = at::empty({a.size(0), b.size(1)}, a.options().dtype(acc_dtype(dtype)));
+  mm_acc_out(out, a, b);
+  return as_dtype(out, dtype);
 }
 
 // The hoisted input projection x @ w_ih^T for all rows, in the math dtype.
@@ -184,14 +193,15 @@ inline PersistentMode persistent_mode() {
 
 // plan_fn(batch, hidden, &plan) is <cell>_persistent_plan<T>. `blocker` is a
 // reason the op cannot use the kernel regardless of size (e.g. a projection),
-// or null.
+// or null. An empty sequence (T = 0 or N = 0) never takes it: there is nothing to
+// run, and the per-step path's loop is empty.
 template <typename PlanFn>
 bool use_persistent(const char* op, const Schedule& s, int64_t hidden, const char* blocker,
                     PlanFn plan_fn, kernels::PersistentPlan* plan) {
   const PersistentMode mode = persistent_mode();
   if (mode == PersistentMode::kOff) return false;
   const char* why = blocker;
-  if (why == nullptr && (s.steps() == 0 || s.batch == 0)) why = "empty sequence";
+  if (why == nullptr && (s.steps() == 0 || s.batch == 0)) return false;
   if (why == nullptr) {
     C10_CUDA_CHECK(plan_fn(s.batch, hidden, plan));
     if (!plan->ok) why = plan->reason;
@@ -199,6 +209,23 @@ bool use_persistent(const char* op, const Schedule& s, int64_t hidden, const cha
   TORCH_CHECK(why == nullptr || mode != PersistentMode::kForce, op,
               ": GATEDRNN_PERSISTENT=1 but the persistent kernel cannot run: ", why);
   return why == nullptr;
+}
+
+// Whether the persistent kernel's launch ran, given what it returned. A plan says the
+// kernel's blocks fit on the GPU as a whole, but a cooperative launch is refused when
+// they cannot all be resident at that moment (kernels of another stream or process hold
+// SMs; an MPS client gets a share of them): in auto mode the caller then runs the
+// per-step path, which writes the same results. With GATEDRNN_PERSISTENT=1 a refusal
+// raises, and any other error raises in every mode.
+inline bool persistent_ran(const char* op, cudaError_t err) {
+  if (err == cudaSuccess) return true;
+  const bool refused = err == cudaErrorCooperativeLaunchTooLarge ||
+                       err == cudaErrorLaunchOutOfResources || err == cudaErrorNotSupported;
+  if (refused) (void)cudaGetLastError();  // a refused launch leaves no sticky error: clear it
+  const bool forced = persistent_mode() == PersistentMode::kForce;
+  TORCH_CHECK(refused && !forced, op, ": the persistent kernel's launch failed",
+              forced ? " (GATEDRNN_PERSISTENT=1)" : "", ": ", cudaGetErrorString(err));
+  return false;
 }
 
 // The schedule on the device for the persistent kernel: [2, T] int64, row 0
@@ -216,7 +243,7 @@ inline at::Tensor device_schedule(const Schedule& s, bool packed, const at::Tens
   return host.to(like.device(), at::kLong, /*non_blocking=*/true);
 }
 
-inline bool is_packed(const c10::optional<at::Tensor>& batch_sizes) {
+inline bool is_packed(const std::optional<at::Tensor>& batch_sizes) {
   return batch_sizes.has_value() && batch_sizes->defined();
 }
 

@@ -28,13 +28,13 @@ constexpr const char* kForward = "gatedrnn.gru_forward";
 constexpr const char* kBackward = "gatedrnn.gru_backward";
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_forward(
-    const at::Tensor& input, const c10::optional<at::Tensor>& batch_sizes,
+    const at::Tensor& input, const std::optional<at::Tensor>& batch_sizes,
     const at::Tensor& h0, const at::Tensor& w_ih, const at::Tensor& w_hh,
-    const c10::optional<at::Tensor>& b_ih, const c10::optional<at::Tensor>& b_hh,
+    const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh,
     bool reverse, bool need_workspace) {
   check_on_cuda(kForward, input);
   const RnnShapes sh = check_rnn_args(kForward, kGates, input, batch_sizes, h0, nullptr, w_ih,
-                                      w_hh, b_ih, b_hh, c10::nullopt, reverse);
+                                      w_hh, b_ih, b_hh, std::nullopt, reverse);
   const c10::cuda::CUDAGuard guard(input.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
   const Schedule& s = sh.schedule;
@@ -47,8 +47,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_forward(
 
   const at::ScalarType acc = acc_dtype(dtype);
   at::Tensor out = at::empty({R, H}, opts);
-  at::Tensor ws = at::empty({R, 4 * H}, opts);
-  // The hoisted input projection (into the workspace for float/double).
+  // The workspace, and for float/double the hoisted input projection in its first 3H
+  // columns; without need_workspace (no backward will read it) only those columns, and
+  // the kernels write no workspace.
+  at::Tensor ws = at::empty({R, need_workspace ? 4 * H : acc == dtype ? 3 * H : 0}, opts);
   const InputGates xg = input_gates(x, wih, ws);
 
   at::Tensor h_n;
@@ -72,11 +74,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_forward(
       p.h0 = ptr<T>(h0c);
       p.x_gates = ptr<kernels::acc_t<T>>(xg.gates);
       p.x_ld = xg.ld;
-      p.workspace = ptr<T>(ws);
+      p.workspace = need_workspace ? ptr<T>(ws) : nullptr;
       p.output = ptr<T>(out);
       p.h_n = ptr<T>(h_n);
-      C10_CUDA_CHECK(kernels::gru_persistent_forward<T>(p, plan, stream));
-      return;
+      if (persistent_ran(kForward, kernels::gru_persistent_forward<T>(p, plan, stream))) return;
     }
 
     using A = kernels::acc_t<T>;
@@ -92,7 +93,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_forward(
       kernels::GruForwardStepParams<T> p;
       p.rows = n;
       p.hidden = H;
-      p.workspace = wsp + off * 4 * H;
+      p.workspace = need_workspace ? wsp + off * 4 * H : nullptr;
       p.x_gates = ptr<A>(xg.gates) + off * xg.ld;
       p.x_ld = xg.ld;
       p.hidden_gates = ptr<A>(hg);
@@ -104,18 +105,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_forward(
     }
     h_n = h_state;
   });
-  // The kernels write the workspace either way; only its return is skipped.
   return {shaped_like_input(out, input), h_n, need_workspace ? ws : at::empty({0, 4 * H}, opts)};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
 gru_backward(const at::Tensor& grad_output, const at::Tensor& grad_h_n, const at::Tensor& input,
-             const c10::optional<at::Tensor>& batch_sizes, const at::Tensor& h0,
+             const std::optional<at::Tensor>& batch_sizes, const at::Tensor& h0,
              const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& output,
              const at::Tensor& workspace, bool reverse) {
   check_on_cuda(kBackward, input);
   const RnnShapes sh = check_rnn_args(kBackward, kGates, input, batch_sizes, h0, nullptr, w_ih,
-                                      w_hh, c10::nullopt, c10::nullopt, c10::nullopt, reverse);
+                                      w_hh, std::nullopt, std::nullopt, std::nullopt, reverse);
   const Schedule& s = sh.schedule;
   const int64_t H = sh.hidden_size, N = s.batch, R = s.rows, I = sh.input_size;
   check_shape(kBackward, workspace, "workspace", {R, 4 * H}, "rows, 4*hidden_size");
@@ -178,13 +178,11 @@ gru_backward(const at::Tensor& grad_output, const at::Tensor& grad_h_n, const at
   });
 
   at::Tensor grad_input = at::empty({R, I}, opts);
-  at::Tensor grad_w_ih = at::empty({kGates * H, I}, opts);
-  at::Tensor grad_w_hh = at::empty({kGates * H, H}, opts);
   at::Tensor grad_b_ih = at::empty({kGates * H}, opts);
   at::Tensor grad_b_hh = at::empty({kGates * H}, opts);
   at::mm_out(grad_input, dgx, wih);
-  at::mm_out(grad_w_ih, dgx.t(), x);
-  at::mm_out(grad_w_hh, dgh.t(), h_prev);
+  const at::Tensor grad_w_ih = weight_grad(dgx.t(), x);
+  const at::Tensor grad_w_hh = weight_grad(dgh.t(), h_prev);
   at::sum_out(grad_b_ih, dgx, at::IntArrayRef(kDim0));
   at::sum_out(grad_b_hh, dgh, at::IntArrayRef(kDim0));
   return {shaped_like_input(grad_input, input), as_dtype(dh_z.add_(dh_mm), dtype), grad_w_ih,

@@ -29,10 +29,10 @@ constexpr const char* kForward = "gatedrnn.lstm_forward";
 constexpr const char* kBackward = "gatedrnn.lstm_backward";
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward(
-    const at::Tensor& input, const c10::optional<at::Tensor>& batch_sizes,
+    const at::Tensor& input, const std::optional<at::Tensor>& batch_sizes,
     const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& w_ih,
-    const at::Tensor& w_hh, const c10::optional<at::Tensor>& b_ih,
-    const c10::optional<at::Tensor>& b_hh, const c10::optional<at::Tensor>& w_hr,
+    const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih,
+    const std::optional<at::Tensor>& b_hh, const std::optional<at::Tensor>& w_hr,
     bool reverse, bool need_workspace) {
   check_on_cuda(kForward, input);
   const RnnShapes sh = check_rnn_args(kForward, kGates, input, batch_sizes, h0, &c0, w_ih,
@@ -51,8 +51,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward(
 
   const at::ScalarType acc = acc_dtype(dtype);
   at::Tensor out = at::empty({R, P}, opts);
-  at::Tensor ws = at::empty({R, 5 * H}, opts);
-  // The hoisted input projection (into the workspace for float/double).
+  // The workspace, and for float/double the hoisted input projection in its first 4H
+  // columns; without need_workspace (no backward will read it) only those columns, and
+  // the kernels write no workspace.
+  at::Tensor ws = at::empty({R, need_workspace ? 5 * H : acc == dtype ? 4 * H : 0}, opts);
   const InputGates xg = input_gates(x, wih, ws);
 
   at::Tensor h_n, c_n;
@@ -79,12 +81,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward(
       p.c0 = ptr<T>(c0c);
       p.x_gates = ptr<kernels::acc_t<T>>(xg.gates);
       p.x_ld = xg.ld;
-      p.workspace = ptr<T>(ws);
+      p.workspace = need_workspace ? ptr<T>(ws) : nullptr;
       p.output = ptr<T>(out);
       p.h_n = ptr<T>(h_n);
       p.c_n = ptr<T>(c_n);
-      C10_CUDA_CHECK(kernels::lstm_persistent_forward<T>(p, plan, stream));
-      return;
+      if (persistent_ran(kForward, kernels::lstm_persistent_forward<T>(p, plan, stream))) return;
     }
 
     // Per-step path. Recurrent state: h [N, P] in the op's dtype (it feeds the
@@ -105,7 +106,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward(
       kernels::LstmForwardStepParams<T> p;
       p.rows = n;
       p.hidden = H;
-      p.workspace = wsp + off * 5 * H;
+      p.workspace = need_workspace ? wsp + off * 5 * H : nullptr;
       p.x_gates = ptr<A>(xg.gates) + off * xg.ld;
       p.x_ld = xg.ld;
       p.hidden_gates = ptr<A>(hg);
@@ -125,7 +126,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward(
     h_n = h_state;
     c_n = as_dtype(c_state, dtype);
   });
-  // The kernels write the workspace either way; only its return is skipped.
   return {shaped_like_input(out, input), h_n, c_n,
           need_workspace ? ws : at::empty({0, 5 * H}, opts)};
 }
@@ -134,13 +134,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
            at::Tensor>
 lstm_backward(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
               const at::Tensor& grad_c_n, const at::Tensor& input,
-              const c10::optional<at::Tensor>& batch_sizes, const at::Tensor& h0,
+              const std::optional<at::Tensor>& batch_sizes, const at::Tensor& h0,
               const at::Tensor& c0, const at::Tensor& w_ih, const at::Tensor& w_hh,
-              const c10::optional<at::Tensor>& w_hr, const at::Tensor& output,
+              const std::optional<at::Tensor>& w_hr, const at::Tensor& output,
               const at::Tensor& workspace, bool reverse) {
   check_on_cuda(kBackward, input);
   const RnnShapes sh = check_rnn_args(kBackward, kGates, input, batch_sizes, h0, &c0, w_ih,
-                                      w_hh, c10::nullopt, c10::nullopt, w_hr, reverse);
+                                      w_hh, std::nullopt, std::nullopt, w_hr, reverse);
   const Schedule& s = sh.schedule;
   const int64_t H = sh.hidden_size, P = sh.state_size, N = s.batch, R = s.rows;
   const int64_t I = sh.input_size;
@@ -222,20 +222,17 @@ lstm_backward(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
 
   // The large GEMMs after the loop, into preallocated outputs.
   at::Tensor grad_input = at::empty({R, I}, opts);
-  at::Tensor grad_w_ih = at::empty({kGates * H, I}, opts);
-  at::Tensor grad_w_hh = at::empty({kGates * H, P}, opts);
   at::Tensor grad_b_ih = at::empty({kGates * H}, opts);
   at::mm_out(grad_input, dgates, wih);
-  at::mm_out(grad_w_ih, dgates.t(), x);
-  at::mm_out(grad_w_hh, dgates.t(), h_prev);
+  const at::Tensor grad_w_ih = weight_grad(dgates.t(), x);
+  const at::Tensor grad_w_hh = weight_grad(dgates.t(), h_prev);
   at::sum_out(grad_b_ih, dgates, at::IntArrayRef(kDim0));
   at::Tensor grad_b_hh = grad_b_ih.clone();
   at::Tensor grad_w_hr;
   if (proj) {
     // hp = o * tanh(c), recomputed from the workspace rather than stored.
     const at::Tensor o = ws.narrow(1, 3 * H, H), c = ws.narrow(1, 4 * H, H);
-    grad_w_hr = at::empty({P, H}, opts);
-    at::mm_out(grad_w_hr, dout.t(), o * c.tanh());
+    grad_w_hr = weight_grad(dout.t(), o * c.tanh());
   } else {
     grad_w_hr = at::empty({0}, opts);
   }

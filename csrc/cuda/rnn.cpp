@@ -34,14 +34,14 @@ bool is_relu(const char* op, c10::string_view nonlinearity) {
 }
 
 std::tuple<at::Tensor, at::Tensor> rnn_forward(
-    const at::Tensor& input, const c10::optional<at::Tensor>& batch_sizes,
+    const at::Tensor& input, const std::optional<at::Tensor>& batch_sizes,
     const at::Tensor& h0, const at::Tensor& w_ih, const at::Tensor& w_hh,
-    const c10::optional<at::Tensor>& b_ih, const c10::optional<at::Tensor>& b_hh,
+    const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh,
     c10::string_view nonlinearity, bool reverse) {
   const bool relu = is_relu(kForward, nonlinearity);
   check_on_cuda(kForward, input);
   const RnnShapes sh = check_rnn_args(kForward, 1, input, batch_sizes, h0, nullptr, w_ih, w_hh,
-                                      b_ih, b_hh, c10::nullopt, reverse);
+                                      b_ih, b_hh, std::nullopt, reverse);
   const c10::cuda::CUDAGuard guard(input.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
   const Schedule& s = sh.schedule;
@@ -81,8 +81,7 @@ std::tuple<at::Tensor, at::Tensor> rnn_forward(
       p.x_ld = xg.ld;
       p.output = ptr<T>(out);
       p.h_n = ptr<T>(h_n);
-      C10_CUDA_CHECK(kernels::rnn_persistent_forward<T>(p, plan, stream));
-      return;
+      if (persistent_ran(kForward, kernels::rnn_persistent_forward<T>(p, plan, stream))) return;
     }
 
     using A = kernels::acc_t<T>;
@@ -114,13 +113,13 @@ std::tuple<at::Tensor, at::Tensor> rnn_forward(
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
 rnn_backward(const at::Tensor& grad_output, const at::Tensor& grad_h_n, const at::Tensor& input,
-             const c10::optional<at::Tensor>& batch_sizes, const at::Tensor& h0,
+             const std::optional<at::Tensor>& batch_sizes, const at::Tensor& h0,
              const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& output,
              c10::string_view nonlinearity, bool reverse) {
   const bool relu = is_relu(kBackward, nonlinearity);
   check_on_cuda(kBackward, input);
   const RnnShapes sh = check_rnn_args(kBackward, 1, input, batch_sizes, h0, nullptr, w_ih, w_hh,
-                                      c10::nullopt, c10::nullopt, c10::nullopt, reverse);
+                                      std::nullopt, std::nullopt, std::nullopt, reverse);
   const Schedule& s = sh.schedule;
   const int64_t H = sh.hidden_size, R = s.rows, I = sh.input_size;
   check_shape(kBackward, grad_output, "grad_output", output.sizes(), "the output's shape");
@@ -174,12 +173,10 @@ rnn_backward(const at::Tensor& grad_output, const at::Tensor& grad_h_n, const at
   });
 
   at::Tensor grad_input = at::empty({R, I}, opts);
-  at::Tensor grad_w_ih = at::empty({H, I}, opts);
-  at::Tensor grad_w_hh = at::empty({H, H}, opts);
   at::Tensor grad_b_ih = at::empty({H}, opts);
   at::mm_out(grad_input, dgates, wih);
-  at::mm_out(grad_w_ih, dgates.t(), x);
-  at::mm_out(grad_w_hh, dgates.t(), h_prev);
+  const at::Tensor grad_w_ih = weight_grad(dgates.t(), x);
+  const at::Tensor grad_w_hh = weight_grad(dgates.t(), h_prev);
   at::sum_out(grad_b_ih, dgates, at::IntArrayRef(kDim0));
   at::Tensor grad_b_hh = grad_b_ih.clone();
   return {shaped_like_input(grad_input, input), as_dtype(dh_state, dtype), grad_w_ih, grad_w_hh,

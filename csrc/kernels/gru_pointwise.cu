@@ -14,7 +14,7 @@ __global__ void gru_forward_step_kernel(GruForwardStepParams<T> p) {
   using M = acc_t<T>;
   const int64_t H = p.hidden;
   GATEDRNN_FOR_EACH_ROW(b, p.rows) {
-    T* ws = p.workspace + b * 4 * H;
+    T* ws = p.workspace ? p.workspace + b * 4 * H : nullptr;
     const M* xg = p.x_gates + b * p.x_ld;
     const M* hg = p.hidden_gates + b * 3 * H;
     GATEDRNN_FOR_EACH_COL(j, H) {
@@ -25,10 +25,12 @@ __global__ void gru_forward_step_kernel(GruForwardStepParams<T> p) {
       const M n = tanh_(xg[2 * H + j] + load_or_zero(p.b_ih, 2 * H + j) + r * hn);
       T* hs = p.h_state + b * H + j;
       const M h = n + z * (to_acc(*hs) - n);
-      ws[j] = from_acc<T>(r);
-      ws[H + j] = from_acc<T>(z);
-      ws[2 * H + j] = from_acc<T>(n);
-      ws[3 * H + j] = from_acc<T>(hn);
+      if (ws) {
+        ws[j] = from_acc<T>(r);
+        ws[H + j] = from_acc<T>(z);
+        ws[2 * H + j] = from_acc<T>(n);
+        ws[3 * H + j] = from_acc<T>(hn);
+      }
       const T hv = from_acc<T>(h);
       *hs = hv;
       p.h_out[b * H + j] = hv;

@@ -15,7 +15,7 @@ template <typename T>
 struct GruForwardStepParams {
   int64_t rows = 0;                  // n: live batch rows at this step
   int64_t hidden = 0;                // H
-  T* workspace = nullptr;            // [n, 4H] this step's rows, out: r, z, n, hn
+  T* workspace = nullptr;            // [n, 4H] this step's rows, out: r, z, n, hn; or null
   const acc_t<T>* x_gates = nullptr; // [n, x_ld] x @ w_ih^T (first 3H columns of each row)
   int64_t x_ld = 0;
   const acc_t<T>* hidden_gates = nullptr;  // [n, 3H] h_prev @ w_hh^T

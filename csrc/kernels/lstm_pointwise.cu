@@ -15,7 +15,7 @@ __global__ void lstm_forward_step_kernel(LstmForwardStepParams<T> p) {
   using M = acc_t<T>;
   const int64_t H = p.hidden;
   GATEDRNN_FOR_EACH_ROW(b, p.rows) {
-    T* ws = p.workspace + b * 5 * H;
+    T* ws = p.workspace ? p.workspace + b * 5 * H : nullptr;
     const M* xg = p.x_gates + b * p.x_ld;
     const M* hg = p.hidden_gates + b * 4 * H;
     GATEDRNN_FOR_EACH_COL(j, H) {
@@ -30,11 +30,13 @@ __global__ void lstm_forward_step_kernel(LstmForwardStepParams<T> p) {
       M* cs = p.c_state + b * H + j;
       const M c = f * *cs + i * g;
       const M h = o * tanh_(c);
-      ws[j] = from_acc<T>(i);
-      ws[H + j] = from_acc<T>(f);
-      ws[2 * H + j] = from_acc<T>(g);
-      ws[3 * H + j] = from_acc<T>(o);
-      ws[4 * H + j] = from_acc<T>(c);
+      if (ws) {
+        ws[j] = from_acc<T>(i);
+        ws[H + j] = from_acc<T>(f);
+        ws[2 * H + j] = from_acc<T>(g);
+        ws[3 * H + j] = from_acc<T>(o);
+        ws[4 * H + j] = from_acc<T>(c);
+      }
       *cs = c;
       const T hv = from_acc<T>(h);
       p.h_out[b * p.h_out_ld + j] = hv;

@@ -22,7 +22,7 @@ template <typename T>
 struct LstmForwardStepParams {
   int64_t rows = 0;                  // n: live batch rows at this step
   int64_t hidden = 0;                // H
-  T* workspace = nullptr;            // [n, 5H] this step's rows, out: i, f, g, o, c
+  T* workspace = nullptr;            // [n, 5H] this step's rows, out: i, f, g, o, c; or null
   const acc_t<T>* x_gates = nullptr; // [n, x_ld] x @ w_ih^T (first 4H columns of each row)
   int64_t x_ld = 0;
   const acc_t<T>* hidden_gates = nullptr;  // [n, 4H] h_prev @ w_hh^T

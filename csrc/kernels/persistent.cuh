@@ -4,6 +4,11 @@
 // each of which instantiates it for its cell.
 #include <cooperative_groups.h>
 
+#include <map>
+#include <mutex>
+#include <tuple>
+#include <utility>
+
 #include "device.cuh"
 #include "persistent.h"
 
@@ -158,7 +163,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       const bool last = b >= n_next;      // the sequence of row b ends at this step
       if constexpr (C == Cell::kLstm) {
         M* c_s = reinterpret_cast<M*>(smem_raw + L.c);
-        T* ws = p.workspace + row * 5 * H;
+        T* ws = p.workspace ? p.workspace + row * 5 * H : nullptr;
         const M* xg = p.x_gates + row * p.x_ld;
         M pg[4];
 #pragma unroll
@@ -171,12 +176,14 @@ __global__ void __launch_bounds__(kThreads, 1)
         const M c = f * c_s[b * ub + u] + i * gg;
         const M h = o * tanh_(c);
         c_s[b * ub + u] = c;
-        ws[j] = from_acc<T>(i);
-        ws[H + j] = from_acc<T>(f);
-        ws[2 * H + j] = from_acc<T>(gg);
-        ws[3 * H + j] = from_acc<T>(o);
         const T cv = from_acc<T>(c);
-        ws[4 * H + j] = cv;
+        if (ws) {
+          ws[j] = from_acc<T>(i);
+          ws[H + j] = from_acc<T>(f);
+          ws[2 * H + j] = from_acc<T>(gg);
+          ws[3 * H + j] = from_acc<T>(o);
+          ws[4 * H + j] = cv;
+        }
         const T hv = from_acc<T>(h);
         p.output[row * H + j] = hv;
         if (last) {
@@ -184,7 +191,7 @@ __global__ void __launch_bounds__(kThreads, 1)
           p.c_n[b * H + j] = cv;
         }
       } else if constexpr (C == Cell::kGru) {
-        T* ws = p.workspace + row * 4 * H;
+        T* ws = p.workspace ? p.workspace + row * 4 * H : nullptr;
         const M* xg = p.x_gates + row * p.x_ld;
         const M r = sigmoid_(xg[j] + load_or_zero(p.b_ih, j) + pre[u] + load_or_zero(p.b_hh, j));
         const M z = sigmoid_(xg[H + j] + load_or_zero(p.b_ih, H + j) + pre[ub + u] +
@@ -192,10 +199,12 @@ __global__ void __launch_bounds__(kThreads, 1)
         const M hn = pre[2 * ub + u] + load_or_zero(p.b_hh, 2 * H + j);
         const M nn = tanh_(xg[2 * H + j] + load_or_zero(p.b_ih, 2 * H + j) + r * hn);
         const M h = nn + z * (h_s[b * H + j] - nn);
-        ws[j] = from_acc<T>(r);
-        ws[H + j] = from_acc<T>(z);
-        ws[2 * H + j] = from_acc<T>(nn);
-        ws[3 * H + j] = from_acc<T>(hn);
+        if (ws) {
+          ws[j] = from_acc<T>(r);
+          ws[H + j] = from_acc<T>(z);
+          ws[2 * H + j] = from_acc<T>(nn);
+          ws[3 * H + j] = from_acc<T>(hn);
+        }
         const T hv = from_acc<T>(h);
         p.output[row * H + j] = hv;
         if (last) p.h_n[b * H + j] = hv;
@@ -224,21 +233,37 @@ const void* kernel_for(int max_batch) {
   return reinterpret_cast<const void*>(&persistent_forward_kernel<C, T, kLargeBatch>);
 }
 
+// Plans and the shared-memory attribute, kept for the process.
+//
+// cudaFuncAttributeMaxDynamicSharedMemorySize belongs to a kernel on a device, shared by
+// every host thread: set on every call to that call's size, as it once was, a thread
+// about to launch a large plan could find it lowered by another thread's smaller one,
+// and its launch refused. So it only grows, under a lock, to the largest size any plan
+// on that device has needed; a launch with less is unaffected. The plans themselves
+// (device attributes, the occupancy query) depend only on the device, the cell, the
+// type, the batch and the hidden size, so each is computed once.
+inline std::mutex& cache_lock() {
+  static std::mutex lock;
+  return lock;
+}
+
+// Raises the kernel's dynamic shared-memory limit on the current device to at least
+// `bytes`. Call with cache_lock() held.
+inline cudaError_t raise_smem_limit(const void* kernel, int device, size_t bytes) {
+  static std::map<std::pair<const void*, int>, size_t> limits;
+  size_t& limit = limits[{kernel, device}];
+  if (limit >= bytes) return cudaSuccess;
+  const cudaError_t err = cudaFuncSetAttribute(
+      kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
+  if (err == cudaSuccess) limit = bytes;
+  return err;
+}
+
 template <Cell C, typename T>
-cudaError_t plan_impl(int64_t batch, int64_t hidden, PersistentPlan* plan) {
+cudaError_t make_plan(int device, int64_t batch, int64_t hidden, PersistentPlan* plan) {
   constexpr int G = Gates<C>::value;
-  *plan = PersistentPlan{};
-  if (batch < 1 || hidden < 1) {
-    plan->reason = "empty batch or hidden size";
-    return cudaSuccess;
-  }
-  if (batch > kPersistentMaxBatch) {
-    plan->reason = "batch larger than kPersistentMaxBatch (16)";
-    return cudaSuccess;
-  }
-  int device = 0, sms = 0, smem_optin = 0, coop = 0;
-  cudaError_t err = cudaGetDevice(&device);
-  if (err != cudaSuccess) return err;
+  int sms = 0, smem_optin = 0, coop = 0;
+  cudaError_t err;
   if ((err = cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, device)) != cudaSuccess)
     return err;
   if ((err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device)) !=
@@ -261,9 +286,8 @@ cudaError_t plan_impl(int64_t batch, int64_t hidden, PersistentPlan* plan) {
   }
   const int max_batch = batch <= kSmallBatch ? kSmallBatch : kLargeBatch;
   const void* kernel = kernel_for<C, T>(max_batch);
-  if ((err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                  static_cast<int>(L.total))) != cudaSuccess)
-    return err;
+  // The occupancy query needs the limit at least at the plan's size.
+  if ((err = raise_smem_limit(kernel, device, L.total)) != cudaSuccess) return err;
   int per_sm = 0;
   if ((err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads,
                                                            L.total)) != cudaSuccess)
@@ -282,6 +306,37 @@ cudaError_t plan_impl(int64_t batch, int64_t hidden, PersistentPlan* plan) {
 }
 
 template <Cell C, typename T>
+cudaError_t plan_impl(int64_t batch, int64_t hidden, PersistentPlan* plan) {
+  *plan = PersistentPlan{};
+  if (batch < 1 || hidden < 1) {
+    plan->reason = "empty batch or hidden size";
+    return cudaSuccess;
+  }
+  if (batch > kPersistentMaxBatch) {
+    plan->reason = "batch larger than kPersistentMaxBatch (16)";
+    return cudaSuccess;
+  }
+  int device = 0;
+  cudaError_t err = cudaGetDevice(&device);
+  if (err != cudaSuccess) return err;
+  // One map per cell and type (this function's instantiation): (device, batch, hidden).
+  static std::map<std::tuple<int, int64_t, int64_t>, PersistentPlan> plans;
+  const std::lock_guard<std::mutex> guard(cache_lock());
+  const auto key = std::make_tuple(device, batch, hidden);
+  const auto found = plans.find(key);
+  if (found != plans.end()) {
+    *plan = found->second;
+    return cudaSuccess;
+  }
+  if ((err = make_plan<C, T>(device, batch, hidden, plan)) != cudaSuccess) {
+    *plan = PersistentPlan{};
+    return err;  // not kept: a failing query is reported at every call
+  }
+  plans.emplace(key, *plan);
+  return cudaSuccess;
+}
+
+template <Cell C, typename T>
 cudaError_t forward_impl(const PersistentParams<T>& p, const PersistentPlan& plan,
                          cudaStream_t stream) {
   if (!plan.ok || p.batch > plan.max_batch) return cudaErrorInvalidValue;
@@ -290,11 +345,14 @@ cudaError_t forward_impl(const PersistentParams<T>& p, const PersistentPlan& pla
       int64_t(plan.units) * (plan.grid - 1) >= p.hidden)
     return cudaErrorInvalidValue;  // the plan was made for another hidden size
   const void* kernel = kernel_for<C, T>(plan.max_batch);
-  // The attribute is per function and device; set again in case the plan was
-  // made while another device was current.
-  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                         static_cast<int>(plan.smem));
+  int device = 0;
+  cudaError_t err = cudaGetDevice(&device);
   if (err != cudaSuccess) return err;
+  {
+    // A no-op unless the plan was made while another device was current.
+    const std::lock_guard<std::mutex> guard(cache_lock());
+    if ((err = raise_smem_limit(kernel, device, plan.smem)) != cudaSuccess) return err;
+  }
   PersistentParams<T> params = p;
   int units = plan.units;
   void* args[] = {&params, &units};

@@ -70,8 +70,8 @@ struct PersistentParams {
   // by the thread that overwrites it.
   const acc_t<T>* x_gates = nullptr;
   int64_t x_ld = 0;
-  // LSTM [R, 5H] / GRU [R, 4H]: out: the same cache as the per-step kernels.
-  // RNN: null.
+  // LSTM [R, 5H] / GRU [R, 4H]: out: the same cache as the per-step kernels;
+  // null when no backward will read it. RNN: null.
   T* workspace = nullptr;
   T* output = nullptr;               // [R, H] out: h
   T* h_n = nullptr;                  // [N, H]
@@ -79,8 +79,9 @@ struct PersistentParams {
 };
 
 // Whether the persistent kernel can run this size on the current device, and
-// its launch configuration. Returns an error only for a failing CUDA call;
-// "does not fit" is plan->ok == false with plan->reason.
+// its launch configuration: computed once per device, batch and hidden size, then
+// kept for the process (thread-safe). Returns an error only for a failing CUDA
+// call; "does not fit" is plan->ok == false with plan->reason.
 template <typename T>
 cudaError_t lstm_persistent_plan(int64_t batch, int64_t hidden, PersistentPlan* plan);
 template <typename T>
@@ -89,7 +90,9 @@ template <typename T>
 cudaError_t rnn_persistent_plan(int64_t batch, int64_t hidden, PersistentPlan* plan);
 
 // Runs the whole sequence with a plan from the matching *_persistent_plan
-// (same batch and hidden size, same device). steps >= 1, batch >= 1.
+// (same batch and hidden size, same device). steps >= 1, batch >= 1. The launch
+// can still be refused (cudaErrorCooperativeLaunchTooLarge) when other work holds
+// SMs at that moment; the caller then runs the per-step path.
 template <typename T>
 cudaError_t lstm_persistent_forward(const PersistentParams<T>& p, const PersistentPlan& plan,
                                     cudaStream_t stream);
