@@ -308,6 +308,19 @@ def test_cpu_autocast_gives_torch_nn_dtypes(cell, packed, dtype):
     assert all(p.grad.dtype == torch.float32 for p in ours.parameters())
 
 
+@pytest.mark.parametrize("cell", CELLS)
+def test_cpu_autocast_of_a_bfloat16_module(cell):
+    """A module already in bfloat16 (layers passing float32 to each other inside), under
+    CPU autocast: torch.nn's output dtype, and the values it gives without autocast."""
+    ref, ours = make_pair(cell, dtype=torch.bfloat16, num_layers=2)
+    x = torch.randn(T, N, I, dtype=torch.bfloat16)
+    expected_dtype, _ = _torch_nn_autocast_dtype(ref, x, torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = ours(x)[0]
+    assert out.dtype == expected_dtype
+    torch.testing.assert_close(out.float(), ours(x)[0].float(), rtol=2e-2, atol=2e-2)
+
+
 def test_cpu_autocast_leaves_float64_alone():
     _, ours = make_pair("lstm", dtype=torch.float64)
     with torch.autocast("cpu", dtype=torch.bfloat16):

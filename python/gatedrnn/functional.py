@@ -63,6 +63,11 @@ def _in_float32(op: str, input: Tensor, tensors: dict):
         return None
     for name, t in tensors.items():
         if t is not None and t.dtype != input.dtype:
+            if torch.is_autocast_enabled("cpu"):
+                # Under autocast the ops' autocast kernels cast every argument, as torch.nn
+                # does (ops/_common.py): a stacked layer's input is then in the autocast
+                # dtype, its states and weights are not.
+                return None
             raise RuntimeError(f"gatedrnn.{op}: expected {name} to have dtype {input.dtype} "
                                f"(the dtype of input), got {t.dtype}")
     return input.float(), {n: None if t is None else t.float() for n, t in tensors.items()}
