@@ -334,6 +334,22 @@ def test_autocast_kernels_are_registered(op, key):
     assert torch._C._dispatch_has_kernel_for_dispatch_key(f"gatedrnn::{op}", key)
 
 
+def test_cuda_autocast_casts_as_cudnn_does():
+    """Under torch.autocast("cuda"), in float16 whatever the autocast dtype (the kernel
+    does not read it), as torch.nn's cuDNN RNNs (aten/src/ATen/cudnn/AutocastRNN.cpp);
+    float64, integer tensors and other arguments as given. (The rule only: no GPU here
+    runs the AutocastCUDA kernel.)"""
+    from gatedrnn.ops._common import cuda_autocast_args
+
+    args = (torch.randn(2, 3), torch.randn(3, dtype=torch.bfloat16), torch.tensor([2, 1]),
+            torch.randn(2, dtype=torch.float64), None, True, "tanh")
+    cast = cuda_autocast_args(args)
+    assert [a.dtype for a in cast[:4]] == [torch.float16, torch.float16, torch.int64,
+                                           torch.float64]
+    assert cast[4:] == args[4:]
+    torch.testing.assert_close(cast[0], args[0].half())
+
+
 # --------------------------------------------------------------------------
 # torch.export and AOTInductor
 # --------------------------------------------------------------------------

@@ -13,8 +13,8 @@
 //
 // Autocast: registered in Python (python/gatedrnn/ops/_common.py, register_autocast): under
 // torch.autocast("cuda") the forward ops get every floating-point argument but float64 in
-// the autocast dtype, as cuDNN does for torch.nn's modules; the saved tensors are then in
-// that dtype and the backward ops need no autocast of their own. fp16/bf16 compute the
+// float16, whatever the autocast dtype, as torch.nn's cuDNN RNNs do; the saved tensors are
+// then in that dtype and the backward ops need no autocast of their own. fp16/bf16 compute the
 // pointwise math in fp32 and keep the LSTM cell state (and dL/dc) in fp32 between steps;
 // the GEMMs are cuBLAS's fp16/bf16 GEMMs with fp32 accumulation, and the weight gradients
 // (sums over every row of the sequence) are written in fp32 and rounded once.

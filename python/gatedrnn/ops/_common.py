@@ -107,11 +107,28 @@ def register_first_order(name: str, forward: str) -> None:
     _IMPL.impl(name, autograd_kernel, "Autograd", with_keyset=True)
 
 
+# torch.nn's cuDNN RNNs run in float16 under CUDA autocast, whatever the autocast dtype
+# (aten/src/ATen/cudnn/AutocastRNN.cpp casts input, states and weights to at::kHalf, so a
+# bfloat16 autocast region still gets float16 RNN outputs): so do ours.
+CUDA_AUTOCAST_DTYPE = torch.float16
+
+
+def _lowered(args, dtype):
+    """args with every floating-point tensor but float64 ones cast to dtype."""
+    return tuple(a.to(dtype) if isinstance(a, torch.Tensor) and a.is_floating_point()
+                 and a.dtype != torch.float64 else a for a in args)
+
+
+def cuda_autocast_args(args):
+    """The arguments a forward op gets under CUDA autocast (CUDA_AUTOCAST_DTYPE)."""
+    return _lowered(args, CUDA_AUTOCAST_DTYPE)
+
+
 def register_autocast(name: str, state_outputs: int, cpu_casts) -> None:
     """Autocast kernels of a forward op, so that under torch.autocast it gives the output
     dtypes torch.nn's module gives, by the same casts.
 
-    CUDA: torch.nn runs cuDNN in the autocast dtype (float16 or bfloat16) for every cell.
+    CUDA: torch.nn runs cuDNN in float16 for every cell (CUDA_AUTOCAST_DTYPE).
     CPU: torch.nn's policy depends on the cell and the path: cpu_casts(args) says whether
     it casts (the LSTM but for packed input without projection; the RNN always, through its
     linear layers; the GRU never). Where it casts, float tensors other than
@@ -121,14 +138,9 @@ def register_autocast(name: str, state_outputs: int, cpu_casts) -> None:
     autocast dtype, within its rounding of torch.nn's result."""
     op = getattr(torch.ops.gatedrnn, name).default
 
-    def lowered(args, dtype):
-        return tuple(a.to(dtype) if isinstance(a, torch.Tensor) and a.is_floating_point()
-                     and a.dtype != torch.float64 else a for a in args)
-
     def cuda_kernel(*args):
-        dtype = torch.get_autocast_dtype("cuda")
         with torch.autocast("cuda", enabled=False):
-            return op(*lowered(args, dtype))
+            return op(*cuda_autocast_args(args))
 
     def cpu_kernel(*args):
         dtype = torch.get_autocast_dtype("cpu")
@@ -136,7 +148,7 @@ def register_autocast(name: str, state_outputs: int, cpu_casts) -> None:
         if not cpu_casts(args) or all(a.dtype == torch.float64 for a in floats):
             with torch.autocast("cpu", enabled=False):
                 return op(*args)
-        computed = lowered(lowered(args, dtype), torch.float32)
+        computed = _lowered(_lowered(args, dtype), torch.float32)
         with torch.autocast("cpu", enabled=False):
             outputs = op(*computed)
         outputs = outputs if isinstance(outputs, tuple) else (outputs,)
