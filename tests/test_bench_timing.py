@@ -1,4 +1,5 @@
-"""The benchmark's timing loop: short rows get more rounds, within bounds."""
+"""The benchmark: its timing loop (short rows get more rounds, within bounds), its peers,
+its configs and its report."""
 
 import time
 
@@ -59,3 +60,37 @@ def test_onnxruntime_peer_agrees_with_torch_nn():
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_reduced_precision_rows_check(dtype):
     bench.Row("lstm", "tiny", "training", dtype, torch.device("cpu")).check()
+
+
+# ---- configs and the report ----------------------------------------------------------
+
+
+def test_gpu_configs_are_default_on_cuda_only():
+    cpu, cuda = bench.default_configs("cpu"), bench.default_configs("cuda")
+    assert not set(bench.GPU_CONFIGS) & set(cpu)
+    assert cuda == cpu + list(bench.GPU_CONFIGS)
+    shapes = {bench.CONFIGS[c][:4] for c in bench.GPU_CONFIGS}
+    assert shapes == {(100, N, H, H) for N in (1, 4, 8) for H in (256, 512, 1024)}
+
+
+def _report(rows):
+    result = {"gatedrnn": "0", "torch": "0", "machine": "m", "dtype": "float32", "repeats": 1,
+              "min_time": 0, "peak_gflops": 1.0, "peak_source": "s", "rows": rows}
+    return [line for line in bench.markdown(result).splitlines() if line.startswith("|")]
+
+
+def _row(**extra):
+    return dict(cell="lstm", config="n1-h256", mode="inference", torch_ms=2.0, gatedrnn_ms=1.0,
+                speedup=2.0, gatedrnn_gflops=1.0, peak_fraction=0.5, torch_peak_mib=None,
+                gatedrnn_peak_mib=None, **extra)
+
+
+@pytest.mark.parametrize("paths", [None, {"gatedrnn": "persistent",
+                                          "torch.nn": "cuDNN standard"}])
+def test_report_has_a_paths_column_exactly_on_cuda_rows(paths):
+    lines = _report([_row(paths=paths), _row(paths=paths)])
+    columns = {line.count("|") for line in lines}
+    assert len(columns) == 1, lines  # header, separator and rows agree
+    assert ("paths (gatedrnn / torch.nn)" in lines[0]) == (paths is not None)
+    if paths is not None:
+        assert lines[2].endswith(" persistent / cuDNN standard |")

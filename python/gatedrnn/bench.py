@@ -51,6 +51,18 @@ CONFIGS = {
     "decode-n1-h512": (1, 1, 512, 512, 2, False, False),
     "decode-n64-h512": (1, 64, 512, 512, 2, False, False),
 }
+# The GPU rows of small batches (where the persistent kernel runs and launch latency
+# dominates): N = 1, 4, 8 with H = 256, 512, 1024, T = 100. In the default list on CUDA.
+GPU_CONFIGS = {f"n{N}-h{H}": (100, N, H, H, 1, False, False)
+               for N in (1, 4, 8) for H in (256, 512, 1024)}
+CPU_DEFAULT_CONFIGS = list(CONFIGS)
+CONFIGS.update(GPU_CONFIGS)
+
+
+def default_configs(device):
+    """The configs a run without --configs measures on this device."""
+    gpu = torch.device(device).type == "cuda"
+    return CPU_DEFAULT_CONFIGS + (list(GPU_CONFIGS) if gpu else [])
 DECODE_CALLS = 20
 DECODE_CELLS = ("lstm", "gru")
 CELLS = {"lstm": (torch.nn.LSTM, gatedrnn.LSTM, 4), "gru": (torch.nn.GRU, gatedrnn.GRU, 3),
@@ -168,6 +180,30 @@ def _timed(fn, device):
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
+
+
+def cuda_paths(row):
+    """Which forward path each side took on CUDA, from the names of the kernels one
+    forward launched (CUDA profiler): ours "persistent" or "per-step", torch.nn's cuDNN
+    "persistent" (cuDNN's persistent RNN algorithms) or "standard"."""
+    from torch.profiler import ProfilerActivity, profile
+
+    paths = {}
+    for name, module in (("gatedrnn", row.ours), ("torch.nn", row.ref)):
+        with torch.no_grad(), profile(activities=[ProfilerActivity.CUDA]) as prof:
+            if row.calls == 1:
+                row._output(module)
+            else:  # a decode row: one call of one step
+                module(row.x[:1])
+            torch.cuda.synchronize()
+        kernels = [e.key for e in prof.key_averages()]
+        if name == "gatedrnn":
+            ours = any("persistent_forward_kernel" in k for k in kernels)
+            paths[name] = "persistent" if ours else "per-step"
+        else:
+            theirs = any("persist" in k.lower() for k in kernels)
+            paths[name] = "cuDNN persistent" if theirs else "cuDNN standard"
+    return paths
 
 
 class Row:
@@ -403,7 +439,18 @@ def markdown(result):
         "onnxruntime ms | vs onnxruntime |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    with_paths = any(r.get("paths") for r in result["rows"])
+    if with_paths:  # CUDA: which forward path each side took
+        lines[-2] += " paths (gatedrnn / torch.nn) |"
+        lines[-1] += "---|"
     fmt_mem = lambda v: "n/a" if v is None else f"{v:.1f}"  # noqa: E731
+
+    def fmt_paths(r):
+        if not with_paths:
+            return ""
+        paths = r.get("paths")
+        return f" {paths['gatedrnn']} / {paths['torch.nn']} |" if paths else " |"
+
     fmt_peer = lambda r: ("| | |" if r.get("onnxruntime_ms") is None else  # noqa: E731
                           f"| {r['onnxruntime_ms']:.2f} | **{r['speedup_vs_onnxruntime']:.2f}x** |")
     for r in result["rows"]:
@@ -412,7 +459,8 @@ def markdown(result):
             f"| {r['cell']} | {r['config']} ({T}, {N}, {I}, {H}) | {r['mode']} | "
             f"{r['torch_ms']:.2f} | {r['gatedrnn_ms']:.2f} | **{r['speedup']:.2f}x** | "
             f"{r['gatedrnn_gflops']:.1f} | {100 * r['peak_fraction']:.0f}% | "
-            f"{fmt_mem(r['torch_peak_mib'])} | {fmt_mem(r['gatedrnn_peak_mib'])} {fmt_peer(r)}")
+            f"{fmt_mem(r['torch_peak_mib'])} | {fmt_mem(r['gatedrnn_peak_mib'])} {fmt_peer(r)}"
+            f"{fmt_paths(r)}")
     return "\n".join(lines)
 
 
@@ -474,6 +522,7 @@ def run(args):
         row.check()
         t, rounds = time_row(row, device, args.repeats, args.warmup, args.min_time)
         t = {name: value / row.calls for name, value in t.items()}  # per call
+        paths = cuda_paths(row) if device.type == "cuda" else None
         mem = {} if args.no_memory else {
             name: peak_memory(row, name, device, args.dtype) for name in ("torch", "gatedrnn")}
         result["rows"].append({
@@ -485,6 +534,7 @@ def run(args):
             "torch_gflops": row.flops / t["torch"] / 1e9,
             "peak_fraction": row.flops / t["gatedrnn"] / 1e9 / peak,
             "torch_peak_mib": mem.get("torch"), "gatedrnn_peak_mib": mem.get("gatedrnn"),
+            "paths": paths,
             "onnxruntime_ms": 1e3 * t["onnxruntime"] if "onnxruntime" in t else None,
             "speedup_vs_onnxruntime": (t["onnxruntime"] / t["gatedrnn"]
                                        if "onnxruntime" in t else None)})
@@ -495,7 +545,9 @@ def run(args):
 def main(argv=None):
     p = argparse.ArgumentParser(description="Benchmark gatedrnn against torch.nn.")
     p.add_argument("--cells", nargs="+", default=list(CELLS), choices=list(CELLS))
-    p.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    p.add_argument("--configs", nargs="+", default=None, choices=list(CONFIGS),
+                   help="default: " + " ".join(CPU_DEFAULT_CONFIGS) + "; on CUDA also "
+                        + " ".join(GPU_CONFIGS))
     p.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
     p.add_argument("--dtype", default="float32",
                    choices=["float32", "float64", "bfloat16", "float16"])
@@ -520,6 +572,8 @@ def main(argv=None):
     if args.memory_child:
         _memory_child(*args.memory_child)
         return
+    if args.configs is None:
+        args.configs = default_configs(args.device)
     if args.quick:
         args.configs, args.repeats, args.warmup, args.min_time = ["small", "tiny"], 3, 1, 0.0
     if args.threads:
