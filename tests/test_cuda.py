@@ -532,8 +532,9 @@ def test_persistent_plans_of_two_threads_at_once(cell, monkeypatch):
 
 @pytest.mark.parametrize("cell", ["lstm", "lstm_proj", "gru", "rnn_tanh"])
 def test_side_stream(cell, path):
-    """The ops run on the current stream: results computed on a side stream
-    equal those on the default stream."""
+    """The ops run on the current stream. The side stream still has work pending when
+    the op is called (a sleep, then the copy that writes the input): an op on any other
+    stream would read the input before that copy and give different results."""
     skip_unsupported(path, cell, 3)
     _, tensors, batch_sizes = build_case(cell, 6, 3, 4, 12, 5, dtype=torch.float64,
                                          packed=True, device=DEVICE)
@@ -541,9 +542,138 @@ def test_side_stream(cell, path):
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
-        ours = run_ours(cell, tensors, batch_sizes, False)
+        late = {k: torch.zeros_like(v) for k, v in tensors.items()}
+        torch.cuda._sleep(50_000_000)  # ~25 ms of GPU time before the copies
+        for k, v in tensors.items():
+            late[k].copy_(v)
+        ours = run_ours(cell, late, batch_sizes, False)
     torch.cuda.current_stream().wait_stream(stream)
+    torch.cuda.synchronize()
     assert_results_close(ours, ref, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh"])
+def test_two_streams_at_once(cell, path):
+    """Two side streams, each running its own op calls at the same time: each gets the
+    results it gets alone."""
+    skip_unsupported(path, cell, 4)
+    cases = []
+    for seed in (1, 2):
+        _, tensors, batch_sizes = build_case(cell, 30, 4, 8, 48, 5, dtype=torch.float64,
+                                             packed=seed == 2, device=DEVICE, seed=seed)
+        cases.append((tensors, batch_sizes, run_ours(cell, tensors, batch_sizes, False)))
+    streams = [torch.cuda.Stream() for _ in cases]
+    results = []
+    for stream in streams:
+        stream.wait_stream(torch.cuda.current_stream())
+    for stream, (tensors, batch_sizes, _) in zip(streams, cases):
+        with torch.cuda.stream(stream):
+            results.append(run_ours(cell, tensors, batch_sizes, False))
+    for stream in streams:
+        torch.cuda.current_stream().wait_stream(stream)
+    torch.cuda.synchronize()
+    for (_, _, expected), got in zip(cases, results):
+        assert_results_close(got, expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh"])
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+def test_cuda_graph_capture_and_replay(cell, packed, path, no_tf32):
+    """A forward captured in a CUDA graph and replayed on new input gives what a plain
+    call gives on that input (the packed schedule is copied to the device from host
+    memory that must outlive the capture)."""
+    skip_unsupported(path, cell, 4)
+    _, tensors, batch_sizes = build_case(cell, 8, 4, 5, 16, 5, dtype=torch.float32,
+                                         packed=packed, device=DEVICE)
+    op, args = op_and_args(cell, tensors, batch_sizes, False)
+    static_input = args[0].clone()
+    args = (static_input, *args[1:])
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side), torch.no_grad():
+        for _ in range(2):  # warm-up outside the capture, as torch.cuda.graphs asks
+            op(*args)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph), torch.no_grad():
+        captured = op(*args)
+    for seed in (3, 4):
+        torch.manual_seed(seed)
+        new_input = torch.randn_like(static_input)
+        static_input.copy_(new_input)
+        graph.replay()
+        torch.cuda.synchronize()
+        with torch.no_grad():
+            expected = op(new_input, *args[1:])
+        for a, b in zip(captured, expected):
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh"])
+def test_compile_fullgraph_on_cuda(cell, path, no_tf32):
+    """torch.compile(fullgraph=True) of a module on the GPU (inductor), forward and the
+    backward through it: the eager results."""
+    import torch._dynamo
+
+    skip_unsupported(path, cell, 3)
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    cls = {"lstm": gatedrnn.LSTM, "gru": gatedrnn.GRU, "rnn_tanh": gatedrnn.RNN}[cell]
+    module = cls(5, 7, num_layers=2, device=DEVICE)
+    x = torch.randn(6, 3, 5, device=DEVICE)
+    results = []
+    for m in (module, torch.compile(module, fullgraph=True)):
+        xi = x.clone().requires_grad_()
+        out, _ = m(xi)
+        grads = torch.autograd.grad(out.square().sum(), [xi, *module.parameters()])
+        results.append((out.detach(), grads))
+    (o_eager, g_eager), (o_compiled, g_compiled) = results
+    torch.testing.assert_close(o_compiled, o_eager, rtol=1e-5, atol=1e-5)
+    for a, b in zip(g_compiled, g_eager):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh"])
+@pytest.mark.parametrize("dtype", LOW)
+def test_autocast_cuda_runs_as_torch_nn(cell, dtype, path):
+    """Under torch.autocast("cuda"), as torch.nn's modules under cuDNN: outputs and states
+    in torch.nn's dtype (float16, whatever the autocast dtype), values within its rounding
+    of torch.nn's."""
+    skip_unsupported(path, cell, 3)
+    torch.manual_seed(0)
+    pair = {"lstm": (torch.nn.LSTM, gatedrnn.LSTM), "gru": (torch.nn.GRU, gatedrnn.GRU),
+            "rnn_tanh": (torch.nn.RNN, gatedrnn.RNN)}[cell]
+    ref = pair[0](6, 8, device=DEVICE)
+    ours = pair[1](6, 8, device=DEVICE)
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(5, 3, 6, device=DEVICE)
+    results = []
+    for m in (ref, ours):
+        xi = x.clone().requires_grad_()
+        with torch.autocast("cuda", dtype=dtype):
+            out, state = m(xi)
+        out.float().sum().backward()
+        states = state if isinstance(state, tuple) else (state,)
+        results.append((out, states, xi.grad))
+    (o_ref, s_ref, g_ref), (o, s, g) = results
+    assert o.dtype == o_ref.dtype == torch.float16
+    assert [t.dtype for t in s] == [t.dtype for t in s_ref]
+    eps = torch.finfo(o_ref.dtype).eps
+    tol = dict(rtol=4 * eps, atol=4 * eps)
+    torch.testing.assert_close(o.float(), o_ref.float(), **tol)
+    for a, b in zip(s, s_ref):
+        torch.testing.assert_close(a.float(), b.float(), **tol)
+    torch.testing.assert_close(g.float(), g_ref.float(), rtol=5e-2, atol=5e-2)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_long_float16_sequence(cell, path):
+    """T = 1,000 in float16: errors accumulated over the sequence stay within 2x
+    torch.nn's."""
+    skip_unsupported(path, cell, 4)
+    assert_low_precision_within_2x_torch_nn(cell, torch.float16, (1000, 4, 16, 32, 8), False,
+                                            False)
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
