@@ -25,5 +25,8 @@ struct Acc<double> {
 template <typename T>
 using acc_t = typename Acc<T>::type;
 
+// The three cells; the persistent kernel is one template over them.
+enum class Cell { kLstm, kGru, kRnn };
+
 }  // namespace kernels
 }  // namespace gatedrnn

@@ -1,7 +1,7 @@
 #pragma once
 // The persistent forward kernel shared by LSTM, GRU and RNN (see persistent.h
-// for the algorithm and the size limit). Included by <cell>_persistent.cu,
-// each of which instantiates it for its cell.
+// for the algorithm and the size limit). Included by persistent.cu, which
+// instantiates it for every cell and type.
 #include <cooperative_groups.h>
 
 #include <map>
@@ -17,8 +17,6 @@ namespace kernels {
 namespace persistent_detail {
 
 using namespace dev;
-
-enum class Cell { kLstm, kGru, kRnn };
 
 template <Cell C>
 struct Gates;

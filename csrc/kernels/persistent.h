@@ -78,30 +78,20 @@ struct PersistentParams {
   T* c_n = nullptr;                  // [N, H] LSTM only
 };
 
-// Whether the persistent kernel can run this size on the current device, and
+// Whether the persistent kernel of cell C can run this size on the current device, and
 // its launch configuration: computed once per device, batch and hidden size, then
 // kept for the process (thread-safe). Returns an error only for a failing CUDA
 // call; "does not fit" is plan->ok == false with plan->reason.
-template <typename T>
-cudaError_t lstm_persistent_plan(int64_t batch, int64_t hidden, PersistentPlan* plan);
-template <typename T>
-cudaError_t gru_persistent_plan(int64_t batch, int64_t hidden, PersistentPlan* plan);
-template <typename T>
-cudaError_t rnn_persistent_plan(int64_t batch, int64_t hidden, PersistentPlan* plan);
+template <Cell C, typename T>
+cudaError_t persistent_plan(int64_t batch, int64_t hidden, PersistentPlan* plan);
 
-// Runs the whole sequence with a plan from the matching *_persistent_plan
-// (same batch and hidden size, same device). steps >= 1, batch >= 1. The launch
-// can still be refused (cudaErrorCooperativeLaunchTooLarge) when other work holds
-// SMs at that moment; the caller then runs the per-step path.
-template <typename T>
-cudaError_t lstm_persistent_forward(const PersistentParams<T>& p, const PersistentPlan& plan,
-                                    cudaStream_t stream);
-template <typename T>
-cudaError_t gru_persistent_forward(const PersistentParams<T>& p, const PersistentPlan& plan,
-                                   cudaStream_t stream);
-template <typename T>
-cudaError_t rnn_persistent_forward(const PersistentParams<T>& p, const PersistentPlan& plan,
-                                   cudaStream_t stream);
+// Runs the whole sequence with a plan from persistent_plan<C, T> (same batch and
+// hidden size, same device). steps >= 1, batch >= 1. The launch can still be refused
+// (cudaErrorCooperativeLaunchTooLarge) when other work holds SMs at that moment; the
+// caller then runs the per-step path.
+template <Cell C, typename T>
+cudaError_t persistent_forward(const PersistentParams<T>& p, const PersistentPlan& plan,
+                               cudaStream_t stream);
 
 }  // namespace kernels
 }  // namespace gatedrnn

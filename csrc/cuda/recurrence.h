@@ -1,0 +1,367 @@
+#pragma once
+// The CUDA time loops of every cell, forward and backward, over one direction of a
+// (possibly packed) sequence: what csrc/cpu/recurrence.h is to the CPU cells. A cell
+// (csrc/cuda/<cell>.cpp) gives a traits struct and its op signatures; everything else
+// (checks, device guard, stream, buffers, the hoisted input projection, the choice of
+// the persistent kernel, the per-step GEMMs, the large GEMMs after the backward loop)
+// is here, once.
+//
+//   struct Cell {
+//     static constexpr kernels::Cell kKind;          // for the persistent kernel
+//     static constexpr const char* kForward;         // op names, for messages
+//     static constexpr const char* kBackward;
+//     static constexpr int64_t kGates;               // G: gate blocks of w_ih and w_hh
+//     static constexpr int64_t kWorkspace;           // workspace columns / H (0: none)
+//     static constexpr bool kCellState;              // LSTM: c0, c_n, dL/dc
+//     static constexpr bool kSplitGateGrads;         // GRU: x-side and h-side gate grads
+//                                                    // differ (r multiplies W_hn h)
+//     template <typename T>
+//     static cudaError_t forward_step(const ForwardStep<T>&, cudaStream_t);
+//     template <typename T>
+//     static cudaError_t backward_step(const BackwardStep<T>&, cudaStream_t);
+//   };
+//
+// Forward:  the input projection x @ w_ih^T of all rows in one GEMM (into the
+//           workspace's first G*H columns, or the output for the RNN, in float/double;
+//           its own fp32 buffer for the half types), then either the persistent kernel
+//           (small batch, no projection; kernels/persistent.h) or per step:
+//           hg[:n] = h[:n] @ w_hh^T (cuBLAS) and the cell's fused pointwise kernel
+//           (LSTM with w_hr: then out rows = hp[:n] @ w_hr^T, h[:n] = out rows).
+// Backward: per step in reverse: (with w_hr: dout rows = grad_output rows + dh,
+//           dhp = dout rows @ w_hr), the cell's pointwise kernel (gate gradients, and the
+//           gather of h_prev for the weight gradient), then dh[:n] = dgates_h rows @ w_hh;
+//           after the loop the input, weight and bias gradients are single GEMMs and sums.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+
+#include "glue.h"
+
+namespace gatedrnn {
+namespace cuda {
+
+// One step of the per-step forward path, in the cell-independent form the driver
+// fills; each cell copies what it needs into its kernel's params. Pointers are this
+// step's first row; a step has `rows` live rows.
+template <typename T>
+struct ForwardStep {
+  using A = kernels::acc_t<T>;
+  int64_t rows = 0;               // n
+  int64_t hidden = 0;             // H
+  bool relu = false;              // RNN
+  T* workspace = nullptr;         // [n, kWorkspace*H] or null (no backward will read it)
+  const A* x_gates = nullptr;     // [n, x_ld] x @ w_ih^T
+  int64_t x_ld = 0;
+  const A* hidden_gates = nullptr;  // [n, G*H] h_prev @ w_hh^T
+  const T* b_ih = nullptr;        // [G*H] or null
+  const T* b_hh = nullptr;        // [G*H] or null
+  A* c_state = nullptr;           // [n, H] LSTM cell state, updated in place
+  T* output = nullptr;            // [n, H] the output rows (LSTM with w_hr: o * tanh c,
+                                  // before the projection)
+  T* h_state = nullptr;           // [n, H] in: h_prev, out: h; null with w_hr (the
+                                  // driver copies the projected rows)
+};
+
+// One step of the backward loop, before dh_prev = dgates_h @ w_hh.
+template <typename T>
+struct BackwardStep {
+  using A = kernels::acc_t<T>;
+  int64_t rows = 0;               // n
+  int64_t hidden = 0;             // H
+  int64_t state = 0;              // P: proj_size with w_hr, else H
+  bool relu = false;              // RNN
+  const T* grad_output = nullptr; // [n, H] rows of dL/doutput; null with w_hr (in grad_h)
+  A* grad_h = nullptr;            // [n, H] dL/dh from later steps (GRU: the part that
+                                  // bypasses w_hh, rewritten by the kernel)
+  const A* grad_h_mm = nullptr;   // [n, H] GRU: the part through w_hh
+  A* dc_state = nullptr;          // [n, H] LSTM: in dL/dc, out dL/dc_prev
+  const T* output = nullptr;      // [n, H] this step's output rows (RNN)
+  const T* workspace = nullptr;   // [n, kWorkspace*H] this step's rows
+  // The state the step started from: row b < from_seq continues its sequence (the
+  // previous processed step's rows), the others start from h0 (and c0).
+  const T* workspace_prev = nullptr;  // [from_seq, kWorkspace*H] or null
+  const T* out_prev = nullptr;    // [from_seq, P] or null
+  int64_t from_seq = 0;
+  const T* h0 = nullptr;          // [N, P]
+  const T* c0 = nullptr;          // [N, H] LSTM
+  T* h_prev_out = nullptr;        // [n, P] out: the state each row started from
+  T* grad_x = nullptr;            // [n, G*H] out: dL/d(x-side pre-activations)
+  T* grad_h_gates = nullptr;      // [n, G*H] out: dL/d(h-side pre-activations) (GRU;
+                                  // the same as grad_x for the other cells)
+};
+
+// The forward op's arguments; c0 and w_hr for the LSTM only.
+struct ForwardArgs {
+  const at::Tensor& input;
+  const std::optional<at::Tensor>& batch_sizes;
+  const at::Tensor& h0;
+  const at::Tensor* c0;
+  const at::Tensor& w_ih;
+  const at::Tensor& w_hh;
+  const std::optional<at::Tensor>& b_ih;
+  const std::optional<at::Tensor>& b_hh;
+  const std::optional<at::Tensor>& w_hr;
+  bool reverse;
+  bool need_workspace;
+  bool relu;
+};
+
+struct ForwardResult {
+  at::Tensor output, h_n, c_n, workspace;  // c_n: LSTM; workspace: not for the RNN
+};
+
+template <class Cell>
+ForwardResult recurrent_forward(const ForwardArgs& a) {
+  constexpr int64_t G = Cell::kGates, W = Cell::kWorkspace;
+  const char* op = Cell::kForward;
+  check_on_cuda(op, a.input);
+  const RnnShapes sh = check_rnn_args(op, G, a.input, a.batch_sizes, a.h0, a.c0, a.w_ih,
+                                      a.w_hh, a.b_ih, a.b_hh, a.w_hr, a.reverse);
+  const c10::cuda::CUDAGuard guard(a.input.device());
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
+  const Schedule& s = sh.schedule;
+  const int64_t H = sh.hidden_size, P = sh.state_size, N = s.batch, R = s.rows;
+  const auto opts = a.input.options();
+  const at::ScalarType dtype = a.input.scalar_type(), acc = acc_dtype(dtype);
+  const at::Tensor x = a.input.contiguous().view({R, sh.input_size});
+  const at::Tensor wih = a.w_ih.contiguous(), whh = a.w_hh.contiguous();
+  const at::Tensor whr = contiguous_or_undefined(a.w_hr);
+  const at::Tensor bih = contiguous_or_undefined(a.b_ih), bhh = contiguous_or_undefined(a.b_hh);
+  const bool proj = whr.defined();
+
+  ForwardResult r;
+  r.output = at::empty({R, P}, opts);
+  // The workspace, and for float/double the hoisted input projection in its first G*H
+  // columns; without need_workspace (no backward will read it) only those columns, and
+  // the kernels write no workspace. The RNN has none: its projection goes into the output.
+  const bool write_ws = W > 0 && a.need_workspace;
+  if (W > 0) r.workspace = at::empty({R, write_ws ? W * H : acc == dtype ? G * H : 0}, opts);
+  const InputGates xg = input_gates(x, wih, W > 0 ? r.workspace : r.output);
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, Cell::kForward, [&] {
+    using T = typename KernelType<scalar_t>::type;
+    using A = kernels::acc_t<T>;
+    kernels::PersistentPlan plan;
+    if (use_persistent(op, s, H, proj ? "LSTM with projection (w_hr)" : nullptr,
+                       &kernels::persistent_plan<Cell::kKind, T>, &plan)) {
+      const at::Tensor sched = device_schedule(s, is_packed(a.batch_sizes), a.input);
+      const at::Tensor h0c = a.h0.contiguous();
+      const at::Tensor c0c = Cell::kCellState ? a.c0->contiguous() : at::Tensor();
+      r.h_n = at::empty({N, H}, opts);
+      if (Cell::kCellState) r.c_n = at::empty({N, H}, opts);
+      kernels::PersistentParams<T> p;
+      p.steps = s.steps();
+      p.batch = N;
+      p.hidden = H;
+      p.sizes = sched.defined() ? sched.data_ptr<int64_t>() : nullptr;
+      p.offsets = sched.defined() ? sched.data_ptr<int64_t>() + s.steps() : nullptr;
+      p.reverse = a.reverse;
+      p.relu = a.relu;
+      p.w_hh = ptr<T>(whh);
+      p.b_ih = ptr<T>(bih);
+      p.b_hh = ptr<T>(bhh);
+      p.h0 = ptr<T>(h0c);
+      p.c0 = ptr<T>(c0c);
+      p.x_gates = ptr<A>(xg.gates);
+      p.x_ld = xg.ld;
+      p.workspace = write_ws ? ptr<T>(r.workspace) : nullptr;
+      p.output = ptr<T>(r.output);
+      p.h_n = ptr<T>(r.h_n);
+      p.c_n = ptr<T>(r.c_n);
+      if (persistent_ran(op, kernels::persistent_forward<Cell::kKind, T>(p, plan, stream)))
+        return;
+    }
+
+    // Per-step path. Recurrent state: h [N, P] in the op's dtype (it feeds the GEMM),
+    // c [N, H] in the math type (fp32 for the half types).
+    at::Tensor h_state = fresh_copy(a.h0, dtype);
+    at::Tensor c_state = Cell::kCellState ? fresh_copy(*a.c0, acc) : at::Tensor();
+    at::Tensor hg = at::empty({N, G * H}, opts.dtype(acc));
+    at::Tensor hp = proj ? at::empty({N, H}, opts) : at::Tensor();
+    const at::Tensor whh_t = whh.t();
+    const at::Tensor whr_t = proj ? whr.t() : at::Tensor();
+    T* wsp = write_ws ? ptr<T>(r.workspace) : nullptr;
+    T* outp = ptr<T>(r.output);
+    for (int64_t k = 0; k < s.steps(); ++k) {
+      const int64_t t = s.time_at(k), n = s.sizes[t], off = s.offsets[t];
+      at::Tensor hg_n = hg.narrow(0, 0, n);
+      mm_acc_out(hg_n, h_state.narrow(0, 0, n), whh_t);
+      ForwardStep<T> p;
+      p.rows = n;
+      p.hidden = H;
+      p.relu = a.relu;
+      p.workspace = wsp ? wsp + off * W * H : nullptr;
+      p.x_gates = ptr<A>(xg.gates) + off * xg.ld;
+      p.x_ld = xg.ld;
+      p.hidden_gates = ptr<A>(hg);
+      p.b_ih = ptr<T>(bih);
+      p.b_hh = ptr<T>(bhh);
+      p.c_state = ptr<A>(c_state);
+      p.output = proj ? ptr<T>(hp) : outp + off * P;
+      p.h_state = proj ? nullptr : ptr<T>(h_state);
+      C10_CUDA_CHECK(Cell::forward_step(p, stream));
+      if (proj) {
+        at::Tensor out_n = r.output.narrow(0, off, n);
+        at::mm_out(out_n, hp.narrow(0, 0, n), whr_t);
+        h_state.narrow(0, 0, n).copy_(out_n);
+      }
+    }
+    r.h_n = h_state;
+    if (Cell::kCellState) r.c_n = as_dtype(c_state, dtype);
+  });
+  r.output = shaped_like_input(r.output, a.input);
+  if (W > 0 && !a.need_workspace) r.workspace = at::empty({0, W * H}, opts);
+  return r;
+}
+
+// The backward op's arguments; grad_c_n, c0 and w_hr for the LSTM only, workspace for
+// the cells that have one.
+struct BackwardArgs {
+  const at::Tensor& grad_output;
+  const at::Tensor& grad_h_n;
+  const at::Tensor* grad_c_n;
+  const at::Tensor& input;
+  const std::optional<at::Tensor>& batch_sizes;
+  const at::Tensor& h0;
+  const at::Tensor* c0;
+  const at::Tensor& w_ih;
+  const at::Tensor& w_hh;
+  const std::optional<at::Tensor>& w_hr;
+  const at::Tensor& output;
+  const at::Tensor* workspace;
+  bool reverse;
+  bool relu;
+};
+
+struct BackwardResult {
+  at::Tensor grad_input, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh,
+      grad_w_hr;
+};
+
+template <class Cell>
+BackwardResult recurrent_backward(const BackwardArgs& a) {
+  constexpr int64_t G = Cell::kGates, W = Cell::kWorkspace;
+  const char* op = Cell::kBackward;
+  check_on_cuda(op, a.input);
+  const RnnShapes sh = check_rnn_args(op, G, a.input, a.batch_sizes, a.h0, a.c0, a.w_ih,
+                                      a.w_hh, std::nullopt, std::nullopt, a.w_hr, a.reverse);
+  const Schedule& s = sh.schedule;
+  const int64_t H = sh.hidden_size, P = sh.state_size, N = s.batch, R = s.rows;
+  const int64_t I = sh.input_size;
+  if (W > 0) {
+    check_shape(op, *a.workspace, "workspace", {R, W * H},
+                W == 5 ? "rows, 5*hidden_size" : "rows, 4*hidden_size");
+    check_same_dtype(op, a.input, *a.workspace, "workspace");
+  }
+  check_shape(op, a.grad_output, "grad_output", a.output.sizes(), "the output's shape");
+  check_shape(op, a.grad_h_n, "grad_h_n", a.h0.sizes(), "h0's shape");
+  if (Cell::kCellState) check_shape(op, *a.grad_c_n, "grad_c_n", a.c0->sizes(), "c0's shape");
+  check_same_dtype(op, a.input, a.grad_output, "grad_output");
+  check_same_dtype(op, a.input, a.grad_h_n, "grad_h_n");
+  if (Cell::kCellState) check_same_dtype(op, a.input, *a.grad_c_n, "grad_c_n");
+  check_same_dtype(op, a.input, a.output, "output");
+  TORCH_CHECK_VALUE(a.output.numel() == R * P, op, ": expected output with ", R * P,
+                    " elements (rows x ", P, "), got ", shape_str(a.output));
+  const c10::cuda::CUDAGuard guard(a.input.device());
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
+  const auto opts = a.input.options();
+  const at::ScalarType dtype = a.input.scalar_type(), acc = acc_dtype(dtype);
+  const bool proj = a.w_hr.has_value() && a.w_hr->defined();
+  const at::Tensor whr = proj ? a.w_hr->contiguous() : at::Tensor();
+  const at::Tensor whh = a.w_hh.contiguous(), wih = a.w_ih.contiguous();
+  const at::Tensor ws = W > 0 ? a.workspace->contiguous() : at::Tensor();
+  const at::Tensor go = a.grad_output.contiguous().view({R, P});
+  const at::Tensor out = a.output.contiguous().view({R, P});
+  const at::Tensor x = a.input.contiguous().view({R, I});
+  const at::Tensor h0c = a.h0.contiguous();
+  const at::Tensor c0c = Cell::kCellState ? a.c0->contiguous() : at::Tensor();
+
+  // dL/dh and dL/dc between steps in the math dtype (fp32 for the half types). The GRU
+  // keeps dL/dh as two parts: dh_state (bypassing w_hh, written by its kernel) and dh_mm
+  // (through w_hh, written by the GEMM); the other cells' GEMM writes dh_state itself.
+  at::Tensor dh_state = fresh_copy(a.grad_h_n, acc);  // [N, P]
+  at::Tensor dc_state = Cell::kCellState ? fresh_copy(*a.grad_c_n, acc) : at::Tensor();
+  at::Tensor dh_mm = Cell::kSplitGateGrads ? at::zeros({N, H}, opts.dtype(acc)) : at::Tensor();
+  at::Tensor& dh_gemm = Cell::kSplitGateGrads ? dh_mm : dh_state;
+  at::Tensor dgx = at::empty({R, G * H}, opts);
+  at::Tensor dgh = Cell::kSplitGateGrads ? at::empty({R, G * H}, opts) : dgx;
+  at::Tensor h_prev = at::empty({R, P}, opts);
+  at::Tensor dout = proj ? at::empty({R, P}, opts) : at::Tensor();  // total dL/d(out rows)
+  at::Tensor dhp = proj ? at::empty({N, H}, opts.dtype(acc)) : at::Tensor();
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, Cell::kBackward, [&] {
+    using T = typename KernelType<scalar_t>::type;
+    using A = kernels::acc_t<T>;
+    const T* wsp = ptr<T>(ws);
+    const T* gop = ptr<T>(go);
+    const T* outp = ptr<T>(out);
+    T* dgxp = ptr<T>(dgx);
+    T* dghp = ptr<T>(dgh);
+    T* hpp = ptr<T>(h_prev);
+    for (int64_t k = s.steps() - 1; k >= 0; --k) {
+      const int64_t t = s.time_at(k), n = s.sizes[t], off = s.offsets[t];
+      const PrevStep prev = prev_step(s, k);
+      BackwardStep<T> p;
+      p.rows = n;
+      p.hidden = H;
+      p.state = P;
+      p.relu = a.relu;
+      if (proj) {
+        // dout rows = grad_output rows + dh; dhp = dout rows @ w_hr    [n, P] x [P, H]
+        at::Tensor dout_n = dout.narrow(0, off, n);
+        at::add_out(dout_n, go.narrow(0, off, n), dh_state.narrow(0, 0, n));
+        at::Tensor dhp_n = dhp.narrow(0, 0, n);
+        mm_acc_out(dhp_n, dout_n, whr);
+        p.grad_h = ptr<A>(dhp);
+      } else {
+        p.grad_output = gop + off * P;
+        p.grad_h = ptr<A>(dh_state);
+      }
+      p.grad_h_mm = ptr<A>(dh_mm);
+      p.dc_state = ptr<A>(dc_state);
+      p.output = outp + off * P;
+      p.workspace = wsp ? wsp + off * W * H : nullptr;
+      p.workspace_prev = wsp && prev.from_seq > 0 ? wsp + prev.offset * W * H : nullptr;
+      p.out_prev = prev.from_seq > 0 ? outp + prev.offset * P : nullptr;
+      p.from_seq = prev.from_seq;
+      p.h0 = ptr<T>(h0c);
+      p.c0 = ptr<T>(c0c);
+      p.h_prev_out = hpp + off * P;
+      p.grad_x = dgxp + off * G * H;
+      p.grad_h_gates = dghp + off * G * H;
+      C10_CUDA_CHECK(Cell::backward_step(p, stream));
+      // dh[:n] = dgates_h rows @ w_hh      [n, G*H] x [G*H, P]
+      at::Tensor dh_n = dh_gemm.narrow(0, 0, n);
+      mm_acc_out(dh_n, dgh.narrow(0, off, n), whh);
+    }
+  });
+
+  // The large GEMMs after the loop.
+  BackwardResult r;
+  r.grad_input = at::empty({R, I}, opts);
+  at::mm_out(r.grad_input, dgx, wih);
+  r.grad_input = shaped_like_input(r.grad_input, a.input);
+  r.grad_w_ih = weight_grad(dgx.t(), x);
+  r.grad_w_hh = weight_grad(dgh.t(), h_prev);
+  r.grad_b_ih = at::empty({G * H}, opts);
+  at::sum_out(r.grad_b_ih, dgx, at::IntArrayRef(kDim0));
+  if (Cell::kSplitGateGrads) {
+    r.grad_b_hh = at::empty({G * H}, opts);
+    at::sum_out(r.grad_b_hh, dgh, at::IntArrayRef(kDim0));
+  } else {
+    r.grad_b_hh = r.grad_b_ih.clone();
+  }
+  r.grad_h0 = as_dtype(Cell::kSplitGateGrads ? dh_state.add_(dh_mm) : dh_state, dtype);
+  if (Cell::kCellState) r.grad_c0 = as_dtype(dc_state, dtype);
+  if (proj) {
+    // The projection's input o * tanh(c), recomputed from the LSTM workspace (i, f, g,
+    // o, c) rather than stored.
+    const at::Tensor o = ws.narrow(1, 3 * H, H), c = ws.narrow(1, 4 * H, H);
+    r.grad_w_hr = weight_grad(dout.t(), o * c.tanh());
+  } else {
+    r.grad_w_hr = at::empty({0}, opts);
+  }
+  return r;
+}
+
+}  // namespace cuda
+}  // namespace gatedrnn
