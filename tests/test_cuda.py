@@ -15,6 +15,8 @@
   launching different persistent plans at once, fp16/bf16 at a realistic size.
 """
 
+import copy
+
 import pytest
 import torch
 
@@ -25,6 +27,7 @@ from conftest import (
     assert_results_close,
     build_case,
     is_lstm,
+    loss_and_grads,
     nonlinearity,
     op_and_args,
     op_forward,
@@ -181,6 +184,28 @@ NN_SHAPES = [
 ]
 
 
+def assert_close_to_cudnn_or_closer_to_truth(ours, cudnn, truth, **tol):
+    """Each result of ours within tol of cuDNN's; where one is not, ours must be within tol
+    of the float64 truth and no farther from it than cuDNN's. (On an H200 with cuDNN 9.19,
+    TF32 off, cuDNN's float32 RNN_TANH weight gradient of padded input differed from
+    ours by up to 1.6e-4 at (20, 8, 32, 64), where LSTM, GRU, RNN_RELU and packed input
+    agreed to 1e-5: an error of cuDNN's, seen by this rule, or of ours, caught by it.)"""
+    assert set(ours) == set(cudnn) == set(truth)
+    for k in truth:
+        try:
+            torch.testing.assert_close(ours[k], cudnn[k], **tol)
+            continue
+        except AssertionError:
+            pass
+        exact = truth[k].to(ours[k].dtype)
+        torch.testing.assert_close(ours[k], exact, **tol, msg=lambda m, k=k: f"{k}: {m}")
+        err_ours = (ours[k].double() - truth[k]).abs().max().item()
+        err_cudnn = (cudnn[k].double() - truth[k]).abs().max().item()
+        assert err_ours <= err_cudnn, (
+            f"{k}: ours differs from cuDNN and is farther from the float64 result "
+            f"({err_ours:.3g} against cuDNN's {err_cudnn:.3g})")
+
+
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("shape,tol", NN_SHAPES)
 @pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
@@ -195,7 +220,10 @@ def test_parity_with_cudnn_float32(cell, shape, tol, packed, reverse, path, no_t
     )
     ours = run_ours(cell, tensors, batch_sizes, reverse)
     ref = run_nn(cell, module, tensors, batch_sizes, reverse)
-    assert_results_close(ours, ref, **tol)
+    # The same float32 values in float64: the truth both float32 results approximate.
+    truth = run_nn(cell, copy.deepcopy(module).double(),
+                   {k: v.double() for k, v in tensors.items()}, batch_sizes, reverse)
+    assert_close_to_cudnn_or_closer_to_truth(ours, ref, truth, **tol)
 
 
 @pytest.mark.parametrize("cell", ["lstm", "lstm_proj", "gru", "rnn_tanh"])
@@ -313,10 +341,31 @@ LOW = [
 ]
 
 
-@pytest.mark.parametrize("cell", CELLS)
-@pytest.mark.parametrize("dtype", LOW)
-@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
-@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+def relu_reference_with_masks(tensors, batch_sizes, reverse, output):
+    """run_ours's results for the RNN-relu computed in float64 (tensors as given), except
+    that each relu takes the branch the forward that gave `output` took: the identity where
+    that output is > 0, zero elsewhere."""
+    leaves = as_leaves({k: v.double() for k, v in tensors.items()})
+    x, h = leaves["input"], leaves["h0"]
+    H = leaves["w_hh"].shape[0]
+    rows = x if batch_sizes is not None else x.reshape(-1, x.shape[-1])
+    sizes = batch_sizes.tolist() if batch_sizes is not None else [x.shape[1]] * x.shape[0]
+    offsets = [sum(sizes[:t]) for t in range(len(sizes))]
+    mask = (output.reshape(-1, H) > 0).double()
+    outs = [None] * len(sizes)
+    for t in (reversed(range(len(sizes))) if reverse else range(len(sizes))):
+        n, off = sizes[t], offsets[t]
+        pre = rows[off:off + n] @ leaves["w_ih"].t() + h[:n] @ leaves["w_hh"].t()
+        if "b_ih" in leaves:
+            pre = pre + leaves["b_ih"] + leaves["b_hh"]
+        outs[t] = pre * mask[off:off + n]
+        h = torch.cat([outs[t], h[n:]])
+    out = torch.cat(outs)
+    if batch_sizes is None:
+        out = out.reshape(x.shape[0], x.shape[1], H)
+    return loss_and_grads([out, h], leaves)
+
+
 def assert_low_precision_within_2x_torch_nn(cell, dtype, shape, packed, reverse):
     """Outputs, final states and every gradient of ours in `dtype` within 2x torch.nn's
     (cuDNN's) error against a float64 reference (plus one unit of rounding at the
@@ -337,12 +386,22 @@ def assert_low_precision_within_2x_torch_nn(cell, dtype, shape, packed, reverse)
     ours = run_ours(cell, low, batch_sizes, reverse)
     module.to(dtype)  # in place
     theirs = run_nn(cell, module, low, batch_sizes, reverse)
+    ref_ours = ref_theirs = ref
+    if cell == "rnn_relu":
+        # relu's derivative jumps at 0: where rounding puts a pre-activation within its error
+        # of 0 on the other side than float64 does, the gradient through it is a whole
+        # factor off, for torch.nn as for us (on an H200, bf16, one such element made ours
+        # 13x torch.nn's error in grad_h0 while all else agreed). So each side is measured
+        # against float64 run through the relu branches its own forward took: rounding
+        # error, not the luck of which elements flip.
+        ref_ours = relu_reference_with_masks(rounded, batch_sizes, reverse, ours["output"])
+        ref_theirs = relu_reference_with_masks(rounded, batch_sizes, reverse, theirs["output"])
 
     eps = torch.finfo(dtype).eps
     for k in ref:
         r = ref[k].double()
-        e_ours = (ours[k].double() - r).abs().max().item()
-        e_nn = (theirs[k].double() - r).abs().max().item()
+        e_ours = (ours[k].double() - ref_ours[k].double()).abs().max().item()
+        e_nn = (theirs[k].double() - ref_theirs[k].double()).abs().max().item()
         scale = max(1.0, r.abs().max().item())
         assert ours[k].dtype == dtype, k
         assert e_ours <= 2 * e_nn + eps * scale, (

@@ -51,6 +51,28 @@ def test_forward_op_rejects_batch_sizes_off_the_cpu(cell):
 
 
 @pytest.mark.parametrize("cell", CELLS)
+def test_backward_op_rejects_batch_sizes_off_the_cpu(cell):
+    tensors, bs = _case(cell, packed=True)
+    op, args = op_and_args(cell, tensors, bs, False)
+    with torch.no_grad():
+        res = op(*args)
+    t, meta = tensors, bs.to("meta")
+    grads = [torch.ones_like(r) for r in res[:3 if is_lstm(cell) else 2]]
+    if is_lstm(cell):
+        out, ws = res[0], res[3]
+        call = (ops.lstm_backward, (*grads, t["input"], meta, t["h0"], t["c0"], t["w_ih"],
+                                    t["w_hh"], t.get("w_hr"), out, ws, False))
+    elif cell == "gru":
+        call = (ops.gru_backward, (*grads, t["input"], meta, t["h0"], t["w_ih"], t["w_hh"],
+                                   res[0], res[2], False))
+    else:
+        call = (ops.rnn_backward, (*grads, t["input"], meta, t["h0"], t["w_ih"], t["w_hh"],
+                                   res[0], nonlinearity(cell), False))
+    with pytest.raises(RuntimeError, match="batch_sizes"):
+        call[0](*call[1])
+
+
+@pytest.mark.parametrize("cell", CELLS)
 def test_forward_op_rejects_empty_batch_sizes(cell):
     tensors, bs = _case(cell, packed=True)
     tensors["input"] = tensors["input"][:0]

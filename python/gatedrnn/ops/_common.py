@@ -1,4 +1,6 @@
 """Helpers shared by the per-cell op registrations."""
+from typing import Callable
+
 import torch
 
 
@@ -59,6 +61,23 @@ def check_workspace_kept(op: str, input, workspace) -> None:
 
 _IMPL = torch.library.Library("gatedrnn", "IMPL")
 
+
+def batch_sizes_check(op) -> Callable:
+    """check(args): raises the RuntimeError of check_devices when the op's batch_sizes
+    argument is on another device than the CPU. Run by the Autograd kernels, above every
+    backend: on an H200 (torch 2.11) a direct CUDA op call with batch_sizes on the GPU
+    crashed the process (SIGSEGV) below the Autograd kernel instead of raising the C++
+    check's error, for a reason not yet found (benchmarks/results/gpu-h200.md)."""
+    index = [a.name for a in op._schema.arguments].index("batch_sizes")
+    name = f"gatedrnn.{op._schema.name.split('::')[-1]}"
+
+    def check(args):
+        bs = args[index] if index < len(args) else None
+        if bs is not None and bs.device.type != "cpu":
+            check_devices(name, args[0], bs)
+
+    return check
+
 # torch._C._any_requires_grad is the fast check; torch before 2.5 lacks it.
 _any_requires_grad = getattr(torch._C, "_any_requires_grad", None) or (
     lambda *args: any(isinstance(a, torch.Tensor) and a.requires_grad for a in args))
@@ -94,7 +113,10 @@ def register_first_order(name: str, forward: str) -> None:
     op = getattr(torch.ops.gatedrnn, name).default
     below_autograd = torch._C._after_autograd_keyset
 
+    check_batch_sizes = batch_sizes_check(op)
+
     def autograd_kernel(keyset, *args):
+        check_batch_sizes(args)
         if torch.is_grad_enabled() and _any_requires_grad(*args):
             raise RuntimeError(
                 f"gatedrnn.{name} computes first-order gradients and cannot itself be "
@@ -191,7 +213,10 @@ def register_autograd(name: str, backward, setup_context) -> None:
 
     Function.__name__ = Function.__qualname__ = f"{name}_autograd"
 
+    check_batch_sizes = batch_sizes_check(op)
+
     def autograd_kernel(keyset, *args):
+        check_batch_sizes(args)
         if len(args) < len(defaults):
             args = args + defaults[len(args):]
         if torch.is_grad_enabled() and _any_requires_grad(*args):
