@@ -8,6 +8,9 @@
 # its own time limit, so a hang costs that part only; together at most 9 minutes
 # (135 + 115 + 55 + 35 + 55 + 40 + 3 x 27 = 516 s, and 3 s each to kill a hung part).
 # The summary (OUT_DIR/summary.txt) lists each part's exit status: 0 passed, 124 timed out.
+# GPU_CHECK_PARTS="build test_cuda ..." runs only the parts named (default: all of them:
+# build test_cuda memcheck racecheck bench-fp32 bench-small-batch bench-tf32 bench-bfloat16
+# bench-float16), so that a second, shorter call on a lent machine can rerun what failed.
 set -uo pipefail
 [ $# -eq 1 ] || { echo "usage: $0 OUT_DIR" >&2; exit 2; }
 out=$(mkdir -p "$1" && cd "$1" && pwd)
@@ -21,6 +24,7 @@ start=$(date +%s)
 part() {
   local name=$1 limit=$2
   shift 2
+  case " ${GPU_CHECK_PARTS:-$name} " in *" $name "*) ;; *) return 0 ;; esac
   echo "== $name (limit ${limit} s, at $(( $(date +%s) - start )) s)"
   timeout --kill-after=3 "$limit" "$@" > "$out/$name.log" 2>&1
   local rc=$?
@@ -42,13 +46,17 @@ part build 135 env TORCH_CUDA_ARCH_LIST="$arch" GATEDRNN_CUDA=1 MAX_JOBS="$(npro
 "$python" -c "import gatedrnn, gatedrnn._build_info as b; assert b.cuda, b.cuda_skipped" \
   >> "$out/build.log" 2>&1 || echo "build: no CUDA kernels in the build" | tee -a "$summary"
 
-# 2. The GPU tests.
-part test_cuda 115 "$python" -m pytest -q -x tests/test_cuda.py -p no:cacheprovider
+# 2. The GPU tests, all of them (no -x: a first failure must not hide the others), over
+# several processes sharing the GPU when pytest-xdist is there.
+workers=()
+"$python" -c "import xdist" 2>/dev/null && workers=(-n 6)
+part test_cuda 115 "$python" -m pytest -q -rfE --durations=15 "${workers[@]}" \
+  tests/test_cuda.py -p no:cacheprovider
 
 # 3. compute-sanitizer on a short subset: both forward paths, backward, packed input.
 sanitizer=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
-subset="(test_gradcheck_cuda and packed and fwd) or
-        (test_persistent_matches_step_path and f32 and packed and fwd)"
+# (one line: pytest's -k takes no newline)
+subset="(test_gradcheck_cuda and packed and fwd) or (test_persistent_matches_step_path and f32 and packed and fwd)"
 part memcheck 55 "$sanitizer" --tool memcheck --error-exitcode 1 \
   "$python" -m pytest -q -x tests/test_cuda.py -p no:cacheprovider -k "$subset"
 part racecheck 35 "$sanitizer" --tool racecheck --error-exitcode 1 \

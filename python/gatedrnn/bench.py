@@ -427,11 +427,14 @@ def markdown(result):
     libraries = ", ".join(
         f"{name} {value:.1f}" for name, value in result.get("library_gemm_gflops", {}).items()
         if value is not None)
-    peak = (f"FMA peak {result['peak_gflops']:.1f} GFLOP/s ({result['peak_source']})"
+    # The CPU's peak is our FMA loop; a GPU's is its library GEMM (result["device"]).
+    kind = "FMA" if result.get("device", "cpu").startswith("cpu") else "GEMM"
+    dtype = result["dtype"] + (" with TF32" if result.get("tf32") else "")
+    peak = (f"{kind} peak {result['peak_gflops']:.1f} GFLOP/s ({result['peak_source']})"
             + (f"; library GEMMs 2048^3: {libraries} GFLOP/s" if libraries else ""))
     lines = [
         f"gatedrnn {result['gatedrnn']} vs torch {result['torch']} on {result['machine']}, "
-        f"{result['dtype']}, median of at least {result['repeats']} interleaved runs "
+        f"{dtype}, median of at least {result['repeats']} interleaved runs "
         f"(more for short rows: about {result['min_time']:g} s per side); {peak}.",
         "",
         "| cell | config (T, N, I, H) | mode | torch.nn ms | gatedrnn ms | speedup | "
