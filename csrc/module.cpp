@@ -9,6 +9,7 @@
 
 #include "cpu/block_cache.h"
 #include "cpu/capability.h"
+#include "cpu/isa/gemm_bf16.h"
 #include "cpu/isa/fma_peak.h"
 
 namespace {
@@ -31,16 +32,27 @@ PyObject* cpu_capability(PyObject*, PyObject*) {
   }
 }
 
+PyObject* cpu_bf16_kernel(PyObject*, PyObject*) {
+  try {
+    return PyUnicode_FromString(gatedrnn::bf16_kernel_name(gatedrnn::bf16_kernel()));
+  } catch (const std::exception& e) {
+    PyErr_SetString(PyExc_RuntimeError, e.what());
+    return nullptr;
+  }
+}
+
 PyObject* fma_peak_gflops(PyObject*, PyObject* args) {
   int threads = 1, float64 = 0;
   double seconds = 0.2;
-  if (!PyArg_ParseTuple(args, "i|pd", &threads, &float64, &seconds)) return nullptr;
+  int bf16 = 0;
+  if (!PyArg_ParseTuple(args, "i|pdp", &threads, &float64, &seconds, &bf16)) return nullptr;
   double result = 0;
   std::string error;
   // Without the GIL while it runs (seconds); nothing may leave the block by an exception.
   Py_BEGIN_ALLOW_THREADS
   try {
-    result = gatedrnn::fma_peak_gflops(threads, float64 != 0, seconds);
+    result = bf16 ? gatedrnn::bf16_peak_gflops(threads, seconds)
+                  : gatedrnn::fma_peak_gflops(threads, float64 != 0, seconds);
   } catch (const std::exception& e) {
     error = e.what();
   }
@@ -59,9 +71,12 @@ PyMethodDef methods[] = {
      "Bytes of freed blocks the CPU block cache holds."},
     {"cpu_capability", cpu_capability, METH_NOARGS,
      "The build of the CPU micro-kernels in use: 'avx512', 'avx2' or 'default'."},
+    {"cpu_bf16_kernel", cpu_bf16_kernel, METH_NOARGS,
+     "The GEMM kernels of the bfloat16 CPU ops: 'amx', 'avx512_bf16' or 'none' (float32)."},
     {"fma_peak_gflops", fma_peak_gflops, METH_VARARGS,
-     "fma_peak_gflops(threads, float64=False, seconds=0.2): GFLOP/s of a register-only "
-     "FMA loop with the CPU micro-kernels' ISA, on that many threads at once."},
+     "fma_peak_gflops(threads, float64=False, seconds=0.2, bf16=False): GFLOP/s of a "
+     "register-only FMA loop with the CPU micro-kernels' ISA, on that many threads at once; "
+     "with bf16, of the bfloat16 kernels' instruction (0 without them)."},
     {nullptr, nullptr, 0, nullptr}};
 
 }  // namespace

@@ -16,13 +16,38 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
+#include <vector>
 
 #include "block_cache.h"
+#include "isa/gemm_bf16.h"
 #include "isa/gemm_tiles.h"
 
 namespace gatedrnn {
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// The arithmetic of a GEMM's products. kBf16, the ops' bfloat16 form: both operands
+// rounded to bfloat16 and the products accumulated in float32, as oneDNN's bfloat16
+// kernels (torch.nn's) compute, on the bfloat16 kernels (isa/gemm_bf16.h) where the CPU
+// has them (AMX, AVX512_BF16); where it has none, in float32 as kNative, which is exact
+// for the bfloat16 values and as fast as this CPU's float32 GEMM. Only float GEMMs have
+// the choice.
+enum class GemmPrecision : uint8_t { kNative, kBf16 };
+
+// The bfloat16 kernels a GEMM of this type and precision runs on, or null.
+template <typename scalar_t>
+const GemmBf16Kernels* bf16_kernels_for(GemmPrecision precision) {
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    return precision == GemmPrecision::kBf16 ? gemm_bf16_kernels() : nullptr;
+  } else {
+    return nullptr;
+  }
+}
+
+// A bfloat16 panel (isa/gemm_bf16.h): elements from column j of a panel on, for k rounded
+// up to kp: [kp / 2][kBf16PanelWidth][2].
+inline int64_t bf16_panel_elements(int64_t k) { return bf16_padded_k(k) * kBf16PanelWidth; }
 
 // A as the micro-kernel reads it: a(r, kk) = data[r * row + kk * step].
 template <typename scalar_t>
@@ -36,11 +61,14 @@ struct GemmA {
 };
 
 // B as the micro-kernel reads it, in panels of `width` columns (the kernel's):
-// b(kk, j) = data[(j / width) * panel + kk * ld + j % width].
+// b(kk, j) = data[(j / width) * panel + kk * ld + j % width]; or, packed for the bfloat16
+// kernels, in their panels (bf16 non-null, bf16_panel elements apart).
 template <typename scalar_t>
 struct GemmB {
   const scalar_t* data;
   int64_t ld, panel, width;
+  const uint16_t* bf16 = nullptr;
+  int64_t bf16_panel = 0;
   // A row-major B [k, n] (leading dim ld), read in place.
   static GemmB rows(const scalar_t* b, int64_t ld) {
     const int64_t w = gemm_kernels<scalar_t>().width;
@@ -48,16 +76,41 @@ struct GemmB {
   }
   // Columns from j0 on; j0 must start a panel unless B is read in place.
   GemmB from_column(int64_t j0) const {
+    if (bf16 != nullptr) {
+      TORCH_INTERNAL_ASSERT(j0 % kBf16PanelWidth == 0,
+                            "gatedrnn: a packed GEMM operand cut inside a panel");
+      return {nullptr, 0, 0, 0, bf16 + (j0 / kBf16PanelWidth) * bf16_panel, bf16_panel};
+    }
     TORCH_INTERNAL_ASSERT(panel == width || j0 % width == 0,
                           "gatedrnn: a packed GEMM operand cut inside a panel");
     return {data + (j0 / width) * panel + j0 % width, ld, panel, width};
   }
 };
 
-// C[m, n] = A @ B + beta * C on this thread (C not read when beta == 0).
+// C[m, n] = A @ B + beta * C on this thread (C not read when beta == 0), with the
+// products of `precision`: B packed for the bfloat16 kernels runs on them; a B read in
+// place in a kBf16 GEMM is packed for them first, into this thread's scratch.
 template <typename scalar_t>
 inline void tile_gemm(int64_t m, int64_t n, int64_t k, const GemmA<scalar_t>& a,
-                      const GemmB<scalar_t>& b, scalar_t beta, scalar_t* c, int64_t ldc) {
+                      const GemmB<scalar_t>& b, scalar_t beta, scalar_t* c, int64_t ldc,
+                      GemmPrecision precision = GemmPrecision::kNative) {
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    const GemmBf16Kernels* bf16 = gemm_bf16_kernels();
+    if (b.bf16 != nullptr) {
+      bf16->gemm(m, n, k, a.data, a.row, a.step, b.bf16, b.bf16_panel, beta, c, ldc);
+      return;
+    }
+    if (precision == GemmPrecision::kBf16 && bf16 != nullptr && k > 0 && m > 0 && n > 0) {
+      TORCH_INTERNAL_ASSERT(b.panel == b.width, "gatedrnn: a bfloat16 GEMM of packed float B");
+      thread_local std::vector<uint16_t> packed;
+      const int64_t size = ceil_div(n, kBf16PanelWidth) * bf16_panel_elements(k);
+      if (static_cast<int64_t>(packed.size()) < size) packed.resize(size);
+      bf16->pack_b_rows(b.data, b.ld, k, n, packed.data());
+      bf16->gemm(m, n, k, a.data, a.row, a.step, packed.data(), bf16_panel_elements(k), beta, c,
+                 ldc);
+      return;
+    }
+  }
   gemm_kernels<scalar_t>().gemm(m, n, k, a.data, a.row, a.step, b.data, b.ld, b.panel, beta, c,
                                 ldc);
 }
@@ -123,21 +176,72 @@ at::Tensor pack_panels(const at::Tensor& w, int64_t n, int64_t width, const Row&
   return packed;
 }
 
-// W^T for a weight W [n, k], packed once into the GEMM kernel's panels (pack_panels).
+// W^T for n rows of a float weight W [rows, k] (any strides), as the bfloat16 kernels'
+// panels: [ceil(n / 32), bf16_panel_elements(k)] bfloat16, row(j) the j-th row taken. W's
+// rows contiguous (a weight), or the rows of a panel one after another along W's
+// contiguous columns (a weight's transpose, W^T's consecutive columns), are packed by
+// the kernels' vector code; anything else here, element by element.
+template <typename Row = AllRows>
+at::Tensor pack_bf16_weight(const at::Tensor& w, int64_t n, const Row& row = Row()) {
+  const GemmBf16Kernels* kernels = gemm_bf16_kernels();
+  const int64_t k = w.size(1), panels = ceil_div(n, kBf16PanelWidth);
+  const int64_t panel = bf16_panel_elements(k), rs = w.stride(0), cs = w.stride(1);
+  at::Tensor packed = cached_empty({panels, panel}, w.options().dtype(at::kBFloat16));
+  const float* src = w.const_data_ptr<float>();
+  uint16_t* dst = reinterpret_cast<uint16_t*>(packed.mutable_data_ptr());
+  const int64_t grain = std::max<int64_t>(1, (int64_t(16) << 10) / std::max<int64_t>(1, panel));
+  at::parallel_for(0, panels, grain, [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {
+      uint16_t* out = dst + p * panel;
+      const int64_t j0 = p * kBf16PanelWidth, cols = std::min(kBf16PanelWidth, n - j0);
+      const float* columns[kBf16PanelWidth];
+      bool consecutive = true;
+      for (int64_t j = 0; j < cols; ++j) {
+        columns[j] = src + row(j0 + j) * rs;
+        consecutive = consecutive && row(j0 + j) == row(j0) + j;
+      }
+      if (cs == 1) {
+        kernels->pack_b_columns(columns, k, cols, out);
+      } else if (rs == 1 && consecutive) {
+        kernels->pack_b_rows(columns[0], cs, k, cols, out);
+      } else {
+        std::fill_n(out, panel, uint16_t(0));
+        for (int64_t j = 0; j < cols; ++j) {
+          for (int64_t kk = 0; kk < k; ++kk) {
+            out[(kk / 2) * 2 * kBf16PanelWidth + 2 * j + (kk % 2)] = to_bf16(columns[j][kk * cs]);
+          }
+        }
+      }
+    }
+  });
+  return packed;
+}
+
+// W^T for a weight W [n, k], packed once into the GEMM kernel's panels (pack_panels), or
+// into the bfloat16 kernels' (pack_bf16_weight) for a kBf16 GEMM where they run.
 template <typename scalar_t>
 class PackedWeight {
  public:
   PackedWeight() = default;
-  explicit PackedWeight(const at::Tensor& w)
-      : n_(w.size(0)), k_(w.size(1)),
-        panels_(pack_panels<scalar_t>(w, n_, gemm_kernels<scalar_t>().width)) {}
+  explicit PackedWeight(const at::Tensor& w, GemmPrecision precision = GemmPrecision::kNative)
+      : PackedWeight(w, w.size(0), AllRows(), precision) {}
   // The n rows row(0), ..., row(n - 1) of w.
   template <typename Row>
-  PackedWeight(const at::Tensor& w, int64_t n, const Row& row)
-      : n_(n), k_(w.size(1)),
-        panels_(pack_panels<scalar_t>(w, n, gemm_kernels<scalar_t>().width, row)) {}
+  PackedWeight(const at::Tensor& w, int64_t n, const Row& row,
+               GemmPrecision precision = GemmPrecision::kNative)
+      : n_(n), k_(w.size(1)), bf16_(bf16_kernels_for<scalar_t>(precision) != nullptr) {
+    if (bf16_) {
+      panels_ = pack_bf16_weight(w, n, row);
+    } else {
+      panels_ = pack_panels<scalar_t>(w, n, gemm_kernels<scalar_t>().width, row);
+    }
+  }
   bool defined() const { return panels_.defined(); }
   GemmB<scalar_t> b() const {
+    if (bf16_) {
+      return {nullptr, 0, 0, 0, reinterpret_cast<const uint16_t*>(panels_.const_data_ptr()),
+              bf16_panel_elements(k_)};
+    }
     const int64_t width = gemm_kernels<scalar_t>().width;
     return {panels_.template const_data_ptr<scalar_t>(), width, k_ * width, width};
   }
@@ -149,6 +253,7 @@ class PackedWeight {
 
  private:
   int64_t n_ = 0, k_ = 0;
+  bool bf16_ = false;
   at::Tensor panels_;
 };
 
@@ -197,14 +302,15 @@ inline GemmBlocks gemm_blocks(int64_t m, int64_t n, int64_t k) {
 // C[m, n] = A @ B + beta * C, its blocks (gemm_blocks) spread over threads.
 template <typename scalar_t>
 void parallel_gemm(int64_t m, int64_t n, int64_t k, const GemmA<scalar_t>& a,
-                   const GemmB<scalar_t>& b, scalar_t beta, scalar_t* c, int64_t ldc) {
+                   const GemmB<scalar_t>& b, scalar_t beta, scalar_t* c, int64_t ldc,
+                   GemmPrecision precision = GemmPrecision::kNative) {
   if (m == 0 || n == 0) return;
   const GemmBlocks g = gemm_blocks(m, n, k);
   at::parallel_for(0, g.count(), 1, [&](int64_t begin, int64_t end) {
     for (int64_t id = begin; id < end; ++id) {
       const GemmBlocks::Block bl = g.block(id);
       tile_gemm<scalar_t>(bl.mi, bl.ni, k, a.from_row(bl.i0), b.from_column(bl.j0), beta,
-                          c + bl.i0 * ldc + bl.j0, ldc);
+                          c + bl.i0 * ldc + bl.j0, ldc, precision);
     }
   });
 }

@@ -27,11 +27,12 @@ constexpr const char* kBackward = "gatedrnn.gru_backward";
 template <typename scalar_t>
 void gru_forward_impl(const RnnShapes& sh, const at::Tensor& x, const at::Tensor& w_ih,
                       const at::Tensor& w_hh, const at::Tensor& b_ih, const at::Tensor& b_hh,
-                      at::Tensor& out, at::Tensor& h_state, at::Tensor& ws) {
+                      at::Tensor& out, at::Tensor& h_state, at::Tensor& ws,
+                      GemmPrecision precision) {
   const Schedule& s = sh.schedule;
   const int64_t H = sh.hidden_size, N = s.batch, G = kGates * H;
   const UnitBlocks units = unit_blocks(H, kGates, H, N);
-  const UnitBlockGemm<scalar_t> hidden(w_hh, kGates, H, units, N);
+  const UnitBlockGemm<scalar_t> hidden(w_hh, kGates, H, units, N, precision);
   at::Tensor hg = at::empty({N, G}, x.options());
   scalar_t* hgp = hg.mutable_data_ptr<scalar_t>();
   scalar_t* wsp = ws.defined() ? ws.mutable_data_ptr<scalar_t>() : nullptr;
@@ -39,7 +40,7 @@ void gru_forward_impl(const RnnShapes& sh, const at::Tensor& x, const at::Tensor
   const scalar_t* bih = b_ih.const_data_ptr<scalar_t>();
   const scalar_t* bhh = b_hh.const_data_ptr<scalar_t>();
   const auto forward_units = gru_kernels<scalar_t>().forward_units;
-  ForwardTeam<scalar_t> team(s, x, w_ih, kGates, units, h_state);
+  ForwardTeam<scalar_t> team(s, x, w_ih, kGates, units, h_state, precision);
   const auto block = [&](const TeamStep<scalar_t>& st, int64_t b, int64_t u0, int64_t len) {
     scalar_t* hgb = hgp + kGates * u0;
     // hg_b[:n] = h[:n] @ w_hh_b^T       [n, H] x [H, 3 len]
@@ -60,19 +61,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_forward(
                                       w_hh, b_ih, b_hh, std::nullopt, reverse);
   const Schedule& s = sh.schedule;
   const int64_t H = sh.hidden_size;
-  const auto opts = input.options();
-  const at::Tensor x = cached_contiguous(input).view({s.rows, sh.input_size});
-  const at::Tensor bih = optional_bias(b_ih, kGates * H, opts);
-  const at::Tensor bhh = optional_bias(b_hh, kGates * H, opts);
+  const at::Tensor x = cached_contiguous(widened(input)).view({s.rows, sh.input_size});
+  const auto opts = x.options();
+  const at::Tensor bih = optional_bias(widened(b_ih), kGates * H, opts);
+  const at::Tensor bhh = optional_bias(widened(b_hh), kGates * H, opts);
   at::Tensor out = cached_empty({s.rows, H}, opts);
-  at::Tensor h_state = h0.contiguous().clone();
+  at::Tensor h_state = widened(h0).contiguous().clone();
   at::Tensor ws = cached_empty({need_workspace ? s.rows : 0, 4 * H}, opts);
   at::Tensor ws_arg = need_workspace ? ws : at::Tensor();
-  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), kForward, [&] {
-    gru_forward_impl<scalar_t>(sh, x, cached_contiguous(w_ih), cached_contiguous(w_hh), bih, bhh,
-                               out, h_state, ws_arg);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), kForward, [&] {
+    gru_forward_impl<scalar_t>(sh, x, cached_contiguous(widened(w_ih)),
+                               cached_contiguous(widened(w_hh)), bih, bhh, out, h_state, ws_arg,
+                               precision_of(input));
   });
-  return {shaped_like_input(out, input), h_state, ws};
+  return {shaped_like_input(narrowed(out, input), input), narrowed(h_state, input), ws};
 }
 
 // The backward loop, on a BackwardTeam; the input and weight gradients come out of
@@ -83,7 +85,7 @@ InputAndWeightGrads gru_backward_impl(const RnnShapes& sh, const Rows<scalar_t>&
                                       const at::Tensor& x, const at::Tensor& w_ih,
                                       const at::Tensor& w_hh, const at::Tensor& ws,
                                       const at::Tensor& out, const at::Tensor& h0,
-                                      at::Tensor& dh_state) {
+                                      at::Tensor& dh_state, GemmPrecision precision) {
   const Schedule& s = sh.schedule;
   const int64_t H = sh.hidden_size;
   const scalar_t* go = grad_out.data();
@@ -94,8 +96,10 @@ InputAndWeightGrads gru_backward_impl(const RnnShapes& sh, const Rows<scalar_t>&
   scalar_t* dhs = dh_state.mutable_data_ptr<scalar_t>();
   const auto backward_units = gru_kernels<scalar_t>().backward_units;
   ChunkedGrads<scalar_t> grads(s, kGruGradCols * H, {{0, 0, 2 * H}, {3 * H, 2 * H, H}},
-                               {{0, 0, kGates * H}}, false, x, out, h0, w_ih, kGates * H);
-  BackwardTeam<scalar_t> team(s, w_hh, kGruGradCols * H, unit_blocks(H, kGates, H, s.batch));
+                               {{0, 0, kGates * H}}, false, x, out, h0, w_ih, kGates * H,
+                               precision);
+  BackwardTeam<scalar_t> team(s, w_hh, kGruGradCols * H, unit_blocks(H, kGates, H, s.batch),
+                              precision);
   // dh_state[:n] = dh * z + dgates[:, 0:3H] @ w_hh      [n, 3H] x [3H, H]
   team.run(grads, dhs, scalar_t(1),
            [&](int64_t k, int64_t n, int64_t off, scalar_t* dg, int64_t u0, int64_t len) {
@@ -118,18 +122,20 @@ gru_backward(const at::Tensor& grad_output, const at::Tensor& grad_h_n, const at
   check_shape(kBackward, workspace, "workspace", {s.rows, 4 * H}, "rows, 4*hidden_size");
   check_shape(kBackward, grad_output, "grad_output", output.sizes(), "the output's shape");
   check_shape(kBackward, grad_h_n, "grad_h_n", h0.sizes(), "h0's shape");
-  const at::Tensor x = cached_contiguous(input).view({s.rows, sh.input_size});
-  const at::Tensor out = cached_contiguous(output).view({s.rows, H});
-  const at::Tensor ws = cached_contiguous(workspace), h0c = h0.contiguous();
-  const at::Tensor wih = cached_contiguous(w_ih), whh = cached_contiguous(w_hh);
-  at::Tensor dh_state = grad_h_n.contiguous().clone();
+  check_workspace_dtype(kBackward, input, workspace);
+  const at::Tensor x = cached_contiguous(widened(input)).view({s.rows, sh.input_size});
+  const at::Tensor out = cached_contiguous(widened(output)).view({s.rows, H});
+  const at::Tensor ws = cached_contiguous(workspace), h0c = widened(h0).contiguous();
+  const at::Tensor wih = cached_contiguous(widened(w_ih)), whh = cached_contiguous(widened(w_hh));
+  at::Tensor dh_state = widened(grad_h_n).contiguous().clone();
   InputAndWeightGrads g;
-  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), kBackward, [&] {
-    g = gru_backward_impl<scalar_t>(sh, strided_rows<scalar_t>(grad_output, s.rows, H), x, wih,
-                                    whh, ws, out, h0c, dh_state);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), kBackward, [&] {
+    g = gru_backward_impl<scalar_t>(sh, strided_rows<scalar_t>(widened(grad_output), s.rows, H),
+                                    x, wih, whh, ws, out, h0c, dh_state, precision_of(input));
   });
-  return {shaped_like_input(g.grad_input, input), dh_state, g.grad_w_ih, g.grad_w_hh,
-          g.grad_b_ih, g.grad_b_hh};
+  const auto result = [&](const at::Tensor& t) { return narrowed(t, input); };
+  return {shaped_like_input(result(g.grad_input), input), result(dh_state), result(g.grad_w_ih),
+          result(g.grad_w_hh), result(g.grad_b_ih), result(g.grad_b_hh)};
 }
 
 }  // namespace

@@ -28,16 +28,17 @@ template <typename scalar_t>
 void lstm_forward_impl(const RnnShapes& sh, const at::Tensor& x, const at::Tensor& w_ih,
                        const at::Tensor& w_hh, const at::Tensor& bias, const at::Tensor& w_hr,
                        at::Tensor& out, at::Tensor& h_state, at::Tensor& c_state,
-                       at::Tensor& ws) {
+                       at::Tensor& ws, GemmPrecision precision) {
   const Schedule& s = sh.schedule;
   const int64_t H = sh.hidden_size, P = sh.state_size, N = s.batch, G = kGates * H;
   const bool proj = w_hr.defined();
   const int64_t ws_ld = 5 * H;
   const UnitBlocks units = unit_blocks(H, kGates, P, N);
-  const UnitBlockGemm<scalar_t> hidden(w_hh, kGates, H, units, N);
+  const UnitBlockGemm<scalar_t> hidden(w_hh, kGates, H, units, N, precision);
   const UnitBlocks proj_units = proj ? unit_blocks(P, 1, H, N) : UnitBlocks{};
   const UnitBlockGemm<scalar_t> projection =
-      proj ? UnitBlockGemm<scalar_t>(w_hr, 1, P, proj_units, N) : UnitBlockGemm<scalar_t>();
+      proj ? UnitBlockGemm<scalar_t>(w_hr, 1, P, proj_units, N, precision)
+           : UnitBlockGemm<scalar_t>();
   at::Tensor hp = proj ? at::empty({N, H}, x.options()) : at::Tensor();
   scalar_t* wsp = ws.defined() ? ws.mutable_data_ptr<scalar_t>() : nullptr;
   scalar_t* hpp = proj ? hp.mutable_data_ptr<scalar_t>() : nullptr;
@@ -46,7 +47,7 @@ void lstm_forward_impl(const RnnShapes& sh, const at::Tensor& x, const at::Tenso
   const scalar_t* bp = bias.const_data_ptr<scalar_t>();
   const auto forward_units = lstm_kernels<scalar_t>().forward_units;
 
-  ForwardTeam<scalar_t> team(s, x, w_ih, kGates, units, h_state);
+  ForwardTeam<scalar_t> team(s, x, w_ih, kGates, units, h_state, precision);
   const auto block = [&](const TeamStep<scalar_t>& st, int64_t b, int64_t u0, int64_t len) {
     scalar_t* pre = st.gates + kGates * u0;
     // pre[:n] += h[:n] @ w_hh_b^T       [n, P] x [P, 4 len]
@@ -85,21 +86,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward(
                                       w_hh, b_ih, b_hh, w_hr, reverse);
   const Schedule& s = sh.schedule;
   const int64_t H = sh.hidden_size, P = sh.state_size;
-  const auto opts = input.options();
-  const at::Tensor x = cached_contiguous(input).view({s.rows, sh.input_size});
-  const at::Tensor wih = cached_contiguous(w_ih), whh = cached_contiguous(w_hh);
-  const at::Tensor whr =
-      (w_hr.has_value() && w_hr->defined()) ? cached_contiguous(*w_hr) : at::Tensor();
-  const at::Tensor bias = combined_bias(b_ih, b_hh, kGates * H, opts);
+  const at::Tensor x = cached_contiguous(widened(input)).view({s.rows, sh.input_size});
+  const auto opts = x.options();
+  const at::Tensor wih = cached_contiguous(widened(w_ih)), whh = cached_contiguous(widened(w_hh));
+  const at::Tensor whr = (w_hr.has_value() && w_hr->defined())
+                             ? cached_contiguous(widened(*w_hr)) : at::Tensor();
+  const at::Tensor bias = combined_bias(widened(b_ih), widened(b_hh), kGates * H, opts);
   at::Tensor out = cached_empty({s.rows, P}, opts);
-  at::Tensor h_state = h0.contiguous().clone();
-  at::Tensor c_state = c0.contiguous().clone();
+  at::Tensor h_state = widened(h0).contiguous().clone();
+  at::Tensor c_state = widened(c0).contiguous().clone();
   at::Tensor ws = cached_empty({need_workspace ? s.rows : 0, 5 * H}, opts);
   at::Tensor ws_arg = need_workspace ? ws : at::Tensor();
-  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), kForward, [&] {
-    lstm_forward_impl<scalar_t>(sh, x, wih, whh, bias, whr, out, h_state, c_state, ws_arg);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), kForward, [&] {
+    lstm_forward_impl<scalar_t>(sh, x, wih, whh, bias, whr, out, h_state, c_state, ws_arg,
+                                precision_of(input));
   });
-  return {shaped_like_input(out, input), h_state, c_state, ws};
+  return {shaped_like_input(narrowed(out, input), input), narrowed(h_state, input),
+          narrowed(c_state, input), ws};
 }
 
 // The backward loop, on a BackwardTeam. With a projection, each step first makes dout,
@@ -113,7 +116,7 @@ InputAndWeightGrads lstm_backward_impl(const RnnShapes& sh, const Rows<scalar_t>
                                        const at::Tensor& w_ih, const at::Tensor& w_hh,
                                        const at::Tensor& w_hr, const at::Tensor& ws,
                                        at::Tensor& dh_state, at::Tensor& dc_state,
-                                       at::Tensor& grad_w_hr) {
+                                       at::Tensor& grad_w_hr, GemmPrecision precision) {
   const Schedule& s = sh.schedule;
   const int64_t H = sh.hidden_size, P = sh.state_size, N = s.batch, G = kGates * H;
   const bool proj = w_hr.defined();
@@ -125,10 +128,11 @@ InputAndWeightGrads lstm_backward_impl(const RnnShapes& sh, const Rows<scalar_t>
   scalar_t* dhs = dh_state.mutable_data_ptr<scalar_t>();
   scalar_t* dcs = dc_state.mutable_data_ptr<scalar_t>();
   const auto backward_units = lstm_kernels<scalar_t>().backward_units;
-  ChunkedGrads<scalar_t> grads(s, G, {{0, 0, G}}, {{0, 0, G}}, true, x, out, h0, w_ih, G);
+  ChunkedGrads<scalar_t> grads(s, G, {{0, 0, G}}, {{0, 0, G}}, true, x, out, h0, w_ih, G,
+                               precision);
   const UnitBlocks units = unit_blocks(H, kGates, P, N);
   if (!proj) {
-    BackwardTeam<scalar_t> team(s, w_hh, G, units);
+    BackwardTeam<scalar_t> team(s, w_hh, G, units, precision);
     team.run(grads, dhs, scalar_t(0),
              [&](int64_t k, int64_t n, int64_t off, scalar_t* dg, int64_t u0, int64_t len) {
                const PrevRows<scalar_t> c_prev = previous_rows(s, k, wsp + 4 * H, ws_ld, c0p, H);
@@ -138,8 +142,8 @@ InputAndWeightGrads lstm_backward_impl(const RnnShapes& sh, const Rows<scalar_t>
     return grads.result();
   }
 
-  BackwardTeam<scalar_t> team(s, w_hh, G, unit_blocks(P, kGates, H, N));
-  const UnitBlockGemm<scalar_t> proj_gemm(w_hr.t(), 1, H, units, N);
+  BackwardTeam<scalar_t> team(s, w_hh, G, unit_blocks(P, kGates, H, N), precision);
+  const UnitBlockGemm<scalar_t> proj_gemm(w_hr.t(), 1, H, units, N, precision);
   at::Tensor dh_step = at::empty({N, H}, ws.options());
   at::Tensor dout = cached_empty({grads.max_rows(), P}, ws.options());
   scalar_t* dhp = dh_step.mutable_data_ptr<scalar_t>();
@@ -169,7 +173,7 @@ InputAndWeightGrads lstm_backward_impl(const RnnShapes& sh, const Rows<scalar_t>
     const at::Tensor hp = rows.narrow(1, 3 * H, H) * rows.narrow(1, 4 * H, H).tanh();
     parallel_gemm<scalar_t>(P, H, c.rows(), GemmA<scalar_t>::transposed(doutp, P),
                             GemmB<scalar_t>::rows(hp.const_data_ptr<scalar_t>(), H), scalar_t(1),
-                            grad_w_hr.mutable_data_ptr<scalar_t>(), H);
+                            grad_w_hr.mutable_data_ptr<scalar_t>(), H, precision);
     if (grads.chunks_left()) chunk = grads.chunk();
   };
   team.run_projected(grads, dhs, units, point, output_grad, grad_w_hr_of_chunk);
@@ -192,25 +196,28 @@ lstm_backward(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
   check_shape(kBackward, grad_output, "grad_output", output.sizes(), "the output's shape");
   check_shape(kBackward, grad_h_n, "grad_h_n", h0.sizes(), "h0's shape");
   check_shape(kBackward, grad_c_n, "grad_c_n", c0.sizes(), "c0's shape");
-  const auto opts = input.options();
+  check_workspace_dtype(kBackward, input, workspace);
   const bool proj = w_hr.has_value() && w_hr->defined();
-  const at::Tensor whr = proj ? cached_contiguous(*w_hr) : at::Tensor();
+  const at::Tensor whr = proj ? cached_contiguous(widened(*w_hr)) : at::Tensor();
   const at::Tensor ws = cached_contiguous(workspace);
-  const at::Tensor x = cached_contiguous(input).view({s.rows, sh.input_size});
-  const at::Tensor out = cached_contiguous(output).view({s.rows, P});
-  const at::Tensor h0c = h0.contiguous(), c0c = c0.contiguous(), whh = cached_contiguous(w_hh);
-  const at::Tensor wih = cached_contiguous(w_ih);
-  at::Tensor dh_state = grad_h_n.contiguous().clone();
-  at::Tensor dc_state = grad_c_n.contiguous().clone();
+  const at::Tensor x = cached_contiguous(widened(input)).view({s.rows, sh.input_size});
+  const auto opts = x.options();
+  const at::Tensor out = cached_contiguous(widened(output)).view({s.rows, P});
+  const at::Tensor h0c = widened(h0).contiguous(), c0c = widened(c0).contiguous();
+  const at::Tensor whh = cached_contiguous(widened(w_hh)), wih = cached_contiguous(widened(w_ih));
+  at::Tensor dh_state = widened(grad_h_n).contiguous().clone();
+  at::Tensor dc_state = widened(grad_c_n).contiguous().clone();
   at::Tensor grad_w_hr = proj ? cached_zeros({P, H}, opts) : at::empty({0}, opts);
   InputAndWeightGrads g;
-  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), kBackward, [&] {
-    g = lstm_backward_impl<scalar_t>(sh, strided_rows<scalar_t>(grad_output, s.rows, P), x,
-                                     out, h0c, c0c, wih, whh, whr, ws, dh_state, dc_state,
-                                     grad_w_hr);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), kBackward, [&] {
+    g = lstm_backward_impl<scalar_t>(sh, strided_rows<scalar_t>(widened(grad_output), s.rows, P),
+                                     x, out, h0c, c0c, wih, whh, whr, ws, dh_state, dc_state,
+                                     grad_w_hr, precision_of(input));
   });
-  return {shaped_like_input(g.grad_input, input), dh_state, dc_state, g.grad_w_ih,
-          g.grad_w_hh, g.grad_b_ih, g.grad_b_hh, grad_w_hr};
+  const auto result = [&](const at::Tensor& t) { return narrowed(t, input); };
+  return {shaped_like_input(result(g.grad_input), input), result(dh_state), result(dc_state),
+          result(g.grad_w_ih), result(g.grad_w_hh), result(g.grad_b_ih), result(g.grad_b_hh),
+          result(grad_w_hr)};
 }
 
 }  // namespace

@@ -43,18 +43,20 @@ struct TeamStep {
 template <typename scalar_t>
 class ForwardTeam {
  public:
-  //   x: [R, I], w_ih: [gates * H, I], h0: [N, P]
+  //   x: [R, I], w_ih: [gates * H, I], h0: [N, P]; precision: the input projection's
   ForwardTeam(const Schedule& s, const at::Tensor& x, const at::Tensor& w_ih, int64_t gates,
-              const UnitBlocks& units, const at::Tensor& h0)
+              const UnitBlocks& units, const at::Tensor& h0,
+              GemmPrecision precision = GemmPrecision::kNative)
       : s_(s), x_(x), gates_(gates), G_(w_ih.size(0)), units_(units),
         whole_(units.count() == 1 && s.rows * w_ih.size(0) <= kWholeElements),
         direct_(whole_ && s.rows <= kDirectRows && w_ih.stride(1) == 1),
-        w_ih_(whole_ && !direct_ ? PackedWeight<scalar_t>(w_ih) : PackedWeight<scalar_t>()),
+        w_ih_(whole_ && !direct_ ? PackedWeight<scalar_t>(w_ih, precision)
+                                 : PackedWeight<scalar_t>()),
         w_ih_direct_(direct_ ? w_ih : at::Tensor()),
         chunks_(s, w_ih.size(0), whole_),
         input_(whole_ ? UnitBlockGemm<scalar_t>()
                       : UnitBlockGemm<scalar_t>(w_ih, gates, units.units, units,
-                                                chunks_.max_rows())),
+                                                chunks_.max_rows(), precision)),
         gate_buf_(cached_empty({chunks_.max_rows(), w_ih.size(0)}, x.options())),
         h_buf_(at::empty({2, h0.size(0), h0.size(1)}, x.options())) {
     h_buf_[0].copy_(h0);
@@ -130,6 +132,39 @@ class ForwardTeam {
   at::Tensor gate_buf_, h_buf_;
 };
 
+// The ops' bfloat16 form. Arguments and results in bfloat16 (the workspace, read only by
+// the backward op, in float32); inside, the float32 time loops on float32 copies of the
+// arguments, whose GEMMs round their operands to bfloat16 and accumulate in float32
+// (GemmPrecision::kBf16), as oneDNN's bfloat16 RNNs (torch.nn's) do, while the gate math,
+// the states between steps and the LSTM cell state stay in float32.
+inline bool is_bf16(const at::Tensor& t) { return t.scalar_type() == at::kBFloat16; }
+inline GemmPrecision precision_of(const at::Tensor& input) {
+  return is_bf16(input) ? GemmPrecision::kBf16 : GemmPrecision::kNative;
+}
+// t in the dtype the time loops compute in: float32 for a bfloat16 tensor, else t.
+inline at::Tensor widened(const at::Tensor& t) {
+  return t.defined() && is_bf16(t) ? t.to(at::kFloat) : t;
+}
+inline std::optional<at::Tensor> widened(const std::optional<at::Tensor>& t) {
+  if (!t.has_value() || !t->defined()) return t;
+  return widened(*t);
+}
+// A result in the op's dtype (that of input).
+inline at::Tensor narrowed(const at::Tensor& t, const at::Tensor& input) {
+  return t.scalar_type() == input.scalar_type() ? t : t.to(input.scalar_type());
+}
+// The workspace's dtype for this input: float32 in the bfloat16 form, else input's.
+inline at::ScalarType workspace_dtype(const at::Tensor& input) {
+  return is_bf16(input) ? at::kFloat : input.scalar_type();
+}
+inline void check_workspace_dtype(const char* op, const at::Tensor& input,
+                                  const at::Tensor& workspace) {
+  TORCH_CHECK(workspace.scalar_type() == workspace_dtype(input), op,
+              ": expected workspace to have dtype ", workspace_dtype(input),
+              " (the forward op's for input of dtype ", input.scalar_type(), "), got ",
+              workspace.scalar_type());
+}
+
 // b_ih + b_hh as one vector (zeros where absent), so the pointwise pass adds one bias.
 inline at::Tensor combined_bias(const std::optional<at::Tensor>& b_ih,
                                 const std::optional<at::Tensor>& b_hh, int64_t size,
@@ -173,7 +208,7 @@ struct GemmTerm {
   int64_t ldb;
 };
 
-// C[m, n] = beta * C + the terms, added in their order.
+// C[m, n] = beta * C + the terms, added in their order, with the products of precision.
 template <typename scalar_t>
 struct GemmSum {
   int64_t m, n;
@@ -181,6 +216,7 @@ struct GemmSum {
   int64_t ldc;
   scalar_t beta;
   std::vector<GemmTerm<scalar_t>> terms;
+  GemmPrecision precision = GemmPrecision::kNative;
 };
 
 // Computes independent sums (no two write the same C), each cut into the blocks
@@ -211,6 +247,28 @@ void run_gemm_sums(const std::vector<GemmSum<scalar_t>>& sums) {
   }
   std::stable_sort(blocks.begin(), blocks.end(),
                    [](const Block& x, const Block& y) { return x.work > y.work; });
+  // The bfloat16 kernels' B of every term of a kBf16 sum, packed once here for all the
+  // sum's blocks: a weight gradient's blocks split its rows, each needing the whole B,
+  // and packing it per block was 8 times the work (the LSTM bfloat16 training step).
+  std::vector<std::vector<at::Tensor>> packed(sums.size());
+  for (size_t s = 0; s < sums.size(); ++s) {
+    const GemmSum<scalar_t>& g = sums[s];
+    const GemmBf16Kernels* bf16 = bf16_kernels_for<scalar_t>(g.precision);
+    if (bf16 == nullptr || g.m == 0 || g.n == 0) continue;
+    for (const GemmTerm<scalar_t>& t : g.terms) {
+      const int64_t panel = bf16_panel_elements(t.k), panels = ceil_div(g.n, kBf16PanelWidth);
+      at::Tensor p = cached_empty({panels, panel}, at::TensorOptions().dtype(at::kBFloat16));
+      uint16_t* dst = reinterpret_cast<uint16_t*>(p.mutable_data_ptr());
+      at::parallel_for(0, panels, 1, [&](int64_t p0, int64_t p1) {
+        for (int64_t q = p0; q < p1; ++q) {
+          const int64_t j0 = q * kBf16PanelWidth;
+          bf16->pack_b_rows(reinterpret_cast<const float*>(t.b) + j0, t.ldb, t.k,
+                            std::min(kBf16PanelWidth, g.n - j0), dst + q * panel);
+        }
+      });
+      packed[s].push_back(p);
+    }
+  }
   std::atomic<size_t> next{0};
   run_team(static_cast<int64_t>(blocks.size()), [&](const TeamMember&) {
     for (size_t i = next.fetch_add(1); i < blocks.size(); i = next.fetch_add(1)) {
@@ -222,12 +280,18 @@ void run_gemm_sums(const std::vector<GemmSum<scalar_t>>& sums) {
                             GemmB<scalar_t>::rows(nullptr, 0), beta, g.c + bl.i0 * g.ldc + bl.j0,
                             g.ldc);
       }
-      for (const GemmTerm<scalar_t>& t : g.terms) {
+      for (size_t ti = 0; ti < g.terms.size(); ++ti) {
+        const GemmTerm<scalar_t>& t = g.terms[ti];
         const GemmA<scalar_t> a = t.trans_a ? GemmA<scalar_t>::transposed(t.a, t.lda)
                                             : GemmA<scalar_t>::rows(t.a, t.lda);
-        tile_gemm<scalar_t>(bl.mi, bl.ni, t.k, a.from_row(bl.i0),
-                            GemmB<scalar_t>::rows(t.b + bl.j0, t.ldb), beta,
-                            g.c + bl.i0 * g.ldc + bl.j0, g.ldc);
+        GemmB<scalar_t> b = GemmB<scalar_t>::rows(t.b, t.ldb);
+        if (!packed[blocks[i].sum].empty()) {
+          const at::Tensor& p = packed[blocks[i].sum][ti];
+          b = {nullptr, 0, 0, 0, reinterpret_cast<const uint16_t*>(p.const_data_ptr()),
+               bf16_panel_elements(t.k)};
+        }
+        tile_gemm<scalar_t>(bl.mi, bl.ni, t.k, a.from_row(bl.i0), b.from_column(bl.j0), beta,
+                            g.c + bl.i0 * g.ldc + bl.j0, g.ldc, g.precision);
         beta = scalar_t(1);
       }
     }
@@ -264,13 +328,15 @@ class ChunkedGrads {
  public:
   static constexpr int64_t kRows = 1024;
 
+  // precision: that of the input and weight gradients' products (the bias gradients,
+  // plain sums, are made in float32 whatever it is).
   ChunkedGrads(const Schedule& s, int64_t ld, std::vector<GateColumns> input_side,
                std::vector<GateColumns> hidden_side, bool same_sides, const at::Tensor& x,
                const at::Tensor& out, const at::Tensor& h0, const at::Tensor& w_ih,
-               int64_t gates_h)
+               int64_t gates_h, GemmPrecision precision = GemmPrecision::kNative)
       : s_(s), ld_(ld), input_side_(std::move(input_side)),
         hidden_side_(std::move(hidden_side)), same_sides_(same_sides), x_(x), out_(out),
-        h0_(h0), w_ih_(w_ih), I_(x.size(1)), P_(out.size(1)) {
+        h0_(h0), w_ih_(w_ih), I_(x.size(1)), P_(out.size(1)), precision_(precision) {
     plan();
     const auto opts = x.options();
     int64_t most = 0;
@@ -344,7 +410,7 @@ class ChunkedGrads {
     // grad_input[r0 : r0+rows] = sum over the input side of
     //                            dg[:, cols] @ w_ih[g.dst : g.dst+count]
     GemmSum<scalar_t> input{rows, I, g_.grad_input.mutable_data_ptr<scalar_t>() + r0 * I, I,
-                            scalar_t(0), {}};
+                            scalar_t(0), {}, precision_};
     for (const GateColumns& g : input_side_) {
       input.terms.push_back({false, g.count, dg + g.src, ld_,
                              w_ih_.const_data_ptr<scalar_t>() + g.dst * I, I});
@@ -354,13 +420,14 @@ class ChunkedGrads {
       // grad_w_ih[g.dst : g.dst+count] += dg[:, cols]^T @ x[r0 : r0+rows]
       sums.push_back({g.count, I, g_.grad_w_ih.mutable_data_ptr<scalar_t>() + g.dst * I, I,
                       beta,
-                      {{true, rows, dg + g.src, ld_, x_.const_data_ptr<scalar_t>() + r0 * I, I}}});
+                      {{true, rows, dg + g.src, ld_, x_.const_data_ptr<scalar_t>() + r0 * I, I}},
+                      precision_});
       sums.push_back(column_sum(g, rows, dg, ones, g_.grad_b_ih, beta));
     }
     for (const GateColumns& g : hidden_side_) {
       // grad_w_hh[g.dst : g.dst+count] += sum over the runs of dg[run, cols]^T @ h_prev[run]
       GemmSum<scalar_t> hidden{g.count, P, g_.grad_w_hh.mutable_data_ptr<scalar_t>() + g.dst * P,
-                               P, beta, {}};
+                               P, beta, {}, precision_};
       for (const PrevRun& run : runs) {
         hidden.terms.push_back({true, run.rows, dg + run.first * ld_ + g.src, ld_, run.prev, P});
       }
@@ -450,6 +517,7 @@ class ChunkedGrads {
   bool same_sides_;
   const at::Tensor &x_, &out_, &h0_, &w_ih_;
   int64_t I_, P_;
+  GemmPrecision precision_;
   std::vector<StepChunk> chunks_;
   size_t current_ = 0;
   bool uniform_ = false;  // every step has all N rows
@@ -474,11 +542,11 @@ class BackwardTeam {
  public:
   //   w_hh: [G, P], the recurrent weight; dgate_ld: the row length of the gate gradients,
   //   of which the first G columns multiply w_hh; state_units: blocks of the P columns of
-  //   dh (and, without a projection, of the pointwise passes)
+  //   dh (and, without a projection, of the pointwise passes); precision: dh's products
   BackwardTeam(const Schedule& s, const at::Tensor& w_hh, int64_t dgate_ld,
-               const UnitBlocks& state_units)
+               const UnitBlocks& state_units, GemmPrecision precision = GemmPrecision::kNative)
       : s_(s), dgate_ld_(dgate_ld), units_(state_units),
-        hidden_(w_hh.t(), 1, w_hh.size(1), state_units, s.batch) {}
+        hidden_(w_hh.t(), 1, w_hh.size(1), state_units, s.batch, precision) {}
 
   // point(k, n, off, dgates, u0, len): step k's pointwise pass over rows [0, n) and units
   // [u0, u0 + len), dgates being the step's [n, dgate_ld] gate-gradient rows. Then

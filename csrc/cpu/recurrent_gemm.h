@@ -34,9 +34,11 @@ class UnitBlockGemm {
  public:
   UnitBlockGemm() = default;
   // w: [rows, k], any strides (a transposed weight is fine). max_m: the most rows a
-  // step will have.
+  // step will have. precision: that of the packed blocks' products; steps of a few rows
+  // (the small-batch kernel, W read in place) run in float32 whatever it is: they stream
+  // W once per step, as fast in float32, and exact for bfloat16 values.
   UnitBlockGemm(const at::Tensor& w, int64_t gates, int64_t gate_stride, UnitBlocks units,
-                int64_t max_m)
+                int64_t max_m, GemmPrecision precision = GemmPrecision::kNative)
       : units_(units), gates_(gates), gate_stride_(gate_stride), max_m_(max_m),
         k_(w.size(1)) {
     if (max_m <= kDirectRows && (w.stride(1) == 1 || w.stride(0) == 1)) {
@@ -65,7 +67,7 @@ class UnitBlockGemm {
         small_.emplace_back();
         packed_.emplace_back(w, gates * len, [&](int64_t j) {
           return (j / len) * gate_stride + begin + j % len;
-        });
+        }, precision);
       }
     }
   }

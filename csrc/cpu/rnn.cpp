@@ -31,15 +31,15 @@ bool is_relu(const char* op, c10::string_view nonlinearity) {
 template <typename scalar_t>
 void rnn_forward_impl(const RnnShapes& sh, bool relu, const at::Tensor& x,
                       const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& bias,
-                      at::Tensor& out, at::Tensor& h_state) {
+                      at::Tensor& out, at::Tensor& h_state, GemmPrecision precision) {
   const Schedule& s = sh.schedule;
   const int64_t H = sh.hidden_size, N = s.batch;
   const UnitBlocks units = unit_blocks(H, 1, H, N);
-  const UnitBlockGemm<scalar_t> hidden(w_hh, 1, H, units, N);
+  const UnitBlockGemm<scalar_t> hidden(w_hh, 1, H, units, N, precision);
   scalar_t* outp = out.mutable_data_ptr<scalar_t>();
   const scalar_t* bp = bias.const_data_ptr<scalar_t>();
   const auto forward_units = rnn_kernels<scalar_t>().forward_units;
-  ForwardTeam<scalar_t> team(s, x, w_ih, 1, units, h_state);
+  ForwardTeam<scalar_t> team(s, x, w_ih, 1, units, h_state, precision);
   const auto block = [&](const TeamStep<scalar_t>& st, int64_t b, int64_t u0, int64_t len) {
     // gates[:n, block] += h[:n] @ w_hh_b^T      [n, H] x [H, len]
     hidden.run(b, st.n, st.cur, H, scalar_t(1), st.gates + u0, H);
@@ -58,16 +58,17 @@ std::tuple<at::Tensor, at::Tensor> rnn_forward(
   const RnnShapes sh = check_rnn_args(kForward, 1, input, batch_sizes, h0, nullptr, w_ih, w_hh,
                                       b_ih, b_hh, std::nullopt, reverse);
   const Schedule& s = sh.schedule;
-  const auto opts = input.options();
-  const at::Tensor x = cached_contiguous(input).view({s.rows, sh.input_size});
-  const at::Tensor bias = combined_bias(b_ih, b_hh, sh.hidden_size, opts);
+  const at::Tensor x = cached_contiguous(widened(input)).view({s.rows, sh.input_size});
+  const auto opts = x.options();
+  const at::Tensor bias = combined_bias(widened(b_ih), widened(b_hh), sh.hidden_size, opts);
   at::Tensor out = cached_empty({s.rows, sh.hidden_size}, opts);
-  at::Tensor h_state = h0.contiguous().clone();
-  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), kForward, [&] {
-    rnn_forward_impl<scalar_t>(sh, relu, x, cached_contiguous(w_ih), cached_contiguous(w_hh), bias,
-                               out, h_state);
+  at::Tensor h_state = widened(h0).contiguous().clone();
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), kForward, [&] {
+    rnn_forward_impl<scalar_t>(sh, relu, x, cached_contiguous(widened(w_ih)),
+                               cached_contiguous(widened(w_hh)), bias, out, h_state,
+                               precision_of(input));
   });
-  return {shaped_like_input(out, input), h_state};
+  return {shaped_like_input(narrowed(out, input), input), narrowed(h_state, input)};
 }
 
 // Backward through act uses the output alone: tanh' = 1 - h^2, relu' = [h > 0].
@@ -76,7 +77,8 @@ InputAndWeightGrads rnn_backward_impl(const RnnShapes& sh, bool relu,
                                       const Rows<scalar_t>& grad_out, const at::Tensor& x,
                                       const at::Tensor& out,
                                       const at::Tensor& h0, const at::Tensor& w_ih,
-                                      const at::Tensor& w_hh, at::Tensor& dh_state) {
+                                      const at::Tensor& w_hh, at::Tensor& dh_state,
+                                      GemmPrecision precision) {
   const Schedule& s = sh.schedule;
   const int64_t H = sh.hidden_size;
   const scalar_t* go = grad_out.data();
@@ -84,8 +86,9 @@ InputAndWeightGrads rnn_backward_impl(const RnnShapes& sh, bool relu,
   const scalar_t* op = out.const_data_ptr<scalar_t>();
   scalar_t* dhs = dh_state.mutable_data_ptr<scalar_t>();
   const auto backward_units = rnn_kernels<scalar_t>().backward_units;
-  ChunkedGrads<scalar_t> grads(s, H, {{0, 0, H}}, {{0, 0, H}}, true, x, out, h0, w_ih, H);
-  BackwardTeam<scalar_t> team(s, w_hh, H, unit_blocks(H, 1, H, s.batch));
+  ChunkedGrads<scalar_t> grads(s, H, {{0, 0, H}}, {{0, 0, H}}, true, x, out, h0, w_ih, H,
+                               precision);
+  BackwardTeam<scalar_t> team(s, w_hh, H, unit_blocks(H, 1, H, s.batch), precision);
   team.run(grads, dhs, scalar_t(0),
            [&](int64_t, int64_t n, int64_t off, scalar_t* dg, int64_t u0, int64_t len) {
              backward_units(n, H, u0, len, relu, op + off * H, go + off * go_ld, go_ld, dhs, dg);
@@ -105,18 +108,20 @@ rnn_backward(const at::Tensor& grad_output, const at::Tensor& grad_h_n, const at
   const int64_t H = sh.hidden_size;
   check_shape(kBackward, grad_output, "grad_output", output.sizes(), "the output's shape");
   check_shape(kBackward, grad_h_n, "grad_h_n", h0.sizes(), "h0's shape");
-  const at::Tensor x = cached_contiguous(input).view({s.rows, sh.input_size});
-  const at::Tensor out = cached_contiguous(output).view({s.rows, H});
-  const at::Tensor h0c = h0.contiguous();
-  const at::Tensor wih = cached_contiguous(w_ih), whh = cached_contiguous(w_hh);
-  at::Tensor dh_state = grad_h_n.contiguous().clone();
+  const at::Tensor x = cached_contiguous(widened(input)).view({s.rows, sh.input_size});
+  const at::Tensor out = cached_contiguous(widened(output)).view({s.rows, H});
+  const at::Tensor h0c = widened(h0).contiguous();
+  const at::Tensor wih = cached_contiguous(widened(w_ih)), whh = cached_contiguous(widened(w_hh));
+  at::Tensor dh_state = widened(grad_h_n).contiguous().clone();
   InputAndWeightGrads g;
-  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), kBackward, [&] {
-    g = rnn_backward_impl<scalar_t>(sh, relu, strided_rows<scalar_t>(grad_output, s.rows, H), x,
-                                    out, h0c, wih, whh, dh_state);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), kBackward, [&] {
+    g = rnn_backward_impl<scalar_t>(sh, relu,
+                                    strided_rows<scalar_t>(widened(grad_output), s.rows, H), x,
+                                    out, h0c, wih, whh, dh_state, precision_of(input));
   });
-  return {shaped_like_input(g.grad_input, input), dh_state, g.grad_w_ih, g.grad_w_hh,
-          g.grad_b_ih, g.grad_b_hh};
+  const auto result = [&](const at::Tensor& t) { return narrowed(t, input); };
+  return {shaped_like_input(result(g.grad_input), input), result(dh_state), result(g.grad_w_ih),
+          result(g.grad_w_hh), result(g.grad_b_ih), result(g.grad_b_hh)};
 }
 
 }  // namespace

@@ -52,10 +52,20 @@ def cpu_capability() -> str:
     return _C.cpu_capability()
 
 
-# Decided now, so that a GATEDRNN_CPU_CAPABILITY the CPU cannot run fails the import with
-# its reason rather than the first op call.
+def cpu_bf16_kernel() -> str:
+    """The GEMM kernels the bfloat16 CPU ops run on: ``"amx"`` (Intel AMX),
+    ``"avx512_bf16"`` (AVX512_BF16: AMD Zen 4, Intel Cooper Lake on) or ``"none"``, where
+    their GEMMs run in float32 (exact products of the bfloat16 values). Only the
+    ``avx512`` capability has them; ``GATEDRNN_CPU_BF16=avx512_bf16`` (or ``none``), set
+    before gatedrnn is imported, forces a lower one."""
+    return _C.cpu_bf16_kernel()
+
+
+# Decided now, so that a GATEDRNN_CPU_CAPABILITY or GATEDRNN_CPU_BF16 the CPU cannot run
+# fails the import with its reason rather than the first op call.
 cpu_capability()
+cpu_bf16_kernel()
 
 __all__ = ["LSTM", "GRU", "RNN", "convert", "functional", "cpu_cache_bytes", "empty_cpu_cache",
-           "cpu_capability"]
+           "cpu_capability", "cpu_bf16_kernel"]
 __version__ = "0.1.0"

@@ -47,19 +47,30 @@ def _zeros(input: Tensor, batch: int, size: int) -> Tensor:
     return torch.zeros(batch, size, dtype=input.dtype, device=input.device)
 
 
-# torch.nn runs bfloat16 and float16 on the CPU. Our CPU kernels have no reduced-precision
-# build: they compute those in float32 from the values as given and round each result once
-# (oneDNN's bfloat16 kernels, which torch.nn uses, also accumulate, do the gate math and
-# keep the LSTM cell state in float32, but round h to bfloat16 at every step, so our error
-# against a float64 reference is at most theirs: tests/test_reduced_precision.py).
-# The CUDA kernels take these dtypes themselves.
-_COMPUTED_IN_FLOAT32 = (torch.bfloat16, torch.float16)
+# torch.nn runs bfloat16 and float16 on the CPU. The CPU ops take bfloat16 themselves
+# (their GEMMs on AMX or AVX512_BF16 where the CPU has them, cpu/gemm.h), rounding as
+# torch.nn's oneDNN kernels do. float16 they do not: it is computed in float32 from the
+# values as given and each result rounded once (so our error against a float64 reference
+# is at most torch.nn's, which rounds at every step: tests/test_reduced_precision.py).
+# Nor does the ReLU RNN run in bfloat16: where rounding puts a pre-activation on the other
+# side of 0 than exact arithmetic does, a whole gradient entry changes, so two bfloat16
+# computations that round in different places differ by that much (measured: up to 36x
+# torch.nn's error against float64 in a gradient, 2 layers, where float32 inside stays
+# within it); computed in float32 it flips only where torch.nn's own rounding would.
+# The CUDA kernels take both dtypes themselves.
+_COMPUTED_IN_FLOAT32 = (torch.float16,)
 
 
-def _in_float32(op: str, input: Tensor, tensors: dict):
-    """(input, tensors) as float32 copies if input is a bfloat16 or float16 CPU tensor,
-    else None. Every tensor must have input's dtype, as the ops require."""
-    if input.device.type != "cpu" or input.dtype not in _COMPUTED_IN_FLOAT32:
+def _computed_in_float32(input: Tensor, relu: bool = False) -> bool:
+    return input.device.type == "cpu" and (
+        input.dtype in _COMPUTED_IN_FLOAT32 or (relu and input.dtype == torch.bfloat16))
+
+
+def _in_float32(op: str, input: Tensor, tensors: dict, relu: bool = False):
+    """(input, tensors) as float32 copies if input is a CPU tensor of a dtype computed in
+    float32 (float16; bfloat16 for the ReLU RNN), else None. Every tensor must have
+    input's dtype, as the ops require."""
+    if not _computed_in_float32(input, relu):
         return None
     for name, t in tensors.items():
         if t is not None and t.dtype != input.dtype:
@@ -135,7 +146,7 @@ def rnn(input: Tensor, hx: Optional[Tensor] = None, *, w_ih: Tensor, w_hh: Tenso
     if hx is None:
         hx = _zeros(input, _batch(input, batch_sizes), w_hh.shape[1])
     widened = _in_float32("rnn_forward", input, dict(h0=hx, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih,
-                                                     b_hh=b_hh))
+                                                     b_hh=b_hh), relu=nonlinearity == "relu")
     if widened is not None:
         x, a = widened
         output, h_n = rnn(x, a.pop("h0"), **a, nonlinearity=nonlinearity,
@@ -173,15 +184,15 @@ def stacked(mode: str, input: Tensor, states: Sequence[Tensor], weights, *, num_
     Dropout (training only) is applied to the output of every layer but the last.
     Returns (output, final states shaped like states).
     """
-    # Reduced precision on the CPU: widened once here rather than per layer, so the layers
-    # pass float32 to each other and only the results are rounded. (Rounded between layers,
-    # a ReLU pre-activation near 0 can change sign, and with it a whole gradient entry:
-    # seen in tests/test_reduced_precision.py.)
+    # float16 (and the ReLU RNN's bfloat16) on the CPU: widened once here rather than per
+    # layer, so the layers pass float32 to each other and only the results are rounded.
+    # (Rounded between layers, a ReLU pre-activation near 0 can change sign, and with it a
+    # whole gradient entry: seen in tests/test_reduced_precision.py.)
     named = {f"states[{k}]": s for k, s in enumerate(states)}
     for index, layer_weights in enumerate(weights):
         named.update({f"{name} of layer-direction {index}": w for name, w in
                       zip(("w_ih", "w_hh", "b_ih", "b_hh", "w_hr"), layer_weights)})
-    widened = _in_float32(mode, input, named)
+    widened = _in_float32(mode, input, named, relu=mode == "RNN" and nonlinearity == "relu")
     if widened is not None:
         x, a = widened
         wide = list(a.values())

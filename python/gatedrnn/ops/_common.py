@@ -14,6 +14,14 @@ def output_like(input: torch.Tensor, features: int) -> torch.Tensor:
     return input.new_empty((*input.shape[:-1], features))
 
 
+def workspace_like(input: torch.Tensor, rows: int, columns: int) -> torch.Tensor:
+    """The forward op's workspace: in input's dtype, but float32 for bfloat16 on the CPU,
+    where the kernels keep the per-step activations in float32 (cpu/recurrence.h)."""
+    dtype = torch.float32 if (input.dtype == torch.bfloat16 and input.device.type == "cpu") \
+        else input.dtype
+    return input.new_empty((rows, columns), dtype=dtype)
+
+
 def zeros_if_none(grad, like: torch.Tensor) -> torch.Tensor:
     return torch.zeros_like(like) if grad is None else grad
 
@@ -154,10 +162,10 @@ def register_autocast(name: str, state_outputs: int, cpu_casts) -> None:
     CPU: torch.nn's policy depends on the cell and the path: cpu_casts(args) says whether
     it casts (the LSTM but for packed input without projection; the RNN always, through its
     linear layers; the GRU never). Where it casts, float tensors other than
-    float64 are cast to the autocast dtype, so they are rounded as torch.nn's are; the CPU
-    kernels have no bfloat16 or float16 build yet, so they then compute in float32 and the
-    first state_outputs outputs (output and states; not the workspace) are returned in the
-    autocast dtype, within its rounding of torch.nn's result."""
+    float64 are cast to the autocast dtype, so they are rounded as torch.nn's are. The CPU
+    ops take bfloat16 themselves; float16 they do not, so it is then computed in float32 and
+    the first state_outputs outputs (output and states; not the workspace) are returned in
+    float16, within its rounding of torch.nn's result."""
     op = getattr(torch.ops.gatedrnn, name).default
 
     def cuda_kernel(*args):
@@ -170,7 +178,9 @@ def register_autocast(name: str, state_outputs: int, cpu_casts) -> None:
         if not cpu_casts(args) or all(a.dtype == torch.float64 for a in floats):
             with torch.autocast("cpu", enabled=False):
                 return op(*args)
-        computed = _lowered(_lowered(args, dtype), torch.float32)
+        computed = _lowered(args, dtype)
+        if dtype != torch.bfloat16:
+            computed = _lowered(computed, torch.float32)
         with torch.autocast("cpu", enabled=False):
             outputs = op(*computed)
         outputs = outputs if isinstance(outputs, tuple) else (outputs,)

@@ -4,7 +4,8 @@ import torch
 from .. import reference
 from ._common import (check_devices, check_workspace_kept, differentiable_grads,
                       fake_backward_grads, flat_rows, grad_if, output_like, register_autocast,
-                      register_autograd, register_first_order, zeros_if_none)
+                      register_autograd, register_first_order, workspace_like,
+                      zeros_if_none)
 
 
 @torch.library.register_fake("gatedrnn::gru_forward")
@@ -13,7 +14,7 @@ def _gru_forward_fake(input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, reverse,
     check_devices("gatedrnn.gru_forward", input, batch_sizes, h0=h0, w_ih=w_ih, w_hh=w_hh,
                   b_ih=b_ih, b_hh=b_hh)
     hidden = w_ih.shape[0] // 3
-    workspace = input.new_empty((flat_rows(input) if need_workspace else 0, 4 * hidden))
+    workspace = workspace_like(input, flat_rows(input) if need_workspace else 0, 4 * hidden)
     return output_like(input, hidden), h0.new_empty(h0.shape), workspace
 
 

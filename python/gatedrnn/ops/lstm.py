@@ -4,7 +4,8 @@ import torch
 from .. import reference
 from ._common import (check_devices, check_workspace_kept, differentiable_grads,
                       fake_backward_grads, flat_rows, grad_if, output_like, register_autocast,
-                      register_autograd, register_first_order, zeros_if_none)
+                      register_autograd, register_first_order, workspace_like,
+                      zeros_if_none)
 
 
 PROJECTION_NOT_IN_ONNX = ("an LSTM with a projection (proj_size > 0) cannot be exported to "
@@ -23,7 +24,7 @@ def _lstm_forward_fake(input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
         raise RuntimeError(PROJECTION_NOT_IN_ONNX)
     hidden = w_ih.shape[0] // 4
     state = w_hh.shape[1]
-    workspace = input.new_empty((flat_rows(input) if need_workspace else 0, 5 * hidden))
+    workspace = workspace_like(input, flat_rows(input) if need_workspace else 0, 5 * hidden)
     return output_like(input, state), h0.new_empty(h0.shape), c0.new_empty(c0.shape), workspace
 
 

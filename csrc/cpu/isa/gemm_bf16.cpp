@@ -1,0 +1,514 @@
+// The bfloat16 GEMM micro-kernels (gemm_bf16.h). setup.py compiles this file once per ISA
+// like the others; only the AVX-512 build defines kernels, each function compiled for
+// its extension by a target attribute (AMX and AVX512_BF16 are not in the build's flags,
+// so nothing else in the build can use them), and run only where CPUID lists it.
+#include "gemm_bf16.h"
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#if defined(CPU_CAPABILITY_AVX512) && defined(__GNUC__) && \
+    ((!defined(__clang__) && __GNUC__ >= 11) || (defined(__clang__) && __clang_major__ >= 12))
+#define GATEDRNN_BF16_KERNELS 1
+#include <immintrin.h>
+#endif
+
+namespace gatedrnn {
+namespace CPU_CAPABILITY {
+
+#ifdef GATEDRNN_BF16_KERNELS
+namespace {
+
+// Rows of A per cache block, whose bfloat16 copy every panel of B reads: 256 KiB of it.
+int64_t block_rows(int64_t kp, int64_t multiple) {
+  const int64_t rows = (int64_t(128) << 10) / std::max<int64_t>(kp, 1);
+  return std::max<int64_t>(multiple, rows / multiple * multiple);
+}
+
+template <typename T>
+T* scratch(std::vector<T>& buffer, int64_t size) {
+  if (static_cast<int64_t>(buffer.size()) < size) buffer.resize(size);
+  return buffer.data();
+}
+
+// ---------------------------------------------------------------------------------------
+// Conversion to bfloat16 (VCVTNE2PS2BF16: to nearest, ties to even; both kernels' CPUs
+// have it) while copying operands into the kernels' layouts. Scalar, an element took
+// longer to convert and place than the AMX tiles took to multiply it (a weight gradient's
+// transposed A, converted a column at a time, doubled the LSTM training step).
+
+#define GATEDRNN_BF16_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
+
+// The pairs (x[i], y[i]) of 16 floats each as 16 dwords, x in the low half: one row of a
+// panel (or of an A tile in pair layout) for two consecutive k.
+GATEDRNN_BF16_TARGET inline __m512i pairs(__m512 x, __m512 y) {
+  const __m512i both = (__m512i)_mm512_cvtne2ps_pbh(y, x);  // x0..x15, y0..y15
+  const __m512i order = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25,
+                                         9, 24, 8, 23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2,
+                                         17, 1, 16, 0);
+  return _mm512_permutexvar_epi16(order, both);
+}
+
+GATEDRNN_BF16_TARGET inline __m512 load_or_zero(const float* p, int64_t count) {
+  return count >= 16 ? _mm512_loadu_ps(p)
+                     : _mm512_maskz_loadu_ps(__mmask16((1u << std::max<int64_t>(count, 0)) - 1), p);
+}
+
+// Transposes 16 x 16 dwords in registers: row i of the input becomes column i.
+GATEDRNN_BF16_TARGET inline void transpose16(__m512i (&r)[16]) {
+  __m512i t[16];
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+  }
+  // u[4g + c]: in its 128-bit lane l, column 4l + c of rows 4g .. 4g + 3.
+  __m512i u[16];
+  for (int g = 0; g < 4; ++g) {
+    u[4 * g + 0] = _mm512_unpacklo_epi64(t[4 * g], t[4 * g + 2]);
+    u[4 * g + 1] = _mm512_unpackhi_epi64(t[4 * g], t[4 * g + 2]);
+    u[4 * g + 2] = _mm512_unpacklo_epi64(t[4 * g + 1], t[4 * g + 3]);
+    u[4 * g + 3] = _mm512_unpackhi_epi64(t[4 * g + 1], t[4 * g + 3]);
+  }
+  // Column 4l + c: lane l of u[c], u[4 + c], u[8 + c], u[12 + c].
+  for (int c = 0; c < 4; ++c) {
+    const __m512i v0 = _mm512_shuffle_i32x4(u[c], u[4 + c], 0x44);
+    const __m512i v1 = _mm512_shuffle_i32x4(u[c], u[4 + c], 0xee);
+    const __m512i w0 = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], 0x44);
+    const __m512i w1 = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], 0xee);
+    r[0 + c] = _mm512_shuffle_i32x4(v0, w0, 0x88);
+    r[4 + c] = _mm512_shuffle_i32x4(v0, w0, 0xdd);
+    r[8 + c] = _mm512_shuffle_i32x4(v1, w1, 0x88);
+    r[12 + c] = _mm512_shuffle_i32x4(v1, w1, 0xdd);
+  }
+}
+
+// 32 floats x[0..count) (zeros past count) as 32 bfloat16, stored at dst.
+GATEDRNN_BF16_TARGET inline void convert32(const float* x, int64_t count, uint16_t* dst) {
+  const __m512i v = (__m512i)_mm512_cvtne2ps_pbh(load_or_zero(x + 16, count - 16),
+                                                 load_or_zero(x, count));
+  _mm512_storeu_si512(dst, v);
+}
+
+// The panels of B (gemm_bf16.h) from B's rows, b(kk, j) = src[kk * ldb + j]: two rows of k
+// at a time, 16 columns per vector.
+GATEDRNN_BF16_TARGET void pack_b_rows(const float* src, int64_t ldb, int64_t k, int64_t n,
+                                      uint16_t* dst) {
+  const int64_t kp = bf16_padded_k(k), panel = kp * kBf16PanelWidth;
+  for (int64_t p = 0; p * kBf16PanelWidth < n; ++p) {
+    const int64_t j0 = p * kBf16PanelWidth, cols = std::min(kBf16PanelWidth, n - j0);
+    uint16_t* out = dst + p * panel;
+    for (int64_t kk = 0; kk < kp; kk += 2) {
+      for (int64_t half = 0; half < 2; ++half) {
+        const int64_t c = cols - 16 * half;
+        const __m512 x = kk < k ? load_or_zero(src + kk * ldb + j0 + 16 * half, c)
+                                : _mm512_setzero_ps();
+        const __m512 y = kk + 1 < k ? load_or_zero(src + (kk + 1) * ldb + j0 + 16 * half, c)
+                                    : _mm512_setzero_ps();
+        _mm512_storeu_si512(out + kk * kBf16PanelWidth + 32 * half, pairs(x, y));
+      }
+    }
+  }
+}
+
+// The panels of B from its columns, b(kk, j) = columns[j][kk] (a weight's rows): a column's
+// pairs of k are neighbours, one dword of each panel row.
+GATEDRNN_BF16_TARGET void pack_b_columns(const float* const* columns, int64_t k, int64_t n,
+                                         uint16_t* dst) {
+  const int64_t kp = bf16_padded_k(k), panel = kp * kBf16PanelWidth;
+  thread_local std::vector<uint16_t> column;
+  uint16_t* col = scratch(column, kp + 32);
+  const uint32_t* c32 = reinterpret_cast<const uint32_t*>(col);
+  for (int64_t p = 0; p * kBf16PanelWidth < n; ++p) {
+    const int64_t j0 = p * kBf16PanelWidth, cols = std::min(kBf16PanelWidth, n - j0);
+    uint32_t* out = reinterpret_cast<uint32_t*>(dst + p * panel);
+    if (cols < kBf16PanelWidth) std::fill_n(out, panel / 2, 0u);
+    for (int64_t j = 0; j < cols; ++j) {
+      for (int64_t kk = 0; kk < kp; kk += 32) convert32(columns[j0 + j] + kk, k - kk, col + kk);
+      for (int64_t k2 = 0; k2 < kp / 2; ++k2) out[k2 * kBf16PanelWidth + j] = c32[k2];
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// AMX: C in 16 x 16 float32 tiles, two by two (32 rows by one 32-column panel); A's rows
+// (16 x 32 bfloat16 a tile) from a row-major bfloat16 copy of a block of A, B's tiles
+// (16 pairs of k by 16 columns) straight from the panels: the panel row holding one
+// pair of k for 32 columns is 128 bytes, the first or second half of it one tile row.
+// Tiles 0-3: C; 4, 5: A; 6, 7: B.
+
+struct alignas(64) TileConfig {
+  uint8_t palette = 1, start_row = 0, reserved[14] = {};
+  uint16_t colsb[16] = {};
+  uint8_t rows[16] = {};
+};
+
+// One 16 x 16 tile of C: c0 is its first element, `rows` x `cols` of it inside C.
+struct CTile {
+  float* c0;
+  int64_t rows, cols;
+  bool full() const { return rows == 16 && cols == 16; }
+};
+
+// The tile's starting value beta * C (zeros outside C) in buf[16][16], or null when the
+// tile can be loaded from C itself (beta == 1, whole tile).
+const float* c_start(const CTile& t, float beta, int64_t ldc, float* buf) {
+  if (beta == 1.0f && t.full()) return nullptr;
+  std::memset(buf, 0, sizeof(float) * 256);
+  for (int64_t r = 0; r < t.rows; ++r) {
+    for (int64_t j = 0; j < t.cols; ++j) buf[r * 16 + j] = beta * t.c0[r * ldc + j];
+  }
+  return buf;
+}
+
+void c_finish(const CTile& t, int64_t ldc, const float* buf) {
+  for (int64_t r = 0; r < t.rows; ++r) std::memcpy(t.c0 + r * ldc, buf + r * 16, sizeof(float) * t.cols);
+}
+
+// The 32-row (two) or 16-row (one) form, for one panel over kn of k (a multiple of 32)
+// from a and panel on; a's rows are kp apart.
+template <bool two>
+__attribute__((target("amx-tile,amx-bf16"))) void amx_panel(
+    const uint16_t* a, int64_t kp, int64_t kn, const uint16_t* panel, const CTile (&ct)[4],
+    float beta, int64_t ldc, float (*buf)[256]) {
+  const int64_t lda = kp * 2;  // bytes
+  const bool zero = beta == 0.0f;
+  // The C tiles' starting values.
+  const float* start[4] = {};
+  for (int t = 0; t < (two ? 4 : 2); ++t) {
+    if (!zero) start[t] = c_start(ct[t], beta, ldc, buf[t]);
+  }
+#define GATEDRNN_AMX_START(T)                                                   \
+  if (zero) {                                                                   \
+    _tile_zero(T);                                                              \
+  } else if (start[T]) {                                                        \
+    _tile_loadd(T, start[T], 64);                                               \
+  } else {                                                                      \
+    _tile_loadd(T, ct[T].c0, ldc * 4);                                          \
+  }
+  GATEDRNN_AMX_START(0)
+  GATEDRNN_AMX_START(1)
+  if (two) {
+    GATEDRNN_AMX_START(2)
+    GATEDRNN_AMX_START(3)
+  }
+#undef GATEDRNN_AMX_START
+  for (int64_t kc = 0; kc < kn; kc += 32) {
+    const uint16_t* bk = panel + kc * kBf16PanelWidth;  // 16 panel rows of 64 elements
+    _tile_loadd(4, a + kc, lda);
+    _tile_loadd(6, bk, 128);
+    _tile_loadd(7, bk + 32, 128);
+    _tile_dpbf16ps(0, 4, 6);
+    _tile_dpbf16ps(1, 4, 7);
+    if (two) {
+      _tile_loadd(5, a + 16 * kp + kc, lda);
+      _tile_dpbf16ps(2, 5, 6);
+      _tile_dpbf16ps(3, 5, 7);
+    }
+  }
+#define GATEDRNN_AMX_STORE(T)                                                   \
+  if (ct[T].full()) {                                                           \
+    _tile_stored(T, ct[T].c0, ldc * 4);                                         \
+  } else {                                                                      \
+    _tile_stored(T, buf[T], 64);                                                \
+    c_finish(ct[T], ldc, buf[T]);                                               \
+  }
+  GATEDRNN_AMX_STORE(0)
+  GATEDRNN_AMX_STORE(1)
+  if (two) {
+    GATEDRNN_AMX_STORE(2)
+    GATEDRNN_AMX_STORE(3)
+  }
+#undef GATEDRNN_AMX_STORE
+}
+
+// A's rows [0, m) in bfloat16, row-major [mp][kp] (zeros past m rows and k columns), from
+// a(r, kk) = a[r * a_row + kk * a_step].
+GATEDRNN_BF16_TARGET void pack_a_rows(const float* a, int64_t a_row, int64_t a_step, int64_t m,
+                                      int64_t mp, int64_t k, int64_t kp, uint16_t* dst) {
+  if (a_step == 1) {
+    for (int64_t r = 0; r < mp; ++r) {
+      for (int64_t kk = 0; kk < kp; kk += 32) {
+        convert32(a + r * a_row + kk, r < m ? k - kk : 0, dst + r * kp + kk);
+      }
+    }
+    return;
+  }
+  if (a_row == 1) {
+    // A transposed (a weight gradient's gate gradients): 16 rows by 32 k at a time, read
+    // along the rows, converted in pairs of k and transposed as 16 x 16 dwords.
+    for (int64_t r0 = 0; r0 < mp; r0 += 16) {
+      const int64_t rows = std::clamp<int64_t>(m - r0, 0, 16);
+      for (int64_t kk = 0; kk < kp; kk += 32) {
+        __m512i block[16];  // block[q]: the 16 rows' pairs of k = kk + 2q, kk + 2q + 1
+        for (int64_t q = 0; q < 16; ++q) {
+          const int64_t k0 = kk + 2 * q;
+          const __m512 x = k0 < k ? load_or_zero(a + r0 + k0 * a_step, rows) : _mm512_setzero_ps();
+          const __m512 y = k0 + 1 < k ? load_or_zero(a + r0 + (k0 + 1) * a_step, rows)
+                                      : _mm512_setzero_ps();
+          block[q] = pairs(x, y);
+        }
+        transpose16(block);
+        for (int64_t r = 0; r < 16; ++r) _mm512_storeu_si512(dst + (r0 + r) * kp + kk, block[r]);
+      }
+    }
+    return;
+  }
+  for (int64_t r = 0; r < mp; ++r) {
+    for (int64_t kk = 0; kk < kp; ++kk) {
+      dst[r * kp + kk] = r < m && kk < k ? to_bf16(a[r * a_row + kk * a_step]) : 0;
+    }
+  }
+}
+
+__attribute__((target("amx-tile,amx-bf16"))) void gemm_amx(
+    int64_t m, int64_t n, int64_t k, const float* a, int64_t a_row, int64_t a_step,
+    const uint16_t* b, int64_t b_panel, float beta, float* c, int64_t ldc) {
+  if (m <= 0 || n <= 0) return;
+  const int64_t kp = bf16_padded_k(k);
+  const int64_t panels = (n + kBf16PanelWidth - 1) / kBf16PanelWidth;
+  const int64_t rows = block_rows(kp, 32);
+  thread_local std::vector<uint16_t> a_buffer;
+  uint16_t* ab = scratch(a_buffer, std::min(rows, (m + 31) / 32 * 32) * kp);
+  alignas(64) float buf[4][256];
+  // Loaded at every call: the tile configuration belongs to the thread, and other code on
+  // it (oneDNN's AMX kernels, inside torch) sets its own.
+  TileConfig cfg;
+  for (int t = 0; t < 8; ++t) {
+    cfg.rows[t] = 16;
+    cfg.colsb[t] = 64;
+  }
+  _tile_loadconfig(&cfg);
+  for (int64_t i0 = 0; i0 < m; i0 += rows) {
+    const int64_t mi = std::min(rows, m - i0), mp = (mi + 15) / 16 * 16;
+    pack_a_rows(a + i0 * a_row, a_row, a_step, mi, mp, k, kp, ab);
+    // A group of 32 rows against every panel, over all of k (chunks of k that fit L1,
+    // the sums carried through C, were no faster: 5.0-5.6 ms against 4.0 for a weight
+    // gradient (m, n, k) = (2048, 512, 1024) on one Sapphire Rapids core, and 79 us either
+    // way for a step (64, 1024, 512): the tile loads, not the caches, bound these tiles).
+    for (int64_t r0 = 0; r0 < mi; r0 += 32) {
+      const bool two = mi - r0 > 16;
+      const uint16_t* at = ab + r0 * kp;
+      for (int64_t p = 0; p < panels; ++p) {
+        const int64_t j0 = p * kBf16PanelWidth, cols = std::min(kBf16PanelWidth, n - j0);
+        CTile ct[4];
+        for (int t = 0; t < 4; ++t) {
+          const int64_t tr = r0 + (t / 2) * 16, tc = (t % 2) * 16;
+          ct[t] = {c + (i0 + tr) * ldc + j0 + tc, std::clamp<int64_t>(mi - tr, 0, 16),
+                   std::clamp<int64_t>(cols - tc, 0, 16)};
+        }
+        if (two) {
+          amx_panel<true>(at, kp, kp, b + p * b_panel, ct, beta, ldc, buf);
+        } else {
+          amx_panel<false>(at, kp, kp, b + p * b_panel, ct, beta, ldc, buf);
+        }
+      }
+    }
+  }
+  _tile_release();
+}
+
+// ---------------------------------------------------------------------------------------
+// AVX512_BF16: a tile of R rows by one 32-column panel in 2R float32 registers; per pair
+// of k, two loads of B, R broadcasts of A's pair and 2R VDPBF16PS.
+
+constexpr int64_t kTileRows = 12;
+
+template <int64_t R, bool full>
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"))) inline void bf16_tile(
+    int64_t k2, const uint32_t* a, const uint16_t* b, int64_t cols, float beta, float* c,
+    int64_t ldc) {
+  const __mmask16 m0 = full ? __mmask16(0xffff) : __mmask16((1u << std::min<int64_t>(cols, 16)) - 1);
+  const __mmask16 m1 =
+      full ? __mmask16(0xffff) : __mmask16((1u << std::clamp<int64_t>(cols - 16, 0, 16)) - 1);
+  __m512 acc0[R], acc1[R];
+#pragma GCC unroll 16
+  for (int64_t r = 0; r < R; ++r) {
+    if (beta == 0.0f) {
+      acc0[r] = _mm512_setzero_ps();
+      acc1[r] = _mm512_setzero_ps();
+    } else {
+      const __m512 vb = _mm512_set1_ps(beta);
+      acc0[r] = _mm512_mul_ps(_mm512_maskz_loadu_ps(m0, c + r * ldc), vb);
+      acc1[r] = _mm512_mul_ps(_mm512_maskz_loadu_ps(m1, c + r * ldc + 16), vb);
+    }
+  }
+  for (int64_t kk = 0; kk < k2; ++kk) {
+    const __m512bh b0 = (__m512bh)_mm512_loadu_si512(b + kk * 64);
+    const __m512bh b1 = (__m512bh)_mm512_loadu_si512(b + kk * 64 + 32);
+    const uint32_t* ak = a + kk * R;
+#pragma GCC unroll 16
+    for (int64_t r = 0; r < R; ++r) {
+      const __m512bh av = (__m512bh)_mm512_set1_epi32(static_cast<int>(ak[r]));
+      acc0[r] = _mm512_dpbf16_ps(acc0[r], av, b0);
+      acc1[r] = _mm512_dpbf16_ps(acc1[r], av, b1);
+    }
+  }
+#pragma GCC unroll 16
+  for (int64_t r = 0; r < R; ++r) {
+    _mm512_mask_storeu_ps(c + r * ldc, m0, acc0[r]);
+    _mm512_mask_storeu_ps(c + r * ldc + 16, m1, acc1[r]);
+  }
+}
+
+template <bool full>
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"))) void bf16_tile_of_height(
+    int64_t h, int64_t k2, const uint32_t* a, const uint16_t* b, int64_t cols, float beta,
+    float* c, int64_t ldc) {
+  switch (h) {
+    case 12:
+      return bf16_tile<12, full>(k2, a, b, cols, beta, c, ldc);
+    case 8:
+      return bf16_tile<8, full>(k2, a, b, cols, beta, c, ldc);
+    case 4:
+      return bf16_tile<4, full>(k2, a, b, cols, beta, c, ldc);
+    case 2:
+      return bf16_tile<2, full>(k2, a, b, cols, beta, c, ldc);
+    default:
+      return bf16_tile<1, full>(k2, a, b, cols, beta, c, ldc);
+  }
+}
+
+// Tiles of kTileRows rows, then the remainder in tiles of 8, 4, 2, 1.
+template <typename F>
+void for_each_tile(int64_t m, const F& f) {
+  int64_t r = 0;
+  for (; r + kTileRows <= m; r += kTileRows) f(r, kTileRows);
+  for (int64_t h = 8; h >= 1; h /= 2) {
+    if (r + h <= m) {
+      f(r, h);
+      r += h;
+    }
+  }
+}
+
+// h rows of A as pairs of k, [kp / 2][h] dwords (zeros past k), from
+// a(r, kk) = a[r * a_row + kk * a_step].
+GATEDRNN_BF16_TARGET void pack_a_pairs(const float* a, int64_t a_row, int64_t a_step, int64_t h,
+                                       int64_t k, int64_t kp, uint32_t* dst) {
+  if (a_row == 1) {
+    // A transposed: two rows of k give the h pairs of a dst row.
+    alignas(64) uint32_t row[16];
+    for (int64_t kk = 0; kk < kp; kk += 2) {
+      const __m512 x = kk < k ? load_or_zero(a + kk * a_step, h) : _mm512_setzero_ps();
+      const __m512 y = kk + 1 < k ? load_or_zero(a + (kk + 1) * a_step, h) : _mm512_setzero_ps();
+      _mm512_store_si512(row, pairs(x, y));
+      std::copy(row, row + h, dst + (kk / 2) * h);
+    }
+    return;
+  }
+  if (a_step == 1) {
+    thread_local std::vector<uint16_t> line;
+    uint16_t* l = scratch(line, kp + 32);
+    for (int64_t r = 0; r < h; ++r) {
+      for (int64_t kk = 0; kk < kp; kk += 32) convert32(a + r * a_row + kk, k - kk, l + kk);
+      const uint32_t* l32 = reinterpret_cast<const uint32_t*>(l);
+      for (int64_t k2 = 0; k2 < kp / 2; ++k2) dst[k2 * h + r] = l32[k2];
+    }
+    return;
+  }
+  for (int64_t k2 = 0; k2 < kp / 2; ++k2) {
+    for (int64_t r = 0; r < h; ++r) {
+      const int64_t k0 = 2 * k2, k1 = k0 + 1;
+      const uint32_t lo = k0 < k ? to_bf16(a[r * a_row + k0 * a_step]) : 0;
+      const uint32_t hi = k1 < k ? to_bf16(a[r * a_row + k1 * a_step]) : 0;
+      dst[k2 * h + r] = lo | (hi << 16);
+    }
+  }
+}
+
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"))) void gemm_avx512(
+    int64_t m, int64_t n, int64_t k, const float* a, int64_t a_row, int64_t a_step,
+    const uint16_t* b, int64_t b_panel, float beta, float* c, int64_t ldc) {
+  if (m <= 0 || n <= 0) return;
+  const int64_t kp = bf16_padded_k(k), k2 = kp / 2;
+  const int64_t panels = (n + kBf16PanelWidth - 1) / kBf16PanelWidth;
+  const int64_t rows = block_rows(kp, kTileRows);
+  thread_local std::vector<uint32_t> a_buffer;
+  uint32_t* ab = scratch(a_buffer, std::min(rows, m) * k2);
+  for (int64_t i0 = 0; i0 < m; i0 += rows) {
+    const int64_t mi = std::min(rows, m - i0);
+    // A's block as pairs of k, tile by tile: [k2][h] for a tile of height h.
+    for_each_tile(mi, [&](int64_t r0, int64_t h) {
+      pack_a_pairs(a + (i0 + r0) * a_row, a_row, a_step, h, k, kp, ab + r0 * k2);
+    });
+    for (int64_t p = 0; p < panels; ++p) {
+      const int64_t j0 = p * kBf16PanelWidth, cols = std::min(kBf16PanelWidth, n - j0);
+      for_each_tile(mi, [&](int64_t r0, int64_t h) {
+        float* ct = c + (i0 + r0) * ldc + j0;
+        if (cols == kBf16PanelWidth) {
+          bf16_tile_of_height<true>(h, k2, ab + r0 * k2, b + p * b_panel, cols, beta, ct, ldc);
+        } else {
+          bf16_tile_of_height<false>(h, k2, ab + r0 * k2, b + p * b_panel, cols, beta, ct, ldc);
+        }
+      });
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// The peaks: the instruction alone, on operands in registers.
+
+__attribute__((target("amx-tile,amx-bf16"))) double peak_amx(int64_t iterations, float* sink) {
+  TileConfig cfg;
+  for (int t = 0; t < 8; ++t) {
+    cfg.rows[t] = 16;
+    cfg.colsb[t] = 64;
+  }
+  _tile_loadconfig(&cfg);
+  alignas(64) uint16_t ones[16 * 32];
+  std::fill_n(ones, 16 * 32, uint16_t(0x3c00));  // 2^-7: the sums stay small
+  alignas(64) float out[256];
+  _tile_zero(0);
+  _tile_zero(1);
+  _tile_zero(2);
+  _tile_zero(3);
+  _tile_loadd(4, ones, 64);
+  _tile_loadd(5, ones, 64);
+  _tile_loadd(6, ones, 64);
+  _tile_loadd(7, ones, 64);
+  for (int64_t i = 0; i < iterations; ++i) {
+    _tile_dpbf16ps(0, 4, 6);
+    _tile_dpbf16ps(1, 4, 7);
+    _tile_dpbf16ps(2, 5, 6);
+    _tile_dpbf16ps(3, 5, 7);
+  }
+  _tile_stored(0, out, 64);
+  _tile_release();
+  *sink = out[0];
+  return 2.0 * double(iterations) * 4 * 16 * 16 * 32;
+}
+
+GATEDRNN_BF16_TARGET double peak_avx512(int64_t iterations, float* sink) {
+  constexpr int kChains = 24;
+  __m512 acc[kChains];
+  for (int j = 0; j < kChains; ++j) acc[j] = _mm512_setzero_ps();
+  const __m512bh x = (__m512bh)_mm512_set1_epi16(0x3c00);
+  for (int64_t i = 0; i < iterations; ++i) {
+#pragma GCC unroll 32
+    for (int j = 0; j < kChains; ++j) acc[j] = _mm512_dpbf16_ps(acc[j], x, x);
+  }
+  __m512 total = acc[0];
+  for (int j = 1; j < kChains; ++j) total = _mm512_add_ps(total, acc[j]);
+  *sink = _mm512_reduce_add_ps(total);
+  return 2.0 * double(iterations) * kChains * 32;
+}
+
+constexpr GemmBf16Kernels kAmx{"amx", &gemm_amx, &pack_b_rows, &pack_b_columns, &peak_amx};
+constexpr GemmBf16Kernels kAvx512Bf16{"avx512_bf16", &gemm_avx512, &pack_b_rows,
+                                      &pack_b_columns, &peak_avx512};
+
+}  // namespace
+
+const GemmBf16Kernels* gemm_bf16_amx() { return &kAmx; }
+const GemmBf16Kernels* gemm_bf16_avx512() { return &kAvx512Bf16; }
+
+#elif defined(CPU_CAPABILITY_AVX512)
+
+const GemmBf16Kernels* gemm_bf16_amx() { return nullptr; }
+const GemmBf16Kernels* gemm_bf16_avx512() { return nullptr; }
+
+#endif
+
+}  // namespace CPU_CAPABILITY
+}  // namespace gatedrnn

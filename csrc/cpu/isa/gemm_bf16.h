@@ -1,0 +1,76 @@
+#pragma once
+// bfloat16 GEMM micro-kernels (isa/gemm_bf16.cpp): C[m, n] (float32) = bf16(A) @ B + beta * C
+// with B in bfloat16 panels, products accumulated in float32. They serve the ops'
+// bfloat16 form (cpu/gemm.h, GemmPrecision::kBf16); the AVX-512 build has two, picked at
+// run time:
+//   amx          Intel AMX (TDPBF16PS on 16 x 16 tiles of C), Sapphire Rapids and later;
+//   avx512_bf16  VDPBF16PS on 12 x 32 register tiles (AMD Zen 4, Intel Cooper Lake on).
+// Elsewhere there is none and the bfloat16 ops' GEMMs run in float32 (exact products of
+// the bfloat16 values, as accurate as that and more).
+//
+// B's layout, shared by both: panels of kBf16PanelWidth = 32 columns, each
+// [kp / 2][32][2] bfloat16 where kp is k rounded up to a multiple of 32 (zeros past k and
+// past n): element (kk, j) of the panel at [kk / 2][j][kk % 2], i.e. every row of the
+// panel holds one pair of k for its 32 columns, as both instructions read B.
+//
+// Each output is one chain: it starts from beta * c (or zero) and adds the products of
+// A's row and B's column pair by pair of k in order, in float32 with the hardware's
+// rounding (denormal inputs and results flushed to zero), so its bits depend neither on
+// m, n, the tile it falls in nor on how a caller cuts C into blocks.
+#include <cstdint>
+
+#include "../capability.h"
+
+namespace gatedrnn {
+
+constexpr int64_t kBf16PanelWidth = 32;
+// k rounded up to a multiple of 32 (one AMX tile of A is 16 rows by 32 k).
+inline int64_t bf16_padded_k(int64_t k) { return (k + 31) / 32 * 32; }
+
+struct GemmBf16Kernels {
+  const char* name;
+  // c[:m, :n] = bf16(a) @ b + beta * c[:m, :n] (c not read when beta == 0), where
+  //   a(r, kk) = a[r * a_row + kk * a_step], rounded to bfloat16 (to nearest, ties to even)
+  //   b: the panels above, b_panel elements apart.
+  void (*gemm)(int64_t m, int64_t n, int64_t k, const float* a, int64_t a_row, int64_t a_step,
+               const uint16_t* b, int64_t b_panel, float beta, float* c, int64_t ldc);
+  // The panels of B [k, n], rounded as A is, into dst: ceil(n / 32) panels of
+  // bf16_padded_k(k) * 32 elements each. From B's rows, b(kk, j) = src[kk * ldb + j]:
+  void (*pack_b_rows)(const float* src, int64_t ldb, int64_t k, int64_t n, uint16_t* dst);
+  // or from its columns, b(kk, j) = columns[j][kk] (the rows of a weight W, B = W^T):
+  void (*pack_b_columns)(const float* const* columns, int64_t k, int64_t n, uint16_t* dst);
+  // The kernels' instruction in a register-only loop (the benchmark suite's bfloat16 peak,
+  // as isa/fma_peak.h is float32's): `iterations` rounds; returns the floating-point
+  // operations done (2 per multiply-add) and writes a result to *sink.
+  double (*peak)(int64_t iterations, float* sink);
+};
+
+// Which bfloat16 kernels run: the best this CPU (and operating system) supports, or the
+// one GATEDRNN_CPU_BF16=amx|avx512_bf16|none names (at most that). Decided on the first
+// call; throws std::runtime_error on every call when the variable asks for one this
+// machine lacks. Only the AVX-512 build (cpu_capability() == avx512) has any.
+enum class Bf16Kernel : int { kNone = 0, kAvx512Bf16 = 1, kAmx = 2 };
+Bf16Kernel bf16_kernel();
+const char* bf16_kernel_name(Bf16Kernel kernel);
+
+// The table of bf16_kernel(); nullptr for kNone.
+const GemmBf16Kernels* gemm_bf16_kernels();
+
+#ifdef GATEDRNN_CPU_X86
+namespace AVX512 {
+// Null where this compiler cannot build them.
+const GemmBf16Kernels* gemm_bf16_amx();
+const GemmBf16Kernels* gemm_bf16_avx512();
+}  // namespace AVX512
+#endif
+
+// float -> bfloat16, to nearest with ties to even; NaN stays NaN.
+inline uint16_t to_bf16(float f) {
+  uint32_t u;
+  __builtin_memcpy(&u, &f, sizeof u);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x40u);
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return static_cast<uint16_t>(u >> 16);
+}
+
+}  // namespace gatedrnn
