@@ -24,10 +24,10 @@ import gatedrnn
 from conftest import (
     CELLS,
     as_leaves,
+    assert_low_precision_within_2x_torch_nn,
     assert_results_close,
     build_case,
     is_lstm,
-    loss_and_grads,
     nonlinearity,
     op_and_args,
     op_forward,
@@ -340,80 +340,14 @@ LOW = [
 ]
 
 
-def relu_reference_with_masks(tensors, batch_sizes, reverse, output):
-    """run_ours's results for the RNN-relu computed in float64 (tensors as given), except
-    that each relu takes the branch the forward that gave `output` took: the identity where
-    that output is > 0, zero elsewhere."""
-    leaves = as_leaves({k: v.double() for k, v in tensors.items()})
-    x, h = leaves["input"], leaves["h0"]
-    H = leaves["w_hh"].shape[0]
-    rows = x if batch_sizes is not None else x.reshape(-1, x.shape[-1])
-    sizes = batch_sizes.tolist() if batch_sizes is not None else [x.shape[1]] * x.shape[0]
-    offsets = [sum(sizes[:t]) for t in range(len(sizes))]
-    mask = (output.reshape(-1, H) > 0).double()
-    outs = [None] * len(sizes)
-    for t in (reversed(range(len(sizes))) if reverse else range(len(sizes))):
-        n, off = sizes[t], offsets[t]
-        pre = rows[off:off + n] @ leaves["w_ih"].t() + h[:n] @ leaves["w_hh"].t()
-        if "b_ih" in leaves:
-            pre = pre + leaves["b_ih"] + leaves["b_hh"]
-        outs[t] = pre * mask[off:off + n]
-        h = torch.cat([outs[t], h[n:]])
-    out = torch.cat(outs)
-    if batch_sizes is None:
-        out = out.reshape(x.shape[0], x.shape[1], H)
-    return loss_and_grads([out, h], leaves)
-
-
-def assert_low_precision_within_2x_torch_nn(cell, dtype, shape, packed, reverse):
-    """Outputs, final states and every gradient of ours in `dtype` within 2x torch.nn's
-    (cuDNN's) error against a float64 reference (plus one unit of rounding at the
-    tensor's scale)."""
-    T, N, I, H, P = shape
-    module, tensors, batch_sizes = build_case(
-        cell, T, N, I, H, P, dtype=torch.float64, reverse=reverse, packed=packed, device=DEVICE
-    )
-    # Round everything to the low dtype once; the float64 reference runs on
-    # exactly those values, so only the computation's own error is measured.
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(p.to(dtype).to(torch.float64))
-    rounded = {k: v.to(dtype).to(torch.float64) for k, v in tensors.items()}
-    ref = run_nn(cell, module, rounded, batch_sizes, reverse)
-
-    low = {k: v.to(dtype) for k, v in rounded.items()}
-    ours = run_ours(cell, low, batch_sizes, reverse)
-    module.to(dtype)  # in place
-    theirs = run_nn(cell, module, low, batch_sizes, reverse)
-    ref_ours = ref_theirs = ref
-    if cell == "rnn_relu":
-        # relu's derivative jumps at 0: where rounding puts a pre-activation within its error
-        # of 0 on the other side than float64 does, the gradient through it is a whole
-        # factor off, for torch.nn as for us (on an H200, bf16, one such element made ours
-        # 13x torch.nn's error in grad_h0 while all else agreed). So each side is measured
-        # against float64 run through the relu branches its own forward took: rounding
-        # error, not the luck of which elements flip.
-        ref_ours = relu_reference_with_masks(rounded, batch_sizes, reverse, ours["output"])
-        ref_theirs = relu_reference_with_masks(rounded, batch_sizes, reverse, theirs["output"])
-
-    eps = torch.finfo(dtype).eps
-    for k in ref:
-        r = ref[k].double()
-        e_ours = (ours[k].double() - ref_ours[k].double()).abs().max().item()
-        e_nn = (theirs[k].double() - ref_theirs[k].double()).abs().max().item()
-        scale = max(1.0, r.abs().max().item())
-        assert ours[k].dtype == dtype, k
-        assert e_ours <= 2 * e_nn + eps * scale, (
-            f"{k}: error {e_ours:.3g} vs torch.nn {e_nn:.3g} (scale {scale:.3g})")
-
-
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("dtype", LOW)
 @pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
 @pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
 def test_low_precision_error_vs_torch_nn(cell, dtype, packed, reverse, path):
     skip_unsupported(path, cell, 4)
-    assert_low_precision_within_2x_torch_nn(cell, dtype, (12, 4, 16, 32, 8), packed, reverse)
+    assert_low_precision_within_2x_torch_nn(cell, dtype, (12, 4, 16, 32, 8), packed, reverse,
+                                            DEVICE)
 
 
 @pytest.mark.parametrize("cell", ["lstm", "lstm_proj", "gru", "rnn_tanh"])
@@ -423,7 +357,8 @@ def test_low_precision_at_a_realistic_size(cell, dtype, path):
     gradients being sums over all 6,400 rows (1,600 at N = 16)."""
     N = 16 if path == "persistent" else 64
     skip_unsupported(path, cell, N)
-    assert_low_precision_within_2x_torch_nn(cell, dtype, (100, N, 256, 256, 128), False, False)
+    assert_low_precision_within_2x_torch_nn(cell, dtype, (100, N, 256, 256, 128), False, False,
+                                            DEVICE)
 
 
 # --------------------------------------------------------------------------
@@ -731,7 +666,7 @@ def test_long_float16_sequence(cell, path):
     torch.nn's."""
     skip_unsupported(path, cell, 4)
     assert_low_precision_within_2x_torch_nn(cell, torch.float16, (1000, 4, 16, 32, 8), False,
-                                            False)
+                                            False, DEVICE)
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")

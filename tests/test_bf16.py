@@ -1,0 +1,181 @@
+"""The ops' bfloat16 form on the CPU: bfloat16 arguments and results; GEMMs that round their
+operands to bfloat16 and accumulate in float32, on AMX or AVX512_BF16 where the CPU has them
+(GATEDRNN_CPU_BF16 forces a lower one; "none": the GEMMs in float32); gate math, states
+between steps and the LSTM cell state in float32 (csrc/cpu/gemm.h, csrc/cpu/isa/gemm_bf16.*).
+
+The rule (issue 17): against a float64 reference run on the same rounded values, the error of
+every output, final state and gradient at most twice torch.nn's own error in bfloat16 (plus
+one unit of rounding at the tensor's scale): conftest.assert_low_precision_within_2x_torch_nn.
+The shapes have batches above 4, so that the recurrent GEMMs run on the bfloat16 kernels (the
+small-batch GEMM, up to 4 rows, stays in float32)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import gatedrnn
+from conftest import (
+    CELLS,
+    as_leaves,
+    assert_low_precision_within_2x_torch_nn,
+    build_case,
+    is_lstm,
+    nonlinearity,
+    op_and_args,
+    run_ours,
+)
+from test_cpu_capability import cpu_flags
+
+ORDER = ("none", "avx512_bf16", "amx")
+
+
+def best_bf16_kernel() -> str:
+    """What this process can run: only the avx512 capability (GATEDRNN_CPU_CAPABILITY may
+    force a lower one) has bfloat16 kernels."""
+    if gatedrnn.cpu_capability() != "avx512":
+        return "none"
+    flags = cpu_flags()
+    if {"amx_bf16", "amx_tile"} <= flags:
+        return "amx"
+    return "avx512_bf16" if "avx512_bf16" in flags else "none"
+
+
+BEST_BF16 = best_bf16_kernel()
+RUNNABLE = ORDER[: ORDER.index(BEST_BF16) + 1]
+TOO_HIGH = ORDER[ORDER.index(BEST_BF16) + 1:]
+
+
+def run_python(code: str, kernel: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, GATEDRNN_CPU_BF16=kernel)
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                          text=True, timeout=600)
+
+
+def test_bf16_kernel_in_use():
+    forced = os.environ.get("GATEDRNN_CPU_BF16")
+    assert gatedrnn.cpu_bf16_kernel() == (forced.lower() if forced else BEST_BF16)
+
+
+# (T, N, I, H, P): a batch of 8 with several unit blocks; odd sizes (H and I not multiples
+# of 16 or 32, N = 37 with a partial tile of rows); a longer sequence.
+SHAPES = [(9, 8, 24, 40, 16), (6, 37, 33, 70, 30), (30, 16, 64, 64, 24)]
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+def test_op_error_at_most_twice_torch_nn(cell, shape, packed, reverse):
+    assert_low_precision_within_2x_torch_nn(cell, torch.bfloat16, shape, packed, reverse)
+
+
+# Each bfloat16 kernel this CPU runs, in its own process (the choice is made once per
+# process), by the same rule over every cell, padded and packed, both directions.
+EVERY_KERNEL = """
+import sys, torch, gatedrnn
+sys.path.insert(0, {tests!r})
+from conftest import CELLS, assert_low_precision_within_2x_torch_nn
+assert gatedrnn.cpu_bf16_kernel() == {kernel!r}, gatedrnn.cpu_bf16_kernel()
+for cell in CELLS:
+    for packed in (False, True):
+        for reverse in (False, True):
+            assert_low_precision_within_2x_torch_nn(cell, torch.bfloat16, (7, 21, 40, 48, 20),
+                                                    packed, reverse)
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("kernel", RUNNABLE)
+def test_every_bf16_kernel_by_the_rule(kernel):
+    tests = os.path.dirname(os.path.abspath(__file__))
+    proc = run_python(EVERY_KERNEL.format(tests=tests, kernel=kernel), kernel)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]
+
+
+@pytest.mark.parametrize("kernel", TOO_HIGH + ("avx1024",))
+def test_a_bf16_kernel_this_machine_lacks_is_refused(kernel):
+    proc = run_python("import gatedrnn", kernel)
+    assert proc.returncode != 0
+    assert "GATEDRNN_CPU_BF16" in proc.stderr
+
+
+@pytest.mark.parametrize("cell", ["lstm", "lstm_proj", "gru", "rnn_tanh"])
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+def test_bits_do_not_depend_on_the_thread_count(cell, packed):
+    _, tensors, batch_sizes = build_case(cell, 12, 24, 40, 96, 48, dtype=torch.float32,
+                                         packed=packed)
+    tensors = {k: v.to(torch.bfloat16) for k, v in tensors.items()}
+    old = torch.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            results.append(run_ours(cell, tensors, batch_sizes, False))
+    finally:
+        torch.set_num_threads(old)
+    for other in results[1:]:
+        for k, v in results[0].items():
+            assert torch.equal(v, other[k]), k
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_workspace_in_float32_and_opcheck(cell):
+    """The forward's workspace (activations the backward reads) stays in float32; the fake
+    kernels say so, and opcheck finds fake and real kernels agreeing, forward and backward."""
+    _, tensors, batch_sizes = build_case(cell, 5, 6, 7, 20, 9, dtype=torch.float32, packed=True)
+    tensors = {k: v.to(torch.bfloat16) for k, v in tensors.items()}
+    op, args = op_and_args(cell, as_leaves(tensors), batch_sizes, False)
+    with torch.no_grad():
+        res = op(*args)
+    for r in res[:3 if is_lstm(cell) else 2]:
+        assert r.dtype == torch.bfloat16
+    if cell != "rnn_tanh" and cell != "rnn_relu":
+        assert res[-1].dtype == torch.float32
+    torch.library.opcheck(op, args)
+
+
+def test_backward_refuses_a_workspace_of_another_dtype():
+    _, tensors, batch_sizes = build_case("gru", 4, 5, 3, 6, dtype=torch.float32, packed=True)
+    tensors = {k: v.to(torch.bfloat16) for k, v in tensors.items()}
+    op, args = op_and_args("gru", tensors, batch_sizes, False)
+    out, h_n, ws = op(*args)
+    t = tensors
+    with pytest.raises(RuntimeError, match="workspace to have dtype Float"):
+        torch.ops.gatedrnn.gru_backward(torch.ones_like(out), torch.ones_like(h_n), t["input"],
+                                        batch_sizes, t["h0"], t["w_ih"], t["w_hh"], out,
+                                        ws.to(torch.bfloat16), False)
+
+
+@pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN"])
+def test_bf16_module_at_a_batch_of_16(mode):
+    """A 2-layer bidirectional module in bfloat16, batch 16 (the bfloat16 GEMM kernels for
+    every product): output and every gradient by the rule, against torch.nn's module."""
+    torch.manual_seed(0)
+    ref = getattr(torch.nn, mode)(24, 40, num_layers=2, bidirectional=True).to(torch.bfloat16)
+    ours = getattr(gatedrnn, mode)(24, 40, num_layers=2, bidirectional=True).to(torch.bfloat16)
+    ours.load_state_dict(ref.state_dict())
+    ref64 = getattr(torch.nn, mode)(24, 40, num_layers=2, bidirectional=True).double()
+    ref64.load_state_dict(ref.state_dict())
+    x = torch.randn(10, 16, 24).to(torch.bfloat16)
+    cot = torch.randn(10, 16, 80, dtype=torch.float64)
+
+    def run(m, inp):
+        inp = inp.clone().requires_grad_()
+        out = m(inp)[0]
+        (out.double() * cot).sum().backward()
+        grads = [inp.grad] + [p.grad for p in m.parameters()]
+        m.zero_grad()
+        return [out.detach()] + grads
+
+    expected, theirs, got = run(ref64, x.double()), run(ref, x), run(ours, x)
+    eps = torch.finfo(torch.bfloat16).eps
+    for e, t, o in zip(expected, theirs, got):
+        assert o.dtype == torch.bfloat16
+        e_ours = (o.double() - e).abs().max().item()
+        e_nn = (t.double() - e).abs().max().item()
+        assert e_ours <= 2 * e_nn + eps * max(1.0, e.abs().max().item()), (e_ours, e_nn)
