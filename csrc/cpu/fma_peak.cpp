@@ -1,5 +1,6 @@
-// The FMA peak of this machine with the ISA in use: every thread runs the register-only
-// loop of isa/fma_peak.cpp at the same time, so shared clocks and SMT siblings count.
+// The FMA peak of this machine with the ISA in use, and the bfloat16 kernels' peak: every
+// thread runs the register-only loop (isa/fma_peak.cpp, isa/gemm_bf16.cpp) at the same
+// time, so shared clocks and SMT siblings count.
 #include <algorithm>
 #include <chrono>
 #include <vector>
@@ -9,13 +10,19 @@
 #endif
 
 #include "isa/fma_peak.h"
+#include "isa/gemm_bf16.h"
 
 namespace gatedrnn {
 namespace {
 
+// run(iterations, &sink) -> floating-point operations: a register-only loop.
 template <typename scalar_t>
-double gflops(int threads, double seconds) {
-  const FmaPeakKernels<scalar_t>& k = fma_peak_kernels<scalar_t>();
+struct PeakLoop {
+  double (*run)(int64_t iterations, scalar_t* sink);
+};
+
+template <typename scalar_t>
+double gflops(PeakLoop<scalar_t> k, int threads, double seconds) {
   scalar_t sink = 0;
   // A short run first: how many iterations take `seconds` on one thread.
   int64_t iterations = 1 << 16;
@@ -52,7 +59,13 @@ double gflops(int threads, double seconds) {
 }  // namespace
 
 double fma_peak_gflops(int threads, bool float64, double seconds) {
-  return float64 ? gflops<double>(threads, seconds) : gflops<float>(threads, seconds);
+  return float64 ? gflops<double>({fma_peak_kernels<double>().run}, threads, seconds)
+                 : gflops<float>({fma_peak_kernels<float>().run}, threads, seconds);
+}
+
+double bf16_peak_gflops(int threads, double seconds) {
+  const GemmBf16Kernels* k = gemm_bf16_kernels();
+  return k == nullptr ? 0.0 : gflops<float>({k->peak}, threads, seconds);
 }
 
 }  // namespace gatedrnn

@@ -117,10 +117,13 @@ def measure_gemm_peak(dtype, device, size=2048, repeats=10, library="torch.mm"):
 def measure_fma_peak(dtype):
     """GFLOP/s of our register-only FMA loop on every torch thread at once (the CPU's
     limit for our kernels' ISA), in the dtype our CPU kernels compute a dtype in: bfloat16
-    and float16 in float32 (they have no reduced-precision kernels yet)."""
+    on the bfloat16 kernels where the CPU has them (their instruction's loop: AMX's
+    TDPBF16PS or VDPBF16PS), else, like float16, in float32."""
     from gatedrnn import _C
-    return max(_C.fma_peak_gflops(torch.get_num_threads(), dtype == torch.float64, 0.2)
-               for _ in range(3))
+    threads = torch.get_num_threads()
+    if dtype == torch.bfloat16 and gatedrnn.cpu_bf16_kernel() != "none":
+        return max(_C.fma_peak_gflops(threads, False, 0.2, True) for _ in range(3))
+    return max(_C.fma_peak_gflops(threads, dtype == torch.float64, 0.2) for _ in range(3))
 
 
 class OnnxRuntimePeer:
@@ -420,7 +423,8 @@ def machine_description(device):
     vendor, name, family = cpu_identity()
     which = f"{name} ({vendor}{', ' + family if family else ''})"
     return (f"{which}, {os.cpu_count()} logical CPUs, {torch.get_num_threads()} torch threads, "
-            f"gatedrnn CPU kernels: {gatedrnn.cpu_capability()}")
+            f"gatedrnn CPU kernels: {gatedrnn.cpu_capability()}, bfloat16 GEMMs: "
+            f"{gatedrnn.cpu_bf16_kernel()}")
 
 
 def markdown(result):
@@ -503,7 +507,10 @@ def run(args):
     if peak is not None:
         libraries["oneDNN"] = measure_gemm_peak(dtype, device, library="onednn")
         source = f"our register-only FMA loop, {torch.get_num_threads()} threads"
-        if dtype in (torch.bfloat16, torch.float16):
+        if dtype == torch.bfloat16 and gatedrnn.cpu_bf16_kernel() != "none":
+            source = (f"our register-only {gatedrnn.cpu_bf16_kernel()} loop, "
+                      f"{torch.get_num_threads()} threads")
+        elif dtype in (torch.bfloat16, torch.float16):
             source += ", float32 (our CPU kernels compute this dtype in float32)"
     else:
         peak, source = libraries["torch.mm"], "torch.mm 2048^3"

@@ -20,5 +20,8 @@ GATEDRNN_CPU_KERNELS(FmaPeakKernels, fma_peak_kernels)
 // GFLOP/s of the loop above on `threads` threads at once (float32, or float64), each
 // running about `seconds`; defined in cpu/fma_peak.cpp.
 double fma_peak_gflops(int threads, bool float64, double seconds);
+// Likewise for the bfloat16 kernels in use (isa/gemm_bf16.h): their instruction (AMX's
+// TDPBF16PS, or VDPBF16PS) alone; 0 when there are none.
+double bf16_peak_gflops(int threads, double seconds);
 
 }  // namespace gatedrnn
