@@ -141,9 +141,14 @@ inline bool is_bf16(const at::Tensor& t) { return t.scalar_type() == at::kBFloat
 inline GemmPrecision precision_of(const at::Tensor& input) {
   return is_bf16(input) ? GemmPrecision::kBf16 : GemmPrecision::kNative;
 }
-// t in the dtype the time loops compute in: float32 for a bfloat16 tensor, else t.
+// t in the dtype the time loops compute in: float32 for a bfloat16 tensor (a contiguous
+// copy from the block cache: through torch's allocator a one-step call's float32 weights
+// were fresh pages at every call), else t.
 inline at::Tensor widened(const at::Tensor& t) {
-  return t.defined() && is_bf16(t) ? t.to(at::kFloat) : t;
+  if (!t.defined() || !is_bf16(t)) return t;
+  at::Tensor wide = cached_empty(t.sizes(), t.options().dtype(at::kFloat));
+  wide.copy_(t);
+  return wide;
 }
 inline std::optional<at::Tensor> widened(const std::optional<at::Tensor>& t) {
   if (!t.has_value() || !t->defined()) return t;
