@@ -229,8 +229,8 @@ class PackedWeight {
   template <typename Row>
   PackedWeight(const at::Tensor& w, int64_t n, const Row& row,
                GemmPrecision precision = GemmPrecision::kNative)
-      : n_(n), k_(w.size(1)), bf16_(bf16_kernels_for<scalar_t>(precision) != nullptr) {
-    if (bf16_) {
+      : n_(n), k_(w.size(1)) {
+    if (bf16_kernels_for<scalar_t>(precision) != nullptr) {
       panels_ = pack_bf16_weight(w, n, row);
     } else {
       panels_ = pack_panels<scalar_t>(w, n, gemm_kernels<scalar_t>().width, row);
@@ -238,7 +238,7 @@ class PackedWeight {
   }
   bool defined() const { return panels_.defined(); }
   GemmB<scalar_t> b() const {
-    if (bf16_) {
+    if (panels_.scalar_type() == at::kBFloat16) {  // packed for the bfloat16 kernels
       return {nullptr, 0, 0, 0, reinterpret_cast<const uint16_t*>(panels_.const_data_ptr()),
               bf16_panel_elements(k_)};
     }
@@ -253,7 +253,6 @@ class PackedWeight {
 
  private:
   int64_t n_ = 0, k_ = 0;
-  bool bf16_ = false;
   at::Tensor panels_;
 };
 
