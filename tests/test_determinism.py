@@ -69,6 +69,39 @@ def test_bitwise_identical_run_to_run_and_across_thread_counts(cell, dtype, kind
         assert_bitwise_equal(results[threads], results[THREAD_COUNTS[0]])
 
 
+# Calls of up to 8 steps read the weights where they are, longer ones pack them
+# (csrc/cpu/recurrent_gemm.h): the same sums either way.
+FEW_STEPS, MANY_STEPS = 8, 20
+
+
+@pytest.mark.parametrize("batch", [3, 24, 40])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_calls_of_few_steps_give_the_bits_of_packed_weights(cell, dtype, batch):
+    """A call on a sequence's first steps gives the whole sequence's outputs of those steps
+    bit for bit; with zero output gradients past them (which add exact zeros), its
+    gradients too."""
+    I, H = 80, 96
+    torch.manual_seed(0)
+    module = make_module(cell, True, I, H, num_layers=2, dtype=dtype)
+    x = torch.randn(MANY_STEPS, batch, I, dtype=dtype)
+    grad = torch.randn(MANY_STEPS, batch, module.proj_size or H, dtype=dtype)
+    grad[FEW_STEPS:] = 0
+    results = []
+    for steps in (FEW_STEPS, 1, MANY_STEPS):
+        module.zero_grad(set_to_none=True)
+        xs = x[:steps].clone().requires_grad_()
+        out, _ = module(xs)
+        out.backward(grad[:steps])
+        results.append({"output": out.detach()[:1 if steps == 1 else FEW_STEPS],
+                        "grad_input": xs.grad[:1 if steps == 1 else FEW_STEPS],
+                        **{name: p.grad for name, p in module.named_parameters()}})
+    few, one, many = results
+    assert_bitwise_equal(few, many)
+    for key in ("output",):
+        assert torch.equal(one[key], many[key][:1]), key
+
+
 def _in_threads(jobs):
     """Runs every job in its own thread, all released at once; returns their results
     and re-raises the first exception any of them raised."""

@@ -120,21 +120,51 @@ struct AllRows {
   int64_t operator()(int64_t j) const { return j; }
 };
 
-// W^T for n rows of a weight W [rows, k] (any strides) in panels of `width` columns:
-// [ceil(n / width), k, width], panels[p, kk, j] = W[row(p * width + j), kk], zeros past n,
-// each panel's k rows contiguous so that a kernel streams them.
+// One panel of `width` columns of W^T for `cols` rows of W (rows[j] the j-th, its
+// elements cs apart): out[kk * width + j] = rows[j][kk * cs], zeros for j >= cols.
 //
 // Copied in tiles of 16 x 16, each read along the direction in which W is contiguous and
-// written along the other, within L1, the panels spread over the threads. Before, an
-// element-wise copy through a transposed view (at::Tensor::copy_) after an at::cat of the
-// unit block's rows took a third of a one-step (T = 1) 2-layer LSTM call at batch 64 and
-// hidden size 512, whose four weights are packed at every call: 13-14 ms per call, 8.1-8.5
-// with this (AMD EPYC Zen 4, 2 threads, medians of 5 x 100 calls; at hidden size 256,
-// 2.3-3.8 against 3.0-3.1, within this VM's noise). Still ~3 GB/s: the weights come
-// from L3 or memory at every call, and the copy waits on them.
+// written along the other, within L1. Before, an element-wise copy through a transposed
+// view (at::Tensor::copy_) after an at::cat of the unit block's rows took a third of a
+// one-step (T = 1) 2-layer LSTM call at batch 64 and hidden size 512, whose four weights
+// were packed at every call: 13-14 ms per call, 8.1-8.5 with this (AMD EPYC Zen 4, 2
+// threads, medians of 5 x 100 calls). Still ~3 GB/s: the weights come from L3 or memory,
+// and the copy waits on them.
+template <typename scalar_t>
+void pack_panel(const scalar_t* const* rows, int64_t cols, int64_t cs, int64_t k, int64_t width,
+                scalar_t* out) {
+  constexpr int64_t kTile = 16;
+  for (int64_t j0 = 0; j0 < width; j0 += kTile) {
+    const int64_t nj = std::clamp<int64_t>(cols - j0, 0, kTile);
+    const scalar_t* const* r = rows + j0;
+    for (int64_t k0 = 0; k0 < k; k0 += kTile) {
+      const int64_t nk = std::min(kTile, k - k0);
+      scalar_t* o = out + k0 * width + j0;
+      if (cs == 1) {  // W's rows contiguous: read along k
+        for (int64_t j = 0; j < nj; ++j) {
+          for (int64_t kk = 0; kk < nk; ++kk) o[kk * width + j] = r[j][k0 + kk];
+        }
+      } else {  // along the rows (contiguous for W^T stored row-major)
+        for (int64_t kk = 0; kk < nk; ++kk) {
+          for (int64_t j = 0; j < nj; ++j) o[kk * width + j] = r[j][(k0 + kk) * cs];
+        }
+      }
+      const int64_t pad = std::min(kTile, width - j0) - nj;
+      if (pad > 0) {
+        for (int64_t kk = 0; kk < nk; ++kk) std::fill_n(o + kk * width + nj, pad, scalar_t(0));
+      }
+    }
+  }
+}
+
+// W^T for n rows of a weight W [rows, k] (any strides) in panels of `width` columns:
+// [ceil(n / width), k, width], panels[p, kk, j] = W[row(p * width + j), kk], zeros past n,
+// each panel's k rows contiguous so that a kernel streams them; the panels spread over
+// the threads.
 template <typename scalar_t, typename Row = AllRows>
 at::Tensor pack_panels(const at::Tensor& w, int64_t n, int64_t width, const Row& row = Row()) {
-  constexpr int64_t kTile = 16;
+  constexpr int64_t kMaxWidth = 64;
+  TORCH_INTERNAL_ASSERT(width <= kMaxWidth, "gatedrnn: a panel wider than ", kMaxWidth);
   const int64_t k = w.size(1), panels = ceil_div(n, width);
   const int64_t rs = w.stride(0), cs = w.stride(1);
   at::Tensor packed = cached_empty({panels, k, width}, w.options());
@@ -144,33 +174,11 @@ at::Tensor pack_panels(const at::Tensor& w, int64_t n, int64_t width, const Row&
   // elements) packed on one thread took 0.2 ms, on two ~0.09.
   const int64_t grain = std::max<int64_t>(1, (int64_t(16) << 10) / std::max<int64_t>(1, k * width));
   at::parallel_for(0, panels, grain, [&](int64_t p0, int64_t p1) {
+    const scalar_t* rows[kMaxWidth];
     for (int64_t p = p0; p < p1; ++p) {
-      scalar_t* panel = dst + p * k * width;
       const int64_t cols = std::min(width, n - p * width);
-      for (int64_t j0 = 0; j0 < width; j0 += kTile) {
-        const int64_t nj = std::clamp<int64_t>(cols - j0, 0, kTile);
-        const scalar_t* rows[kTile];
-        for (int64_t j = 0; j < nj; ++j) rows[j] = src + row(p * width + j0 + j) * rs;
-        for (int64_t k0 = 0; k0 < k; k0 += kTile) {
-          const int64_t nk = std::min(kTile, k - k0);
-          scalar_t* out = panel + k0 * width + j0;
-          if (cs == 1) {  // W's rows contiguous: read along k
-            for (int64_t j = 0; j < nj; ++j) {
-              for (int64_t kk = 0; kk < nk; ++kk) out[kk * width + j] = rows[j][k0 + kk];
-            }
-          } else {  // along the rows (contiguous for W^T stored row-major)
-            for (int64_t kk = 0; kk < nk; ++kk) {
-              for (int64_t j = 0; j < nj; ++j) out[kk * width + j] = rows[j][(k0 + kk) * cs];
-            }
-          }
-          const int64_t pad = std::min(kTile, width - j0) - nj;
-          if (pad > 0) {
-            for (int64_t kk = 0; kk < nk; ++kk) {
-              std::fill_n(out + kk * width + nj, pad, scalar_t(0));
-            }
-          }
-        }
-      }
+      for (int64_t j = 0; j < cols; ++j) rows[j] = src + row(p * width + j) * rs;
+      pack_panel(rows, cols, cs, k, width, dst + p * k * width);
     }
   });
   return packed;

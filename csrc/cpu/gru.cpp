@@ -32,7 +32,7 @@ void gru_forward_impl(const RnnShapes& sh, const at::Tensor& x, const at::Tensor
   const Schedule& s = sh.schedule;
   const int64_t H = sh.hidden_size, N = s.batch, G = kGates * H;
   const UnitBlocks units = unit_blocks(H, kGates, H, N);
-  const UnitBlockGemm<scalar_t> hidden(w_hh, kGates, H, units, N, precision);
+  const UnitBlockGemm<scalar_t> hidden(w_hh, kGates, H, units, N, s.steps(), precision);
   at::Tensor hg = at::empty({N, G}, x.options());
   scalar_t* hgp = hg.mutable_data_ptr<scalar_t>();
   scalar_t* wsp = ws.defined() ? ws.mutable_data_ptr<scalar_t>() : nullptr;
@@ -44,7 +44,7 @@ void gru_forward_impl(const RnnShapes& sh, const at::Tensor& x, const at::Tensor
   const auto block = [&](const TeamStep<scalar_t>& st, int64_t b, int64_t u0, int64_t len) {
     scalar_t* hgb = hgp + kGates * u0;
     // hg_b[:n] = h[:n] @ w_hh_b^T       [n, H] x [H, 3 len]
-    hidden.run(b, st.n, st.cur, H, scalar_t(0), hgb, G);
+    hidden.run(b, st.n, st.cur, H, scalar_t(0), hgb, G, st.k);
     forward_units(st.n, H, u0, len, st.gates + kGates * u0, hgb, G, bih, bhh, st.cur,
                   wsp ? wsp + st.off * 4 * H : nullptr, outp + st.off * H, st.next);
   };

@@ -34,10 +34,10 @@ void lstm_forward_impl(const RnnShapes& sh, const at::Tensor& x, const at::Tenso
   const bool proj = w_hr.defined();
   const int64_t ws_ld = 5 * H;
   const UnitBlocks units = unit_blocks(H, kGates, P, N);
-  const UnitBlockGemm<scalar_t> hidden(w_hh, kGates, H, units, N, precision);
+  const UnitBlockGemm<scalar_t> hidden(w_hh, kGates, H, units, N, s.steps(), precision);
   const UnitBlocks proj_units = proj ? unit_blocks(P, 1, H, N) : UnitBlocks{};
   const UnitBlockGemm<scalar_t> projection =
-      proj ? UnitBlockGemm<scalar_t>(w_hr, 1, P, proj_units, N, precision)
+      proj ? UnitBlockGemm<scalar_t>(w_hr, 1, P, proj_units, N, s.steps(), precision)
            : UnitBlockGemm<scalar_t>();
   at::Tensor hp = proj ? at::empty({N, H}, x.options()) : at::Tensor();
   scalar_t* wsp = ws.defined() ? ws.mutable_data_ptr<scalar_t>() : nullptr;
@@ -51,7 +51,7 @@ void lstm_forward_impl(const RnnShapes& sh, const at::Tensor& x, const at::Tenso
   const auto block = [&](const TeamStep<scalar_t>& st, int64_t b, int64_t u0, int64_t len) {
     scalar_t* pre = st.gates + kGates * u0;
     // pre[:n] += h[:n] @ w_hh_b^T       [n, P] x [P, 4 len]
-    hidden.run(b, st.n, st.cur, P, scalar_t(1), pre, G);
+    hidden.run(b, st.n, st.cur, P, scalar_t(1), pre, G, st.k);
     scalar_t* ws_rows = wsp ? wsp + st.off * ws_ld : nullptr;
     if (!proj) {
       forward_units(st.n, H, u0, len, pre, G, bp, cs, ws_rows, ws_ld, outp + st.off * H, H,
@@ -67,7 +67,7 @@ void lstm_forward_impl(const RnnShapes& sh, const at::Tensor& x, const at::Tenso
     for (int64_t p = p0; p < p1; ++p) {
       const int64_t j0 = proj_units.begin(p), len = proj_units.length(p);
       // out[off:off+n, block] = hp[:n] @ w_hr_block^T   [n, H] x [H, len]
-      projection.run(p, st.n, hpp, H, scalar_t(0), outp + st.off * P + j0, P);
+      projection.run(p, st.n, hpp, H, scalar_t(0), outp + st.off * P + j0, P, st.k);
       copy_columns(outp + st.off * P, st.next, 0, st.n, P, j0, len);
       copy_columns(st.cur, st.next, st.n, N, P, j0, len);
     }
@@ -143,7 +143,7 @@ InputAndWeightGrads lstm_backward_impl(const RnnShapes& sh, const Rows<scalar_t>
   }
 
   BackwardTeam<scalar_t> team(s, w_hh, G, unit_blocks(P, kGates, H, N), precision);
-  const UnitBlockGemm<scalar_t> proj_gemm(w_hr.t(), 1, H, units, N, precision);
+  const UnitBlockGemm<scalar_t> proj_gemm(w_hr.t(), 1, H, units, N, s.steps(), precision);
   at::Tensor dh_step = at::empty({N, H}, ws.options());
   at::Tensor dout = cached_empty({grads.max_rows(), P}, ws.options());
   scalar_t* dhp = dh_step.mutable_data_ptr<scalar_t>();

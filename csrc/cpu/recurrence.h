@@ -56,7 +56,8 @@ class ForwardTeam {
         chunks_(s, w_ih.size(0), whole_),
         input_(whole_ ? UnitBlockGemm<scalar_t>()
                       : UnitBlockGemm<scalar_t>(w_ih, gates, units.units, units,
-                                                chunks_.max_rows(), precision)),
+                                                chunks_.max_rows(), chunks_.count(),
+                                                precision)),
         gate_buf_(cached_empty({chunks_.max_rows(), w_ih.size(0)}, x.options())),
         h_buf_(at::empty({2, h0.size(0), h0.size(1)}, x.options())) {
     h_buf_[0].copy_(h0);
@@ -96,7 +97,7 @@ class ForwardTeam {
           for (int64_t b = b0; b < b1; ++b) {
             // gates[chunk, block] = x[chunk] @ w_ih_b^T      [rows, I] x [I, gates len]
             input_.run(b, chunk.rows(), xp + chunk.begin * I, I, scalar_t(0),
-                       gp + gates_ * units_.begin(b), G_);
+                       gp + gates_ * units_.begin(b), G_, k);
           }
         }
         const TeamStep<scalar_t> step{k, s_.sizes[t], s_.offsets[t],
@@ -551,7 +552,7 @@ class BackwardTeam {
   BackwardTeam(const Schedule& s, const at::Tensor& w_hh, int64_t dgate_ld,
                const UnitBlocks& state_units, GemmPrecision precision = GemmPrecision::kNative)
       : s_(s), dgate_ld_(dgate_ld), units_(state_units),
-        hidden_(w_hh.t(), 1, w_hh.size(1), state_units, s.batch, precision) {}
+        hidden_(w_hh.t(), 1, w_hh.size(1), state_units, s.batch, s.steps(), precision) {}
 
   // point(k, n, off, dgates, u0, len): step k's pointwise pass over rows [0, n) and units
   // [u0, u0 + len), dgates being the step's [n, dgate_ld] gate-gradient rows. Then

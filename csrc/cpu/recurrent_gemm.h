@@ -1,11 +1,13 @@
 #pragma once
 // The per-step recurrent GEMM, whose weight is the same at every step. It is cut by the
 // blocks of units of a thread team (step_team.h), one weight block per team block, and
-// either packed once per call into the GEMM kernel's panels (gemm.h) or, for steps of
-// one or two rows, read where it is (GemmKernels::dot and the tiles on a B read in
-// place): a one-step call (T = 1: seq2seq decoders, RL policies, streaming) would
-// otherwise spend most of its time packing. A 2-layer GRU step with hidden size 500 at
-// batch 1 took 7.6 ms packing every weight, against torch.nn's 1.6.
+// either packed once per call into the GEMM kernel's panels (gemm.h) or read where it is:
+// for steps of one or two rows (GemmKernels::dot and the tiles on a B read in place), and
+// in calls of a few steps, where the weight's packing would be read too few times to pay
+// for itself (GemmKernels::gemm_transposed, against the step's state packed instead). A
+// one-step call (T = 1: seq2seq decoders, RL policies, streaming) would otherwise spend
+// much of its time packing: a 2-layer GRU step with hidden size 500 at batch 1 took 7.6 ms
+// packing every weight, against torch.nn's 1.6.
 //
 // Packings are not kept from one call to the next. A cache keyed by the weight's storage,
 // data pointer and version counter made that GRU call 0.65 ms, but it cannot see writes
@@ -13,6 +15,7 @@
 // that way (and failed on stale packings), as do hand-written optimizers.
 #include <ATen/ATen.h>
 
+#include <atomic>
 #include <cstdint>
 #include <vector>
 
@@ -25,6 +28,16 @@ namespace gatedrnn {
 // Steps of up to this many rows read the weight in place.
 constexpr int64_t kDirectRows = 2;
 
+// Calls of up to this many steps read the weight in place whatever their rows, where
+// their products are float32 (or float64). One LSTM layer at (N, H) = (64, 512), 2
+// threads, inference: T = 1 1.55 ms in place against 2.19 packed, T = 8 10.4 against
+// 11.8, T = 16 20.5 against 20.8, T = 100 121 against 116; at (16, 128), T = 8 0.45
+// against 0.51, T = 16 0.75 against 0.71. A GRU layer's training step (64, 512), T = 1 4.0
+// against 5.3 ms, T = 8 27.7 against 29.4. In bfloat16 the AMX kernels on packed
+// bfloat16 panels beat float32 in place even at T = 1 (LSTM 1.22 against 1.68 ms).
+// (Intel Xeon with AMX, the benchmark machine.)
+constexpr int64_t kInPlaceSteps = 8;
+
 // The per-step recurrent GEMM cut by blocks of hidden units: block b
 // computes C_b[m, gates * len] = A[m, k] @ W_b^T, where W_b is the rows
 // {g * gate_stride + begin(b) + j : g < gates, j < len} of W [rows, k] (the weight rows
@@ -34,17 +47,28 @@ class UnitBlockGemm {
  public:
   UnitBlockGemm() = default;
   // w: [rows, k], any strides (a transposed weight is fine). max_m: the most rows a
-  // step will have. precision: that of the packed blocks' products; steps of a few rows
-  // (the small-batch kernel, W read in place) run in float32 whatever it is: they stream
-  // W once per step, as fast in float32, and exact for bfloat16 values.
+  // step will have; steps: how many steps (calls of run per block) the weight serves.
+  // precision: that of the packed blocks' products. Steps of one or two rows (W read in
+  // place) run in float32 whatever it is: they stream W once per step, as fast in
+  // float32, with exact products of bfloat16 values. Calls of a few steps read W in place
+  // only where the products are float32 (or float64) anyway.
   UnitBlockGemm(const at::Tensor& w, int64_t gates, int64_t gate_stride, UnitBlocks units,
-                int64_t max_m, GemmPrecision precision = GemmPrecision::kNative)
+                int64_t max_m, int64_t steps, GemmPrecision precision = GemmPrecision::kNative)
       : units_(units), gates_(gates), gate_stride_(gate_stride), max_m_(max_m),
         k_(w.size(1)) {
-    if (max_m <= kDirectRows && (w.stride(1) == 1 || w.stride(0) == 1)) {
-      // In place: rows of W contiguous (dot), or W^T's rows (the tiles on B in place).
+    // Not where the small-batch kernel takes the blocks (it sums differently): if it suits
+    // any block, it suits the last, the shortest.
+    const int64_t shortest = units.count() > 0 ? units.length(units.count() - 1) : 0;
+    const bool few = max_m <= kDirectRows ||
+                     (steps <= kInPlaceSteps && bf16_kernels_for<scalar_t>(precision) == nullptr &&
+                      !SmallBatchGemm<scalar_t>::suits(max_m, gates * shortest, k_));
+    if (few && (w.stride(1) == 1 || w.stride(0) == 1)) {
+      // In place: rows of W contiguous (dot, or gemm_transposed), or W^T's rows (the
+      // tiles on B in place).
       w_ = w;
       rows_ = w.stride(1) == 1;
+      transposed_ = rows_ && max_m > kDirectRows;
+      if (transposed_) id_ = next_id().fetch_add(1) + 1;
       return;
     }
     reverse_.assign(units.count(), 0);
@@ -73,18 +97,27 @@ class UnitBlockGemm {
   }
 
   // C_b[:m] = A[:m] @ W_b^T + beta * C_b[:m]; c points at C_b's first column.
-  // Single-threaded; two threads may run two different blocks at once.
+  // Single-threaded; two threads may run two different blocks at once. step: the step
+  // whose rows A is, when the caller knows it (A then the same at every call with that
+  // step), so that the blocks a thread runs in one step share one packing of A where W is
+  // read in place; -1: A packed at every call.
   void run(int64_t b, int64_t m, const scalar_t* a, int64_t lda, scalar_t beta, scalar_t* c,
-           int64_t ldc) const {
+           int64_t ldc, int64_t step = -1) const {
     const int64_t len = units_.length(b);
     if (m == 0 || gates_ * len == 0) return;
     TORCH_INTERNAL_ASSERT(m <= max_m_, "gatedrnn: a step of ", m, " rows, above the ", max_m_,
                           " the recurrent GEMM was made for");
     if (w_.defined()) {
       const scalar_t* w = w_.template const_data_ptr<scalar_t>();
+      const scalar_t* a_panels = transposed_ ? packed_state(m, a, lda, step) : nullptr;
       for (int64_t g = 0; g < gates_; ++g) {
         const int64_t row = g * gate_stride_ + units_.begin(b);
-        if (rows_) {
+        if (transposed_) {
+          // C[:, g len : (g+1) len]^T = W[row : row + len] @ A^T
+          gemm_kernels<scalar_t>().gemm_transposed(len, m, k_, w + row * w_.stride(0),
+                                                   w_.stride(0), a_panels, beta, c + g * len,
+                                                   ldc);
+        } else if (rows_) {
           // C[:, g len : (g+1) len] = A @ W[row : row + len]^T
           gemm_kernels<scalar_t>().dot(m, len, k_, a, lda, w + row * w_.stride(0),
                                        w_.stride(0), beta, c + g * len, ldc);
@@ -107,10 +140,48 @@ class UnitBlockGemm {
   }
 
  private:
+  // A [m, k] (leading dim lda) as the panels of gemm_transposed's b, in this thread's
+  // scratch: packed again unless this thread's last packing was of this object's `step`.
+  // The key is an id no other object gets, since a later call's object may sit at the
+  // same address, with the same state buffer.
+  const scalar_t* packed_state(int64_t m, const scalar_t* a, int64_t lda, int64_t step) const {
+    struct Scratch {
+      uint64_t owner = 0;
+      int64_t step = -1;
+      const scalar_t* a = nullptr;
+      std::vector<scalar_t> panels;
+    };
+    thread_local Scratch scratch;
+    if (step >= 0 && scratch.owner == id_ && scratch.step == step && scratch.a == a) {
+      return scratch.panels.data();
+    }
+    const int64_t width = gemm_kernels<scalar_t>().width, panels = ceil_div(m, width);
+    if (static_cast<int64_t>(scratch.panels.size()) < panels * k_ * width) {
+      scratch.panels.resize(panels * k_ * width);
+    }
+    const scalar_t* rows[64];
+    for (int64_t p = 0; p < panels; ++p) {
+      const int64_t cols = std::min(width, m - p * width);
+      for (int64_t j = 0; j < cols; ++j) rows[j] = a + (p * width + j) * lda;
+      pack_panel(rows, cols, 1, k_, width, scratch.panels.data() + p * k_ * width);
+    }
+    scratch.owner = id_;
+    scratch.step = step;
+    scratch.a = a;
+    return scratch.panels.data();
+  }
+
+  static std::atomic<uint64_t>& next_id() {
+    static std::atomic<uint64_t> id{0};
+    return id;
+  }
+
   UnitBlocks units_;
   int64_t gates_ = 0, gate_stride_ = 0, max_m_ = 0, k_ = 0;
   at::Tensor w_;       // defined: W read in place
   bool rows_ = false;  // W's rows contiguous (else W^T's)
+  bool transposed_ = false;  // rows_ and steps of more rows than dot suits
+  uint64_t id_ = 0;          // of transposed_ objects, for packed_state
   std::vector<PackedWeight<scalar_t>> packed_;  // W_b^T, per block, where not small_
   std::vector<SmallBatchGemm<scalar_t>> small_;
   // Per block, the next visiting order for SmallBatchGemm (a char: vector<bool> packs

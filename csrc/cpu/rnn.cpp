@@ -35,14 +35,14 @@ void rnn_forward_impl(const RnnShapes& sh, bool relu, const at::Tensor& x,
   const Schedule& s = sh.schedule;
   const int64_t H = sh.hidden_size, N = s.batch;
   const UnitBlocks units = unit_blocks(H, 1, H, N);
-  const UnitBlockGemm<scalar_t> hidden(w_hh, 1, H, units, N, precision);
+  const UnitBlockGemm<scalar_t> hidden(w_hh, 1, H, units, N, s.steps(), precision);
   scalar_t* outp = out.mutable_data_ptr<scalar_t>();
   const scalar_t* bp = bias.const_data_ptr<scalar_t>();
   const auto forward_units = rnn_kernels<scalar_t>().forward_units;
   ForwardTeam<scalar_t> team(s, x, w_ih, 1, units, h_state, precision);
   const auto block = [&](const TeamStep<scalar_t>& st, int64_t b, int64_t u0, int64_t len) {
     // gates[:n, block] += h[:n] @ w_hh_b^T      [n, H] x [H, len]
-    hidden.run(b, st.n, st.cur, H, scalar_t(1), st.gates + u0, H);
+    hidden.run(b, st.n, st.cur, H, scalar_t(1), st.gates + u0, H, st.k);
     forward_units(st.n, H, u0, len, relu, st.gates, bp, outp + st.off * H, st.next);
   };
   team.run(0, true, block, [](const TeamMember&, const TeamStep<scalar_t>&) {});

@@ -121,6 +121,7 @@ class StepChunks {
     }
   }
   int64_t max_rows() const { return max_rows_; }
+  int64_t count() const { return ceil_div(s_.steps(), steps_); }
   // The chunk that step k belongs to.
   RowRange rows_of(int64_t k) const {
     const int64_t k0 = k - k % steps_, k1 = std::min(k0 + steps_, s_.steps()) - 1;

@@ -19,12 +19,19 @@ struct GemmKernels {
   // so a row-major B [k, n] is b_ld = its leading dim, b_panel = width, and a packed one
   // ([panels, k, width]) b_ld = width, b_panel = k * width. Columns of B past n are never
   // read. Each output is one chain of fused multiply-adds over kk = 0, 1, ..., k - 1
-  // starting from zero, then beta * c is added (one more fused multiply-add), so its
+  // starting from beta * c (from zero when beta == 0, c itself when beta == 1), so its
   // bits depend neither on m, n, the row or panel it is in, nor on how a caller cuts C
   // into blocks.
   void (*gemm)(int64_t m, int64_t n, int64_t k, const scalar_t* a, int64_t a_row,
                int64_t a_step, const scalar_t* b, int64_t b_ld, int64_t b_panel, scalar_t beta,
                scalar_t* c, int64_t ldc);
+  // The same product stored transposed: c[j * ldc + i] = (a @ b)[i, j] + beta * c[j * ldc
+  // + i], for a row-major a [m, k] (leading dim lda) and a packed b ([panels, k, width]).
+  // Each output is the chain gemm makes of it, so a weight's rows as a here, against a
+  // packed state as b, give bit for bit the products of the state against the packed
+  // weight.
+  void (*gemm_transposed)(int64_t m, int64_t n, int64_t k, const scalar_t* a, int64_t lda,
+                          const scalar_t* b, scalar_t beta, scalar_t* c, int64_t ldc);
   // c[:m, :n] = a[:m, :k] @ w[:n, :k]^T + beta * c (c not read when beta == 0), with a's
   // and w's rows contiguous (leading dims lda, ldw): a row of a against rows of w as they
   // are stored, nothing packed, for batches of a few rows. Each output is the same sum in
