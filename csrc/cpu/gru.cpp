@@ -31,7 +31,7 @@ void gru_forward_impl(const RnnShapes& sh, const at::Tensor& x, const at::Tensor
                       GemmPrecision precision) {
   const Schedule& s = sh.schedule;
   const int64_t H = sh.hidden_size, N = s.batch, G = kGates * H;
-  const UnitBlocks units = unit_blocks(H, kGates, H, N);
+  const UnitBlocks units = unit_blocks(H, kGates, H, N, s.steps());
   const UnitBlockGemm<scalar_t> hidden(w_hh, kGates, H, units, N, s.steps(), precision);
   at::Tensor hg = at::empty({N, G}, x.options());
   scalar_t* hgp = hg.mutable_data_ptr<scalar_t>();
@@ -98,7 +98,7 @@ InputAndWeightGrads gru_backward_impl(const RnnShapes& sh, const Rows<scalar_t>&
   ChunkedGrads<scalar_t> grads(s, kGruGradCols * H, {{0, 0, 2 * H}, {3 * H, 2 * H, H}},
                                {{0, 0, kGates * H}}, false, x, out, h0, w_ih, kGates * H,
                                precision);
-  BackwardTeam<scalar_t> team(s, w_hh, kGruGradCols * H, unit_blocks(H, kGates, H, s.batch),
+  BackwardTeam<scalar_t> team(s, w_hh, kGruGradCols * H, unit_blocks(H, kGates, H, s.batch, s.steps()),
                               precision);
   // dh_state[:n] = dh * z + dgates[:, 0:3H] @ w_hh      [n, 3H] x [3H, H]
   team.run(grads, dhs, scalar_t(1),

@@ -33,9 +33,9 @@ void lstm_forward_impl(const RnnShapes& sh, const at::Tensor& x, const at::Tenso
   const int64_t H = sh.hidden_size, P = sh.state_size, N = s.batch, G = kGates * H;
   const bool proj = w_hr.defined();
   const int64_t ws_ld = 5 * H;
-  const UnitBlocks units = unit_blocks(H, kGates, P, N);
+  const UnitBlocks units = unit_blocks(H, kGates, P, N, s.steps());
   const UnitBlockGemm<scalar_t> hidden(w_hh, kGates, H, units, N, s.steps(), precision);
-  const UnitBlocks proj_units = proj ? unit_blocks(P, 1, H, N) : UnitBlocks{};
+  const UnitBlocks proj_units = proj ? unit_blocks(P, 1, H, N, s.steps()) : UnitBlocks{};
   const UnitBlockGemm<scalar_t> projection =
       proj ? UnitBlockGemm<scalar_t>(w_hr, 1, P, proj_units, N, s.steps(), precision)
            : UnitBlockGemm<scalar_t>();
@@ -130,7 +130,7 @@ InputAndWeightGrads lstm_backward_impl(const RnnShapes& sh, const Rows<scalar_t>
   const auto backward_units = lstm_kernels<scalar_t>().backward_units;
   ChunkedGrads<scalar_t> grads(s, G, {{0, 0, G}}, {{0, 0, G}}, true, x, out, h0, w_ih, G,
                                precision);
-  const UnitBlocks units = unit_blocks(H, kGates, P, N);
+  const UnitBlocks units = unit_blocks(H, kGates, P, N, s.steps());
   if (!proj) {
     BackwardTeam<scalar_t> team(s, w_hh, G, units, precision);
     team.run(grads, dhs, scalar_t(0),
@@ -142,7 +142,7 @@ InputAndWeightGrads lstm_backward_impl(const RnnShapes& sh, const Rows<scalar_t>
     return grads.result();
   }
 
-  BackwardTeam<scalar_t> team(s, w_hh, G, unit_blocks(P, kGates, H, N), precision);
+  BackwardTeam<scalar_t> team(s, w_hh, G, unit_blocks(P, kGates, H, N, s.steps()), precision);
   const UnitBlockGemm<scalar_t> proj_gemm(w_hr.t(), 1, H, units, N, s.steps(), precision);
   at::Tensor dh_step = at::empty({N, H}, ws.options());
   at::Tensor dout = cached_empty({grads.max_rows(), P}, ws.options());

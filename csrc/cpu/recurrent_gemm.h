@@ -56,12 +56,13 @@ class UnitBlockGemm {
                 int64_t max_m, int64_t steps, GemmPrecision precision = GemmPrecision::kNative)
       : units_(units), gates_(gates), gate_stride_(gate_stride), max_m_(max_m),
         k_(w.size(1)) {
-    // Not where the small-batch kernel takes the blocks (it sums differently): if it suits
-    // any block, it suits the last, the shortest.
-    const int64_t shortest = units.count() > 0 ? units.length(units.count() - 1) : 0;
+    // The small-batch kernel sums differently, so it is chosen by the whole weight, not by
+    // a block's part of it: blocks depend on the call's steps too (unit_blocks), and the
+    // bits should not.
+    const bool small = SmallBatchGemm<scalar_t>::suits(max_m, gates * units.units, k_);
     const bool few = max_m <= kDirectRows ||
                      (steps <= kInPlaceSteps && bf16_kernels_for<scalar_t>(precision) == nullptr &&
-                      !SmallBatchGemm<scalar_t>::suits(max_m, gates * shortest, k_));
+                      !small);
     if (few && (w.stride(1) == 1 || w.stride(0) == 1)) {
       // In place: rows of W contiguous (dot, or gemm_transposed), or W^T's rows (the
       // tiles on B in place).
@@ -74,7 +75,7 @@ class UnitBlockGemm {
     reverse_.assign(units.count(), 0);
     for (int64_t b = 0; b < units.count(); ++b) {
       const int64_t begin = units.begin(b), len = units.length(b);
-      if (SmallBatchGemm<scalar_t>::suits(max_m, gates * len, k_)) {
+      if (small) {
         // W_b: W itself when the one block has every unit, else its rows.
         at::Tensor w_b = w;
         if (units.count() != 1 || gates * gate_stride != w.size(0)) {

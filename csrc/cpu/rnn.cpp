@@ -34,7 +34,7 @@ void rnn_forward_impl(const RnnShapes& sh, bool relu, const at::Tensor& x,
                       at::Tensor& out, at::Tensor& h_state, GemmPrecision precision) {
   const Schedule& s = sh.schedule;
   const int64_t H = sh.hidden_size, N = s.batch;
-  const UnitBlocks units = unit_blocks(H, 1, H, N);
+  const UnitBlocks units = unit_blocks(H, 1, H, N, s.steps());
   const UnitBlockGemm<scalar_t> hidden(w_hh, 1, H, units, N, s.steps(), precision);
   scalar_t* outp = out.mutable_data_ptr<scalar_t>();
   const scalar_t* bp = bias.const_data_ptr<scalar_t>();
@@ -88,7 +88,7 @@ InputAndWeightGrads rnn_backward_impl(const RnnShapes& sh, bool relu,
   const auto backward_units = rnn_kernels<scalar_t>().backward_units;
   ChunkedGrads<scalar_t> grads(s, H, {{0, 0, H}}, {{0, 0, H}}, true, x, out, h0, w_ih, H,
                                precision);
-  BackwardTeam<scalar_t> team(s, w_hh, H, unit_blocks(H, 1, H, s.batch), precision);
+  BackwardTeam<scalar_t> team(s, w_hh, H, unit_blocks(H, 1, H, s.batch, s.steps()), precision);
   team.run(grads, dhs, scalar_t(0),
            [&](int64_t, int64_t n, int64_t off, scalar_t* dg, int64_t u0, int64_t len) {
              backward_units(n, H, u0, len, relu, op + off * H, go + off * go_ld, go_ld, dhs, dg);

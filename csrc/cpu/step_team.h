@@ -36,13 +36,20 @@ struct UnitBlocks {
 };
 
 // Blocks of the units of a recurrent GEMM whose output has `cols_per_unit` columns per
-// unit (the gates), with inner dimension k, for batches of up to `rows`.
+// unit (the gates), with inner dimension k, for batches of up to `rows`, in a call of
+// `steps` steps.
 // A power-of-two count (1 to 8) balances on 2, 4 and 8 threads. A block gets at least
 // kMinCols output columns (MKL's single-threaded kernel slows down on narrow blocks)
 // and at least kMinWork multiply-adds per step (below that a barrier costs more than
-// the thread it frees). Sizes are multiples of 8 units, one AVX2 vector of floats.
-inline UnitBlocks unit_blocks(int64_t units, int64_t cols_per_unit, int64_t k, int64_t rows) {
-  constexpr int64_t kMaxBlocks = 8, kMinWork = int64_t(1) << 17;
+// the thread it frees), or kMinCallWork in a call of up to kFewSteps steps: there a step
+// waits on its weights from L3 or memory (a call's weights are evicted by the next
+// layer's and the rest of the model's), and a thread's share of a weight stays in its
+// own L2 from one call to the next. Sizes are multiples of 8 units, one AVX2 vector of
+// floats.
+inline UnitBlocks unit_blocks(int64_t units, int64_t cols_per_unit, int64_t k, int64_t rows,
+                              int64_t steps) {
+  constexpr int64_t kMaxBlocks = 8, kFewSteps = 8;
+  const int64_t kMinWork = steps <= kFewSteps ? int64_t(1) << 14 : int64_t(1) << 17;
   // 256 columns where that still leaves two blocks and steps have 64 rows or more (MKL's
   // single-threaded kernel loses a third of its speed at 128 columns there), else 128.
   const int64_t kMinCols = rows >= 64 && units * cols_per_unit >= 512 ? 256 : 128;
