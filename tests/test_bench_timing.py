@@ -94,3 +94,32 @@ def test_report_has_a_paths_column_exactly_on_cuda_rows(paths):
     assert ("paths (gatedrnn / torch.nn)" in lines[0]) == (paths is not None)
     if paths is not None:
         assert lines[2].endswith(" persistent / cuDNN standard |")
+
+
+# ---- cell rows -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cell", list(bench.CELLS))
+def test_cell_rows_check(cell):
+    """The cell rows (a decoder of 2 stacked cells called once per step): ours agree with
+    torch.nn's cells, output and input gradient, before anything is timed."""
+    for mode in bench.MODES:
+        row = bench.make_row(cell, "cells-n1-h512", mode, torch.float32, torch.device("cpu"))
+        assert isinstance(row, bench.CellRow) and row.calls == bench.CELL_STEPS
+        assert [type(m) for m in row.ours] == [bench.CELL_CLASSES[cell][1]] * 2
+        row.check()  # raises if they differ
+        with torch.no_grad():
+            row.probe(row.ours)  # the profiler's one step (cuda_paths)
+
+
+def test_cell_rows_run_from_the_command_line(tmp_path):
+    """`python -m gatedrnn.bench --configs cells-n1-h512 --cells lstm` (one round here)."""
+    import json
+
+    bench.main(["--configs", "cells-n1-h512", "--cells", "lstm", "--repeats", "1", "--warmup",
+                "1", "--min-time", "0", "--no-memory", "--no-onnxruntime", "--out",
+                str(tmp_path)])
+    rows = json.loads((tmp_path / "bench.json").read_text())["rows"]
+    assert [(r["cell"], r["config"], r["mode"]) for r in rows] == [
+        ("lstm", "cells-n1-h512", "inference"), ("lstm", "cells-n1-h512", "training")]
+    assert "cells-n64-h512" in bench.default_configs("cpu")

@@ -17,6 +17,10 @@ of two, in a fresh child process; CUDA: torch.cuda.max_memory_allocated) is meas
 timing. Float32 CPU inference rows also time onnxruntime (when installed) on torch.nn's
 model exported to ONNX, as a third contender in the same interleaved rounds.
 
+Besides the sequence modules, decode rows call them one step at a time, and cell rows
+(`cells-*`) time a decoder of two stacked cells (torch.nn.LSTMCell / GRUCell / RNNCell
+against gatedrnn's) called from Python once per step.
+
 Writes a Markdown table to stdout and, under --out, bench.md, bench.json and bench.png.
 """
 import argparse
@@ -50,6 +54,13 @@ CONFIGS = {
     "decode-n64-h256": (1, 64, 256, 256, 2, False, False),
     "decode-n1-h512": (1, 1, 512, 512, 2, False, False),
     "decode-n64-h512": (1, 64, 512, 512, 2, False, False),
+    # A decoder of 2 stacked cells (torch.nn.LSTMCell / GRUCell / RNNCell against ours),
+    # each called from Python once per step, the states carried from step to step: T = 1
+    # per step, timed per step (CELL_STEPS steps per round). In training the steps are
+    # one graph, differentiated once after the last (backpropagation through time, as a
+    # teacher-forced decoder trains). Every cell.
+    "cells-n1-h512": (1, 1, 512, 512, 2, False, False),
+    "cells-n64-h512": (1, 64, 512, 512, 2, False, False),
 }
 # The GPU rows of small batches (where the persistent kernel runs and launch latency
 # dominates): N = 1, 4, 8 with H = 256, 512, 1024, T = 100. In the default list on CUDA.
@@ -65,8 +76,12 @@ def default_configs(device):
     return CPU_DEFAULT_CONFIGS + (list(GPU_CONFIGS) if gpu else [])
 DECODE_CALLS = 20
 DECODE_CELLS = ("lstm", "gru")
+CELL_STEPS = 20
 CELLS = {"lstm": (torch.nn.LSTM, gatedrnn.LSTM, 4), "gru": (torch.nn.GRU, gatedrnn.GRU, 3),
          "rnn": (torch.nn.RNN, gatedrnn.RNN, 1)}
+CELL_CLASSES = {"lstm": (torch.nn.LSTMCell, gatedrnn.LSTMCell),
+                "gru": (torch.nn.GRUCell, gatedrnn.GRUCell),
+                "rnn": (torch.nn.RNNCell, gatedrnn.RNNCell)}
 MODES = ("inference", "training")
 
 
@@ -194,10 +209,7 @@ def cuda_paths(row):
     paths = {}
     for name, module in (("gatedrnn", row.ours), ("torch.nn", row.ref)):
         with torch.no_grad(), profile(activities=[ProfilerActivity.CUDA]) as prof:
-            if row.calls == 1:
-                row._output(module)
-            else:  # a decode row: one call of one step
-                module(row.x[:1])
+            row.probe(module)
             torch.cuda.synchronize()
         kernels = [e.key for e in prof.key_averages()]
         if name == "gatedrnn":
@@ -244,6 +256,13 @@ class Row:
     def _output(self, module):
         out, _ = module(self._input())
         return out.data if self.lengths is not None else out
+
+    def probe(self, module):
+        """One forward of the row's kind, for the profiler (cuda_paths)."""
+        if self.calls == 1:
+            self._output(module)
+        else:  # a decode row: one call of one step
+            module(self.x[:1])
 
     def _decode(self, module):
         """The calls of a decode row; returns the last call's output. In training, each
@@ -299,6 +318,59 @@ class Row:
                 if not err <= tol:
                     raise RuntimeError(f"{self.cell} {self.config} {self.mode}: {name} "
                                        f"differs from torch.nn by {err:.3g} (relative)")
+
+
+class CellRow(Row):
+    """A cells row: a decoder of stacked cells per side (torch.nn's, ours with the same
+    weights), the Python loop over the steps and layers run as users write it."""
+
+    def __init__(self, cell, config, mode, dtype, device):
+        self.cell, self.config, self.mode = cell, config, mode
+        _, N, I, H, layers, _, _ = CONFIGS[config]
+        self.calls = CELL_STEPS  # timed per step
+        nn_cls, our_cls = CELL_CLASSES[cell]
+        torch.manual_seed(0)
+        sizes = [I] + [H] * (layers - 1)
+        self.ref = torch.nn.ModuleList([nn_cls(i, H) for i in sizes]).to(device, dtype)
+        self.ours = torch.nn.ModuleList([our_cls(i, H) for i in sizes]).to(device, dtype)
+        self.ours.load_state_dict(self.ref.state_dict())
+        self.training = mode == "training"
+        x = torch.randn(self.calls, N, I, dtype=dtype, device=device)
+        self.x = x.requires_grad_(self.training)
+        self.lengths = None
+        self.rows = self.calls * N
+        self.grad = torch.randn(self.calls, N, H, dtype=dtype, device=device)
+        self.flops = gemm_flops(cell, self.calls, N, I, H, layers, False) * (
+            3 if self.training else 1) / self.calls
+        self.peer = None
+
+    def _steps(self, module, steps):
+        """The decoder over the first `steps` steps: the top cell's outputs, stacked."""
+        states, outputs = [None] * len(module), []
+        for t in range(steps):
+            layer_input = self.x[t]
+            for k, cell in enumerate(module):
+                states[k] = cell(layer_input, states[k])
+                layer_input = states[k][0] if isinstance(states[k], tuple) else states[k]
+            outputs.append(layer_input)
+        return torch.stack(outputs)
+
+    def _decode(self, module):
+        """Row's contract (step, check): every step; in training, backward through all of
+        them at the end. Returns the outputs."""
+        with torch.set_grad_enabled(self.training):
+            out = self._steps(module, self.calls)
+            if self.training:
+                out.backward(self.grad)
+        return out.detach()
+
+    def probe(self, module):
+        self._steps(module, 1)
+
+
+def make_row(cell, config, mode, dtype, device):
+    """The Row of a config: CellRow for the cells rows."""
+    return (CellRow if config.startswith("cells") else Row)(cell, config, mode, dtype, device)
 
 
 MAX_REPEATS = 1000
@@ -361,7 +433,7 @@ def peak_memory(row, which, device, dtype_name):
 
 
 def _memory_child(cell, config, mode, which, dtype_name):
-    row = Row(cell, config, mode, getattr(torch, dtype_name), torch.device("cpu"))
+    row = make_row(cell, config, mode, getattr(torch, dtype_name), torch.device("cpu"))
     module = row.ref if which == "torch" else row.ours
 
     def status_kib(field):
@@ -524,7 +596,7 @@ def run(args):
             if c in DECODE_CELLS or not s.startswith("decode")]
     for k, (cell, config, mode) in enumerate(plan):
         _progress(k, len(plan), f"{cell} {config} {mode}")
-        row = Row(cell, config, mode, dtype, device)
+        row = make_row(cell, config, mode, dtype, device)
         if args.onnxruntime:
             row.peer = OnnxRuntimePeer.for_row(row, device)
             if row.peer is not None:

@@ -1,5 +1,6 @@
+from .cell import GRUCell, LSTMCell, RNNCell
 from .gru import GRU
 from .lstm import LSTM
 from .rnn import RNN
 
-__all__ = ["LSTM", "GRU", "RNN"]
+__all__ = ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell"]
