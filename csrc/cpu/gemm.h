@@ -35,6 +35,18 @@ inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 // the choice.
 enum class GemmPrecision : uint8_t { kNative, kBf16 };
 
+inline bool is_bf16(const at::Tensor& t) { return t.scalar_type() == at::kBFloat16; }
+
+// t in the dtype the time loops compute in: float32 for a bfloat16 tensor (a contiguous
+// copy from the block cache: through torch's allocator a one-step call's float32 weights
+// were fresh pages at every call), else t.
+inline at::Tensor widened(const at::Tensor& t) {
+  if (!t.defined() || !is_bf16(t)) return t;
+  at::Tensor wide = cached_empty(t.sizes(), t.options().dtype(at::kFloat));
+  wide.copy_(t);
+  return wide;
+}
+
 // The bfloat16 kernels a GEMM of this type and precision runs on, or null.
 template <typename scalar_t>
 const GemmBf16Kernels* bf16_kernels_for(GemmPrecision precision) {
@@ -184,39 +196,47 @@ at::Tensor pack_panels(const at::Tensor& w, int64_t n, int64_t width, const Row&
   return packed;
 }
 
-// W^T for n rows of a float weight W [rows, k] (any strides), as the bfloat16 kernels'
-// panels: [ceil(n / 32), bf16_panel_elements(k)] bfloat16, row(j) the j-th row taken. W's
-// rows contiguous (a weight), or the rows of a panel one after another along W's
-// contiguous columns (a weight's transpose, W^T's consecutive columns), are packed by
-// the kernels' vector code; anything else here, element by element.
-template <typename Row = AllRows>
-at::Tensor pack_bf16_weight(const at::Tensor& w, int64_t n, const Row& row = Row()) {
+// pack_bf16_weight for a weight of element type T: float, or uint16_t (bfloat16 bits).
+template <typename T, typename Row>
+at::Tensor pack_bf16_weight_of(const at::Tensor& w, int64_t n, const Row& row) {
   const GemmBf16Kernels* kernels = gemm_bf16_kernels();
   const int64_t k = w.size(1), panels = ceil_div(n, kBf16PanelWidth);
   const int64_t panel = bf16_panel_elements(k), rs = w.stride(0), cs = w.stride(1);
   at::Tensor packed = cached_empty({panels, panel}, w.options().dtype(at::kBFloat16));
-  const float* src = w.const_data_ptr<float>();
+  const T* src = reinterpret_cast<const T*>(w.const_data_ptr());
   uint16_t* dst = reinterpret_cast<uint16_t*>(packed.mutable_data_ptr());
   const int64_t grain = std::max<int64_t>(1, (int64_t(16) << 10) / std::max<int64_t>(1, panel));
   at::parallel_for(0, panels, grain, [&](int64_t p0, int64_t p1) {
     for (int64_t p = p0; p < p1; ++p) {
       uint16_t* out = dst + p * panel;
       const int64_t j0 = p * kBf16PanelWidth, cols = std::min(kBf16PanelWidth, n - j0);
-      const float* columns[kBf16PanelWidth];
+      const T* columns[kBf16PanelWidth];
       bool consecutive = true;
       for (int64_t j = 0; j < cols; ++j) {
         columns[j] = src + row(j0 + j) * rs;
         consecutive = consecutive && row(j0 + j) == row(j0) + j;
       }
+      constexpr bool kFloat = std::is_same_v<T, float>;
       if (cs == 1) {
-        kernels->pack_b_columns(columns, k, cols, out);
-      } else if (rs == 1 && consecutive) {
-        kernels->pack_b_rows(columns[0], cs, k, cols, out);
+        if constexpr (kFloat) {
+          kernels->pack_b_columns(columns, k, cols, out);
+        } else {
+          kernels->pack_b_columns_bf16(columns, k, cols, out);
+        }
+      } else if (kFloat && rs == 1 && consecutive) {
+        kernels->pack_b_rows(reinterpret_cast<const float*>(columns[0]), cs, k, cols, out);
       } else {
         std::fill_n(out, panel, uint16_t(0));
         for (int64_t j = 0; j < cols; ++j) {
           for (int64_t kk = 0; kk < k; ++kk) {
-            out[(kk / 2) * 2 * kBf16PanelWidth + 2 * j + (kk % 2)] = to_bf16(columns[j][kk * cs]);
+            const T x = columns[j][kk * cs];
+            uint16_t bits;
+            if constexpr (kFloat) {
+              bits = to_bf16(x);
+            } else {
+              bits = x;
+            }
+            out[(kk / 2) * 2 * kBf16PanelWidth + 2 * j + (kk % 2)] = bits;
           }
         }
       }
@@ -225,8 +245,21 @@ at::Tensor pack_bf16_weight(const at::Tensor& w, int64_t n, const Row& row = Row
   return packed;
 }
 
+// W^T for n rows of a weight W [rows, k] (any strides; float32, or bfloat16 taken as it
+// is), as the bfloat16 kernels' panels: [ceil(n / 32), bf16_panel_elements(k)] bfloat16,
+// row(j) the j-th row taken. W's rows contiguous (a weight), or, in float32, the rows of a
+// panel one after another along W's contiguous columns (a weight's transpose, W^T's
+// consecutive columns), are packed by the kernels' vector code; anything else here,
+// element by element.
+template <typename Row = AllRows>
+at::Tensor pack_bf16_weight(const at::Tensor& w, int64_t n, const Row& row = Row()) {
+  if (is_bf16(w)) return pack_bf16_weight_of<uint16_t>(w, n, row);
+  return pack_bf16_weight_of<float>(w, n, row);
+}
+
 // W^T for a weight W [n, k], packed once into the GEMM kernel's panels (pack_panels), or
-// into the bfloat16 kernels' (pack_bf16_weight) for a kBf16 GEMM where they run.
+// into the bfloat16 kernels' (pack_bf16_weight) for a kBf16 GEMM where they run. A
+// bfloat16 W (a bfloat16 op's) goes into the bfloat16 panels as it is, or is widened.
 template <typename scalar_t>
 class PackedWeight {
  public:
@@ -241,7 +274,7 @@ class PackedWeight {
     if (bf16_kernels_for<scalar_t>(precision) != nullptr) {
       panels_ = pack_bf16_weight(w, n, row);
     } else {
-      panels_ = pack_panels<scalar_t>(w, n, gemm_kernels<scalar_t>().width, row);
+      panels_ = pack_panels<scalar_t>(widened(w), n, gemm_kernels<scalar_t>().width, row);
     }
   }
   bool defined() const { return panels_.defined(); }

@@ -70,9 +70,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_forward(
   at::Tensor ws = cached_empty({need_workspace ? s.rows : 0, 4 * H}, opts);
   at::Tensor ws_arg = need_workspace ? ws : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), kForward, [&] {
-    gru_forward_impl<scalar_t>(sh, x, cached_contiguous(widened(w_ih)),
-                               cached_contiguous(widened(w_hh)), bih, bhh, out, h_state, ws_arg,
-                               precision_of(input));
+    gru_forward_impl<scalar_t>(sh, x, cached_contiguous(w_ih), cached_contiguous(w_hh), bih, bhh,
+                               out, h_state, ws_arg, precision_of(input));
   });
   return {shaped_like_input(narrowed(out, input), input), narrowed(h_state, input), ws};
 }

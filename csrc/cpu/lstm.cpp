@@ -88,9 +88,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward(
   const int64_t H = sh.hidden_size, P = sh.state_size;
   const at::Tensor x = cached_contiguous(widened(input)).view({s.rows, sh.input_size});
   const auto opts = x.options();
-  const at::Tensor wih = cached_contiguous(widened(w_ih)), whh = cached_contiguous(widened(w_hh));
-  const at::Tensor whr = (w_hr.has_value() && w_hr->defined())
-                             ? cached_contiguous(widened(*w_hr)) : at::Tensor();
+  // The weights as they are (bfloat16 in the bfloat16 form): the GEMMs read them so, or
+  // widen them where they cannot (recurrent_gemm.h).
+  const at::Tensor wih = cached_contiguous(w_ih), whh = cached_contiguous(w_hh);
+  const at::Tensor whr =
+      (w_hr.has_value() && w_hr->defined()) ? cached_contiguous(*w_hr) : at::Tensor();
   const at::Tensor bias = combined_bias(widened(b_ih), widened(b_hh), kGates * H, opts);
   at::Tensor out = cached_empty({s.rows, P}, opts);
   at::Tensor h_state = widened(h0).contiguous().clone();

@@ -43,7 +43,9 @@ struct TeamStep {
 template <typename scalar_t>
 class ForwardTeam {
  public:
-  //   x: [R, I], w_ih: [gates * H, I], h0: [N, P]; precision: the input projection's
+  //   x: [R, I], w_ih: [gates * H, I] (the time loop's dtype, or bfloat16 in the bfloat16
+  //   form: read as it is where that is possible), h0: [N, P]; precision: the input
+  //   projection's
   ForwardTeam(const Schedule& s, const at::Tensor& x, const at::Tensor& w_ih, int64_t gates,
               const UnitBlocks& units, const at::Tensor& h0,
               GemmPrecision precision = GemmPrecision::kNative)
@@ -80,9 +82,15 @@ class ForwardTeam {
       // gates[R, G] = x @ w_ih^T: the one block's columns are w_ih's rows in order.
       if (direct_) {
         // One or two rows: w_ih read in place, nothing packed.
-        gemm_kernels<scalar_t>().dot(s_.rows, G_, I, xp, I,
-                                     w_ih_direct_.const_data_ptr<scalar_t>(),
-                                     w_ih_direct_.stride(0), scalar_t(0), gp, G_);
+        if (is_bf16(w_ih_direct_)) {
+          gemm_kernels<scalar_t>().dot_bf16(
+              s_.rows, G_, I, xp, I, reinterpret_cast<const uint16_t*>(w_ih_direct_.const_data_ptr()),
+              w_ih_direct_.stride(0), scalar_t(0), gp, G_);
+        } else {
+          gemm_kernels<scalar_t>().dot(s_.rows, G_, I, xp, I,
+                                       w_ih_direct_.const_data_ptr<scalar_t>(),
+                                       w_ih_direct_.stride(0), scalar_t(0), gp, G_);
+        }
       } else {
         parallel_gemm<scalar_t>(s_.rows, G_, I, GemmA<scalar_t>::rows(xp, I), w_ih_.b(),
                                 scalar_t(0), gp, G_);
@@ -138,18 +146,8 @@ class ForwardTeam {
 // arguments, whose GEMMs round their operands to bfloat16 and accumulate in float32
 // (GemmPrecision::kBf16), as oneDNN's bfloat16 RNNs (torch.nn's) do, while the gate math,
 // the states between steps and the LSTM cell state stay in float32.
-inline bool is_bf16(const at::Tensor& t) { return t.scalar_type() == at::kBFloat16; }
 inline GemmPrecision precision_of(const at::Tensor& input) {
   return is_bf16(input) ? GemmPrecision::kBf16 : GemmPrecision::kNative;
-}
-// t in the dtype the time loops compute in: float32 for a bfloat16 tensor (a contiguous
-// copy from the block cache: through torch's allocator a one-step call's float32 weights
-// were fresh pages at every call), else t.
-inline at::Tensor widened(const at::Tensor& t) {
-  if (!t.defined() || !is_bf16(t)) return t;
-  at::Tensor wide = cached_empty(t.sizes(), t.options().dtype(at::kFloat));
-  wide.copy_(t);
-  return wide;
 }
 inline std::optional<at::Tensor> widened(const std::optional<at::Tensor>& t) {
   if (!t.has_value() || !t->defined()) return t;

@@ -66,9 +66,10 @@ class UnitBlockGemm {
     if (few && (w.stride(1) == 1 || w.stride(0) == 1)) {
       // In place: rows of W contiguous (dot, or gemm_transposed), or W^T's rows (the
       // tiles on B in place).
-      w_ = w;
       rows_ = w.stride(1) == 1;
       transposed_ = rows_ && max_m > kDirectRows;
+      // A bfloat16 W (a bfloat16 op's) is read as it is by dot, else widened.
+      w_ = rows_ && !transposed_ ? w : widened(w);
       if (transposed_) id_ = next_id().fetch_add(1) + 1;
       return;
     }
@@ -85,7 +86,7 @@ class UnitBlockGemm {
           }
           w_b = at::cat(rows);
         }
-        small_.emplace_back(w_b);
+        small_.emplace_back(widened(w_b));
         packed_.emplace_back();
       } else {
         // W_b's row j is W's row (j / len) * gate_stride + begin + j % len.
@@ -109,7 +110,7 @@ class UnitBlockGemm {
     TORCH_INTERNAL_ASSERT(m <= max_m_, "gatedrnn: a step of ", m, " rows, above the ", max_m_,
                           " the recurrent GEMM was made for");
     if (w_.defined()) {
-      const scalar_t* w = w_.template const_data_ptr<scalar_t>();
+      const scalar_t* w = is_bf16(w_) ? nullptr : w_.template const_data_ptr<scalar_t>();
       const scalar_t* a_panels = transposed_ ? packed_state(m, a, lda, step) : nullptr;
       for (int64_t g = 0; g < gates_; ++g) {
         const int64_t row = g * gate_stride_ + units_.begin(b);
@@ -118,6 +119,11 @@ class UnitBlockGemm {
           gemm_kernels<scalar_t>().gemm_transposed(len, m, k_, w + row * w_.stride(0),
                                                    w_.stride(0), a_panels, beta, c + g * len,
                                                    ldc);
+        } else if (rows_ && w == nullptr) {
+          // C[:, g len : (g+1) len] = A @ W[row : row + len]^T, W in bfloat16
+          const auto* bits = reinterpret_cast<const uint16_t*>(w_.const_data_ptr());
+          gemm_kernels<scalar_t>().dot_bf16(m, len, k_, a, lda, bits + row * w_.stride(0),
+                                            w_.stride(0), beta, c + g * len, ldc);
         } else if (rows_) {
           // C[:, g len : (g+1) len] = A @ W[row : row + len]^T
           gemm_kernels<scalar_t>().dot(m, len, k_, a, lda, w + row * w_.stride(0),

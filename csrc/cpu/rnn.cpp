@@ -64,9 +64,8 @@ std::tuple<at::Tensor, at::Tensor> rnn_forward(
   at::Tensor out = cached_empty({s.rows, sh.hidden_size}, opts);
   at::Tensor h_state = widened(h0).contiguous().clone();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), kForward, [&] {
-    rnn_forward_impl<scalar_t>(sh, relu, x, cached_contiguous(widened(w_ih)),
-                               cached_contiguous(widened(w_hh)), bias, out, h_state,
-                               precision_of(input));
+    rnn_forward_impl<scalar_t>(sh, relu, x, cached_contiguous(w_ih), cached_contiguous(w_hh),
+                               bias, out, h_state, precision_of(input));
   });
   return {shaped_like_input(narrowed(out, input), input), narrowed(h_state, input)};
 }

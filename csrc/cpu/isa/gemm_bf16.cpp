@@ -111,12 +111,24 @@ GATEDRNN_BF16_TARGET void pack_b_rows(const float* src, int64_t ldb, int64_t k, 
   }
 }
 
+// 32 consecutive k of a column from col on (zeros past `count` of them), as 16 pairs of
+// bfloat16 in dwords: float32 rounded, or bfloat16 as it is.
+GATEDRNN_BF16_TARGET inline __m512i column_pairs(const float* col, int64_t count) {
+  return (__m512i)_mm512_cvtne2ps_pbh(load_or_zero(col + 16, count - 16), load_or_zero(col, count));
+}
+GATEDRNN_BF16_TARGET inline __m512i column_pairs(const uint16_t* col, int64_t count) {
+  const __mmask32 mask = count >= 32 ? ~__mmask32(0)
+                                     : __mmask32((uint64_t(1) << std::max<int64_t>(count, 0)) - 1);
+  return _mm512_maskz_loadu_epi16(mask, col);
+}
+
 // The panels of B from its columns, b(kk, j) = columns[j][kk] (a weight's rows): 16 columns
 // by 32 k at a time, each column's 32 k converted to 16 pairs, transposed in registers into
 // 16 panel rows of 16 columns. (A column at a time, scattering its pairs 128 bytes apart,
 // this was a quarter of a one-step bfloat16 LSTM call at batch 64, hidden size 512.)
-GATEDRNN_BF16_TARGET void pack_b_columns(const float* const* columns, int64_t k, int64_t n,
-                                         uint16_t* dst) {
+template <typename T>
+GATEDRNN_BF16_TARGET void pack_columns(const T* const* columns, int64_t k, int64_t n,
+                                       uint16_t* dst) {
   const int64_t kp = bf16_padded_k(k), panel = kp * kBf16PanelWidth;
   for (int64_t p = 0; p * kBf16PanelWidth < n; ++p) {
     const int64_t j0 = p * kBf16PanelWidth, cols = std::min(kBf16PanelWidth, n - j0);
@@ -127,9 +139,7 @@ GATEDRNN_BF16_TARGET void pack_b_columns(const float* const* columns, int64_t k,
         __m512i v[16];
         for (int64_t j = 0; j < 16; ++j) {
           if (j < count) {
-            const float* col = columns[j0 + c0 + j] + kk;
-            v[j] = (__m512i)_mm512_cvtne2ps_pbh(load_or_zero(col + 16, k - kk - 16),
-                                                load_or_zero(col, k - kk));
+            v[j] = column_pairs(columns[j0 + c0 + j] + kk, k - kk);
           } else {
             v[j] = _mm512_setzero_si512();
           }
@@ -141,6 +151,15 @@ GATEDRNN_BF16_TARGET void pack_b_columns(const float* const* columns, int64_t k,
       }
     }
   }
+}
+
+GATEDRNN_BF16_TARGET void pack_b_columns(const float* const* columns, int64_t k, int64_t n,
+                                         uint16_t* dst) {
+  pack_columns(columns, k, n, dst);
+}
+GATEDRNN_BF16_TARGET void pack_b_columns_bf16(const uint16_t* const* columns, int64_t k,
+                                              int64_t n, uint16_t* dst) {
+  pack_columns(columns, k, n, dst);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -507,9 +526,10 @@ GATEDRNN_BF16_TARGET double peak_avx512(int64_t iterations, float* sink) {
   return 2.0 * double(iterations) * kChains * 32;
 }
 
-constexpr GemmBf16Kernels kAmx{"amx", &gemm_amx, &pack_b_rows, &pack_b_columns, &peak_amx};
+constexpr GemmBf16Kernels kAmx{"amx", &gemm_amx, &pack_b_rows, &pack_b_columns,
+                               &pack_b_columns_bf16, &peak_amx};
 constexpr GemmBf16Kernels kAvx512Bf16{"avx512_bf16", &gemm_avx512, &pack_b_rows,
-                                      &pack_b_columns, &peak_avx512};
+                                      &pack_b_columns, &pack_b_columns_bf16, &peak_avx512};
 
 }  // namespace
 

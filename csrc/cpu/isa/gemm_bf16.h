@@ -39,6 +39,9 @@ struct GemmBf16Kernels {
   void (*pack_b_rows)(const float* src, int64_t ldb, int64_t k, int64_t n, uint16_t* dst);
   // or from its columns, b(kk, j) = columns[j][kk] (the rows of a weight W, B = W^T):
   void (*pack_b_columns)(const float* const* columns, int64_t k, int64_t n, uint16_t* dst);
+  // or from bfloat16 columns (bits), as they are: a bfloat16 op's weight, not widened first.
+  void (*pack_b_columns_bf16)(const uint16_t* const* columns, int64_t k, int64_t n,
+                              uint16_t* dst);
   // The kernels' instruction in a register-only loop (the benchmark suite's bfloat16 peak,
   // as isa/fma_peak.h is float32's): `iterations` rounds; returns the floating-point
   // operations done (2 per multiply-add) and writes a result to *sink.

@@ -18,6 +18,7 @@
 #include <c10/macros/Macros.h>
 
 #include <algorithm>
+#include <type_traits>
 #include <vector>
 
 #include "vec_math.h"
@@ -251,11 +252,34 @@ void gemm_transposed(int64_t m, int64_t n, int64_t k, const scalar_t* a, int64_t
   });
 }
 
+// count (<= one vector's) elements of w as a vector of scalar_t, zeros past count: as
+// they are, or a bfloat16 weight's widened (exactly: its bits are a float's top half).
+template <typename scalar_t>
+C10_ALWAYS_INLINE Vec<scalar_t> load_w(const scalar_t* w, int64_t count) {
+  return count == Vec<scalar_t>::size() ? Vec<scalar_t>::loadu(w)
+                                        : Vec<scalar_t>::loadu(w, count);
+}
+template <typename scalar_t>
+C10_ALWAYS_INLINE Vec<scalar_t> load_w(const c10::BFloat16* w, int64_t count) {
+  constexpr int64_t L = Vec<scalar_t>::size();
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    if (count == L) {
+      Vec<float> v;
+      at::vec::load_fp32_from_bf16(w, v);
+      return v;
+    }
+  }
+  alignas(64) scalar_t values[L] = {};
+  for (int64_t l = 0; l < count; ++l) values[l] = static_cast<scalar_t>(static_cast<float>(w[l]));
+  return Vec<scalar_t>::loadu(values);
+}
+
 // J rows of w against one row of a: J * 2 vector chains over k (two per row of w, for
 // the FMA latency), the last vector of k partial. The lanes of each row's two chains are
-// then added in a fixed order.
-template <typename scalar_t, int64_t J>
-C10_ALWAYS_INLINE void dot_rows(int64_t k, const scalar_t* a, const scalar_t* w, int64_t ldw,
+// then added in a fixed order. w_t: scalar_t, or bfloat16 (a bfloat16 op's weight read
+// where it is, half the bytes of a float32 copy, the same sums as on one).
+template <typename scalar_t, typename w_t, int64_t J>
+C10_ALWAYS_INLINE void dot_rows(int64_t k, const scalar_t* a, const w_t* w, int64_t ldw,
                                 scalar_t beta, scalar_t* c) {
   using V = Vec<scalar_t>;
   constexpr int64_t L = V::size();
@@ -267,8 +291,8 @@ C10_ALWAYS_INLINE void dot_rows(int64_t k, const scalar_t* a, const scalar_t* w,
     const V a0 = V::loadu(a + kk), a1 = V::loadu(a + kk + L);
 #pragma GCC unroll 8
     for (int64_t j = 0; j < J; ++j) {
-      acc0[j] = at::vec::fmadd(a0, V::loadu(w + j * ldw + kk), acc0[j]);
-      acc1[j] = at::vec::fmadd(a1, V::loadu(w + j * ldw + kk + L), acc1[j]);
+      acc0[j] = at::vec::fmadd(a0, load_w<scalar_t>(w + j * ldw + kk, L), acc0[j]);
+      acc1[j] = at::vec::fmadd(a1, load_w<scalar_t>(w + j * ldw + kk + L, L), acc1[j]);
     }
   }
   for (; kk < k; kk += L) {
@@ -276,7 +300,7 @@ C10_ALWAYS_INLINE void dot_rows(int64_t k, const scalar_t* a, const scalar_t* w,
     const V a0 = V::loadu(a + kk, count);
 #pragma GCC unroll 8
     for (int64_t j = 0; j < J; ++j) {
-      acc0[j] = at::vec::fmadd(a0, V::loadu(w + j * ldw + kk, count), acc0[j]);
+      acc0[j] = at::vec::fmadd(a0, load_w<scalar_t>(w + j * ldw + kk, count), acc0[j]);
     }
   }
 #pragma GCC unroll 8
@@ -289,20 +313,37 @@ C10_ALWAYS_INLINE void dot_rows(int64_t k, const scalar_t* a, const scalar_t* w,
   }
 }
 
+template <typename scalar_t, typename w_t>
+void dot_of(int64_t m, int64_t n, int64_t k, const scalar_t* a, int64_t lda, const w_t* w,
+            int64_t ldw, scalar_t beta, scalar_t* c, int64_t ldc) {
+  for (int64_t r = 0; r < m; ++r) {
+    int64_t j = 0;
+    for (; j + 4 <= n; j += 4) {
+      dot_rows<scalar_t, w_t, 4>(k, a + r * lda, w + j * ldw, ldw, beta, c + r * ldc + j);
+    }
+    for (; j < n; ++j) {
+      dot_rows<scalar_t, w_t, 1>(k, a + r * lda, w + j * ldw, ldw, beta, c + r * ldc + j);
+    }
+  }
+}
+
 template <typename scalar_t>
 void dot(int64_t m, int64_t n, int64_t k, const scalar_t* a, int64_t lda, const scalar_t* w,
          int64_t ldw, scalar_t beta, scalar_t* c, int64_t ldc) {
-  for (int64_t r = 0; r < m; ++r) {
-    int64_t j = 0;
-    for (; j + 4 <= n; j += 4) dot_rows<scalar_t, 4>(k, a + r * lda, w + j * ldw, ldw, beta, c + r * ldc + j);
-    for (; j < n; ++j) dot_rows<scalar_t, 1>(k, a + r * lda, w + j * ldw, ldw, beta, c + r * ldc + j);
-  }
+  dot_of<scalar_t, scalar_t>(m, n, k, a, lda, w, ldw, beta, c, ldc);
+}
+
+template <typename scalar_t>
+void dot_bf16(int64_t m, int64_t n, int64_t k, const scalar_t* a, int64_t lda,
+              const uint16_t* w, int64_t ldw, scalar_t beta, scalar_t* c, int64_t ldc) {
+  dot_of<scalar_t, c10::BFloat16>(m, n, k, a, lda, reinterpret_cast<const c10::BFloat16*>(w),
+                                  ldw, beta, c, ldc);
 }
 
 }  // namespace
 
 GATEDRNN_CPU_KERNEL_TABLE(GemmKernels, gemm_kernels, 2 * Vec<scalar_t>::size(), &gemm<scalar_t>,
-                          &gemm_transposed<scalar_t>, &dot<scalar_t>)
+                          &gemm_transposed<scalar_t>, &dot<scalar_t>, &dot_bf16<scalar_t>)
 
 }  // namespace CPU_CAPABILITY
 }  // namespace gatedrnn

@@ -39,6 +39,10 @@ struct GemmKernels {
   // the lane's k, the lanes then added in a fixed order, then beta * c.
   void (*dot)(int64_t m, int64_t n, int64_t k, const scalar_t* a, int64_t lda,
               const scalar_t* w, int64_t ldw, scalar_t beta, scalar_t* c, int64_t ldc);
+  // dot with a bfloat16 w (bits, uint16_t), widened exactly as it is read: the bits dot
+  // gives on a float copy of w, reading half the bytes.
+  void (*dot_bf16)(int64_t m, int64_t n, int64_t k, const scalar_t* a, int64_t lda,
+                   const uint16_t* w, int64_t ldw, scalar_t beta, scalar_t* c, int64_t ldc);
 };
 
 GATEDRNN_CPU_KERNELS(GemmKernels, gemm_kernels)
