@@ -223,8 +223,12 @@ at::Tensor pack_bf16_weight_of(const at::Tensor& w, int64_t n, const Row& row) {
         } else {
           kernels->pack_b_columns_bf16(columns, k, cols, out);
         }
-      } else if (kFloat && rs == 1 && consecutive) {
-        kernels->pack_b_rows(reinterpret_cast<const float*>(columns[0]), cs, k, cols, out);
+      } else if (rs == 1 && consecutive) {
+        if constexpr (kFloat) {
+          kernels->pack_b_rows(columns[0], cs, k, cols, out);
+        } else {
+          kernels->pack_b_rows_bf16(columns[0], cs, k, cols, out);
+        }
       } else {
         std::fill_n(out, panel, uint16_t(0));
         for (int64_t j = 0; j < cols; ++j) {
@@ -247,10 +251,10 @@ at::Tensor pack_bf16_weight_of(const at::Tensor& w, int64_t n, const Row& row) {
 
 // W^T for n rows of a weight W [rows, k] (any strides; float32, or bfloat16 taken as it
 // is), as the bfloat16 kernels' panels: [ceil(n / 32), bf16_panel_elements(k)] bfloat16,
-// row(j) the j-th row taken. W's rows contiguous (a weight), or, in float32, the rows of a
-// panel one after another along W's contiguous columns (a weight's transpose, W^T's
-// consecutive columns), are packed by the kernels' vector code; anything else here,
-// element by element.
+// row(j) the j-th row taken. W's rows contiguous (a weight), or the rows of a panel one
+// after another along W's contiguous columns (a weight's transpose, W^T's consecutive
+// columns), are packed by the kernels' vector code; anything else here, element by
+// element.
 template <typename Row = AllRows>
 at::Tensor pack_bf16_weight(const at::Tensor& w, int64_t n, const Row& row = Row()) {
   if (is_bf16(w)) return pack_bf16_weight_of<uint16_t>(w, n, row);

@@ -200,13 +200,15 @@ lstm_backward(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
   check_shape(kBackward, grad_c_n, "grad_c_n", c0.sizes(), "c0's shape");
   check_workspace_dtype(kBackward, input, workspace);
   const bool proj = w_hr.has_value() && w_hr->defined();
-  const at::Tensor whr = proj ? cached_contiguous(widened(*w_hr)) : at::Tensor();
+  // The weights as they are (bfloat16 in the bfloat16 form): the GEMMs read them so, or
+  // widen them where they cannot (recurrent_gemm.h, ChunkedGrads).
+  const at::Tensor whr = proj ? cached_contiguous(*w_hr) : at::Tensor();
   const at::Tensor ws = cached_contiguous(workspace);
   const at::Tensor x = cached_contiguous(widened(input)).view({s.rows, sh.input_size});
   const auto opts = x.options();
   const at::Tensor out = cached_contiguous(widened(output)).view({s.rows, P});
   const at::Tensor h0c = widened(h0).contiguous(), c0c = widened(c0).contiguous();
-  const at::Tensor whh = cached_contiguous(widened(w_hh)), wih = cached_contiguous(widened(w_ih));
+  const at::Tensor whh = cached_contiguous(w_hh), wih = cached_contiguous(w_ih);
   at::Tensor dh_state = widened(grad_h_n).contiguous().clone();
   at::Tensor dc_state = widened(grad_c_n).contiguous().clone();
   at::Tensor grad_w_hr = proj ? cached_zeros({P, H}, opts) : at::empty({0}, opts);

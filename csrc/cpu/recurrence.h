@@ -210,6 +210,8 @@ struct GemmTerm {
   int64_t lda;
   const scalar_t* b;
   int64_t ldb;
+  // Set instead of b: B in bfloat16 (bits), for a kBf16 sum on the bfloat16 kernels.
+  const uint16_t* b_bf16 = nullptr;
 };
 
 // C[m, n] = beta * C + the terms, added in their order, with the products of precision.
@@ -265,12 +267,23 @@ void run_gemm_sums(const std::vector<GemmSum<scalar_t>>& sums) {
       uint16_t* dst = reinterpret_cast<uint16_t*>(p.mutable_data_ptr());
       at::parallel_for(0, panels, 1, [&](int64_t p0, int64_t p1) {
         for (int64_t q = p0; q < p1; ++q) {
-          const int64_t j0 = q * kBf16PanelWidth;
-          bf16->pack_b_rows(reinterpret_cast<const float*>(t.b) + j0, t.ldb, t.k,
-                            std::min(kBf16PanelWidth, g.n - j0), dst + q * panel);
+          const int64_t j0 = q * kBf16PanelWidth, cols = std::min(kBf16PanelWidth, g.n - j0);
+          if (t.b_bf16 != nullptr) {
+            bf16->pack_b_rows_bf16(t.b_bf16 + j0, t.ldb, t.k, cols, dst + q * panel);
+          } else {
+            bf16->pack_b_rows(reinterpret_cast<const float*>(t.b) + j0, t.ldb, t.k, cols,
+                              dst + q * panel);
+          }
         }
       });
       packed[s].push_back(p);
+    }
+  }
+  for (size_t s = 0; s < sums.size(); ++s) {
+    for (const GemmTerm<scalar_t>& t : sums[s].terms) {
+      TORCH_INTERNAL_ASSERT(t.b_bf16 == nullptr || !packed[s].empty() || sums[s].m == 0 ||
+                                sums[s].n == 0,
+                            "gatedrnn: a bfloat16 GEMM operand without the bfloat16 kernels");
     }
   }
   std::atomic<size_t> next{0};
@@ -340,7 +353,11 @@ class ChunkedGrads {
                int64_t gates_h, GemmPrecision precision = GemmPrecision::kNative)
       : s_(s), ld_(ld), input_side_(std::move(input_side)),
         hidden_side_(std::move(hidden_side)), same_sides_(same_sides), x_(x), out_(out),
-        h0_(h0), w_ih_(w_ih), I_(x.size(1)), P_(out.size(1)), precision_(precision) {
+        h0_(h0), I_(x.size(1)), P_(out.size(1)), precision_(precision) {
+    // w_ih in bfloat16 (a bfloat16 op's) is read as it is by the bfloat16 kernels'
+    // packing, or widened where there are none.
+    w_ih_bf16_ = is_bf16(w_ih) && bf16_kernels_for<scalar_t>(precision) != nullptr;
+    w_ih_ = w_ih_bf16_ ? w_ih : widened(w_ih);
     plan();
     const auto opts = x.options();
     int64_t most = 0;
@@ -416,8 +433,13 @@ class ChunkedGrads {
     GemmSum<scalar_t> input{rows, I, g_.grad_input.mutable_data_ptr<scalar_t>() + r0 * I, I,
                             scalar_t(0), {}, precision_};
     for (const GateColumns& g : input_side_) {
-      input.terms.push_back({false, g.count, dg + g.src, ld_,
-                             w_ih_.const_data_ptr<scalar_t>() + g.dst * I, I});
+      if (w_ih_bf16_) {
+        const auto* bits = reinterpret_cast<const uint16_t*>(w_ih_.const_data_ptr());
+        input.terms.push_back({false, g.count, dg + g.src, ld_, nullptr, I, bits + g.dst * I});
+      } else {
+        input.terms.push_back({false, g.count, dg + g.src, ld_,
+                               w_ih_.const_data_ptr<scalar_t>() + g.dst * I, I});
+      }
     }
     sums.push_back(std::move(input));
     for (const GateColumns& g : input_side_) {
@@ -519,7 +541,9 @@ class ChunkedGrads {
   int64_t ld_;
   std::vector<GateColumns> input_side_, hidden_side_;
   bool same_sides_;
-  const at::Tensor &x_, &out_, &h0_, &w_ih_;
+  const at::Tensor &x_, &out_, &h0_;
+  at::Tensor w_ih_;
+  bool w_ih_bf16_ = false;
   int64_t I_, P_;
   GemmPrecision precision_;
   std::vector<StepChunk> chunks_;

@@ -68,8 +68,9 @@ class UnitBlockGemm {
       // tiles on B in place).
       rows_ = w.stride(1) == 1;
       transposed_ = rows_ && max_m > kDirectRows;
-      // A bfloat16 W (a bfloat16 op's) is read as it is by dot, else widened.
-      w_ = rows_ && !transposed_ ? w : widened(w);
+      // A bfloat16 W (a bfloat16 op's) is read as it is by dot, else widened, keeping
+      // its layout (W^T's rows contiguous stay so).
+      w_ = rows_ && !transposed_ ? w : rows_ ? widened(w) : widened(w.t()).t();
       if (transposed_) id_ = next_id().fetch_add(1) + 1;
       return;
     }

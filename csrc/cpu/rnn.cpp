@@ -110,7 +110,9 @@ rnn_backward(const at::Tensor& grad_output, const at::Tensor& grad_h_n, const at
   const at::Tensor x = cached_contiguous(widened(input)).view({s.rows, sh.input_size});
   const at::Tensor out = cached_contiguous(widened(output)).view({s.rows, H});
   const at::Tensor h0c = widened(h0).contiguous();
-  const at::Tensor wih = cached_contiguous(widened(w_ih)), whh = cached_contiguous(widened(w_hh));
+  // The weights as they are (bfloat16 in the bfloat16 form): the GEMMs read them so, or
+  // widen them where they cannot (recurrent_gemm.h, ChunkedGrads).
+  const at::Tensor wih = cached_contiguous(w_ih), whh = cached_contiguous(w_hh);
   at::Tensor dh_state = widened(grad_h_n).contiguous().clone();
   InputAndWeightGrads g;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), kBackward, [&] {

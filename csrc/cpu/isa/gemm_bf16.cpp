@@ -111,6 +111,30 @@ GATEDRNN_BF16_TARGET void pack_b_rows(const float* src, int64_t ldb, int64_t k, 
   }
 }
 
+// The panels of B from bfloat16 rows (bits), b(kk, j) = src[kk * ldb + j], as they are: the
+// pair of rows kk, kk + 1 as one dword per column (kk's in the low half).
+GATEDRNN_BF16_TARGET void pack_b_rows_bf16(const uint16_t* src, int64_t ldb, int64_t k,
+                                           int64_t n, uint16_t* dst) {
+  const int64_t kp = bf16_padded_k(k), panel = kp * kBf16PanelWidth;
+  const auto row16 = [&](int64_t kk, int64_t j, int64_t count) {
+    if (kk >= k || count <= 0) return _mm512_setzero_si512();
+    const __mmask16 mask = count >= 16 ? __mmask16(0xffff) : __mmask16((1u << count) - 1);
+    return _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask, src + kk * ldb + j));
+  };
+  for (int64_t p = 0; p * kBf16PanelWidth < n; ++p) {
+    const int64_t j0 = p * kBf16PanelWidth, cols = std::min(kBf16PanelWidth, n - j0);
+    uint16_t* out = dst + p * panel;
+    for (int64_t kk = 0; kk < kp; kk += 2) {
+      for (int64_t half = 0; half < 2; ++half) {
+        const int64_t c = cols - 16 * half, j = j0 + 16 * half;
+        const __m512i pair = _mm512_or_si512(row16(kk, j, c),
+                                             _mm512_slli_epi32(row16(kk + 1, j, c), 16));
+        _mm512_storeu_si512(out + kk * kBf16PanelWidth + 32 * half, pair);
+      }
+    }
+  }
+}
+
 // 32 consecutive k of a column from col on (zeros past `count` of them), as 16 pairs of
 // bfloat16 in dwords: float32 rounded, or bfloat16 as it is.
 GATEDRNN_BF16_TARGET inline __m512i column_pairs(const float* col, int64_t count) {
@@ -526,10 +550,11 @@ GATEDRNN_BF16_TARGET double peak_avx512(int64_t iterations, float* sink) {
   return 2.0 * double(iterations) * kChains * 32;
 }
 
-constexpr GemmBf16Kernels kAmx{"amx", &gemm_amx, &pack_b_rows, &pack_b_columns,
-                               &pack_b_columns_bf16, &peak_amx};
+constexpr GemmBf16Kernels kAmx{"amx", &gemm_amx, &pack_b_rows, &pack_b_rows_bf16,
+                               &pack_b_columns, &pack_b_columns_bf16, &peak_amx};
 constexpr GemmBf16Kernels kAvx512Bf16{"avx512_bf16", &gemm_avx512, &pack_b_rows,
-                                      &pack_b_columns, &pack_b_columns_bf16, &peak_avx512};
+                                      &pack_b_rows_bf16, &pack_b_columns, &pack_b_columns_bf16,
+                                      &peak_avx512};
 
 }  // namespace
 

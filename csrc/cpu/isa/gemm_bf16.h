@@ -37,6 +37,9 @@ struct GemmBf16Kernels {
   // The panels of B [k, n], rounded as A is, into dst: ceil(n / 32) panels of
   // bf16_padded_k(k) * 32 elements each. From B's rows, b(kk, j) = src[kk * ldb + j]:
   void (*pack_b_rows)(const float* src, int64_t ldb, int64_t k, int64_t n, uint16_t* dst);
+  // or from bfloat16 rows (bits), as they are:
+  void (*pack_b_rows_bf16)(const uint16_t* src, int64_t ldb, int64_t k, int64_t n,
+                           uint16_t* dst);
   // or from its columns, b(kk, j) = columns[j][kk] (the rows of a weight W, B = W^T):
   void (*pack_b_columns)(const float* const* columns, int64_t k, int64_t n, uint16_t* dst);
   // or from bfloat16 columns (bits), as they are: a bfloat16 op's weight, not widened first.
