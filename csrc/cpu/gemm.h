@@ -324,12 +324,19 @@ struct GemmBlocks {
 // region costs a fork/join, each block rereads its share of A and B); 8 keeps up to 8
 // threads busy. Halving stops at 128 rows and 256 columns. Widths are multiples of 64
 // columns, so that a block starts a panel of every kernel (16 to 32 columns).
+// An output counts as at least kMinK multiply-adds (gemm_work): writing it costs that
+// much when k is small, as in a one-step call's weight gradients (k = the batch), which
+// as single blocks left the other thread idle.
+constexpr int64_t kMinK = 32;
+inline double gemm_work(int64_t m, int64_t n, int64_t k) {
+  return double(m) * double(n) * double(std::max(k, kMinK));
+}
 inline GemmBlocks gemm_blocks(int64_t m, int64_t n, int64_t k) {
   constexpr int64_t kBlockWork = int64_t(1) << 21, kMaxBlocks = 8;
   constexpr int64_t kMinRows = 128, kMinCols = 256;
   GemmBlocks g{m, n, m, n};
-  const int64_t wanted =
-      std::min(kMaxBlocks, std::max<int64_t>(1, m * n * std::max<int64_t>(k, 1) / kBlockWork));
+  const int64_t wanted = std::min<int64_t>(
+      kMaxBlocks, std::max<int64_t>(1, static_cast<int64_t>(gemm_work(m, n, k) / kBlockWork)));
   while (g.count() < wanted) {
     const bool can_n = g.nb >= 2 * kMinCols, can_m = g.mb >= 2 * kMinRows;
     if (can_n && (g.nb >= 2 * g.mb || !can_m)) {

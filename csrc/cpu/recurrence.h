@@ -248,7 +248,7 @@ void run_gemm_sums(const std::vector<GemmSum<scalar_t>>& sums) {
     const GemmBlocks gb = gemm_blocks(g.m, g.n, k);
     for (int64_t id = 0; id < gb.count(); ++id) {
       const GemmBlocks::Block c = gb.block(id);
-      blocks.push_back({s, c, double(c.mi) * double(c.ni) * double(std::max<int64_t>(k, 1))});
+      blocks.push_back({s, c, gemm_work(c.mi, c.ni, k)});
     }
   }
   std::stable_sort(blocks.begin(), blocks.end(),
