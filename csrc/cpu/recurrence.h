@@ -279,6 +279,37 @@ void run_gemm_sums(const std::vector<GemmSum<scalar_t>>& sums) {
       packed[s].push_back(p);
     }
   }
+  // Likewise a native sum cut into several row blocks: each block's GEMM would copy the B
+  // columns it reads into panels, the same columns once per row block (4 times for a
+  // weight gradient of the LSTM training step at (100, 64, 512, 512)). Training step,
+  // medians of 9, same build with and without (Intel Xeon with AMX, 2 threads): LSTM
+  // (100, 64, 512, 512) 373-377 -> 343-361 ms, GRU 283-291 -> 267-275, LSTM (1000, 8,
+  // 256, 256) 140-144 -> 134-138, LSTM (100, 16, 128, 128) 7.5-7.9 -> 7.4-7.7.
+  std::vector<std::vector<at::Tensor>> native(sums.size());
+  const int64_t width = gemm_kernels<scalar_t>().width;
+  for (size_t s = 0; s < sums.size(); ++s) {
+    const GemmSum<scalar_t>& g = sums[s];
+    if (!packed[s].empty() || g.m == 0 || g.n == 0) continue;
+    int64_t k = 0;
+    for (const GemmTerm<scalar_t>& t : g.terms) k += t.k;
+    if (gemm_blocks(g.m, g.n, k).rows() <= 1) continue;
+    for (const GemmTerm<scalar_t>& t : g.terms) {
+      const int64_t panels = ceil_div(g.n, width);
+      at::Tensor p = cached_empty({panels, t.k, width},
+                                  at::TensorOptions().dtype(c10::CppTypeToScalarType<scalar_t>::value));
+      scalar_t* dst = p.template mutable_data_ptr<scalar_t>();
+      at::parallel_for(0, panels, 1, [&](int64_t p0, int64_t p1) {
+        for (int64_t q = p0; q < p1; ++q) {
+          const int64_t j0 = q * width, cols = std::min(width, g.n - j0);
+          for (int64_t kk = 0; kk < t.k; ++kk) {
+            const scalar_t* row = t.b + kk * t.ldb + j0;
+            std::copy(row, row + cols, dst + (q * t.k + kk) * width);
+          }
+        }
+      });
+      native[s].push_back(p);
+    }
+  }
   for (size_t s = 0; s < sums.size(); ++s) {
     for (const GemmTerm<scalar_t>& t : sums[s].terms) {
       TORCH_INTERNAL_ASSERT(t.b_bf16 == nullptr || !packed[s].empty() || sums[s].m == 0 ||
@@ -306,6 +337,9 @@ void run_gemm_sums(const std::vector<GemmSum<scalar_t>>& sums) {
           const at::Tensor& p = packed[blocks[i].sum][ti];
           b = {nullptr, 0, 0, 0, reinterpret_cast<const uint16_t*>(p.const_data_ptr()),
                bf16_panel_elements(t.k)};
+        } else if (!native[blocks[i].sum].empty()) {
+          b = {native[blocks[i].sum][ti].template const_data_ptr<scalar_t>(), width,
+               t.k * width, width};
         }
         tile_gemm<scalar_t>(bl.mi, bl.ni, t.k, a.from_row(bl.i0), b.from_column(bl.j0), beta,
                             g.c + bl.i0 * g.ldc + bl.j0, g.ldc, g.precision);
