@@ -90,49 +90,50 @@ GATEDRNN_BF16_TARGET inline void convert32(const float* x, int64_t count, uint16
   _mm512_storeu_si512(dst, v);
 }
 
+// 16 columns of B's rows kk and kk + 1 from row on (the next row ld further; zeros past
+// `count` columns and for a row past k) as 16 dwords, row kk's element in the low half:
+// float32 rounded, or bfloat16 as it is.
+GATEDRNN_BF16_TARGET inline __m512i row_pairs(const float* row, int64_t ld, bool second,
+                                              int64_t count) {
+  const __m512 y = second ? load_or_zero(row + ld, count) : _mm512_setzero_ps();
+  return pairs(load_or_zero(row, count), y);
+}
+GATEDRNN_BF16_TARGET inline __m512i row_pairs(const uint16_t* row, int64_t ld, bool second,
+                                              int64_t count) {
+  const __mmask16 mask = __mmask16((1u << std::clamp<int64_t>(count, 0, 16)) - 1);
+  const __m512i x = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask, row));
+  if (!second) return x;
+  const __m512i y = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask, row + ld));
+  return _mm512_or_si512(x, _mm512_slli_epi32(y, 16));
+}
+
 // The panels of B (gemm_bf16.h) from B's rows, b(kk, j) = src[kk * ldb + j]: two rows of k
 // at a time, 16 columns per vector.
-GATEDRNN_BF16_TARGET void pack_b_rows(const float* src, int64_t ldb, int64_t k, int64_t n,
-                                      uint16_t* dst) {
+template <typename T>
+GATEDRNN_BF16_TARGET void pack_rows(const T* src, int64_t ldb, int64_t k, int64_t n,
+                                    uint16_t* dst) {
   const int64_t kp = bf16_padded_k(k), panel = kp * kBf16PanelWidth;
   for (int64_t p = 0; p * kBf16PanelWidth < n; ++p) {
     const int64_t j0 = p * kBf16PanelWidth, cols = std::min(kBf16PanelWidth, n - j0);
     uint16_t* out = dst + p * panel;
     for (int64_t kk = 0; kk < kp; kk += 2) {
       for (int64_t half = 0; half < 2; ++half) {
-        const int64_t c = cols - 16 * half;
-        const __m512 x = kk < k ? load_or_zero(src + kk * ldb + j0 + 16 * half, c)
-                                : _mm512_setzero_ps();
-        const __m512 y = kk + 1 < k ? load_or_zero(src + (kk + 1) * ldb + j0 + 16 * half, c)
-                                    : _mm512_setzero_ps();
-        _mm512_storeu_si512(out + kk * kBf16PanelWidth + 32 * half, pairs(x, y));
+        const __m512i v = kk < k ? row_pairs(src + kk * ldb + j0 + 16 * half, ldb, kk + 1 < k,
+                                             cols - 16 * half)
+                                 : _mm512_setzero_si512();
+        _mm512_storeu_si512(out + kk * kBf16PanelWidth + 32 * half, v);
       }
     }
   }
 }
 
-// The panels of B from bfloat16 rows (bits), b(kk, j) = src[kk * ldb + j], as they are: the
-// pair of rows kk, kk + 1 as one dword per column (kk's in the low half).
+GATEDRNN_BF16_TARGET void pack_b_rows(const float* src, int64_t ldb, int64_t k, int64_t n,
+                                      uint16_t* dst) {
+  pack_rows(src, ldb, k, n, dst);
+}
 GATEDRNN_BF16_TARGET void pack_b_rows_bf16(const uint16_t* src, int64_t ldb, int64_t k,
                                            int64_t n, uint16_t* dst) {
-  const int64_t kp = bf16_padded_k(k), panel = kp * kBf16PanelWidth;
-  const auto row16 = [&](int64_t kk, int64_t j, int64_t count) {
-    if (kk >= k || count <= 0) return _mm512_setzero_si512();
-    const __mmask16 mask = count >= 16 ? __mmask16(0xffff) : __mmask16((1u << count) - 1);
-    return _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask, src + kk * ldb + j));
-  };
-  for (int64_t p = 0; p * kBf16PanelWidth < n; ++p) {
-    const int64_t j0 = p * kBf16PanelWidth, cols = std::min(kBf16PanelWidth, n - j0);
-    uint16_t* out = dst + p * panel;
-    for (int64_t kk = 0; kk < kp; kk += 2) {
-      for (int64_t half = 0; half < 2; ++half) {
-        const int64_t c = cols - 16 * half, j = j0 + 16 * half;
-        const __m512i pair = _mm512_or_si512(row16(kk, j, c),
-                                             _mm512_slli_epi32(row16(kk + 1, j, c), 16));
-        _mm512_storeu_si512(out + kk * kBf16PanelWidth + 32 * half, pair);
-      }
-    }
-  }
+  pack_rows(src, ldb, k, n, dst);
 }
 
 // 32 consecutive k of a column from col on (zeros past `count` of them), as 16 pairs of
