@@ -67,6 +67,7 @@ inline UnitBlocks unit_blocks(int64_t units, int64_t cols_per_unit, int64_t k, i
 class TeamMember {
  public:
   TeamMember(int64_t id, int64_t size) : id_(id), size_(size) {}
+  int64_t id() const { return id_; }
   // This thread's share [first, last) of `count` blocks: contiguous, fixed per thread.
   std::pair<int64_t, int64_t> share(int64_t count) const {
     return {count * id_ / size_, count * (id_ + 1) / size_};

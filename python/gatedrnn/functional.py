@@ -1,6 +1,7 @@
 """Functional API over the torch.ops.gatedrnn ops.
 
-Single layer, single direction: lstm, gru, rnn. Shapes (T steps, N batch, I input
+Single layer, single direction: lstm, gru, rnn, and the layer-normalized cells
+layer_norm_lstm, layer_norm_gru (reference.py has their math). Shapes (T steps, N batch, I input
 features, H hidden size, P = proj_size or H):
   input        [T, N, I] padded, or packed data [R, I] with batch_sizes [T] (int64, CPU)
   hx           lstm: (h0 [N, P], c0 [N, H]); gru/rnn: h0 [N, H]; None means zeros
@@ -18,7 +19,7 @@ from . import _build_info
 from . import _C  # noqa: F401  (defines the op schemas)
 from . import ops  # noqa: F401  (fake kernels and autograd)
 
-__all__ = ["lstm", "gru", "rnn", "stacked"]
+__all__ = ["lstm", "gru", "rnn", "layer_norm_lstm", "layer_norm_gru", "stacked"]
 
 
 def _batch(input: Tensor, batch_sizes: Optional[Tensor]) -> int:
@@ -61,16 +62,16 @@ def _zeros(input: Tensor, batch: int, size: int) -> Tensor:
 _COMPUTED_IN_FLOAT32 = (torch.float16,)
 
 
-def _computed_in_float32(input: Tensor, relu: bool = False) -> bool:
+def _computed_in_float32(input: Tensor, bf16: bool = False) -> bool:
     return input.device.type == "cpu" and (
-        input.dtype in _COMPUTED_IN_FLOAT32 or (relu and input.dtype == torch.bfloat16))
+        input.dtype in _COMPUTED_IN_FLOAT32 or (bf16 and input.dtype == torch.bfloat16))
 
 
-def _in_float32(op: str, input: Tensor, tensors: dict, relu: bool = False):
+def _in_float32(op: str, input: Tensor, tensors: dict, bf16: bool = False):
     """(input, tensors) as float32 copies if input is a CPU tensor of a dtype computed in
-    float32 (float16; bfloat16 for the ReLU RNN), else None. Every tensor must have
-    input's dtype, as the ops require."""
-    if not _computed_in_float32(input, relu):
+    float32 (float16; bfloat16 too where bf16: the ReLU RNN, the layer-normalized cells),
+    else None. Every tensor must have input's dtype, as the ops require."""
+    if not _computed_in_float32(input, bf16):
         return None
     for name, t in tensors.items():
         if t is not None and t.dtype != input.dtype:
@@ -160,7 +161,7 @@ def rnn(input: Tensor, hx: Optional[Tensor] = None, *, w_ih: Tensor, w_hh: Tenso
     if hx is None:
         hx = _zeros(input, _batch(input, batch_sizes), w_hh.shape[1])
     widened = _in_float32("rnn_forward", input, dict(h0=hx, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih,
-                                                     b_hh=b_hh), relu=nonlinearity == "relu")
+                                                     b_hh=b_hh), bf16=nonlinearity == "relu")
     if widened is not None:
         x, a = widened
         output, h_n = rnn(x, a.pop("h0"), **a, nonlinearity=nonlinearity,
@@ -171,9 +172,99 @@ def rnn(input: Tensor, hx: Optional[Tensor] = None, *, w_ih: Tensor, w_hh: Tenso
                  input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, nonlinearity, reverse)
 
 
+def _layer_norm_arguments(op: str, input: Tensor, tensors: dict):
+    """The layer-normalized cells' checks and casts, before their ops: CPU only; under
+    autocast every float tensor in the weights' dtype (their LayerNorms run in float32,
+    as torch.nn.LayerNorm does under autocast)."""
+    if input.device.type != "cpu":
+        raise RuntimeError(f"gatedrnn.{op}: input is on {input.device}; the layer-normalized "
+                           f"cells have CPU kernels only so far")
+    if torch.is_autocast_enabled("cpu"):
+        dtype = tensors["w_ih"].dtype
+        input = input.to(dtype) if input.is_floating_point() else input
+        tensors = {n: t.to(dtype) if t is not None and t.is_floating_point() else t
+                   for n, t in tensors.items()}
+    return input, tensors
+
+
+def layer_norm_lstm(input: Tensor, hx=None, *, w_ih: Tensor, w_hh: Tensor,
+                    b_ih: Optional[Tensor] = None, b_hh: Optional[Tensor] = None,
+                    ln_ih_weight: Tensor, ln_ih_bias: Optional[Tensor] = None,
+                    ln_hh_weight: Tensor, ln_hh_bias: Optional[Tensor] = None,
+                    ln_cell_weight: Tensor, ln_cell_bias: Optional[Tensor] = None,
+                    batch_sizes: Optional[Tensor] = None, reverse: bool = False):
+    """One layer-normalized LSTM layer in one direction (Ba et al. 2016; reference.py):
+    gates = LN_ih(x W_ih^T) + LN_hh(h W_hh^T) + b_ih + b_hh, each LN over all 4H gates with
+    gain ln_*_weight and shift ln_*_bias (None: no shift), c' = s(f) c + s(i) tanh(g),
+    h' = s(o) tanh(LN_cell(c')). Returns (output, (h_n, c_n)). float16 and bfloat16 on the
+    CPU are computed in float32."""
+    if hx is None:
+        batch = _batch(input, batch_sizes)
+        hidden = w_ih.shape[0] // 4
+        hx = (_zeros(input, batch, hidden), _zeros(input, batch, hidden))
+    op = "layer_norm_lstm_forward"
+    input, a = _layer_norm_arguments(op, input, dict(
+        h0=hx[0], c0=hx[1], w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh,
+        ln_ih_weight=ln_ih_weight, ln_ih_bias=ln_ih_bias, ln_hh_weight=ln_hh_weight,
+        ln_hh_bias=ln_hh_bias, ln_cell_weight=ln_cell_weight, ln_cell_bias=ln_cell_bias))
+    widened = _in_float32(op, input, a, bf16=True)
+    if widened is not None:
+        x, w = widened
+        output, (h_n, c_n) = layer_norm_lstm(x, (w.pop("h0"), w.pop("c0")), **w,
+                                             batch_sizes=batch_sizes, reverse=reverse)
+        return output.to(input.dtype), (h_n.to(input.dtype), c_n.to(input.dtype))
+    needs_grad = _needs_grad(input, *a.values())
+    output, h_n, c_n, _ = _call(torch.ops.gatedrnn.layer_norm_lstm_forward, needs_grad,
+                                batch_sizes, input, batch_sizes, *a.values(), reverse,
+                                needs_grad)
+    return output, (h_n, c_n)
+
+
+def layer_norm_gru(input: Tensor, hx: Optional[Tensor] = None, *, w_ih: Tensor, w_hh: Tensor,
+                   b_ih: Optional[Tensor] = None, b_hh: Optional[Tensor] = None,
+                   ln_ih_weight: Tensor, ln_ih_bias: Optional[Tensor] = None,
+                   ln_hh_weight: Tensor, ln_hh_bias: Optional[Tensor] = None,
+                   batch_sizes: Optional[Tensor] = None, reverse: bool = False):
+    """One layer-normalized GRU layer in one direction (reference.py): gx = LN_ih(x W_ih^T)
+    + b_ih, gh = LN_hh(h W_hh^T) + b_hh, each LN over all 3H gates, then torch.nn.GRU's
+    r, z, n and h' from gx and gh. Returns (output, h_n). float16 and bfloat16 on the CPU
+    are computed in float32."""
+    if hx is None:
+        hx = _zeros(input, _batch(input, batch_sizes), w_ih.shape[0] // 3)
+    op = "layer_norm_gru_forward"
+    input, a = _layer_norm_arguments(op, input, dict(
+        h0=hx, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh, ln_ih_weight=ln_ih_weight,
+        ln_ih_bias=ln_ih_bias, ln_hh_weight=ln_hh_weight, ln_hh_bias=ln_hh_bias))
+    widened = _in_float32(op, input, a, bf16=True)
+    if widened is not None:
+        x, w = widened
+        output, h_n = layer_norm_gru(x, w.pop("h0"), **w, batch_sizes=batch_sizes,
+                                     reverse=reverse)
+        return output.to(input.dtype), h_n.to(input.dtype)
+    needs_grad = _needs_grad(input, *a.values())
+    output, h_n, _ = _call(torch.ops.gatedrnn.layer_norm_gru_forward, needs_grad, batch_sizes,
+                           input, batch_sizes, *a.values(), reverse, needs_grad)
+    return output, h_n
+
+
+_NORM_NAMES = {"LayerNormLSTM": ("ln_ih_weight", "ln_ih_bias", "ln_hh_weight", "ln_hh_bias",
+                                 "ln_cell_weight", "ln_cell_bias"),
+               "LayerNormGRU": ("ln_ih_weight", "ln_ih_bias", "ln_hh_weight", "ln_hh_bias")}
+
+
 def _run_layer(mode: str, input, batch_sizes, states, weights, reverse, nonlinearity):
     """One layer-direction; states is a tuple of [N, *] tensors, returns (output, states)."""
-    w_ih, w_hh, b_ih, b_hh, w_hr = weights
+    w_ih, w_hh, b_ih, b_hh, w_hr = weights[:5]
+    if mode in _NORM_NAMES:
+        norms = dict(zip(_NORM_NAMES[mode], weights[5]))
+        if mode == "LayerNormLSTM":
+            out, (h, c) = layer_norm_lstm(input, states, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih,
+                                          b_hh=b_hh, **norms, batch_sizes=batch_sizes,
+                                          reverse=reverse)
+            return out, (h, c)
+        out, h = layer_norm_gru(input, states[0], w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh,
+                                **norms, batch_sizes=batch_sizes, reverse=reverse)
+        return out, (h,)
     if mode == "LSTM":
         out, (h, c) = lstm(input, states, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh,
                            w_hr=w_hr, batch_sizes=batch_sizes, reverse=reverse)
@@ -192,10 +283,13 @@ def stacked(mode: str, input: Tensor, states: Sequence[Tensor], weights, *, num_
             training: bool = False, nonlinearity: str = "tanh"):
     """Multi-layer, optionally bidirectional network over the single-layer ops.
 
-    mode: "LSTM", "GRU" or "RNN". input: [T, N, I] or packed [R, I] with batch_sizes.
+    mode: "LSTM", "GRU", "RNN", "LayerNormLSTM" or "LayerNormGRU". input: [T, N, I] or
+    packed [R, I] with batch_sizes.
     states: per state kind (h, and c for LSTM), a [num_layers * num_directions, N, *] tensor.
     weights: per layer-direction (layer-major, forward first), the tuple
-      (w_ih, w_hh, b_ih, b_hh, w_hr) with None for absent ones.
+      (w_ih, w_hh, b_ih, b_hh, w_hr) with None for absent ones; the layer-normalized cells
+      add a sixth entry, the tuple of their LayerNorms' gains and shifts in the order of
+      layer_norm_lstm's (layer_norm_gru's) keyword arguments.
     Dropout (training only) is applied to the output of every layer but the last.
     Returns (output, final states shaped like states).
     """
@@ -203,17 +297,25 @@ def stacked(mode: str, input: Tensor, states: Sequence[Tensor], weights, *, num_
     # layer, so the layers pass float32 to each other and only the results are rounded.
     # (Rounded between layers, a ReLU pre-activation near 0 can change sign, and with it a
     # whole gradient entry: seen in tests/test_reduced_precision.py.)
+    # The layer-normalized cells widen bfloat16 too (their ops take float32 and float64).
     named = {f"states[{k}]": s for k, s in enumerate(states)}
     for index, layer_weights in enumerate(weights):
-        named.update({f"{name} of layer-direction {index}": w for name, w in
-                      zip(("w_ih", "w_hh", "b_ih", "b_hh", "w_hr"), layer_weights)})
-    widened = _in_float32(mode, input, named, relu=mode == "RNN" and nonlinearity == "relu")
+        names = ("w_ih", "w_hh", "b_ih", "b_hh", "w_hr") + _NORM_NAMES.get(mode, ())
+        flat = tuple(layer_weights[:5]) + tuple(layer_weights[5] if len(layer_weights) > 5 else ())
+        named.update({f"{name} of layer-direction {index}": w for name, w in zip(names, flat)})
+    widened = _in_float32(mode, input, named,
+                          bf16=(mode == "RNN" and nonlinearity == "relu") or mode in _NORM_NAMES)
     if widened is not None:
         x, a = widened
         wide = list(a.values())
+        per = 5 + len(_NORM_NAMES.get(mode, ()))
+
+        def layer(i):
+            w = wide[len(states) + per * i:len(states) + per * (i + 1)]
+            return tuple(w) if per == 5 else (*w[:5], tuple(w[5:]))
+
         output, finals = stacked(
-            mode, x, wide[:len(states)],
-            [tuple(wide[len(states) + 5 * i:len(states) + 5 * i + 5]) for i in range(len(weights))],
+            mode, x, wide[:len(states)], [layer(i) for i in range(len(weights))],
             num_layers=num_layers, bidirectional=bidirectional, batch_sizes=batch_sizes,
             dropout=dropout, training=training, nonlinearity=nonlinearity)
         return output.to(input.dtype), tuple(f.to(input.dtype) for f in finals)

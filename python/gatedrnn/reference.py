@@ -21,6 +21,14 @@ Math (as torch.nn):
   GRU   r, z, n: x W_ih^T + b_ih = (xr, xz, xn), h W_hh^T + b_hh = (hr, hz, hn)
         r = sigmoid(xr + hr), z = sigmoid(xz + hz), n = tanh(xn + r hn),  h' = (1 - z) n + z h
   RNN   h' = act(x W_ih^T + b_ih + h W_hh^T + b_hh), act = tanh or relu
+
+The layer-normalized cells (LayerNormLSTM, LayerNormGRU), LN(v) = gain * (v - mean(v)) /
+sqrt(var(v) + 1e-5) + shift over the whole vector v, biased variance (torch.nn.LayerNorm's):
+  LayerNormLSTM  i, f, g, o = chunks of LN_x(x W_ih^T) + LN_h(h W_hh^T) + b_ih + b_hh
+        (each LN over all 4H gates), c' = sigmoid(f) c + sigmoid(i) tanh(g),
+        h' = sigmoid(o) tanh(LN_c(c'))
+  LayerNormGRU   gx = LN_x(x W_ih^T) + b_ih, gh = LN_h(h W_hh^T) + b_hh (each LN over 3H),
+        then the GRU's r, z, n and h' from gx and gh as above
 """
 from typing import Callable, List, Optional, Sequence, Tuple
 
@@ -80,16 +88,20 @@ def lstm(input: Tensor, batch_sizes: Optional[Tensor], h0: Tensor, c0: Tensor, w
     return output, h_n, c_n
 
 
+def _gru_update(gx: Tensor, gh: Tensor, h: Tensor) -> Tensor:
+    """The GRU's new state from gx = (xr, xz, xn) and gh = (hr, hz, hn), biases included."""
+    xr, xz, xn = gx.chunk(3, dim=1)
+    hr, hz, hn = gh.chunk(3, dim=1)
+    r = torch.sigmoid(xr + hr)
+    z = torch.sigmoid(xz + hz)
+    n = torch.tanh(xn + r * hn)
+    return (1 - z) * n + z * h
+
+
 def gru(input: Tensor, batch_sizes: Optional[Tensor], h0: Tensor, w_ih: Tensor, w_hh: Tensor,
         b_ih: Optional[Tensor], b_hh: Optional[Tensor], reverse: bool) -> Tuple[Tensor, Tensor]:
     def step(x, state):
-        (h,) = state
-        xr, xz, xn = _linear(x, w_ih, b_ih).chunk(3, dim=1)
-        hr, hz, hn = _linear(h, w_hh, b_hh).chunk(3, dim=1)
-        r = torch.sigmoid(xr + hr)
-        z = torch.sigmoid(xz + hz)
-        n = torch.tanh(xn + r * hn)
-        h = (1 - z) * n + z * h
+        h = _gru_update(_linear(x, w_ih, b_ih), _linear(state[0], w_hh, b_hh), state[0])
         return h, (h,)
 
     output, (h_n,) = _run(input, batch_sizes, (h0,), reverse, step)
@@ -104,6 +116,51 @@ def rnn(input: Tensor, batch_sizes: Optional[Tensor], h0: Tensor, w_ih: Tensor, 
     def step(x, state):
         (h,) = state
         h = act(_linear(x, w_ih, b_ih) + _linear(h, w_hh, b_hh))
+        return h, (h,)
+
+    output, (h_n,) = _run(input, batch_sizes, (h0,), reverse, step)
+    return output, h_n
+
+
+def _layer_norm(v: Tensor, gain: Tensor, shift: Optional[Tensor]) -> Tensor:
+    """LayerNorm of each row of v over its last dimension, from the definition."""
+    mean = v.mean(dim=-1, keepdim=True)
+    var = ((v - mean) ** 2).mean(dim=-1, keepdim=True)
+    y = (v - mean) / torch.sqrt(var + 1e-5) * gain
+    return y if shift is None else y + shift
+
+
+def _add(v: Tensor, b: Optional[Tensor]) -> Tensor:
+    return v if b is None else v + b
+
+
+def layer_norm_lstm(input: Tensor, batch_sizes: Optional[Tensor], h0: Tensor, c0: Tensor,
+                    w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor], b_hh: Optional[Tensor],
+                    ln_ih_weight: Tensor, ln_ih_bias: Optional[Tensor], ln_hh_weight: Tensor,
+                    ln_hh_bias: Optional[Tensor], ln_cell_weight: Tensor,
+                    ln_cell_bias: Optional[Tensor], reverse: bool) -> Tuple[Tensor, Tensor, Tensor]:
+    def step(x, state):
+        h, c = state
+        gates = (_layer_norm(x @ w_ih.t(), ln_ih_weight, ln_ih_bias)
+                 + _layer_norm(h @ w_hh.t(), ln_hh_weight, ln_hh_bias))
+        i, f, g, o = _add(_add(gates, b_ih), b_hh).chunk(4, dim=1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        h = torch.sigmoid(o) * torch.tanh(_layer_norm(c, ln_cell_weight, ln_cell_bias))
+        return h, (h, c)
+
+    output, (h_n, c_n) = _run(input, batch_sizes, (h0, c0), reverse, step)
+    return output, h_n, c_n
+
+
+def layer_norm_gru(input: Tensor, batch_sizes: Optional[Tensor], h0: Tensor, w_ih: Tensor,
+                   w_hh: Tensor, b_ih: Optional[Tensor], b_hh: Optional[Tensor],
+                   ln_ih_weight: Tensor, ln_ih_bias: Optional[Tensor], ln_hh_weight: Tensor,
+                   ln_hh_bias: Optional[Tensor], reverse: bool) -> Tuple[Tensor, Tensor]:
+    def step(x, state):
+        (h,) = state
+        gx = _add(_layer_norm(x @ w_ih.t(), ln_ih_weight, ln_ih_bias), b_ih)
+        gh = _add(_layer_norm(h @ w_hh.t(), ln_hh_weight, ln_hh_bias), b_hh)
+        h = _gru_update(gx, gh, h)
         return h, (h,)
 
     output, (h_n,) = _run(input, batch_sizes, (h0,), reverse, step)

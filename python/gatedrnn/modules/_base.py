@@ -31,6 +31,8 @@ class FusedRNNMixin:
     """forward() for LSTM/GRU/RNN subclasses. `_mode` is "LSTM", "GRU" or "RNN"."""
 
     _mode = ""
+    # The mode F.stacked runs (the layer-normalized modules: theirs); else _mode.
+    _stacked_mode = ""
 
     def _state_sizes(self):
         proj = getattr(self, "proj_size", 0)
@@ -170,7 +172,7 @@ class FusedRNNMixin:
             states = self._lstm_cell_state_dtype(states, data.dtype)
 
         output, finals = F.stacked(
-            self._mode, data, states, self._layer_weights(), num_layers=self.num_layers,
+            self._stacked_mode or self._mode, data, states, self._layer_weights(), num_layers=self.num_layers,
             bidirectional=self.bidirectional, batch_sizes=batch_sizes, dropout=self.dropout,
             training=self.training, nonlinearity=getattr(self, "nonlinearity", "tanh"))
         hidden = self._from_tuple(finals)

@@ -2,4 +2,4 @@
 
 Importing this package requires gatedrnn._C, which defines the op schemas.
 """
-from . import gru, lstm, rnn  # noqa: F401
+from . import gru, layer_norm_gru, layer_norm_lstm, lstm, rnn  # noqa: F401

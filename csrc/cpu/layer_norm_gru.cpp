@@ -1,0 +1,214 @@
+// The layer-normalized GRU over one direction of a (possibly packed) sequence, on the
+// CPU. Gate order r, z, n as torch.nn.GRU's; each LayerNorm is over the whole 3H row, with
+// its own gain and shift:
+//   gx = LN_x(W_ih x) + b_ih,  gh = LN_h(W_hh h) + b_hh
+//   r = s(gx_r + gh_r), z = s(gx_z + gh_z), n = tanh(gx_n + r gh_n),  h' = (1 - z) n + z h
+// The loops are layer_norm_rnn.h's; this file has the cell's pointwise passes.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <tuple>
+
+#include "layer_norm_rnn.h"
+
+namespace gatedrnn {
+namespace {
+
+constexpr int64_t kGates = 3;
+constexpr const char* kForward = "gatedrnn.layer_norm_gru_forward";
+constexpr const char* kBackward = "gatedrnn.layer_norm_gru_backward";
+
+// A workspace row (what the backward reads of a step's row), with H hidden units:
+struct Layout {
+  int64_t H;
+  int64_t xhat_x() const { return 0; }           // [3H] LN_x's normalized W_ih x
+  int64_t xhat_h() const { return 3 * H; }       // [3H] LN_h's normalized W_hh h
+  int64_t gates() const { return 6 * H; }        // [3H] r, z, n
+  int64_t hidden_n() const { return 9 * H; }     // [H] gh_n
+  int64_t rstd_x() const { return 10 * H; }      // 1 / sqrt(var + eps) of W_ih x
+  int64_t rstd_h() const { return 10 * H + 1; }  // ... of W_hh h
+  int64_t width() const { return 10 * H + 2; }
+};
+
+//   x: [R, I], w_ih: [3H, I], w_hh: [3H, H]; gain_x, gain_h: [3H]; shift_x, shift_h: [3H]
+//   b_ih + LN_x's shift, b_hh + LN_h's; out: [R, H], h_state: [N, H] (initial in, final
+//   out); ws: [R, width] or undefined (inference)
+template <typename scalar_t>
+void forward_impl(const Schedule& s, int64_t H, const at::Tensor& x, const at::Tensor& w_ih,
+                  const at::Tensor& w_hh, const scalar_t* gain_x, const scalar_t* gain_h,
+                  const scalar_t* shift_x, const scalar_t* shift_h, at::Tensor& out,
+                  at::Tensor& h_state, at::Tensor& ws) {
+  const Layout L{H};
+  const int64_t G = kGates * H, N = s.batch;
+  at::Tensor xhat = ws.defined() ? ws : cached_empty({s.rows, G}, x.options());
+  const int64_t xhat_ld = xhat.size(1);
+  scalar_t* xh = xhat.mutable_data_ptr<scalar_t>();
+  scalar_t* wsp = ws.defined() ? ws.mutable_data_ptr<scalar_t>() : nullptr;
+  normalized_input_projection<scalar_t>(x, w_ih, xh, xhat_ld, wsp ? wsp + L.rstd_x() : nullptr,
+                                        L.width());
+  at::Tensor gh = at::empty({N, G}, x.options());
+  scalar_t* hs = h_state.mutable_data_ptr<scalar_t>();
+  scalar_t* outp = out.mutable_data_ptr<scalar_t>();
+  const auto row = [&](int64_t, int64_t b, int64_t r, const scalar_t* a, scalar_t* scratch) {
+    scalar_t* w = wsp ? wsp + r * L.width() : scratch;
+    const scalar_t* xx = xh + r * xhat_ld;
+    scalar_t* xhh = w + L.xhat_h();
+    scalar_t* gate = w + L.gates();
+    scalar_t* hn = w + L.hidden_n();
+    scalar_t* h = hs + b * H;
+    const auto [mean_h, rstd_h] = row_stats(a, G);
+    for (int64_t j = 0; j < G; ++j) xhh[j] = (a[j] - mean_h) * rstd_h;
+    const auto in_x = [&](int64_t j) { return gain_x[j] * xx[j] + shift_x[j]; };
+    const auto in_h = [&](int64_t j) { return gain_h[j] * xhh[j] + shift_h[j]; };
+    for (int64_t j = 0; j < H; ++j) {
+      const scalar_t rg = sigmoid(in_x(j) + in_h(j));
+      const scalar_t zg = sigmoid(in_x(H + j) + in_h(H + j));
+      hn[j] = in_h(2 * H + j);
+      const scalar_t ng = std::tanh(in_x(2 * H + j) + rg * hn[j]);
+      gate[j] = rg;
+      gate[H + j] = zg;
+      gate[2 * H + j] = ng;
+      const scalar_t h_new = (scalar_t(1) - zg) * ng + zg * h[j];
+      outp[r * H + j] = h_new;
+      h[j] = h_new;
+    }
+    w[L.rstd_h()] = rstd_h;
+  };
+  layer_norm_forward_loop<scalar_t>(s, w_hh, hs, gh.mutable_data_ptr<scalar_t>(), L.width(),
+                                    row);
+}
+
+at::Tensor shift_of(const std::optional<at::Tensor>& bias, const at::Tensor& ln_bias,
+                    int64_t size, const at::TensorOptions& opts) {
+  at::Tensor shift = optional_bias(bias, size, opts).clone();
+  if (ln_bias.defined()) shift.add_(ln_bias);
+  return shift;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_gru_forward(
+    const at::Tensor& input, const std::optional<at::Tensor>& batch_sizes, const at::Tensor& h0,
+    const at::Tensor& w_ih, const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih,
+    const std::optional<at::Tensor>& b_hh, const at::Tensor& ln_ih_weight,
+    const std::optional<at::Tensor>& ln_ih_bias, const at::Tensor& ln_hh_weight,
+    const std::optional<at::Tensor>& ln_hh_bias, bool reverse, bool need_workspace) {
+  const RnnShapes sh = check_layer_norm_args(kForward, kGates, input, batch_sizes, h0, nullptr,
+                                             w_ih, w_hh, b_ih, b_hh, reverse);
+  const Schedule& s = sh.schedule;
+  const int64_t H = sh.hidden_size, G = kGates * H;
+  const at::Tensor gx = layer_norm_param(kForward, input, ln_ih_weight, "ln_ih_weight", G, true);
+  const at::Tensor bx = layer_norm_param(kForward, input, ln_ih_bias, "ln_ih_bias", G, false);
+  const at::Tensor gh = layer_norm_param(kForward, input, ln_hh_weight, "ln_hh_weight", G, true);
+  const at::Tensor bh = layer_norm_param(kForward, input, ln_hh_bias, "ln_hh_bias", G, false);
+  const at::Tensor x = input.contiguous().view({s.rows, sh.input_size});
+  const auto opts = x.options();
+  const at::Tensor shift_x = shift_of(b_ih, bx, G, opts), shift_h = shift_of(b_hh, bh, G, opts);
+  at::Tensor out = at::empty({s.rows, H}, opts);
+  at::Tensor h_state = h0.contiguous().clone();
+  at::Tensor ws = at::empty({need_workspace ? s.rows : 0, Layout{H}.width()}, opts);
+  at::Tensor ws_arg = need_workspace ? ws : at::Tensor();
+  const at::Tensor wih = w_ih.contiguous(), whh = w_hh.contiguous();
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), kForward, [&] {
+    forward_impl<scalar_t>(s, H, x, wih, whh, gx.const_data_ptr<scalar_t>(),
+                           gh.const_data_ptr<scalar_t>(), shift_x.const_data_ptr<scalar_t>(),
+                           shift_h.const_data_ptr<scalar_t>(), out, h_state, ws_arg);
+  });
+  return {shaped_like_input(out, input), h_state, ws};
+}
+
+// The gradients the backward loop leaves per row, for the sums and GEMMs after it:
+//   dx_pre [R, 3H] of gx, dh_pre [R, 3H] of gh (both after their LayerNorms), dgh [R, 3H]
+//   of W_hh h (before LN_h)
+template <typename scalar_t>
+void backward_impl(const Schedule& s, int64_t H, const scalar_t* go, const at::Tensor& out,
+                   const at::Tensor& h0, const at::Tensor& w_hh, const scalar_t* gain_h,
+                   const at::Tensor& ws, at::Tensor& dh_state, at::Tensor& dx_pre,
+                   at::Tensor& dh_pre, at::Tensor& dgh) {
+  const Layout L{H};
+  const int64_t G = kGates * H;
+  const scalar_t* wsp = ws.const_data_ptr<scalar_t>();
+  const scalar_t* outp = out.const_data_ptr<scalar_t>();
+  const scalar_t* h0p = h0.const_data_ptr<scalar_t>();
+  scalar_t* dhs = dh_state.mutable_data_ptr<scalar_t>();
+  scalar_t* dxp = dx_pre.mutable_data_ptr<scalar_t>();
+  scalar_t* dhp = dh_pre.mutable_data_ptr<scalar_t>();
+  scalar_t* dg = dgh.mutable_data_ptr<scalar_t>();
+  const auto row = [&](int64_t k, int64_t b, int64_t r) {
+    const scalar_t* w = wsp + r * L.width();
+    const scalar_t* gate = w + L.gates();
+    const scalar_t* hn = w + L.hidden_n();
+    const scalar_t* h_prev = previous_rows(s, k, outp, H, h0p, H).row(b);
+    scalar_t* dx_r = dxp + r * G;
+    scalar_t* dh_r = dhp + r * G;
+    scalar_t* dh = dhs + b * H;
+    for (int64_t j = 0; j < H; ++j) {
+      const scalar_t rg = gate[j], zg = gate[H + j], ng = gate[2 * H + j];
+      const scalar_t d = go[r * H + j] + dh[j];
+      const scalar_t dn = d * (scalar_t(1) - zg) * (scalar_t(1) - ng * ng);
+      const scalar_t dr = dn * hn[j] * rg * (scalar_t(1) - rg);
+      const scalar_t dz = d * (h_prev[j] - ng) * zg * (scalar_t(1) - zg);
+      dx_r[j] = dh_r[j] = dr;
+      dx_r[H + j] = dh_r[H + j] = dz;
+      dx_r[2 * H + j] = dn;
+      dh_r[2 * H + j] = dn * rg;
+      dh[j] = d * zg;  // the GEMM adds the rest of h's gradient
+    }
+    layer_norm_input_grad(G, dh_r, gain_h, w + L.xhat_h(), w[L.rstd_h()], dg + r * G);
+  };
+  layer_norm_backward_loop<scalar_t>(s, w_hh, dhs, dg, scalar_t(1), row);
+}
+
+using Grads = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
+                         at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+
+Grads layer_norm_gru_backward(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
+                              const at::Tensor& input,
+                              const std::optional<at::Tensor>& batch_sizes, const at::Tensor& h0,
+                              const at::Tensor& w_ih, const at::Tensor& w_hh,
+                              const at::Tensor& ln_ih_weight, const at::Tensor& ln_hh_weight,
+                              const at::Tensor& output, const at::Tensor& workspace,
+                              bool reverse) {
+  const RnnShapes sh = check_layer_norm_args(kBackward, kGates, input, batch_sizes, h0, nullptr,
+                                             w_ih, w_hh, std::nullopt, std::nullopt, reverse);
+  const Schedule& s = sh.schedule;
+  const int64_t H = sh.hidden_size, G = kGates * H;
+  const Layout L{H};
+  check_layer_norm_backward(kBackward, sh, L.width(), input, workspace,
+                            output, grad_output, h0, grad_h_n);
+  const at::Tensor gx =
+      layer_norm_param(kBackward, input, ln_ih_weight, "ln_ih_weight", G, true);
+  const at::Tensor gh =
+      layer_norm_param(kBackward, input, ln_hh_weight, "ln_hh_weight", G, true);
+  const at::Tensor ws = workspace.contiguous();
+  const at::Tensor x = input.contiguous().view({s.rows, sh.input_size});
+  const auto opts = x.options();
+  const at::Tensor out = output.contiguous().view({s.rows, H});
+  const at::Tensor h0c = h0.contiguous();
+  const at::Tensor wih = w_ih.contiguous(), whh = w_hh.contiguous();
+  const at::Tensor go = grad_output.contiguous();
+  at::Tensor dh_state = grad_h_n.contiguous().clone();
+  at::Tensor dx_pre = at::empty({s.rows, G}, opts), dh_pre = at::empty({s.rows, G}, opts);
+  at::Tensor dgh = at::empty({s.rows, G}, opts);
+  LayerNormRnnGrads g;
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), kBackward, [&] {
+    backward_impl<scalar_t>(s, H, go.const_data_ptr<scalar_t>(), out, h0c, whh,
+                            gh.const_data_ptr<scalar_t>(), ws, dh_state, dx_pre, dh_pre, dgh);
+    g = layer_norm_rnn_grads<scalar_t>(s, x, wih, out, h0c, ws,
+                                       {L.width(), L.xhat_x(), L.xhat_h(), L.rstd_x()}, dx_pre,
+                                       dh_pre, dgh, gx.const_data_ptr<scalar_t>());
+  });
+  // Each LayerNorm's shift adds where its cell's bias does: the same gradient.
+  return {shaped_like_input(g.grad_input, input), dh_state, g.grad_w_ih, g.grad_w_hh,
+          g.grad_b_ih, g.grad_b_hh, g.grad_gain_x, g.grad_b_ih.clone(), g.grad_gain_h,
+          g.grad_b_hh.clone()};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(gatedrnn, CPU, m) {
+  m.impl("layer_norm_gru_forward", &layer_norm_gru_forward);
+  m.impl("layer_norm_gru_backward", &layer_norm_gru_backward);
+}
+
+}  // namespace gatedrnn

@@ -1,0 +1,274 @@
+// The layer-normalized LSTM (Ba et al. 2016) over one direction of a (possibly packed)
+// sequence, on the CPU. Gate order i, f, g, o as torch.nn.LSTM's; each LayerNorm is over a
+// whole row (the 4H gates together, or the H cells), with its own gain and shift:
+//   gates = LN_x(W_ih x) + LN_h(W_hh h) + b_ih + b_hh
+//   c' = s(f) c + s(i) tanh(g),  h' = s(o) tanh(LN_c(c'))
+// The loops are layer_norm_rnn.h's; this file has the cell's pointwise passes.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <tuple>
+
+#include "layer_norm_rnn.h"
+
+namespace gatedrnn {
+namespace {
+
+constexpr int64_t kGates = 4;
+constexpr const char* kForward = "gatedrnn.layer_norm_lstm_forward";
+constexpr const char* kBackward = "gatedrnn.layer_norm_lstm_backward";
+
+// A workspace row (what the backward reads of a step's row), with H hidden units:
+struct Layout {
+  int64_t H;
+  int64_t xhat_x() const { return 0; }           // [4H] LN_x's normalized W_ih x
+  int64_t xhat_h() const { return 4 * H; }       // [4H] LN_h's normalized W_hh h
+  int64_t gates() const { return 8 * H; }        // [4H] s(i), s(f), tanh(g), s(o)
+  int64_t cell() const { return 12 * H; }        // [H] c', before LN_c
+  int64_t tanh_lc() const { return 13 * H; }     // [H] tanh(LN_c(c'))
+  int64_t rstd_x() const { return 14 * H; }      // 1 / sqrt(var + eps) of W_ih x
+  int64_t rstd_h() const { return 14 * H + 1; }  // ... of W_hh h
+  int64_t rstd_c() const { return 14 * H + 2; }  // ... of c'
+  int64_t mean_c() const { return 14 * H + 3; }  // the mean of c'
+  int64_t width() const { return 14 * H + 4; }
+};
+
+// The LayerNorms' parameters; shifts may be null (bias=False).
+template <typename scalar_t>
+struct Norms {
+  const scalar_t *gain_x, *shift_x, *gain_h, *shift_h, *gain_c, *shift_c;
+};
+
+template <typename scalar_t>
+const scalar_t* data_or_null(const at::Tensor& t) {
+  return t.defined() ? t.const_data_ptr<scalar_t>() : nullptr;
+}
+
+//   x: [R, I], w_ih: [4H, I], w_hh: [4H, H]; shift: [4H] b_ih + b_hh + the LN_x and LN_h
+//   shifts; out: [R, H], h_state, c_state: [N, H] (initial in, final out); ws: [R, width]
+//   or undefined (inference)
+template <typename scalar_t>
+void forward_impl(const Schedule& s, int64_t H, const at::Tensor& x, const at::Tensor& w_ih,
+                  const at::Tensor& w_hh, const at::Tensor& shift, const Norms<scalar_t>& ln,
+                  at::Tensor& out, at::Tensor& h_state, at::Tensor& c_state, at::Tensor& ws) {
+  const Layout L{H};
+  const int64_t G = kGates * H, N = s.batch;
+  // With no workspace, the normalized input projection gets a buffer of its own, and the
+  // rest of a row is scratch.
+  at::Tensor xhat = ws.defined() ? ws : cached_empty({s.rows, G}, x.options());
+  const int64_t xhat_ld = xhat.size(1);
+  scalar_t* xh = xhat.mutable_data_ptr<scalar_t>();
+  scalar_t* wsp = ws.defined() ? ws.mutable_data_ptr<scalar_t>() : nullptr;
+  normalized_input_projection<scalar_t>(x, w_ih, xh, xhat_ld, wsp ? wsp + L.rstd_x() : nullptr,
+                                        L.width());
+  at::Tensor gh = at::empty({N, G}, x.options());
+  scalar_t* hs = h_state.mutable_data_ptr<scalar_t>();
+  scalar_t* cs = c_state.mutable_data_ptr<scalar_t>();
+  scalar_t* outp = out.mutable_data_ptr<scalar_t>();
+  const scalar_t* sh = shift.const_data_ptr<scalar_t>();
+  const auto row = [&](int64_t, int64_t b, int64_t r, const scalar_t* a, scalar_t* scratch) {
+    scalar_t* w = wsp ? wsp + r * L.width() : scratch;
+    const scalar_t* xx = xh + r * xhat_ld;
+    scalar_t* xhh = w + L.xhat_h();
+    scalar_t* gate = w + L.gates();
+    const auto [mean_h, rstd_h] = row_stats(a, G);
+    for (int64_t j = 0; j < G; ++j) {
+      xhh[j] = (a[j] - mean_h) * rstd_h;
+      const scalar_t pre = ln.gain_x[j] * xx[j] + ln.gain_h[j] * xhh[j] + sh[j];
+      gate[j] = (j >= 2 * H && j < 3 * H) ? std::tanh(pre) : sigmoid(pre);
+    }
+    scalar_t* c = cs + b * H;
+    scalar_t* cell = w + L.cell();
+    for (int64_t j = 0; j < H; ++j) {
+      cell[j] = gate[H + j] * c[j] + gate[j] * gate[2 * H + j];
+      c[j] = cell[j];
+    }
+    const auto [mean_c, rstd_c] = row_stats(cell, H);
+    scalar_t* tl = w + L.tanh_lc();
+    for (int64_t j = 0; j < H; ++j) {
+      const scalar_t lc = ln.gain_c[j] * (cell[j] - mean_c) * rstd_c +
+                          (ln.shift_c ? ln.shift_c[j] : scalar_t(0));
+      tl[j] = std::tanh(lc);
+      const scalar_t h = gate[3 * H + j] * tl[j];
+      outp[r * H + j] = h;
+      hs[b * H + j] = h;
+    }
+    w[L.rstd_h()] = rstd_h;
+    w[L.rstd_c()] = rstd_c;
+    w[L.mean_c()] = mean_c;
+  };
+  layer_norm_forward_loop<scalar_t>(s, w_hh, hs, gh.mutable_data_ptr<scalar_t>(), L.width(),
+                                    row);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> layer_norm_lstm_forward(
+    const at::Tensor& input, const std::optional<at::Tensor>& batch_sizes, const at::Tensor& h0,
+    const at::Tensor& c0, const at::Tensor& w_ih, const at::Tensor& w_hh,
+    const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh,
+    const at::Tensor& ln_ih_weight, const std::optional<at::Tensor>& ln_ih_bias,
+    const at::Tensor& ln_hh_weight, const std::optional<at::Tensor>& ln_hh_bias,
+    const at::Tensor& ln_cell_weight, const std::optional<at::Tensor>& ln_cell_bias,
+    bool reverse, bool need_workspace) {
+  const RnnShapes sh = check_layer_norm_args(kForward, kGates, input, batch_sizes, h0, &c0,
+                                             w_ih, w_hh, b_ih, b_hh, reverse);
+  const Schedule& s = sh.schedule;
+  const int64_t H = sh.hidden_size, G = kGates * H;
+  const at::Tensor gx = layer_norm_param(kForward, input, ln_ih_weight, "ln_ih_weight", G, true);
+  const at::Tensor bx = layer_norm_param(kForward, input, ln_ih_bias, "ln_ih_bias", G, false);
+  const at::Tensor gh = layer_norm_param(kForward, input, ln_hh_weight, "ln_hh_weight", G, true);
+  const at::Tensor bh = layer_norm_param(kForward, input, ln_hh_bias, "ln_hh_bias", G, false);
+  const at::Tensor gc =
+      layer_norm_param(kForward, input, ln_cell_weight, "ln_cell_weight", H, true);
+  const at::Tensor bc =
+      layer_norm_param(kForward, input, ln_cell_bias, "ln_cell_bias", H, false);
+  const at::Tensor x = input.contiguous().view({s.rows, sh.input_size});
+  const auto opts = x.options();
+  at::Tensor shift = combined_bias(b_ih, b_hh, G, opts);
+  if (bx.defined()) shift.add_(bx);
+  if (bh.defined()) shift.add_(bh);
+  at::Tensor out = at::empty({s.rows, H}, opts);
+  at::Tensor h_state = h0.contiguous().clone(), c_state = c0.contiguous().clone();
+  at::Tensor ws = at::empty({need_workspace ? s.rows : 0, Layout{H}.width()}, opts);
+  at::Tensor ws_arg = need_workspace ? ws : at::Tensor();
+  const at::Tensor wih = w_ih.contiguous(), whh = w_hh.contiguous();
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), kForward, [&] {
+    const Norms<scalar_t> ln{data_or_null<scalar_t>(gx), data_or_null<scalar_t>(bx),
+                             data_or_null<scalar_t>(gh), data_or_null<scalar_t>(bh),
+                             data_or_null<scalar_t>(gc), data_or_null<scalar_t>(bc)};
+    forward_impl<scalar_t>(s, H, x, wih, whh, shift, ln, out, h_state, c_state, ws_arg);
+  });
+  return {shaped_like_input(out, input), h_state, c_state, ws};
+}
+
+// The gradients the backward loop leaves per row, kept for the sums and GEMMs after it:
+//   dpre [R, 4H] of the gate pre-activations; dgh [R, 4H] of W_hh h (before LN_h);
+//   dlc [R, H] of LN_c's output
+template <typename scalar_t>
+void backward_impl(const Schedule& s, int64_t H, const scalar_t* go, int64_t go_ld,
+                   const at::Tensor& c0, const at::Tensor& w_hh, const Norms<scalar_t>& ln,
+                   const at::Tensor& ws, at::Tensor& dh_state, at::Tensor& dc_state,
+                   at::Tensor& dpre, at::Tensor& dgh, at::Tensor& dlc) {
+  const Layout L{H};
+  const int64_t G = kGates * H;
+  const scalar_t* wsp = ws.const_data_ptr<scalar_t>();
+  const scalar_t* c0p = c0.const_data_ptr<scalar_t>();
+  scalar_t* dhs = dh_state.mutable_data_ptr<scalar_t>();
+  scalar_t* dcs = dc_state.mutable_data_ptr<scalar_t>();
+  scalar_t* dp = dpre.mutable_data_ptr<scalar_t>();
+  scalar_t* dg = dgh.mutable_data_ptr<scalar_t>();
+  scalar_t* dl = dlc.mutable_data_ptr<scalar_t>();
+  const auto row = [&](int64_t k, int64_t b, int64_t r) {
+    const scalar_t* w = wsp + r * L.width();
+    const scalar_t* gate = w + L.gates();
+    const scalar_t* cell = w + L.cell();
+    const scalar_t* tl = w + L.tanh_lc();
+    const scalar_t rstd_c = w[L.rstd_c()], mean_c = w[L.mean_c()];
+    const scalar_t* c_prev = previous_rows(s, k, wsp + L.cell(), L.width(), c0p, H).row(b);
+    scalar_t* dl_r = dl + r * H;
+    scalar_t* dp_r = dp + r * G;
+    scalar_t* dc = dcs + b * H;
+    scalar_t* dh = dhs + b * H;
+    for (int64_t j = 0; j < H; ++j) {
+      const scalar_t d = go[r * go_ld + j] + dh[j];
+      const scalar_t o = gate[3 * H + j];
+      dl_r[j] = d * o * (scalar_t(1) - tl[j] * tl[j]);
+      dp_r[3 * H + j] = d * tl[j] * o * (scalar_t(1) - o);
+    }
+    // dc' = LN_c's input gradient (into dp_r's i columns, free until below) + dc carried
+    scalar_t* dcell = dp_r;
+    double s1 = 0, s2 = 0;
+    for (int64_t j = 0; j < H; ++j) {
+      const double g = double(dl_r[j]) * ln.gain_c[j];
+      s1 += g;
+      s2 += g * (cell[j] - mean_c) * rstd_c;
+    }
+    const scalar_t m1 = scalar_t(s1 / double(H)), m2 = scalar_t(s2 / double(H));
+    for (int64_t j = 0; j < H; ++j) {
+      const scalar_t xc = (cell[j] - mean_c) * rstd_c;
+      dcell[j] = rstd_c * (dl_r[j] * ln.gain_c[j] - m1 - xc * m2) + dc[j];
+    }
+    for (int64_t j = 0; j < H; ++j) {
+      const scalar_t i = gate[j], f = gate[H + j], g = gate[2 * H + j], d = dcell[j];
+      dp_r[H + j] = d * c_prev[j] * f * (scalar_t(1) - f);
+      dp_r[2 * H + j] = d * i * (scalar_t(1) - g * g);
+      dp_r[j] = d * g * i * (scalar_t(1) - i);
+      dc[j] = d * f;
+    }
+    layer_norm_input_grad(G, dp_r, ln.gain_h, w + L.xhat_h(), w[L.rstd_h()], dg + r * G);
+  };
+  layer_norm_backward_loop<scalar_t>(s, w_hh, dhs, dg, scalar_t(0), row);
+}
+
+using Grads = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
+                         at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
+                         at::Tensor>;
+
+Grads layer_norm_lstm_backward(
+    const at::Tensor& grad_output, const at::Tensor& grad_h_n, const at::Tensor& grad_c_n,
+    const at::Tensor& input, const std::optional<at::Tensor>& batch_sizes, const at::Tensor& h0,
+    const at::Tensor& c0, const at::Tensor& w_ih, const at::Tensor& w_hh,
+    const at::Tensor& ln_ih_weight, const at::Tensor& ln_hh_weight,
+    const at::Tensor& ln_cell_weight, const at::Tensor& output, const at::Tensor& workspace,
+    bool reverse) {
+  const RnnShapes sh = check_layer_norm_args(kBackward, kGates, input, batch_sizes, h0, &c0,
+                                             w_ih, w_hh, std::nullopt, std::nullopt, reverse);
+  const Schedule& s = sh.schedule;
+  const int64_t H = sh.hidden_size, G = kGates * H;
+  const Layout L{H};
+  check_layer_norm_backward(kBackward, sh, L.width(), input, workspace,
+                            output, grad_output, h0, grad_h_n);
+  check_shape(kBackward, grad_c_n, "grad_c_n", c0.sizes(), "c0's shape");
+  const at::Tensor gx =
+      layer_norm_param(kBackward, input, ln_ih_weight, "ln_ih_weight", G, true);
+  const at::Tensor gh =
+      layer_norm_param(kBackward, input, ln_hh_weight, "ln_hh_weight", G, true);
+  const at::Tensor gc =
+      layer_norm_param(kBackward, input, ln_cell_weight, "ln_cell_weight", H, true);
+  const at::Tensor ws = workspace.contiguous();
+  const at::Tensor x = input.contiguous().view({s.rows, sh.input_size});
+  const auto opts = x.options();
+  const at::Tensor out = output.contiguous().view({s.rows, H});
+  const at::Tensor h0c = h0.contiguous(), c0c = c0.contiguous();
+  const at::Tensor wih = w_ih.contiguous(), whh = w_hh.contiguous();
+  const at::Tensor go = grad_output.contiguous();
+  at::Tensor dh_state = grad_h_n.contiguous().clone(), dc_state = grad_c_n.contiguous().clone();
+  at::Tensor dpre = at::empty({s.rows, G}, opts), dgh = at::empty({s.rows, G}, opts);
+  at::Tensor dlc = at::empty({s.rows, H}, opts);
+  at::Tensor grad_gc = at::empty({H}, opts), grad_bc = at::empty({H}, opts);
+  LayerNormRnnGrads g;
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), kBackward, [&] {
+    const Norms<scalar_t> ln{gx.const_data_ptr<scalar_t>(), nullptr,
+                             gh.const_data_ptr<scalar_t>(), nullptr,
+                             gc.const_data_ptr<scalar_t>(), nullptr};
+    backward_impl<scalar_t>(s, H, go.const_data_ptr<scalar_t>(), H, c0c, whh, ln, ws, dh_state,
+                            dc_state, dpre, dgh, dlc);
+    g = layer_norm_rnn_grads<scalar_t>(s, x, wih, out, h0c, ws,
+                                       {L.width(), L.xhat_x(), L.xhat_h(), L.rstd_x()}, dpre,
+                                       dpre, dgh, ln.gain_x);
+    const scalar_t* wsp = ws.const_data_ptr<scalar_t>();
+    const scalar_t* dl = dlc.const_data_ptr<scalar_t>();
+    const int64_t W = L.width();
+    column_sums<scalar_t>(s.rows, H, [&](int64_t r, int64_t j) {
+      const scalar_t* w = wsp + r * W;
+      return dl[r * H + j] * (w[L.cell() + j] - w[L.mean_c()]) * w[L.rstd_c()];
+    }, grad_gc.mutable_data_ptr<scalar_t>());
+    column_sums<scalar_t>(s.rows, H, [&](int64_t r, int64_t j) { return dl[r * H + j]; },
+                          grad_bc.mutable_data_ptr<scalar_t>());
+  });
+  // The biases and the LN_x and LN_h shifts all add to the gate pre-activations: one
+  // gradient, as separate tensors.
+  return {shaped_like_input(g.grad_input, input), dh_state, dc_state, g.grad_w_ih, g.grad_w_hh,
+          g.grad_b_ih, g.grad_b_hh, g.grad_gain_x, g.grad_b_ih.clone(), g.grad_gain_h,
+          g.grad_b_ih.clone(), grad_gc, grad_bc};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(gatedrnn, CPU, m) {
+  m.impl("layer_norm_lstm_forward", &layer_norm_lstm_forward);
+  m.impl("layer_norm_lstm_backward", &layer_norm_lstm_backward);
+}
+
+}  // namespace gatedrnn

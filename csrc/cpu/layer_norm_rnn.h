@@ -1,0 +1,300 @@
+#pragma once
+// What the layer-normalized cells (layer_norm_lstm.cpp, layer_norm_gru.cpp) share: the
+// LayerNorm of a row and its gradient, and the forward and backward time loops around a
+// cell's per-row pointwise pass.
+//
+// LayerNorm normalizes a row of the recurrent GEMM's output over all its gate columns,
+// so no block of hidden units can run its pointwise pass alone, as the plain cells'
+// teams do. A step is the GEMM cut by column blocks over the team, a barrier, the
+// pointwise pass cut by rows (a row of any batch is independent of the others), and a
+// barrier. Every row and every GEMM block is computed by the same code whichever thread
+// runs it, so results do not depend on the thread count.
+//
+// The input side needs no recurrence: LN_x(W_ih x) for every step is one GEMM and one
+// pass before the loop, and its gradient one pass and two GEMMs after the backward loop.
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <cmath>
+#include <utility>
+#include <vector>
+
+#include "block_cache.h"
+#include "recurrence.h"
+
+namespace gatedrnn {
+
+// torch.nn.LayerNorm's default.
+constexpr double kLayerNormEps = 1e-5;
+
+// The pointwise passes are plain C++ with libm's exact functions: a step's cost is its
+// GEMM and the LayerNorms' passes over the row.
+template <typename scalar_t>
+scalar_t sigmoid(scalar_t v) {
+  return scalar_t(1) / (scalar_t(1) + std::exp(-v));
+}
+
+// Mean and 1 / sqrt(biased variance + eps) of a[0:n], in double whatever scalar_t.
+template <typename scalar_t>
+std::pair<scalar_t, scalar_t> row_stats(const scalar_t* a, int64_t n) {
+  double sum = 0;
+  for (int64_t j = 0; j < n; ++j) sum += a[j];
+  const double mean = sum / double(n);
+  double var = 0;
+  for (int64_t j = 0; j < n; ++j) var += (a[j] - mean) * (a[j] - mean);
+  return {scalar_t(mean), scalar_t(1.0 / std::sqrt(var / double(n) + kLayerNormEps))};
+}
+
+// dx[0:n] = the gradient of LayerNorm's input from dy, that of its normalized output
+// times gain (dy * gain): rstd * (g - mean(g) - xhat * mean(g * xhat)), g = dy * gain.
+template <typename scalar_t>
+void layer_norm_input_grad(int64_t n, const scalar_t* dy, const scalar_t* gain,
+                           const scalar_t* xhat, scalar_t rstd, scalar_t* dx) {
+  double s1 = 0, s2 = 0;
+  for (int64_t j = 0; j < n; ++j) {
+    const double g = double(dy[j]) * gain[j];
+    s1 += g;
+    s2 += g * xhat[j];
+  }
+  const scalar_t m1 = scalar_t(s1 / double(n)), m2 = scalar_t(s2 / double(n));
+  for (int64_t j = 0; j < n; ++j) dx[j] = rstd * (dy[j] * gain[j] - m1 - xhat[j] * m2);
+}
+
+// out[j] = the sum over rows r = 0, 1, ... (in that order) of value(r, j), j < cols, in
+// double: blocks of columns go to threads, so the sums do not depend on their number.
+template <typename scalar_t, typename Value>
+void column_sums(int64_t rows, int64_t cols, const Value& value, scalar_t* out) {
+  constexpr int64_t kBlock = 64;
+  at::parallel_for(0, ceil_div(cols, kBlock), 1, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      const int64_t j0 = c * kBlock, j1 = std::min(cols, j0 + kBlock);
+      double acc[kBlock] = {};
+      for (int64_t r = 0; r < rows; ++r) {
+        for (int64_t j = j0; j < j1; ++j) acc[j - j0] += value(r, j);
+      }
+      for (int64_t j = j0; j < j1; ++j) out[j] = scalar_t(acc[j - j0]);
+    }
+  });
+}
+
+// The input side of the forward: xhat[r, :G] = the normalized rows of x @ w_ih^T, and
+// stats[r * stats_ld] = their 1 / sqrt(var + eps).
+//   x: [R, I], w_ih: [G, I]; xhat: [R, xhat_ld]
+template <typename scalar_t>
+void normalized_input_projection(const at::Tensor& x, const at::Tensor& w_ih, scalar_t* xhat,
+                                 int64_t xhat_ld, scalar_t* rstd, int64_t rstd_ld) {
+  const int64_t R = x.size(0), I = x.size(1), G = w_ih.size(0);
+  const PackedWeight<scalar_t> w(w_ih);
+  parallel_gemm<scalar_t>(R, G, I, GemmA<scalar_t>::rows(x.const_data_ptr<scalar_t>(), I),
+                          w.b(), scalar_t(0), xhat, xhat_ld);
+  at::parallel_for(0, R, 16, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      scalar_t* row = xhat + r * xhat_ld;
+      const auto [mean, inv] = row_stats(row, G);
+      for (int64_t j = 0; j < G; ++j) row[j] = (row[j] - mean) * inv;
+      if (rstd) rstd[r * rstd_ld] = inv;
+    }
+  });
+}
+
+// How many blocks a step's pointwise pass over its rows is cut into: one per 2^13
+// elements of the [rows, G] gate rows, at most 8 (each block costs a thread a barrier).
+inline int64_t row_blocks(int64_t rows, int64_t G) {
+  return std::clamp<int64_t>(rows * G / (int64_t(1) << 13), 1, 8);
+}
+
+// The forward time loop: for each step, gh[:n] = h_state[:n] @ w_hh^T, then
+// row(k, b, r, gh + b * G, scratch) for each live row b (flat row r): the cell's
+// pointwise pass, which writes the row's new state into h_state (and what else it keeps).
+// scratch: scratch_len elements of the running thread's own.
+//   w_hh: [G, P], h_state: [N, P] (h0 in, the final state out), gh: [N, G]
+template <typename scalar_t, typename Row>
+void layer_norm_forward_loop(const Schedule& s, const at::Tensor& w_hh, scalar_t* h_state,
+                             scalar_t* gh, int64_t scratch_len, const Row& row) {
+  const int64_t N = s.batch, G = w_hh.size(0), P = w_hh.size(1);
+  const UnitBlocks cols = unit_blocks(G, 1, P, N, s.steps());
+  const UnitBlockGemm<scalar_t> hidden(w_hh, 1, G, cols, N, s.steps());
+  const int64_t threads = std::max(cols.count(), row_blocks(N, G));
+  at::Tensor scratch = at::empty({threads, std::max<int64_t>(scratch_len, 1)},
+                                 c10::CppTypeToScalarType<scalar_t>::value);
+  run_team(threads, [&](const TeamMember& me) {
+    scalar_t* mine = scratch.mutable_data_ptr<scalar_t>() + me.id() * scratch.size(1);
+    const auto [c0, c1] = me.share(cols.count());
+    for (int64_t k = 0; k < s.steps(); ++k) {
+      const int64_t t = s.time_at(k), n = s.sizes[t], off = s.offsets[t];
+      for (int64_t c = c0; c < c1; ++c) {
+        // gh[:n, block] = h[:n] @ w_hh_block^T      [n, P] x [P, len]
+        hidden.run(c, n, h_state, P, scalar_t(0), gh + cols.begin(c), G, k);
+      }
+      me.barrier();
+      const auto [b0, b1] = me.share(n);
+      for (int64_t b = b0; b < b1; ++b) row(k, b, off + b, gh + b * G, mine);
+      me.barrier();
+    }
+  });
+}
+
+// The backward time loop, steps in reverse processing order: row(k, b, r) for each live
+// row b of step k (flat row r), which writes the gradient of the row's w_hh h_{t-1}
+// (before its LayerNorm) to dgh[r, :G]; then
+// dh_state[:n] = dgh[rows of k] @ w_hh + beta * dh_state[:n].
+//   w_hh: [G, P], dh_state: [N, P] (grad_h_n in, grad_h0 out), dgh: [R, G]
+template <typename scalar_t, typename Row>
+void layer_norm_backward_loop(const Schedule& s, const at::Tensor& w_hh, scalar_t* dh_state,
+                              const scalar_t* dgh, scalar_t beta, const Row& row) {
+  const int64_t N = s.batch, G = w_hh.size(0), P = w_hh.size(1);
+  const UnitBlocks cols = unit_blocks(P, 1, G, N, s.steps());
+  const UnitBlockGemm<scalar_t> hidden(w_hh.t(), 1, P, cols, N, s.steps());
+  run_team(std::max(cols.count(), row_blocks(N, G)), [&](const TeamMember& me) {
+    const auto [c0, c1] = me.share(cols.count());
+    for (int64_t k = s.steps() - 1; k >= 0; --k) {
+      const int64_t t = s.time_at(k), n = s.sizes[t], off = s.offsets[t];
+      const auto [b0, b1] = me.share(n);
+      for (int64_t b = b0; b < b1; ++b) row(k, b, off + b);
+      me.barrier();
+      for (int64_t c = c0; c < c1; ++c) {
+        // dh[:n, block] (+)= dgh[rows] @ w_hh[:, block]      [n, G] x [G, len]
+        hidden.run(c, n, dgh + off * G, G, beta, dh_state + cols.begin(c), P, k);
+      }
+      me.barrier();
+    }
+  });
+}
+
+// The state each row started from: [R, P], row r = the same sequence's state at the
+// previously processed step, or h0.   out: [R, P], h0: [N, P]
+template <typename scalar_t>
+at::Tensor previous_states(const Schedule& s, const at::Tensor& out, const at::Tensor& h0) {
+  const int64_t P = h0.size(1);
+  at::Tensor prev = cached_empty({s.rows, P}, out.options());
+  scalar_t* dst = prev.mutable_data_ptr<scalar_t>();
+  at::parallel_for(0, s.steps(), 1, [&](int64_t k0, int64_t k1) {
+    for (int64_t k = k0; k < k1; ++k) {
+      const int64_t t = s.time_at(k);
+      const PrevRows<scalar_t> p = previous_rows(s, k, out.const_data_ptr<scalar_t>(), P,
+                                                 h0.const_data_ptr<scalar_t>(), P);
+      for (int64_t b = 0; b < s.sizes[t]; ++b) {
+        std::copy(p.row(b), p.row(b) + P, dst + (s.offsets[t] + b) * P);
+      }
+    }
+  });
+  return prev;
+}
+
+// Where a cell's workspace row keeps what the gradients after the loop read.
+struct NormColumns {
+  int64_t width;   // of a workspace row
+  int64_t xhat_x;  // [G] LN_x's normalized W_ih x
+  int64_t xhat_h;  // [G] LN_h's normalized W_hh h
+  int64_t rstd_x;  // LN_x's 1 / sqrt(var + eps)
+};
+
+// The gradients of the input, the weights, the biases and the LN_x and LN_h gains, after
+// the backward loop, from what it left per row: dx_pre and dh_pre, the gradients of
+// LN_x(W_ih x) + b_ih and of LN_h(W_hh h) + b_hh (the same tensor for the LSTM, whose
+// two add before anything else), and dgh, that of W_hh h before LN_h.
+//   grad_input = dgx @ w_ih, grad_w_ih = dgx^T @ x, grad_w_hh = dgh^T @ h_prev, with dgx
+//   the gradient of W_ih x before LN_x, made here; grad_b_ih = the column sums of dx_pre,
+//   grad_gain_x those of dx_pre * xhat_x (likewise the hidden side).
+//   x: [R, I], w_ih: [G, I], out: [R, P], h0: [N, P], ws: [R, cols.width];
+//   dx_pre, dh_pre, dgh: [R, G]; gain_x: [G]
+struct LayerNormRnnGrads {
+  at::Tensor grad_input, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh, grad_gain_x, grad_gain_h;
+};
+template <typename scalar_t>
+LayerNormRnnGrads layer_norm_rnn_grads(const Schedule& s, const at::Tensor& x,
+                                       const at::Tensor& w_ih, const at::Tensor& out,
+                                       const at::Tensor& h0, const at::Tensor& ws,
+                                       const NormColumns& cols, const at::Tensor& dx_pre,
+                                       const at::Tensor& dh_pre, const at::Tensor& dgh,
+                                       const scalar_t* gain_x) {
+  const int64_t R = x.size(0), I = x.size(1), G = w_ih.size(0), P = h0.size(1);
+  const auto opts = x.options();
+  const scalar_t* wsp = ws.const_data_ptr<scalar_t>();
+  const scalar_t* dxp = dx_pre.const_data_ptr<scalar_t>();
+  const scalar_t* dhp = dh_pre.const_data_ptr<scalar_t>();
+  const int64_t W = cols.width;
+  at::Tensor dgx = at::empty({R, G}, opts);
+  scalar_t* gx = dgx.mutable_data_ptr<scalar_t>();
+  at::parallel_for(0, R, 16, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      layer_norm_input_grad(G, dxp + r * G, gain_x, wsp + r * W + cols.xhat_x,
+                            wsp[r * W + cols.rstd_x], gx + r * G);
+    }
+  });
+  LayerNormRnnGrads g{at::empty({R, I}, opts), at::empty({G, I}, opts), at::empty({G, P}, opts),
+                      at::empty({G}, opts),    at::Tensor(),             at::empty({G}, opts),
+                      at::empty({G}, opts)};
+  const at::Tensor h_prev = previous_states<scalar_t>(s, out, h0);
+  parallel_gemm<scalar_t>(R, I, G, GemmA<scalar_t>::rows(gx, G),
+                          GemmB<scalar_t>::rows(w_ih.const_data_ptr<scalar_t>(), I),
+                          scalar_t(0), g.grad_input.mutable_data_ptr<scalar_t>(), I);
+  parallel_gemm<scalar_t>(G, I, R, GemmA<scalar_t>::transposed(gx, G),
+                          GemmB<scalar_t>::rows(x.const_data_ptr<scalar_t>(), I), scalar_t(0),
+                          g.grad_w_ih.mutable_data_ptr<scalar_t>(), I);
+  parallel_gemm<scalar_t>(G, P, R, GemmA<scalar_t>::transposed(dgh.const_data_ptr<scalar_t>(), G),
+                          GemmB<scalar_t>::rows(h_prev.const_data_ptr<scalar_t>(), P),
+                          scalar_t(0), g.grad_w_hh.mutable_data_ptr<scalar_t>(), P);
+  column_sums<scalar_t>(R, G, [&](int64_t r, int64_t j) { return dxp[r * G + j]; },
+                        g.grad_b_ih.mutable_data_ptr<scalar_t>());
+  if (dh_pre.is_same(dx_pre)) {
+    g.grad_b_hh = g.grad_b_ih.clone();
+  } else {
+    g.grad_b_hh = at::empty({G}, opts);
+    column_sums<scalar_t>(R, G, [&](int64_t r, int64_t j) { return dhp[r * G + j]; },
+                          g.grad_b_hh.mutable_data_ptr<scalar_t>());
+  }
+  column_sums<scalar_t>(R, G, [&](int64_t r, int64_t j) {
+    return dxp[r * G + j] * wsp[r * W + cols.xhat_x + j];
+  }, g.grad_gain_x.mutable_data_ptr<scalar_t>());
+  column_sums<scalar_t>(R, G, [&](int64_t r, int64_t j) {
+    return dhp[r * G + j] * wsp[r * W + cols.xhat_h + j];
+  }, g.grad_gain_h.mutable_data_ptr<scalar_t>());
+  return g;
+}
+
+// check_rnn_args, and the dtypes the layer-normalized ops take: float32 and float64
+// (functional.py computes float16 and bfloat16 in float32).
+inline RnnShapes check_layer_norm_args(const char* op, int64_t gates, const at::Tensor& input,
+                                       const std::optional<at::Tensor>& batch_sizes,
+                                       const at::Tensor& h0, const at::Tensor* c0,
+                                       const at::Tensor& w_ih, const at::Tensor& w_hh,
+                                       const std::optional<at::Tensor>& b_ih,
+                                       const std::optional<at::Tensor>& b_hh, bool reverse) {
+  RnnShapes sh = check_rnn_args(op, gates, input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh,
+                                std::nullopt, reverse);
+  TORCH_CHECK(input.scalar_type() == at::kFloat || input.scalar_type() == at::kDouble, op,
+              ": expected float32 or float64 tensors, got ", input.scalar_type());
+  return sh;
+}
+
+// A backward op's checks of the forward's results it was given and of their gradients.
+inline void check_layer_norm_backward(const char* op, const RnnShapes& sh, int64_t ws_width,
+                                      const at::Tensor& input, const at::Tensor& workspace,
+                                      const at::Tensor& output, const at::Tensor& grad_output,
+                                      const at::Tensor& h0, const at::Tensor& grad_h_n) {
+  check_shape(op, workspace, "workspace", {sh.schedule.rows, ws_width},
+              "rows, the forward's workspace width");
+  check_same_dtype(op, input, workspace, "workspace");
+  check_same_dtype(op, input, output, "output");
+  std::vector<int64_t> expected = input.sizes().vec();
+  expected.back() = sh.hidden_size;
+  check_shape(op, output, "output", expected, "input's shape with hidden_size features");
+  check_shape(op, grad_output, "grad_output", output.sizes(), "the output's shape");
+  check_shape(op, grad_h_n, "grad_h_n", h0.sizes(), "h0's shape");
+}
+
+// A LayerNorm parameter of `size` elements, checked against input; undefined if absent.
+inline at::Tensor layer_norm_param(const char* op, const at::Tensor& input,
+                                   const std::optional<at::Tensor>& p, const char* name,
+                                   int64_t size, bool required) {
+  if (!p.has_value() || !p->defined()) {
+    TORCH_CHECK(!required, op, ": ", name, " is required");
+    return at::Tensor();
+  }
+  check_same_dtype(op, input, *p, name);
+  check_shape(op, *p, name, {size}, "the normalized width");
+  return p->contiguous();
+}
+
+}  // namespace gatedrnn

@@ -1,0 +1,63 @@
+"""torch.library registrations for gatedrnn::layer_norm_gru_forward / _backward."""
+import torch
+
+from .. import reference
+from ._common import (check_devices, check_workspace_kept, differentiable_grads,
+                      fake_backward_grads, flat_rows, grad_if, output_like, register_autocast,
+                      register_autograd, register_first_order, zeros_if_none)
+
+_NORMS = ("ln_ih_weight", "ln_ih_bias", "ln_hh_weight", "ln_hh_bias")
+
+
+@torch.library.register_fake("gatedrnn::layer_norm_gru_forward")
+def _forward_fake(input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, ln_ih_weight, ln_ih_bias,
+                  ln_hh_weight, ln_hh_bias, reverse, need_workspace=True):
+    norms = (ln_ih_weight, ln_ih_bias, ln_hh_weight, ln_hh_bias)
+    check_devices("gatedrnn.layer_norm_gru_forward", input, batch_sizes, h0=h0, w_ih=w_ih,
+                  w_hh=w_hh, b_ih=b_ih, b_hh=b_hh, **dict(zip(_NORMS, norms)))
+    hidden = w_ih.shape[0] // 3
+    workspace = input.new_empty((flat_rows(input) if need_workspace else 0, 10 * hidden + 2))
+    return output_like(input, hidden), h0.new_empty(h0.shape), workspace
+
+
+@torch.library.register_fake("gatedrnn::layer_norm_gru_backward")
+def _backward_fake(grad_output, grad_h_n, input, batch_sizes, h0, w_ih, w_hh, ln_ih_weight,
+                   ln_hh_weight, output, workspace, reverse):
+    check_devices("gatedrnn.layer_norm_gru_backward", input, batch_sizes,
+                  grad_output=grad_output, grad_h_n=grad_h_n, h0=h0, w_ih=w_ih, w_hh=w_hh,
+                  ln_ih_weight=ln_ih_weight, ln_hh_weight=ln_hh_weight, output=output,
+                  workspace=workspace)
+    norms = [g.new_empty(g.shape) for g in (ln_ih_weight, ln_ih_weight, ln_hh_weight,
+                                              ln_hh_weight)]
+    return (*fake_backward_grads(input, (h0,), w_ih, w_hh), *norms)
+
+
+def _setup_context(ctx, inputs, output):
+    ctx.save_for_backward(*inputs[:11], output[0], output[2])
+    ctx.set_materialize_grads(False)
+    ctx.reverse = inputs[11]
+
+
+def _backward(ctx, grad_output, grad_h_n, _grad_workspace):
+    args = ctx.saved_tensors[:11]
+    out, workspace = ctx.saved_tensors[11:]
+    if torch.is_grad_enabled():  # create_graph=True
+        grads = differentiable_grads(ctx, reference.layer_norm_gru, (*args, ctx.reverse),
+                                     (grad_output, grad_h_n))
+        return (*grads, None)
+    input, batch_sizes, h0, w_ih, w_hh = args[:5]
+    ln_ih_weight, ln_hh_weight = args[7], args[9]
+    check_workspace_kept("gatedrnn.layer_norm_gru_forward", input, workspace)
+    grads = torch.ops.gatedrnn.layer_norm_gru_backward(
+        zeros_if_none(grad_output, out), zeros_if_none(grad_h_n, h0), input, batch_sizes, h0,
+        w_ih, w_hh, ln_ih_weight, ln_hh_weight, out, workspace, ctx.reverse)
+    d_input, d_h0, d_w_ih, d_w_hh = grads[:4]
+    # Optional arguments (biases, shifts) get a gradient only where given.
+    optional = [grad_if(a, g) for a, g in zip(args[5:], grads[4:])]
+    return (d_input, None, d_h0, d_w_ih, d_w_hh, *optional, None, None)
+
+
+register_autograd("layer_norm_gru_forward", _backward, _setup_context)
+register_first_order("layer_norm_gru_backward", "layer_norm_gru_forward")
+# See layer_norm_lstm.py.
+register_autocast("layer_norm_gru_forward", 2, lambda args: False)

@@ -1,0 +1,67 @@
+"""torch.library registrations for gatedrnn::layer_norm_lstm_forward / _backward."""
+import torch
+
+from .. import reference
+from ._common import (check_devices, check_workspace_kept, differentiable_grads,
+                      fake_backward_grads, flat_rows, grad_if, output_like, register_autocast,
+                      register_autograd, register_first_order, zeros_if_none)
+
+_NORMS = ("ln_ih_weight", "ln_ih_bias", "ln_hh_weight", "ln_hh_bias", "ln_cell_weight",
+          "ln_cell_bias")
+
+
+@torch.library.register_fake("gatedrnn::layer_norm_lstm_forward")
+def _forward_fake(input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, ln_ih_weight, ln_ih_bias,
+                  ln_hh_weight, ln_hh_bias, ln_cell_weight, ln_cell_bias, reverse,
+                  need_workspace=True):
+    norms = (ln_ih_weight, ln_ih_bias, ln_hh_weight, ln_hh_bias, ln_cell_weight, ln_cell_bias)
+    check_devices("gatedrnn.layer_norm_lstm_forward", input, batch_sizes, h0=h0, c0=c0,
+                  w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh, **dict(zip(_NORMS, norms)))
+    hidden = w_ih.shape[0] // 4
+    workspace = input.new_empty((flat_rows(input) if need_workspace else 0, 14 * hidden + 4))
+    return output_like(input, hidden), h0.new_empty(h0.shape), c0.new_empty(c0.shape), workspace
+
+
+@torch.library.register_fake("gatedrnn::layer_norm_lstm_backward")
+def _backward_fake(grad_output, grad_h_n, grad_c_n, input, batch_sizes, h0, c0, w_ih, w_hh,
+                   ln_ih_weight, ln_hh_weight, ln_cell_weight, output, workspace, reverse):
+    check_devices("gatedrnn.layer_norm_lstm_backward", input, batch_sizes,
+                  grad_output=grad_output, grad_h_n=grad_h_n, grad_c_n=grad_c_n, h0=h0, c0=c0,
+                  w_ih=w_ih, w_hh=w_hh, ln_ih_weight=ln_ih_weight, ln_hh_weight=ln_hh_weight,
+                  ln_cell_weight=ln_cell_weight, output=output, workspace=workspace)
+    norms = [g.new_empty(g.shape) for g in (ln_ih_weight, ln_ih_weight, ln_hh_weight,
+                                              ln_hh_weight, ln_cell_weight, ln_cell_weight)]
+    return (*fake_backward_grads(input, (h0, c0), w_ih, w_hh), *norms)
+
+
+def _setup_context(ctx, inputs, output):
+    ctx.save_for_backward(*inputs[:14], output[0], output[3])
+    ctx.set_materialize_grads(False)
+    ctx.reverse = inputs[14]
+
+
+def _backward(ctx, grad_output, grad_h_n, grad_c_n, _grad_workspace):
+    args = ctx.saved_tensors[:14]
+    out, workspace = ctx.saved_tensors[14:]
+    if torch.is_grad_enabled():  # create_graph=True
+        grads = differentiable_grads(ctx, reference.layer_norm_lstm, (*args, ctx.reverse),
+                                     (grad_output, grad_h_n, grad_c_n))
+        return (*grads, None)
+    input, batch_sizes, h0, c0, w_ih, w_hh = args[:6]
+    ln_ih_weight, ln_hh_weight, ln_cell_weight = args[8], args[10], args[12]
+    check_workspace_kept("gatedrnn.layer_norm_lstm_forward", input, workspace)
+    grads = torch.ops.gatedrnn.layer_norm_lstm_backward(
+        zeros_if_none(grad_output, out), zeros_if_none(grad_h_n, h0),
+        zeros_if_none(grad_c_n, c0), input, batch_sizes, h0, c0, w_ih, w_hh, ln_ih_weight,
+        ln_hh_weight, ln_cell_weight, out, workspace, ctx.reverse)
+    d_input, d_h0, d_c0, d_w_ih, d_w_hh = grads[:5]
+    # Optional arguments (biases, shifts) get a gradient only where given.
+    optional = [grad_if(a, g) for a, g in zip(args[6:], grads[5:])]
+    return (d_input, None, d_h0, d_c0, d_w_ih, d_w_hh, *optional, None, None)
+
+
+register_autograd("layer_norm_lstm_forward", _backward, _setup_context)
+register_first_order("layer_norm_lstm_backward", "layer_norm_lstm_forward")
+# No torch.nn counterpart to follow: under autocast the op runs in its arguments' dtype,
+# as torch.nn.LayerNorm runs in float32 (functional.py casts the input to the weights').
+register_autocast("layer_norm_lstm_forward", 3, lambda args: False)
