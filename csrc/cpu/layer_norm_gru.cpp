@@ -51,6 +51,7 @@ void forward_impl(const Schedule& s, int64_t H, const at::Tensor& x, const at::T
   at::Tensor gh = at::empty({N, G}, x.options());
   scalar_t* hs = h_state.mutable_data_ptr<scalar_t>();
   scalar_t* outp = out.mutable_data_ptr<scalar_t>();
+  const ActivationKernels<scalar_t>& act = activation_kernels<scalar_t>();
   const auto row = [&](int64_t, int64_t b, int64_t r, const scalar_t* a, scalar_t* scratch) {
     scalar_t* w = wsp ? wsp + r * L.width() : scratch;
     const scalar_t* xx = xh + r * xhat_ld;
@@ -62,14 +63,15 @@ void forward_impl(const Schedule& s, int64_t H, const at::Tensor& x, const at::T
     for (int64_t j = 0; j < G; ++j) xhh[j] = (a[j] - mean_h) * rstd_h;
     const auto in_x = [&](int64_t j) { return gain_x[j] * xx[j] + shift_x[j]; };
     const auto in_h = [&](int64_t j) { return gain_h[j] * xhh[j] + shift_h[j]; };
+    for (int64_t j = 0; j < 2 * H; ++j) gate[j] = in_x(j) + in_h(j);
+    act.sigmoid(2 * H, gate, gate);
     for (int64_t j = 0; j < H; ++j) {
-      const scalar_t rg = sigmoid(in_x(j) + in_h(j));
-      const scalar_t zg = sigmoid(in_x(H + j) + in_h(H + j));
       hn[j] = in_h(2 * H + j);
-      const scalar_t ng = std::tanh(in_x(2 * H + j) + rg * hn[j]);
-      gate[j] = rg;
-      gate[H + j] = zg;
-      gate[2 * H + j] = ng;
+      gate[2 * H + j] = in_x(2 * H + j) + gate[j] * hn[j];
+    }
+    act.tanh(H, gate + 2 * H, gate + 2 * H);
+    for (int64_t j = 0; j < H; ++j) {
+      const scalar_t zg = gate[H + j], ng = gate[2 * H + j];
       const scalar_t h_new = (scalar_t(1) - zg) * ng + zg * h[j];
       outp[r * H + j] = h_new;
       h[j] = h_new;
@@ -104,9 +106,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_gru_forward(
   const at::Tensor x = input.contiguous().view({s.rows, sh.input_size});
   const auto opts = x.options();
   const at::Tensor shift_x = shift_of(b_ih, bx, G, opts), shift_h = shift_of(b_hh, bh, G, opts);
-  at::Tensor out = at::empty({s.rows, H}, opts);
+  at::Tensor out = cached_empty({s.rows, H}, opts);
   at::Tensor h_state = h0.contiguous().clone();
-  at::Tensor ws = at::empty({need_workspace ? s.rows : 0, Layout{H}.width()}, opts);
+  at::Tensor ws = cached_empty({need_workspace ? s.rows : 0, Layout{H}.width()}, opts);
   at::Tensor ws_arg = need_workspace ? ws : at::Tensor();
   const at::Tensor wih = w_ih.contiguous(), whh = w_hh.contiguous();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), kForward, [&] {
@@ -188,8 +190,8 @@ Grads layer_norm_gru_backward(const at::Tensor& grad_output, const at::Tensor& g
   const at::Tensor wih = w_ih.contiguous(), whh = w_hh.contiguous();
   const at::Tensor go = grad_output.contiguous();
   at::Tensor dh_state = grad_h_n.contiguous().clone();
-  at::Tensor dx_pre = at::empty({s.rows, G}, opts), dh_pre = at::empty({s.rows, G}, opts);
-  at::Tensor dgh = at::empty({s.rows, G}, opts);
+  at::Tensor dx_pre = cached_empty({s.rows, G}, opts), dh_pre = cached_empty({s.rows, G}, opts);
+  at::Tensor dgh = cached_empty({s.rows, G}, opts);
   LayerNormRnnGrads g;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), kBackward, [&] {
     backward_impl<scalar_t>(s, H, go.const_data_ptr<scalar_t>(), out, h0c, whh,

@@ -68,6 +68,7 @@ void forward_impl(const Schedule& s, int64_t H, const at::Tensor& x, const at::T
   scalar_t* cs = c_state.mutable_data_ptr<scalar_t>();
   scalar_t* outp = out.mutable_data_ptr<scalar_t>();
   const scalar_t* sh = shift.const_data_ptr<scalar_t>();
+  const ActivationKernels<scalar_t>& act = activation_kernels<scalar_t>();
   const auto row = [&](int64_t, int64_t b, int64_t r, const scalar_t* a, scalar_t* scratch) {
     scalar_t* w = wsp ? wsp + r * L.width() : scratch;
     const scalar_t* xx = xh + r * xhat_ld;
@@ -76,9 +77,11 @@ void forward_impl(const Schedule& s, int64_t H, const at::Tensor& x, const at::T
     const auto [mean_h, rstd_h] = row_stats(a, G);
     for (int64_t j = 0; j < G; ++j) {
       xhh[j] = (a[j] - mean_h) * rstd_h;
-      const scalar_t pre = ln.gain_x[j] * xx[j] + ln.gain_h[j] * xhh[j] + sh[j];
-      gate[j] = (j >= 2 * H && j < 3 * H) ? std::tanh(pre) : sigmoid(pre);
+      gate[j] = ln.gain_x[j] * xx[j] + ln.gain_h[j] * xhh[j] + sh[j];
     }
+    act.sigmoid(2 * H, gate, gate);
+    act.tanh(H, gate + 2 * H, gate + 2 * H);
+    act.sigmoid(H, gate + 3 * H, gate + 3 * H);
     scalar_t* c = cs + b * H;
     scalar_t* cell = w + L.cell();
     for (int64_t j = 0; j < H; ++j) {
@@ -88,9 +91,10 @@ void forward_impl(const Schedule& s, int64_t H, const at::Tensor& x, const at::T
     const auto [mean_c, rstd_c] = row_stats(cell, H);
     scalar_t* tl = w + L.tanh_lc();
     for (int64_t j = 0; j < H; ++j) {
-      const scalar_t lc = ln.gain_c[j] * (cell[j] - mean_c) * rstd_c +
-                          (ln.shift_c ? ln.shift_c[j] : scalar_t(0));
-      tl[j] = std::tanh(lc);
+      tl[j] = ln.gain_c[j] * (cell[j] - mean_c) * rstd_c + (ln.shift_c ? ln.shift_c[j] : scalar_t(0));
+    }
+    act.tanh(H, tl, tl);
+    for (int64_t j = 0; j < H; ++j) {
       const scalar_t h = gate[3 * H + j] * tl[j];
       outp[r * H + j] = h;
       hs[b * H + j] = h;
@@ -128,9 +132,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> layer_norm_lstm_forwa
   at::Tensor shift = combined_bias(b_ih, b_hh, G, opts);
   if (bx.defined()) shift.add_(bx);
   if (bh.defined()) shift.add_(bh);
-  at::Tensor out = at::empty({s.rows, H}, opts);
+  at::Tensor out = cached_empty({s.rows, H}, opts);
   at::Tensor h_state = h0.contiguous().clone(), c_state = c0.contiguous().clone();
-  at::Tensor ws = at::empty({need_workspace ? s.rows : 0, Layout{H}.width()}, opts);
+  at::Tensor ws = cached_empty({need_workspace ? s.rows : 0, Layout{H}.width()}, opts);
   at::Tensor ws_arg = need_workspace ? ws : at::Tensor();
   const at::Tensor wih = w_ih.contiguous(), whh = w_hh.contiguous();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), kForward, [&] {
@@ -178,17 +182,9 @@ void backward_impl(const Schedule& s, int64_t H, const scalar_t* go, int64_t go_
     }
     // dc' = LN_c's input gradient (into dp_r's i columns, free until below) + dc carried
     scalar_t* dcell = dp_r;
-    double s1 = 0, s2 = 0;
-    for (int64_t j = 0; j < H; ++j) {
-      const double g = double(dl_r[j]) * ln.gain_c[j];
-      s1 += g;
-      s2 += g * (cell[j] - mean_c) * rstd_c;
-    }
-    const scalar_t m1 = scalar_t(s1 / double(H)), m2 = scalar_t(s2 / double(H));
-    for (int64_t j = 0; j < H; ++j) {
-      const scalar_t xc = (cell[j] - mean_c) * rstd_c;
-      dcell[j] = rstd_c * (dl_r[j] * ln.gain_c[j] - m1 - xc * m2) + dc[j];
-    }
+    for (int64_t j = 0; j < H; ++j) dcell[j] = (cell[j] - mean_c) * rstd_c;  // LN_c's xhat
+    layer_norm_input_grad(H, dl_r, ln.gain_c, dcell, rstd_c, dcell);
+    for (int64_t j = 0; j < H; ++j) dcell[j] += dc[j];
     for (int64_t j = 0; j < H; ++j) {
       const scalar_t i = gate[j], f = gate[H + j], g = gate[2 * H + j], d = dcell[j];
       dp_r[H + j] = d * c_prev[j] * f * (scalar_t(1) - f);
@@ -234,8 +230,8 @@ Grads layer_norm_lstm_backward(
   const at::Tensor wih = w_ih.contiguous(), whh = w_hh.contiguous();
   const at::Tensor go = grad_output.contiguous();
   at::Tensor dh_state = grad_h_n.contiguous().clone(), dc_state = grad_c_n.contiguous().clone();
-  at::Tensor dpre = at::empty({s.rows, G}, opts), dgh = at::empty({s.rows, G}, opts);
-  at::Tensor dlc = at::empty({s.rows, H}, opts);
+  at::Tensor dpre = cached_empty({s.rows, G}, opts), dgh = cached_empty({s.rows, G}, opts);
+  at::Tensor dlc = cached_empty({s.rows, H}, opts);
   at::Tensor grad_gc = at::empty({H}, opts), grad_bc = at::empty({H}, opts);
   LayerNormRnnGrads g;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), kBackward, [&] {
@@ -250,12 +246,11 @@ Grads layer_norm_lstm_backward(
     const scalar_t* wsp = ws.const_data_ptr<scalar_t>();
     const scalar_t* dl = dlc.const_data_ptr<scalar_t>();
     const int64_t W = L.width();
-    column_sums<scalar_t>(s.rows, H, [&](int64_t r, int64_t j) {
+    column_sums<2, scalar_t>(s.rows, H, [&](int64_t r, int64_t j, double* v) {
       const scalar_t* w = wsp + r * W;
-      return dl[r * H + j] * (w[L.cell() + j] - w[L.mean_c()]) * w[L.rstd_c()];
-    }, grad_gc.mutable_data_ptr<scalar_t>());
-    column_sums<scalar_t>(s.rows, H, [&](int64_t r, int64_t j) { return dl[r * H + j]; },
-                          grad_bc.mutable_data_ptr<scalar_t>());
+      v[0] += dl[r * H + j] * (w[L.cell() + j] - w[L.mean_c()]) * w[L.rstd_c()];
+      v[1] += dl[r * H + j];
+    }, {grad_gc.mutable_data_ptr<scalar_t>(), grad_bc.mutable_data_ptr<scalar_t>()});
   });
   // The biases and the LN_x and LN_h shifts all add to the gate pre-activations: one
   // gradient, as separate tensors.

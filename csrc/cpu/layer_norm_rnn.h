@@ -15,11 +15,13 @@
 #include <ATen/ATen.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <utility>
 #include <vector>
 
 #include "block_cache.h"
+#include "isa/activations.h"
 #include "recurrence.h"
 
 namespace gatedrnn {
@@ -27,22 +29,31 @@ namespace gatedrnn {
 // torch.nn.LayerNorm's default.
 constexpr double kLayerNormEps = 1e-5;
 
-// The pointwise passes are plain C++ with libm's exact functions: a step's cost is its
-// GEMM and the LayerNorms' passes over the row.
-template <typename scalar_t>
-scalar_t sigmoid(scalar_t v) {
-  return scalar_t(1) / (scalar_t(1) + std::exp(-v));
+// The sum over j < n of term(j), in double, in kLanes interleaved partial sums (one chain
+// of dependent adds was the LayerNorm passes' cost): a fixed order, whatever the thread.
+template <typename Term>
+double lane_sum(int64_t n, const Term& term) {
+  constexpr int64_t kLanes = 8;
+  double acc[kLanes] = {};
+  int64_t j = 0;
+  for (; j + kLanes <= n; j += kLanes) {
+    for (int64_t u = 0; u < kLanes; ++u) acc[u] += term(j + u);
+  }
+  for (; j < n; ++j) acc[j % kLanes] += term(j);
+  double sum = 0;
+  for (int64_t u = 0; u < kLanes; ++u) sum += acc[u];
+  return sum;
 }
 
 // Mean and 1 / sqrt(biased variance + eps) of a[0:n], in double whatever scalar_t.
 template <typename scalar_t>
 std::pair<scalar_t, scalar_t> row_stats(const scalar_t* a, int64_t n) {
-  double sum = 0;
-  for (int64_t j = 0; j < n; ++j) sum += a[j];
-  const double mean = sum / double(n);
-  double var = 0;
-  for (int64_t j = 0; j < n; ++j) var += (a[j] - mean) * (a[j] - mean);
-  return {scalar_t(mean), scalar_t(1.0 / std::sqrt(var / double(n) + kLayerNormEps))};
+  const double mean = lane_sum(n, [&](int64_t j) { return double(a[j]); }) / double(n);
+  const double var = lane_sum(n, [&](int64_t j) {
+    const double d = a[j] - mean;
+    return d * d;
+  }) / double(n);
+  return {scalar_t(mean), scalar_t(1.0 / std::sqrt(var + kLayerNormEps))};
 }
 
 // dx[0:n] = the gradient of LayerNorm's input from dy, that of its normalized output
@@ -50,29 +61,28 @@ std::pair<scalar_t, scalar_t> row_stats(const scalar_t* a, int64_t n) {
 template <typename scalar_t>
 void layer_norm_input_grad(int64_t n, const scalar_t* dy, const scalar_t* gain,
                            const scalar_t* xhat, scalar_t rstd, scalar_t* dx) {
-  double s1 = 0, s2 = 0;
-  for (int64_t j = 0; j < n; ++j) {
-    const double g = double(dy[j]) * gain[j];
-    s1 += g;
-    s2 += g * xhat[j];
-  }
+  const double s1 = lane_sum(n, [&](int64_t j) { return double(dy[j]) * gain[j]; });
+  const double s2 = lane_sum(n, [&](int64_t j) { return double(dy[j]) * gain[j] * xhat[j]; });
   const scalar_t m1 = scalar_t(s1 / double(n)), m2 = scalar_t(s2 / double(n));
   for (int64_t j = 0; j < n; ++j) dx[j] = rstd * (dy[j] * gain[j] - m1 - xhat[j] * m2);
 }
 
-// out[j] = the sum over rows r = 0, 1, ... (in that order) of value(r, j), j < cols, in
-// double: blocks of columns go to threads, so the sums do not depend on their number.
-template <typename scalar_t, typename Value>
-void column_sums(int64_t rows, int64_t cols, const Value& value, scalar_t* out) {
+// out[k][j] = the sum over rows r = 0, 1, ... (in that order) of the k-th of the K values
+// add(r, j, v) adds to v[0..K), for j < cols, in double: blocks of columns go to threads,
+// so the sums do not depend on their number. One pass over the rows for all K sums.
+template <int K, typename scalar_t, typename Add>
+void column_sums(int64_t rows, int64_t cols, const Add& add, std::array<scalar_t*, K> out) {
   constexpr int64_t kBlock = 64;
   at::parallel_for(0, ceil_div(cols, kBlock), 1, [&](int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; ++c) {
       const int64_t j0 = c * kBlock, j1 = std::min(cols, j0 + kBlock);
-      double acc[kBlock] = {};
+      double acc[kBlock][K] = {};
       for (int64_t r = 0; r < rows; ++r) {
-        for (int64_t j = j0; j < j1; ++j) acc[j - j0] += value(r, j);
+        for (int64_t j = j0; j < j1; ++j) add(r, j, acc[j - j0]);
       }
-      for (int64_t j = j0; j < j1; ++j) out[j] = scalar_t(acc[j - j0]);
+      for (int64_t k = 0; k < K; ++k) {
+        for (int64_t j = j0; j < j1; ++j) out[k][j] = scalar_t(acc[j - j0][k]);
+      }
     }
   });
 }
@@ -191,8 +201,8 @@ struct NormColumns {
 
 // The gradients of the input, the weights, the biases and the LN_x and LN_h gains, after
 // the backward loop, from what it left per row: dx_pre and dh_pre, the gradients of
-// LN_x(W_ih x) + b_ih and of LN_h(W_hh h) + b_hh (the same tensor for the LSTM, whose
-// two add before anything else), and dgh, that of W_hh h before LN_h.
+// LN_x(W_ih x) + b_ih and of LN_h(W_hh h) + b_hh (the same for the LSTM, whose two add
+// before anything else), and dgh, that of W_hh h before LN_h.
 //   grad_input = dgx @ w_ih, grad_w_ih = dgx^T @ x, grad_w_hh = dgh^T @ h_prev, with dgx
 //   the gradient of W_ih x before LN_x, made here; grad_b_ih = the column sums of dx_pre,
 //   grad_gain_x those of dx_pre * xhat_x (likewise the hidden side).
@@ -214,7 +224,7 @@ LayerNormRnnGrads layer_norm_rnn_grads(const Schedule& s, const at::Tensor& x,
   const scalar_t* dxp = dx_pre.const_data_ptr<scalar_t>();
   const scalar_t* dhp = dh_pre.const_data_ptr<scalar_t>();
   const int64_t W = cols.width;
-  at::Tensor dgx = at::empty({R, G}, opts);
+  at::Tensor dgx = cached_empty({R, G}, opts);
   scalar_t* gx = dgx.mutable_data_ptr<scalar_t>();
   at::parallel_for(0, R, 16, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
@@ -222,7 +232,7 @@ LayerNormRnnGrads layer_norm_rnn_grads(const Schedule& s, const at::Tensor& x,
                             wsp[r * W + cols.rstd_x], gx + r * G);
     }
   });
-  LayerNormRnnGrads g{at::empty({R, I}, opts), at::empty({G, I}, opts), at::empty({G, P}, opts),
+  LayerNormRnnGrads g{cached_empty({R, I}, opts), at::empty({G, I}, opts), at::empty({G, P}, opts),
                       at::empty({G}, opts),    at::Tensor(),             at::empty({G}, opts),
                       at::empty({G}, opts)};
   const at::Tensor h_prev = previous_states<scalar_t>(s, out, h0);
@@ -235,21 +245,15 @@ LayerNormRnnGrads layer_norm_rnn_grads(const Schedule& s, const at::Tensor& x,
   parallel_gemm<scalar_t>(G, P, R, GemmA<scalar_t>::transposed(dgh.const_data_ptr<scalar_t>(), G),
                           GemmB<scalar_t>::rows(h_prev.const_data_ptr<scalar_t>(), P),
                           scalar_t(0), g.grad_w_hh.mutable_data_ptr<scalar_t>(), P);
-  column_sums<scalar_t>(R, G, [&](int64_t r, int64_t j) { return dxp[r * G + j]; },
-                        g.grad_b_ih.mutable_data_ptr<scalar_t>());
-  if (dh_pre.is_same(dx_pre)) {
-    g.grad_b_hh = g.grad_b_ih.clone();
-  } else {
-    g.grad_b_hh = at::empty({G}, opts);
-    column_sums<scalar_t>(R, G, [&](int64_t r, int64_t j) { return dhp[r * G + j]; },
-                          g.grad_b_hh.mutable_data_ptr<scalar_t>());
-  }
-  column_sums<scalar_t>(R, G, [&](int64_t r, int64_t j) {
-    return dxp[r * G + j] * wsp[r * W + cols.xhat_x + j];
-  }, g.grad_gain_x.mutable_data_ptr<scalar_t>());
-  column_sums<scalar_t>(R, G, [&](int64_t r, int64_t j) {
-    return dhp[r * G + j] * wsp[r * W + cols.xhat_h + j];
-  }, g.grad_gain_h.mutable_data_ptr<scalar_t>());
+  g.grad_b_hh = at::empty({G}, opts);
+  column_sums<4, scalar_t>(R, G, [&](int64_t r, int64_t j, double* v) {
+    const double dx = dxp[r * G + j], dh = dhp[r * G + j];
+    v[0] += dx;
+    v[1] += dh;
+    v[2] += dx * wsp[r * W + cols.xhat_x + j];
+    v[3] += dh * wsp[r * W + cols.xhat_h + j];
+  }, {g.grad_b_ih.mutable_data_ptr<scalar_t>(), g.grad_b_hh.mutable_data_ptr<scalar_t>(),
+      g.grad_gain_x.mutable_data_ptr<scalar_t>(), g.grad_gain_h.mutable_data_ptr<scalar_t>()});
   return g;
 }
 

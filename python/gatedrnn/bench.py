@@ -21,6 +21,11 @@ Besides the sequence modules, decode rows call them one step at a time, and cell
 (`cells-*`) time a decoder of two stacked cells (torch.nn.LSTMCell / GRUCell / RNNCell
 against gatedrnn's) called from Python once per step.
 
+The layer-normalized cells (`--cells ln-lstm ln-gru`, at the small and large configs) have
+no torch.nn counterpart: their rows time LayerNormLSTM / LayerNormGRU against what a user
+would otherwise run, reference.py's Python loop over the steps, and against that loop with
+its step compiled by torch.compile; they get a table of their own.
+
 Writes a Markdown table to stdout and, under --out, bench.md, bench.json and bench.png.
 """
 import argparse
@@ -37,6 +42,7 @@ import torch
 from torch.nn.utils.rnn import pack_padded_sequence
 
 import gatedrnn
+from gatedrnn import reference
 
 # name: (T, N, I, H, num_layers, bidirectional, packed)
 CONFIGS = {
@@ -83,6 +89,10 @@ CELL_CLASSES = {"lstm": (torch.nn.LSTMCell, gatedrnn.LSTMCell),
                 "gru": (torch.nn.GRUCell, gatedrnn.GRUCell),
                 "rnn": (torch.nn.RNNCell, gatedrnn.RNNCell)}
 MODES = ("inference", "training")
+# cell: (module class, reference.py's step, the plain cell it normalizes)
+LAYER_NORM_CELLS = {"ln-lstm": (gatedrnn.LayerNormLSTM, reference.layer_norm_lstm_step, "lstm"),
+                    "ln-gru": (gatedrnn.LayerNormGRU, reference.layer_norm_gru_step, "gru")}
+LAYER_NORM_CONFIGS = ("small", "large")
 
 
 def _lengths(T, N, seed=0):
@@ -311,7 +321,7 @@ class Row:
             self.x.dtype, 2e-3)
         others = [("gatedrnn", results[1])]
         if self.peer is not None:
-            others.append(("onnxruntime", (self.peer(),)))
+            others.append((getattr(self.peer, "name", "onnxruntime"), (self.peer(),)))
         for name, result in others:
             for a, b in zip(results[0], result):
                 err = (a - b).abs().max().item() / max(1.0, a.abs().max().item())
@@ -368,8 +378,74 @@ class CellRow(Row):
         self._steps(module, 1)
 
 
+class PythonLoop(torch.nn.Module):
+    """A layer-normalized module's math as a user would write it without gatedrnn: a
+    Python loop over the steps of reference.py's step function (or of `step`, e.g. that
+    function compiled), on the module's own parameters. One direction, padded input."""
+
+    def __init__(self, module, step):
+        super().__init__()
+        self.module, self.step = module, step
+
+    def forward(self, x):
+        m = self.module
+        lstm = isinstance(m, gatedrnn.LayerNormLSTM)
+        layer_input = x
+        for w_ih, w_hh, b_ih, b_hh, _, norms in m._layer_weights():
+            h = x.new_zeros(x.shape[1], m.hidden_size)
+            state, outputs = ((h, h) if lstm else h), []
+            for t in range(x.shape[0]):
+                state = self.step(layer_input[t], *(state if lstm else (state,)), w_ih, w_hh,
+                                  b_ih, b_hh, *norms)
+                outputs.append(state[0] if lstm else state)
+            layer_input = torch.stack(outputs)
+        return layer_input, None
+
+
+class CompiledLoop:
+    """The third contender of a layer-normalized row: PythonLoop with its step compiled
+    (torch.compile, fullgraph), as a user would speed up a hand-written cell."""
+
+    name = "torch.compile"
+
+    def __init__(self, row):
+        self.row = row
+        # Compiled code is kept per function: every row would add its own (shapes, grad
+        # mode) to the step function's, up to Dynamo's recompile limit.
+        torch._dynamo.reset()
+        self.loop = PythonLoop(row.ours, torch.compile(row.step_fn, fullgraph=True))
+
+    def __call__(self):
+        self.row.step(self.loop)
+        return self.row._output(self.loop).detach()
+
+
+class LayerNormRow(Row):
+    """A layer-normalized cell's row: ours against PythonLoop (in the torch column) and
+    CompiledLoop (the peer), all on the same parameters."""
+
+    def __init__(self, cell, config, mode, dtype, device):
+        self.cell, self.config, self.mode = cell, config, mode
+        T, N, I, H, layers, _, _ = CONFIGS[config]
+        self.calls = 1
+        cls, self.step_fn, plain = LAYER_NORM_CELLS[cell]
+        torch.manual_seed(0)
+        self.ours = cls(I, H, num_layers=layers).to(device, dtype)
+        self.ref = PythonLoop(self.ours, self.step_fn)
+        self.training = mode == "training"
+        self.x = torch.randn(T, N, I, dtype=dtype, device=device).requires_grad_(self.training)
+        self.lengths = None
+        self.rows = T * N
+        self.grad = torch.randn(T, N, H, dtype=dtype, device=device)
+        self.flops = gemm_flops(plain, T, N, I, H, layers, False) * (3 if self.training else 1)
+        self.peer = CompiledLoop(self)
+
+
 def make_row(cell, config, mode, dtype, device):
-    """The Row of a config: CellRow for the cells rows."""
+    """The Row of a config: CellRow for the cells rows, LayerNormRow for the
+    layer-normalized cells."""
+    if cell in LAYER_NORM_CELLS:
+        return LayerNormRow(cell, config, mode, dtype, device)
     return (CellRow if config.startswith("cells") else Row)(cell, config, mode, dtype, device)
 
 
@@ -382,7 +458,7 @@ def time_row(row, device, repeats, warmup, min_time=0.0):
     over 15 rounds moves with every scheduler hiccup), at most MAX_REPEATS."""
     contenders = [("torch", lambda: row.step(row.ref)), ("gatedrnn", lambda: row.step(row.ours))]
     if getattr(row, "peer", None) is not None:
-        contenders.append(("onnxruntime", row.peer))
+        contenders.append((getattr(row.peer, "name", "onnxruntime"), row.peer))
     slowest = 0.0
     for _ in range(warmup):
         slowest = max([slowest] + [_timed(fn, device) for _, fn in contenders])
@@ -532,7 +608,8 @@ def markdown(result):
 
     fmt_peer = lambda r: ("| | |" if r.get("onnxruntime_ms") is None else  # noqa: E731
                           f"| {r['onnxruntime_ms']:.2f} | **{r['speedup_vs_onnxruntime']:.2f}x** |")
-    for r in result["rows"]:
+    plain = [r for r in result["rows"] if r["cell"] not in LAYER_NORM_CELLS]
+    for r in plain:
         T, N, I, H = CONFIGS[r["config"]][:4]
         lines.append(
             f"| {r['cell']} | {r['config']} ({T}, {N}, {I}, {H}) | {r['mode']} | "
@@ -540,6 +617,23 @@ def markdown(result):
             f"{r['gatedrnn_gflops']:.1f} | {100 * r['peak_fraction']:.0f}% | "
             f"{fmt_mem(r['torch_peak_mib'])} | {fmt_mem(r['gatedrnn_peak_mib'])} {fmt_peer(r)}"
             f"{fmt_paths(r)}")
+    normed = [r for r in result["rows"] if r["cell"] in LAYER_NORM_CELLS]
+    if normed:
+        lines += ["", "Layer-normalized cells against reference.py's Python loop over the steps "
+                  "(what a user would run without gatedrnn) and that loop with its step "
+                  "compiled (torch.compile, fullgraph):", "",
+                  "| cell | config (T, N, I, H) | mode | Python loop ms | torch.compile ms | "
+                  "gatedrnn ms | vs loop | vs compiled | gatedrnn GFLOP/s | % of peak |",
+                  "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for r in normed:
+            T, N, I, H = CONFIGS[r["config"]][:4]
+            lines.append(
+                f"| {r['cell']} | {r['config']} ({T}, {N}, {I}, {H}) | {r['mode']} | "
+                f"{r['torch_ms']:.2f} | {r['compiled_ms']:.2f} | {r['gatedrnn_ms']:.2f} | "
+                f"**{r['speedup']:.2f}x** | **{r['speedup_vs_compiled']:.2f}x** | "
+                f"{r['gatedrnn_gflops']:.1f} | {100 * r['peak_fraction']:.0f}% |")
+    if not plain:  # only layer-normalized rows: no table against torch.nn
+        del lines[2:4]
     return "\n".join(lines)
 
 
@@ -593,11 +687,12 @@ def run(args):
               "min_time": args.min_time, "peak_gflops": peak, "peak_source": source,
               "library_gemm_gflops": libraries, "command": " ".join(sys.argv), "rows": []}
     plan = [(c, s, m) for c in args.cells for s in args.configs for m in args.modes
-            if c in DECODE_CELLS or not s.startswith("decode")]
+            if (c in DECODE_CELLS or not s.startswith("decode"))
+            and (c not in LAYER_NORM_CELLS or (s in LAYER_NORM_CONFIGS and device.type == "cpu"))]
     for k, (cell, config, mode) in enumerate(plan):
         _progress(k, len(plan), f"{cell} {config} {mode}")
         row = make_row(cell, config, mode, dtype, device)
-        if args.onnxruntime:
+        if args.onnxruntime and cell not in LAYER_NORM_CELLS:
             row.peer = OnnxRuntimePeer.for_row(row, device)
             if row.peer is not None:
                 result["onnxruntime"] = row.peer.version
@@ -605,7 +700,7 @@ def run(args):
         t, rounds = time_row(row, device, args.repeats, args.warmup, args.min_time)
         t = {name: value / row.calls for name, value in t.items()}  # per call
         paths = cuda_paths(row) if device.type == "cuda" else None
-        mem = {} if args.no_memory else {
+        mem = {} if args.no_memory or cell in LAYER_NORM_CELLS else {
             name: peak_memory(row, name, device, args.dtype) for name in ("torch", "gatedrnn")}
         result["rows"].append({
             "cell": cell, "config": config, "mode": mode, "shape": CONFIGS[config],
@@ -619,14 +714,18 @@ def run(args):
             "paths": paths,
             "onnxruntime_ms": 1e3 * t["onnxruntime"] if "onnxruntime" in t else None,
             "speedup_vs_onnxruntime": (t["onnxruntime"] / t["gatedrnn"]
-                                       if "onnxruntime" in t else None)})
+                                       if "onnxruntime" in t else None),
+            "compiled_ms": 1e3 * t["torch.compile"] if "torch.compile" in t else None,
+            "speedup_vs_compiled": (t["torch.compile"] / t["gatedrnn"]
+                                    if "torch.compile" in t else None)})
     _progress(len(plan), len(plan), "done")
     return result
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description="Benchmark gatedrnn against torch.nn.")
-    p.add_argument("--cells", nargs="+", default=list(CELLS), choices=list(CELLS))
+    p.add_argument("--cells", nargs="+", default=list(CELLS) + list(LAYER_NORM_CELLS),
+                   choices=list(CELLS) + list(LAYER_NORM_CELLS))
     p.add_argument("--configs", nargs="+", default=None, choices=list(CONFIGS),
                    help="default: " + " ".join(CPU_DEFAULT_CONFIGS) + "; on CUDA also "
                         + " ".join(GPU_CONFIGS))

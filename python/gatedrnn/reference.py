@@ -134,33 +134,54 @@ def _add(v: Tensor, b: Optional[Tensor]) -> Tensor:
     return v if b is None else v + b
 
 
+def layer_norm_lstm_step(x: Tensor, h: Tensor, c: Tensor, w_ih: Tensor, w_hh: Tensor,
+                         b_ih: Optional[Tensor], b_hh: Optional[Tensor], ln_ih_weight: Tensor,
+                         ln_ih_bias: Optional[Tensor], ln_hh_weight: Tensor,
+                         ln_hh_bias: Optional[Tensor], ln_cell_weight: Tensor,
+                         ln_cell_bias: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
+    """One step of the layer-normalized LSTM: (h', c') from x [N, I], h, c [N, H]."""
+    gates = (_layer_norm(x @ w_ih.t(), ln_ih_weight, ln_ih_bias)
+             + _layer_norm(h @ w_hh.t(), ln_hh_weight, ln_hh_bias))
+    i, f, g, o = _add(_add(gates, b_ih), b_hh).chunk(4, dim=1)
+    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+    h = torch.sigmoid(o) * torch.tanh(_layer_norm(c, ln_cell_weight, ln_cell_bias))
+    return h, c
+
+
 def layer_norm_lstm(input: Tensor, batch_sizes: Optional[Tensor], h0: Tensor, c0: Tensor,
                     w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor], b_hh: Optional[Tensor],
                     ln_ih_weight: Tensor, ln_ih_bias: Optional[Tensor], ln_hh_weight: Tensor,
                     ln_hh_bias: Optional[Tensor], ln_cell_weight: Tensor,
                     ln_cell_bias: Optional[Tensor], reverse: bool) -> Tuple[Tensor, Tensor, Tensor]:
+    params = (w_ih, w_hh, b_ih, b_hh, ln_ih_weight, ln_ih_bias, ln_hh_weight, ln_hh_bias,
+              ln_cell_weight, ln_cell_bias)
+
     def step(x, state):
-        h, c = state
-        gates = (_layer_norm(x @ w_ih.t(), ln_ih_weight, ln_ih_bias)
-                 + _layer_norm(h @ w_hh.t(), ln_hh_weight, ln_hh_bias))
-        i, f, g, o = _add(_add(gates, b_ih), b_hh).chunk(4, dim=1)
-        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-        h = torch.sigmoid(o) * torch.tanh(_layer_norm(c, ln_cell_weight, ln_cell_bias))
+        h, c = layer_norm_lstm_step(x, *state, *params)
         return h, (h, c)
 
     output, (h_n, c_n) = _run(input, batch_sizes, (h0, c0), reverse, step)
     return output, h_n, c_n
 
 
+def layer_norm_gru_step(x: Tensor, h: Tensor, w_ih: Tensor, w_hh: Tensor,
+                        b_ih: Optional[Tensor], b_hh: Optional[Tensor], ln_ih_weight: Tensor,
+                        ln_ih_bias: Optional[Tensor], ln_hh_weight: Tensor,
+                        ln_hh_bias: Optional[Tensor]) -> Tensor:
+    """One step of the layer-normalized GRU: h' from x [N, I] and h [N, H]."""
+    gx = _add(_layer_norm(x @ w_ih.t(), ln_ih_weight, ln_ih_bias), b_ih)
+    gh = _add(_layer_norm(h @ w_hh.t(), ln_hh_weight, ln_hh_bias), b_hh)
+    return _gru_update(gx, gh, h)
+
+
 def layer_norm_gru(input: Tensor, batch_sizes: Optional[Tensor], h0: Tensor, w_ih: Tensor,
                    w_hh: Tensor, b_ih: Optional[Tensor], b_hh: Optional[Tensor],
                    ln_ih_weight: Tensor, ln_ih_bias: Optional[Tensor], ln_hh_weight: Tensor,
                    ln_hh_bias: Optional[Tensor], reverse: bool) -> Tuple[Tensor, Tensor]:
+    params = (w_ih, w_hh, b_ih, b_hh, ln_ih_weight, ln_ih_bias, ln_hh_weight, ln_hh_bias)
+
     def step(x, state):
-        (h,) = state
-        gx = _add(_layer_norm(x @ w_ih.t(), ln_ih_weight, ln_ih_bias), b_ih)
-        gh = _add(_layer_norm(h @ w_hh.t(), ln_hh_weight, ln_hh_bias), b_hh)
-        h = _gru_update(gx, gh, h)
+        h = layer_norm_gru_step(x, state[0], *params)
         return h, (h,)
 
     output, (h_n,) = _run(input, batch_sizes, (h0,), reverse, step)
