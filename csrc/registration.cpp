@@ -34,19 +34,26 @@ TORCH_LIBRARY(gatedrnn, m) {
       "Tensor h0, Tensor w_ih, Tensor w_hh, Tensor output, str nonlinearity, bool reverse) "
       "-> (Tensor grad_input, Tensor grad_h0, Tensor grad_w_ih, Tensor grad_w_hh, "
       "Tensor grad_b_ih, Tensor grad_b_hh)");
-  // The layer-normalized cells (modules LayerNormLSTM, LayerNormGRU): LN_x(W_ih x) and
-  // LN_h(W_hh h) each over the whole gate row, the LSTM's LN_c over its cell state; each
-  // LayerNorm has a gain (ln_*_weight) and an optional shift (ln_*_bias).
+  // The row-wise cells: the layer-normalized LSTM and GRU (modules LayerNormLSTM,
+  // LayerNormGRU): LN_x(W_ih x) and LN_h(W_hh h) each over the whole gate row, the LSTM's
+  // LN_c over its cell state, each with a gain (ln_*_weight) and an optional shift
+  // (ln_*_bias); a LayerNorm whose gain is None is left out (all of them: the plain cell,
+  // which the plain modules run here when a regularizer needs the time loop). Masks,
+  // constants to autograd: state_mask [N, hidden] multiplies h where it enters the
+  // recurrent GEMM (variational state dropout); zoneout_h, zoneout_c [rows, hidden] are
+  // each row's zoneout weight d of the previous state: h' = d h + (1 - d) h~.
   m.def(
       "layer_norm_lstm_forward(Tensor input, Tensor? batch_sizes, Tensor h0, Tensor c0, "
-      "Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor ln_ih_weight, "
-      "Tensor? ln_ih_bias, Tensor ln_hh_weight, Tensor? ln_hh_bias, Tensor ln_cell_weight, "
-      "Tensor? ln_cell_bias, bool reverse, bool need_workspace=True) "
+      "Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor? ln_ih_weight, "
+      "Tensor? ln_ih_bias, Tensor? ln_hh_weight, Tensor? ln_hh_bias, Tensor? ln_cell_weight, "
+      "Tensor? ln_cell_bias, Tensor? state_mask, Tensor? zoneout_h, Tensor? zoneout_c, "
+      "bool reverse, bool need_workspace=True) "
       "-> (Tensor output, Tensor h_n, Tensor c_n, Tensor workspace)");
   m.def(
       "layer_norm_lstm_backward(Tensor grad_output, Tensor grad_h_n, Tensor grad_c_n, "
       "Tensor input, Tensor? batch_sizes, Tensor h0, Tensor c0, Tensor w_ih, Tensor w_hh, "
-      "Tensor ln_ih_weight, Tensor ln_hh_weight, Tensor ln_cell_weight, Tensor output, "
+      "Tensor? ln_ih_weight, Tensor? ln_hh_weight, Tensor? ln_cell_weight, "
+      "Tensor? state_mask, Tensor? zoneout_h, Tensor? zoneout_c, Tensor output, "
       "Tensor workspace, bool reverse) -> (Tensor grad_input, Tensor grad_h0, "
       "Tensor grad_c0, Tensor grad_w_ih, Tensor grad_w_hh, Tensor grad_b_ih, "
       "Tensor grad_b_hh, Tensor grad_ln_ih_weight, Tensor grad_ln_ih_bias, "
@@ -54,13 +61,15 @@ TORCH_LIBRARY(gatedrnn, m) {
       "Tensor grad_ln_cell_bias)");
   m.def(
       "layer_norm_gru_forward(Tensor input, Tensor? batch_sizes, Tensor h0, Tensor w_ih, "
-      "Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor ln_ih_weight, Tensor? ln_ih_bias, "
-      "Tensor ln_hh_weight, Tensor? ln_hh_bias, bool reverse, bool need_workspace=True) "
+      "Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor? ln_ih_weight, Tensor? ln_ih_bias, "
+      "Tensor? ln_hh_weight, Tensor? ln_hh_bias, Tensor? state_mask, Tensor? zoneout_h, "
+      "bool reverse, bool need_workspace=True) "
       "-> (Tensor output, Tensor h_n, Tensor workspace)");
   m.def(
       "layer_norm_gru_backward(Tensor grad_output, Tensor grad_h_n, Tensor input, "
-      "Tensor? batch_sizes, Tensor h0, Tensor w_ih, Tensor w_hh, Tensor ln_ih_weight, "
-      "Tensor ln_hh_weight, Tensor output, Tensor workspace, bool reverse) "
+      "Tensor? batch_sizes, Tensor h0, Tensor w_ih, Tensor w_hh, Tensor? ln_ih_weight, "
+      "Tensor? ln_hh_weight, Tensor? state_mask, Tensor? zoneout_h, Tensor output, "
+      "Tensor workspace, bool reverse) "
       "-> (Tensor grad_input, Tensor grad_h0, Tensor grad_w_ih, Tensor grad_w_hh, "
       "Tensor grad_b_ih, Tensor grad_b_hh, Tensor grad_ln_ih_weight, Tensor grad_ln_ih_bias, "
       "Tensor grad_ln_hh_weight, Tensor grad_ln_hh_bias)");

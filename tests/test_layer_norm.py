@@ -35,6 +35,8 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 import gatedrnn
 from gatedrnn import reference
+from _row_wise_helpers import (assert_same, cotangents, module_results,  # noqa: E402
+                               perturb_layer_norms)
 
 CELLS = ("LSTM", "GRU")
 MODULES = {"LSTM": gatedrnn.LayerNormLSTM, "GRU": gatedrnn.LayerNormGRU}
@@ -52,6 +54,9 @@ ARGS = {
             "ln_hh_weight", "ln_hh_bias"),
 }
 OUTPUTS = {"LSTM": ("output", "h_n", "c_n"), "GRU": ("output", "h_n")}
+#: The regularizers' masks that follow ARGS in the ops' and reference.py's arguments
+#: (state_mask, zoneout_h[, zoneout_c]): none here (tests/test_regularizers.py has them).
+NO_MASKS = {"LSTM": (None, None, None), "GRU": (None, None)}
 #: The LayerNorms of each cell: (kind, width in units of H).
 NORMS = {"LSTM": (("ih", 4), ("hh", 4), ("cell", 1)), "GRU": (("ih", 3), ("hh", 3))}
 
@@ -106,7 +111,7 @@ def make_args(cell, T, N, I, H, *, batch_sizes=None, bias=True, ln_bias=None, dt
 def call_op(cell, a, batch_sizes, reverse, need_workspace=True):
     """The forward op's results, the workspace included."""
     return forward_op(cell)(a["input"], batch_sizes, *(a[k] for k in ARGS[cell][1:]),
-                            reverse, need_workspace)
+                            *NO_MASKS[cell], reverse, need_workspace)
 
 
 def fused(cell, a, batch_sizes, reverse):
@@ -115,12 +120,7 @@ def fused(cell, a, batch_sizes, reverse):
 
 def ref(cell, a, batch_sizes, reverse):
     return reference_fn(cell)(a["input"], batch_sizes, *(a[k] for k in ARGS[cell][1:]),
-                              reverse)
-
-
-def cotangents(outs, seed=1234):
-    g = torch.Generator().manual_seed(seed)
-    return [torch.randn(o.shape, generator=g, dtype=torch.float64).to(o.dtype) for o in outs]
+                              *NO_MASKS[cell], reverse)
 
 
 def results(fn, cell, a, batch_sizes, reverse):
@@ -134,14 +134,6 @@ def results(fn, cell, a, batch_sizes, reverse):
     res = {name: o.detach() for name, o in zip(OUTPUTS[cell], outs)}
     res.update({f"grad_{k}": gr for k, gr in zip(leaves, grads)})
     return res
-
-
-def assert_same(got: dict, expected: dict, **tol):
-    assert list(got) == list(expected)
-    for k in expected:
-        assert got[k].shape == expected[k].shape, (k, got[k].shape, expected[k].shape)
-        assert got[k].dtype == expected[k].dtype, (k, got[k].dtype, expected[k].dtype)
-        torch.testing.assert_close(got[k], expected[k], **tol, msg=lambda m, k=k: f"{k}: {m}")
 
 
 # ---------------------------------------------------------------------------
@@ -363,14 +355,7 @@ def make_module(cell, input_size=5, hidden_size=6, *, seed=0, dtype=DT, **kw):
     """A module with its LayerNorm gains and shifts made non-trivial."""
     torch.manual_seed(seed)
     module = MODULES[cell](input_size, hidden_size, dtype=dtype, **kw)
-    g = torch.Generator().manual_seed(seed + 100)
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            noise = torch.randn(p.shape, generator=g, dtype=torch.float64).to(p.dtype)
-            if name.startswith("ln_weight_"):
-                p.copy_(1 + 0.3 * noise)
-            elif name.startswith("ln_bias_"):
-                p.copy_(0.3 * noise)
+    perturb_layer_norms(module, seed + 100)
     return module
 
 
@@ -424,7 +409,8 @@ def stacked_reference(module, input, hx=None):
             index = layer * D + direction
             out, *final = reference_fn(cell)(
                 layer_input, batch_sizes, *(s[index] for s in states),
-                *_layer_direction_weights(module, cell, layer, direction), direction == 1)
+                *_layer_direction_weights(module, cell, layer, direction), *NO_MASKS[cell],
+                direction == 1)
             outputs.append(out)
             for kind, s in enumerate(final):
                 finals[kind].append(s)
@@ -466,36 +452,6 @@ def make_module_input(cell, module, layout, *, T=4, N=3, seed=1):
                                        enforce_sorted=layout == "packed")
     hx = tuple(0.5 * rnd(*hx_shape) for _ in range(2 if cell == "LSTM" else 1))
     return inp, (hx if cell == "LSTM" else hx[0])
-
-
-def module_results(forward, module, inp, hx):
-    """forward(inp, hx)'s output and final states and the gradients of a fixed random
-    linear loss over them w.r.t. the input, each state given and each parameter."""
-    packed = isinstance(inp, PackedSequence)
-    data = (inp.data if packed else inp).detach().clone().requires_grad_()
-    inp = PackedSequence(data, inp.batch_sizes, inp.sorted_indices,
-                         inp.unsorted_indices) if packed else data
-    leaves = {"input": data}
-    if hx is not None:
-        hx = tuple(h.detach().clone().requires_grad_() for h in
-                   (hx if isinstance(hx, tuple) else (hx,)))
-        leaves.update({f"hx[{k}]": h for k, h in enumerate(hx)})
-        hx = hx if len(hx) == 2 else hx[0]
-    leaves.update(dict(module.named_parameters()))
-    output, hidden = forward(inp, hx)
-    if packed:
-        assert isinstance(output, PackedSequence)
-        assert torch.equal(output.batch_sizes, inp.batch_sizes)
-        for name in ("sorted_indices", "unsorted_indices"):
-            a, b = getattr(output, name), getattr(inp, name)
-            assert (a is None and b is None) or torch.equal(a, b), name
-        output = output.data
-    outs = [output, *(hidden if isinstance(hidden, tuple) else (hidden,))]
-    loss = sum((o * c).sum() for o, c in zip(outs, cotangents(outs)))
-    grads = torch.autograd.grad(loss, list(leaves.values()))
-    res = {f"out[{k}]": o.detach() for k, o in enumerate(outs)}
-    res.update({f"grad.{k}": gr for k, gr in zip(leaves, grads)})
-    return res
 
 
 MODULE_CONFIGS = [
@@ -603,7 +559,8 @@ def test_opcheck_forward(cell, packed, variant):
     a = make_args(cell, 4, 3, 4, 5, batch_sizes=bs, bias=variant["bias"],
                   dtype=variant["dtype"])
     a = {k: None if v is None else v.requires_grad_() for k, v in a.items()}
-    args = (a["input"], bs, *(a[k] for k in ARGS[cell][1:]), variant["reverse"])
+    args = (a["input"], bs, *(a[k] for k in ARGS[cell][1:]), *NO_MASKS[cell],
+            variant["reverse"])
     torch.library.opcheck(forward_op(cell), args)
 
 
@@ -615,7 +572,7 @@ def _backward_args(cell, a, bs, reverse):
     norms = [a[f"ln_{kind}_weight"] for kind, _ in NORMS[cell]]
     states = ("h0", "c0") if cell == "LSTM" else ("h0",)
     return (*grads, a["input"], bs, *(a[s] for s in states), a["w_ih"], a["w_hh"], *norms,
-            outs[0], workspace, reverse)
+            *NO_MASKS[cell], outs[0], workspace, reverse)
 
 
 @pytest.mark.parametrize("cell", CELLS)

@@ -1,8 +1,10 @@
-// The layer-normalized GRU over one direction of a (possibly packed) sequence, on the
-// CPU. Gate order r, z, n as torch.nn.GRU's; each LayerNorm is over the whole 3H row, with
-// its own gain and shift:
-//   gx = LN_x(W_ih x) + b_ih,  gh = LN_h(W_hh h) + b_hh
-//   r = s(gx_r + gh_r), z = s(gx_z + gh_z), n = tanh(gx_n + r gh_n),  h' = (1 - z) n + z h
+// The row-wise GRU over one direction of a (possibly packed) sequence, on the CPU: the
+// layer-normalized GRU, and with its LayerNorms left out the plain GRU where a regularizer
+// needs the time loop. Gate order r, z, n as torch.nn.GRU's; each LayerNorm is over the
+// whole 3H row, with its own gain and shift:
+//   gx = LN_x(W_ih x) + b_ih,  gh = LN_h(W_hh (m h)) + b_hh   (m: the state mask, or 1)
+//   r = s(gx_r + gh_r), z = s(gx_z + gh_z), n = tanh(gx_n + r gh_n),  h~ = (1 - z) n + z h
+//   h' = d h + (1 - d) h~                                      (zoneout, d = 0 where off)
 // The loops are layer_norm_rnn.h's; this file has the cell's pointwise passes.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -10,6 +12,7 @@
 
 #include <cmath>
 #include <tuple>
+#include <vector>
 
 #include "layer_norm_rnn.h"
 
@@ -38,18 +41,24 @@ struct Layout {
 template <typename scalar_t>
 void forward_impl(const Schedule& s, int64_t H, const at::Tensor& x, const at::Tensor& w_ih,
                   const at::Tensor& w_hh, const scalar_t* gain_x, const scalar_t* gain_h,
-                  const scalar_t* shift_x, const scalar_t* shift_h, at::Tensor& out,
-                  at::Tensor& h_state, at::Tensor& ws) {
+                  const scalar_t* shift_x, const scalar_t* shift_h, bool norm_x, bool norm_h,
+                  const Regularizers<scalar_t>& reg, at::Tensor& out, at::Tensor& h_state,
+                  at::Tensor& ws) {
   const Layout L{H};
   const int64_t G = kGates * H, N = s.batch;
   at::Tensor xhat = ws.defined() ? ws : cached_empty({s.rows, G}, x.options());
   const int64_t xhat_ld = xhat.size(1);
   scalar_t* xh = xhat.mutable_data_ptr<scalar_t>();
   scalar_t* wsp = ws.defined() ? ws.mutable_data_ptr<scalar_t>() : nullptr;
-  normalized_input_projection<scalar_t>(x, w_ih, xh, xhat_ld, wsp ? wsp + L.rstd_x() : nullptr,
-                                        L.width());
+  normalized_input_projection<scalar_t>(x, w_ih, norm_x, xh, xhat_ld,
+                                        wsp ? wsp + L.rstd_x() : nullptr, L.width());
   at::Tensor gh = at::empty({N, G}, x.options());
   scalar_t* hs = h_state.mutable_data_ptr<scalar_t>();
+  // The GEMM reads m h: a masked copy of the state where there is a state mask.
+  at::Tensor masked = reg.state ? h_state * at::from_blob(const_cast<scalar_t*>(reg.state),
+                                                          {N, H}, h_state.options())
+                                : h_state;
+  scalar_t* hm = masked.mutable_data_ptr<scalar_t>();
   scalar_t* outp = out.mutable_data_ptr<scalar_t>();
   const ActivationKernels<scalar_t>& act = activation_kernels<scalar_t>();
   const auto row = [&](int64_t, int64_t b, int64_t r, const scalar_t* a, scalar_t* scratch) {
@@ -59,7 +68,7 @@ void forward_impl(const Schedule& s, int64_t H, const at::Tensor& x, const at::T
     scalar_t* gate = w + L.gates();
     scalar_t* hn = w + L.hidden_n();
     scalar_t* h = hs + b * H;
-    const auto [mean_h, rstd_h] = row_stats(a, G);
+    const auto [mean_h, rstd_h] = norm_h ? row_stats(a, G) : std::pair<scalar_t, scalar_t>{0, 1};
     for (int64_t j = 0; j < G; ++j) xhh[j] = (a[j] - mean_h) * rstd_h;
     const auto in_x = [&](int64_t j) { return gain_x[j] * xx[j] + shift_x[j]; };
     const auto in_h = [&](int64_t j) { return gain_h[j] * xhh[j] + shift_h[j]; };
@@ -70,15 +79,17 @@ void forward_impl(const Schedule& s, int64_t H, const at::Tensor& x, const at::T
       gate[2 * H + j] = in_x(2 * H + j) + gate[j] * hn[j];
     }
     act.tanh(H, gate + 2 * H, gate + 2 * H);
+    const scalar_t* d = reg.zoneout_h ? reg.zoneout_h + r * H : nullptr;
     for (int64_t j = 0; j < H; ++j) {
       const scalar_t zg = gate[H + j], ng = gate[2 * H + j];
       const scalar_t h_new = (scalar_t(1) - zg) * ng + zg * h[j];
-      outp[r * H + j] = h_new;
-      h[j] = h_new;
+      h[j] = d ? d[j] * h[j] + (scalar_t(1) - d[j]) * h_new : h_new;
+      outp[r * H + j] = h[j];
+      if (reg.state) hm[b * H + j] = h[j] * reg.state[b * H + j];
     }
     w[L.rstd_h()] = rstd_h;
   };
-  layer_norm_forward_loop<scalar_t>(s, w_hh, hs, gh.mutable_data_ptr<scalar_t>(), L.width(),
+  layer_norm_forward_loop<scalar_t>(s, w_hh, hm, gh.mutable_data_ptr<scalar_t>(), L.width(),
                                     row);
 }
 
@@ -92,13 +103,16 @@ at::Tensor shift_of(const std::optional<at::Tensor>& bias, const at::Tensor& ln_
 std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_gru_forward(
     const at::Tensor& input, const std::optional<at::Tensor>& batch_sizes, const at::Tensor& h0,
     const at::Tensor& w_ih, const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih,
-    const std::optional<at::Tensor>& b_hh, const at::Tensor& ln_ih_weight,
-    const std::optional<at::Tensor>& ln_ih_bias, const at::Tensor& ln_hh_weight,
-    const std::optional<at::Tensor>& ln_hh_bias, bool reverse, bool need_workspace) {
+    const std::optional<at::Tensor>& b_hh, const std::optional<at::Tensor>& ln_ih_weight,
+    const std::optional<at::Tensor>& ln_ih_bias, const std::optional<at::Tensor>& ln_hh_weight,
+    const std::optional<at::Tensor>& ln_hh_bias, const std::optional<at::Tensor>& state_mask,
+    const std::optional<at::Tensor>& zoneout_h, bool reverse, bool need_workspace) {
   const RnnShapes sh = check_layer_norm_args(kForward, kGates, input, batch_sizes, h0, nullptr,
                                              w_ih, w_hh, b_ih, b_hh, reverse);
   const Schedule& s = sh.schedule;
   const int64_t H = sh.hidden_size, G = kGates * H;
+  check_shift_has_gain(kForward, ln_ih_weight, ln_ih_bias, "ln_ih_bias");
+  check_shift_has_gain(kForward, ln_hh_weight, ln_hh_bias, "ln_hh_bias");
   const at::Tensor gx = layer_norm_param(kForward, input, ln_ih_weight, "ln_ih_weight", G, true);
   const at::Tensor bx = layer_norm_param(kForward, input, ln_ih_bias, "ln_ih_bias", G, false);
   const at::Tensor gh = layer_norm_param(kForward, input, ln_hh_weight, "ln_hh_weight", G, true);
@@ -111,22 +125,28 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_gru_forward(
   at::Tensor ws = cached_empty({need_workspace ? s.rows : 0, Layout{H}.width()}, opts);
   at::Tensor ws_arg = need_workspace ? ws : at::Tensor();
   const at::Tensor wih = w_ih.contiguous(), whh = w_hh.contiguous();
+  std::vector<at::Tensor> keep;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), kForward, [&] {
+    const Regularizers<scalar_t> reg{
+        mask_data<scalar_t>(kForward, input, state_mask, "state_mask", s.batch, H, keep),
+        mask_data<scalar_t>(kForward, input, zoneout_h, "zoneout_h", s.rows, H, keep), nullptr};
     forward_impl<scalar_t>(s, H, x, wih, whh, gx.const_data_ptr<scalar_t>(),
                            gh.const_data_ptr<scalar_t>(), shift_x.const_data_ptr<scalar_t>(),
-                           shift_h.const_data_ptr<scalar_t>(), out, h_state, ws_arg);
+                           shift_h.const_data_ptr<scalar_t>(), is_given(ln_ih_weight),
+                           is_given(ln_hh_weight), reg, out, h_state, ws_arg);
   });
   return {shaped_like_input(out, input), h_state, ws};
 }
 
 // The gradients the backward loop leaves per row, for the sums and GEMMs after it:
 //   dx_pre [R, 3H] of gx, dh_pre [R, 3H] of gh (both after their LayerNorms), dgh [R, 3H]
-//   of W_hh h (before LN_h)
+//   of W_hh m h (before LN_h)
 template <typename scalar_t>
 void backward_impl(const Schedule& s, int64_t H, const scalar_t* go, const at::Tensor& out,
                    const at::Tensor& h0, const at::Tensor& w_hh, const scalar_t* gain_h,
-                   const at::Tensor& ws, at::Tensor& dh_state, at::Tensor& dx_pre,
-                   at::Tensor& dh_pre, at::Tensor& dgh) {
+                   bool norm_h, const Regularizers<scalar_t>& reg, const at::Tensor& ws,
+                   at::Tensor& dh_state, at::Tensor& dx_pre, at::Tensor& dh_pre,
+                   at::Tensor& dgh) {
   const Layout L{H};
   const int64_t G = kGates * H;
   const scalar_t* wsp = ws.const_data_ptr<scalar_t>();
@@ -136,17 +156,20 @@ void backward_impl(const Schedule& s, int64_t H, const scalar_t* go, const at::T
   scalar_t* dxp = dx_pre.mutable_data_ptr<scalar_t>();
   scalar_t* dhp = dh_pre.mutable_data_ptr<scalar_t>();
   scalar_t* dg = dgh.mutable_data_ptr<scalar_t>();
-  const auto row = [&](int64_t k, int64_t b, int64_t r) {
+  const auto row = [&](int64_t k, int64_t b, int64_t r, const scalar_t* dh_g) {
     const scalar_t* w = wsp + r * L.width();
     const scalar_t* gate = w + L.gates();
     const scalar_t* hn = w + L.hidden_n();
+    const scalar_t* zh = reg.zoneout_h ? reg.zoneout_h + r * H : nullptr;
+    const scalar_t* m = reg.state ? reg.state + b * H : nullptr;
     const scalar_t* h_prev = previous_rows(s, k, outp, H, h0p, H).row(b);
     scalar_t* dx_r = dxp + r * G;
     scalar_t* dh_r = dhp + r * G;
     scalar_t* dh = dhs + b * H;
     for (int64_t j = 0; j < H; ++j) {
       const scalar_t rg = gate[j], zg = gate[H + j], ng = gate[2 * H + j];
-      const scalar_t d = go[r * H + j] + dh[j];
+      const scalar_t total = go[r * H + j] + dh[j] + (m ? m[j] : scalar_t(1)) * dh_g[j];
+      const scalar_t d = zh ? (scalar_t(1) - zh[j]) * total : total;  // into h~
       const scalar_t dn = d * (scalar_t(1) - zg) * (scalar_t(1) - ng * ng);
       const scalar_t dr = dn * hn[j] * rg * (scalar_t(1) - rg);
       const scalar_t dz = d * (h_prev[j] - ng) * zg * (scalar_t(1) - zg);
@@ -154,11 +177,11 @@ void backward_impl(const Schedule& s, int64_t H, const scalar_t* go, const at::T
       dx_r[H + j] = dh_r[H + j] = dz;
       dx_r[2 * H + j] = dn;
       dh_r[2 * H + j] = dn * rg;
-      dh[j] = d * zg;  // the GEMM adds the rest of h's gradient
+      dh[j] = d * zg + (zh ? zh[j] * total : scalar_t(0));  // all but the GEMM's part
     }
-    layer_norm_input_grad(G, dh_r, gain_h, w + L.xhat_h(), w[L.rstd_h()], dg + r * G);
+    norm_input_grad(norm_h, G, dh_r, gain_h, w + L.xhat_h(), w[L.rstd_h()], dg + r * G);
   };
-  layer_norm_backward_loop<scalar_t>(s, w_hh, dhs, dg, scalar_t(1), row);
+  layer_norm_backward_loop<scalar_t>(s, w_hh, dh_state, reg.state, dg, row);
 }
 
 using Grads = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
@@ -168,7 +191,10 @@ Grads layer_norm_gru_backward(const at::Tensor& grad_output, const at::Tensor& g
                               const at::Tensor& input,
                               const std::optional<at::Tensor>& batch_sizes, const at::Tensor& h0,
                               const at::Tensor& w_ih, const at::Tensor& w_hh,
-                              const at::Tensor& ln_ih_weight, const at::Tensor& ln_hh_weight,
+                              const std::optional<at::Tensor>& ln_ih_weight,
+                              const std::optional<at::Tensor>& ln_hh_weight,
+                              const std::optional<at::Tensor>& state_mask,
+                              const std::optional<at::Tensor>& zoneout_h,
                               const at::Tensor& output, const at::Tensor& workspace,
                               bool reverse) {
   const RnnShapes sh = check_layer_norm_args(kBackward, kGates, input, batch_sizes, h0, nullptr,
@@ -193,12 +219,18 @@ Grads layer_norm_gru_backward(const at::Tensor& grad_output, const at::Tensor& g
   at::Tensor dx_pre = cached_empty({s.rows, G}, opts), dh_pre = cached_empty({s.rows, G}, opts);
   at::Tensor dgh = cached_empty({s.rows, G}, opts);
   LayerNormRnnGrads g;
+  std::vector<at::Tensor> keep;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), kBackward, [&] {
+    const Regularizers<scalar_t> reg{
+        mask_data<scalar_t>(kBackward, input, state_mask, "state_mask", s.batch, H, keep),
+        mask_data<scalar_t>(kBackward, input, zoneout_h, "zoneout_h", s.rows, H, keep), nullptr};
     backward_impl<scalar_t>(s, H, go.const_data_ptr<scalar_t>(), out, h0c, whh,
-                            gh.const_data_ptr<scalar_t>(), ws, dh_state, dx_pre, dh_pre, dgh);
+                            gh.const_data_ptr<scalar_t>(), is_given(ln_hh_weight), reg, ws,
+                            dh_state, dx_pre, dh_pre, dgh);
     g = layer_norm_rnn_grads<scalar_t>(s, x, wih, out, h0c, ws,
                                        {L.width(), L.xhat_x(), L.xhat_h(), L.rstd_x()}, dx_pre,
-                                       dh_pre, dgh, gx.const_data_ptr<scalar_t>());
+                                       dh_pre, dgh, gx.const_data_ptr<scalar_t>(),
+                                       is_given(ln_ih_weight), reg.state);
   });
   // Each LayerNorm's shift adds where its cell's bias does: the same gradient.
   return {shaped_like_input(g.grad_input, input), dh_state, g.grad_w_ih, g.grad_w_hh,

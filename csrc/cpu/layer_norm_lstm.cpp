@@ -1,15 +1,18 @@
-// The layer-normalized LSTM (Ba et al. 2016) over one direction of a (possibly packed)
-// sequence, on the CPU. Gate order i, f, g, o as torch.nn.LSTM's; each LayerNorm is over a
-// whole row (the 4H gates together, or the H cells), with its own gain and shift:
-//   gates = LN_x(W_ih x) + LN_h(W_hh h) + b_ih + b_hh
-//   c' = s(f) c + s(i) tanh(g),  h' = s(o) tanh(LN_c(c'))
+// The row-wise LSTM over one direction of a (possibly packed) sequence, on the CPU: the
+// layer-normalized LSTM (Ba et al. 2016), and with its LayerNorms left out the plain LSTM
+// where a regularizer needs the time loop. Gate order i, f, g, o as torch.nn.LSTM's; each
+// LayerNorm is over a whole row (the 4H gates together, or the H cells), with its own gain
+// and shift:
+//   gates = LN_x(W_ih x) + LN_h(W_hh (m h)) + b_ih + b_hh      (m: the state mask, or 1)
+//   c~ = s(f) c + s(i) tanh(g),  h~ = s(o) tanh(LN_c(c~))
+//   c' = d_c c + (1 - d_c) c~,  h' = d_h h + (1 - d_h) h~     (zoneout, d = 0 where off)
 // The loops are layer_norm_rnn.h's; this file has the cell's pointwise passes.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <torch/library.h>
 
-#include <cmath>
 #include <tuple>
+#include <vector>
 
 #include "layer_norm_rnn.h"
 
@@ -24,27 +27,25 @@ constexpr const char* kBackward = "gatedrnn.layer_norm_lstm_backward";
 struct Layout {
   int64_t H;
   int64_t xhat_x() const { return 0; }           // [4H] LN_x's normalized W_ih x
-  int64_t xhat_h() const { return 4 * H; }       // [4H] LN_h's normalized W_hh h
+  int64_t xhat_h() const { return 4 * H; }       // [4H] LN_h's normalized W_hh m h
   int64_t gates() const { return 8 * H; }        // [4H] s(i), s(f), tanh(g), s(o)
-  int64_t cell() const { return 12 * H; }        // [H] c', before LN_c
-  int64_t tanh_lc() const { return 13 * H; }     // [H] tanh(LN_c(c'))
-  int64_t rstd_x() const { return 14 * H; }      // 1 / sqrt(var + eps) of W_ih x
-  int64_t rstd_h() const { return 14 * H + 1; }  // ... of W_hh h
-  int64_t rstd_c() const { return 14 * H + 2; }  // ... of c'
-  int64_t mean_c() const { return 14 * H + 3; }  // the mean of c'
-  int64_t width() const { return 14 * H + 4; }
+  int64_t cell() const { return 12 * H; }        // [H] c~, LN_c's input
+  int64_t tanh_lc() const { return 13 * H; }     // [H] tanh(LN_c(c~))
+  int64_t c_out() const { return 14 * H; }       // [H] c', the state the next step reads
+  int64_t rstd_x() const { return 15 * H; }      // 1 / sqrt(var + eps) of W_ih x
+  int64_t rstd_h() const { return 15 * H + 1; }  // ... of W_hh m h
+  int64_t rstd_c() const { return 15 * H + 2; }  // ... of c~
+  int64_t mean_c() const { return 15 * H + 3; }  // the mean of c~
+  int64_t width() const { return 15 * H + 4; }
 };
 
-// The LayerNorms' parameters; shifts may be null (bias=False).
+// The LayerNorms: gains (ones where a LayerNorm is left out), the LN_c shift (may be null),
+// and which are there.
 template <typename scalar_t>
 struct Norms {
-  const scalar_t *gain_x, *shift_x, *gain_h, *shift_h, *gain_c, *shift_c;
+  const scalar_t *gain_x, *gain_h, *gain_c, *shift_c;
+  bool x, h, c;
 };
-
-template <typename scalar_t>
-const scalar_t* data_or_null(const at::Tensor& t) {
-  return t.defined() ? t.const_data_ptr<scalar_t>() : nullptr;
-}
 
 //   x: [R, I], w_ih: [4H, I], w_hh: [4H, H]; shift: [4H] b_ih + b_hh + the LN_x and LN_h
 //   shifts; out: [R, H], h_state, c_state: [N, H] (initial in, final out); ws: [R, width]
@@ -52,7 +53,8 @@ const scalar_t* data_or_null(const at::Tensor& t) {
 template <typename scalar_t>
 void forward_impl(const Schedule& s, int64_t H, const at::Tensor& x, const at::Tensor& w_ih,
                   const at::Tensor& w_hh, const at::Tensor& shift, const Norms<scalar_t>& ln,
-                  at::Tensor& out, at::Tensor& h_state, at::Tensor& c_state, at::Tensor& ws) {
+                  const Regularizers<scalar_t>& reg, at::Tensor& out, at::Tensor& h_state,
+                  at::Tensor& c_state, at::Tensor& ws) {
   const Layout L{H};
   const int64_t G = kGates * H, N = s.batch;
   // With no workspace, the normalized input projection gets a buffer of its own, and the
@@ -61,11 +63,16 @@ void forward_impl(const Schedule& s, int64_t H, const at::Tensor& x, const at::T
   const int64_t xhat_ld = xhat.size(1);
   scalar_t* xh = xhat.mutable_data_ptr<scalar_t>();
   scalar_t* wsp = ws.defined() ? ws.mutable_data_ptr<scalar_t>() : nullptr;
-  normalized_input_projection<scalar_t>(x, w_ih, xh, xhat_ld, wsp ? wsp + L.rstd_x() : nullptr,
-                                        L.width());
+  normalized_input_projection<scalar_t>(x, w_ih, ln.x, xh, xhat_ld,
+                                        wsp ? wsp + L.rstd_x() : nullptr, L.width());
   at::Tensor gh = at::empty({N, G}, x.options());
   scalar_t* hs = h_state.mutable_data_ptr<scalar_t>();
   scalar_t* cs = c_state.mutable_data_ptr<scalar_t>();
+  // The GEMM reads m h: a masked copy of the state where there is a state mask.
+  at::Tensor masked = reg.state ? h_state * at::from_blob(const_cast<scalar_t*>(reg.state),
+                                                          {N, H}, h_state.options())
+                                : h_state;
+  scalar_t* hm = masked.mutable_data_ptr<scalar_t>();
   scalar_t* outp = out.mutable_data_ptr<scalar_t>();
   const scalar_t* sh = shift.const_data_ptr<scalar_t>();
   const ActivationKernels<scalar_t>& act = activation_kernels<scalar_t>();
@@ -74,7 +81,7 @@ void forward_impl(const Schedule& s, int64_t H, const at::Tensor& x, const at::T
     const scalar_t* xx = xh + r * xhat_ld;
     scalar_t* xhh = w + L.xhat_h();
     scalar_t* gate = w + L.gates();
-    const auto [mean_h, rstd_h] = row_stats(a, G);
+    const auto [mean_h, rstd_h] = ln.h ? row_stats(a, G) : std::pair<scalar_t, scalar_t>{0, 1};
     for (int64_t j = 0; j < G; ++j) {
       xhh[j] = (a[j] - mean_h) * rstd_h;
       gate[j] = ln.gain_x[j] * xx[j] + ln.gain_h[j] * xhh[j] + sh[j];
@@ -84,26 +91,33 @@ void forward_impl(const Schedule& s, int64_t H, const at::Tensor& x, const at::T
     act.sigmoid(H, gate + 3 * H, gate + 3 * H);
     scalar_t* c = cs + b * H;
     scalar_t* cell = w + L.cell();
+    scalar_t* c_out = w + L.c_out();
+    const scalar_t* dc = reg.zoneout_c ? reg.zoneout_c + r * H : nullptr;
     for (int64_t j = 0; j < H; ++j) {
       cell[j] = gate[H + j] * c[j] + gate[j] * gate[2 * H + j];
-      c[j] = cell[j];
+      c_out[j] = dc ? dc[j] * c[j] + (scalar_t(1) - dc[j]) * cell[j] : cell[j];
+      c[j] = c_out[j];
     }
-    const auto [mean_c, rstd_c] = row_stats(cell, H);
+    const auto [mean_c, rstd_c] =
+        ln.c ? row_stats(cell, H) : std::pair<scalar_t, scalar_t>{0, 1};
     scalar_t* tl = w + L.tanh_lc();
     for (int64_t j = 0; j < H; ++j) {
-      tl[j] = ln.gain_c[j] * (cell[j] - mean_c) * rstd_c + (ln.shift_c ? ln.shift_c[j] : scalar_t(0));
+      tl[j] = ln.gain_c[j] * (cell[j] - mean_c) * rstd_c + (ln.shift_c ? ln.shift_c[j] : 0);
     }
     act.tanh(H, tl, tl);
+    const scalar_t* dh = reg.zoneout_h ? reg.zoneout_h + r * H : nullptr;
+    scalar_t* h = hs + b * H;
     for (int64_t j = 0; j < H; ++j) {
-      const scalar_t h = gate[3 * H + j] * tl[j];
-      outp[r * H + j] = h;
-      hs[b * H + j] = h;
+      const scalar_t h_new = gate[3 * H + j] * tl[j];
+      h[j] = dh ? dh[j] * h[j] + (scalar_t(1) - dh[j]) * h_new : h_new;
+      outp[r * H + j] = h[j];
+      if (reg.state) hm[b * H + j] = h[j] * reg.state[b * H + j];
     }
     w[L.rstd_h()] = rstd_h;
     w[L.rstd_c()] = rstd_c;
     w[L.mean_c()] = mean_c;
   };
-  layer_norm_forward_loop<scalar_t>(s, w_hh, hs, gh.mutable_data_ptr<scalar_t>(), L.width(),
+  layer_norm_forward_loop<scalar_t>(s, w_hh, hm, gh.mutable_data_ptr<scalar_t>(), L.width(),
                                     row);
 }
 
@@ -111,14 +125,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> layer_norm_lstm_forwa
     const at::Tensor& input, const std::optional<at::Tensor>& batch_sizes, const at::Tensor& h0,
     const at::Tensor& c0, const at::Tensor& w_ih, const at::Tensor& w_hh,
     const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh,
-    const at::Tensor& ln_ih_weight, const std::optional<at::Tensor>& ln_ih_bias,
-    const at::Tensor& ln_hh_weight, const std::optional<at::Tensor>& ln_hh_bias,
-    const at::Tensor& ln_cell_weight, const std::optional<at::Tensor>& ln_cell_bias,
+    const std::optional<at::Tensor>& ln_ih_weight, const std::optional<at::Tensor>& ln_ih_bias,
+    const std::optional<at::Tensor>& ln_hh_weight, const std::optional<at::Tensor>& ln_hh_bias,
+    const std::optional<at::Tensor>& ln_cell_weight,
+    const std::optional<at::Tensor>& ln_cell_bias, const std::optional<at::Tensor>& state_mask,
+    const std::optional<at::Tensor>& zoneout_h, const std::optional<at::Tensor>& zoneout_c,
     bool reverse, bool need_workspace) {
   const RnnShapes sh = check_layer_norm_args(kForward, kGates, input, batch_sizes, h0, &c0,
                                              w_ih, w_hh, b_ih, b_hh, reverse);
   const Schedule& s = sh.schedule;
   const int64_t H = sh.hidden_size, G = kGates * H;
+  check_shift_has_gain(kForward, ln_ih_weight, ln_ih_bias, "ln_ih_bias");
+  check_shift_has_gain(kForward, ln_hh_weight, ln_hh_bias, "ln_hh_bias");
+  check_shift_has_gain(kForward, ln_cell_weight, ln_cell_bias, "ln_cell_bias");
   const at::Tensor gx = layer_norm_param(kForward, input, ln_ih_weight, "ln_ih_weight", G, true);
   const at::Tensor bx = layer_norm_param(kForward, input, ln_ih_bias, "ln_ih_bias", G, false);
   const at::Tensor gh = layer_norm_param(kForward, input, ln_hh_weight, "ln_hh_weight", G, true);
@@ -137,23 +156,30 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> layer_norm_lstm_forwa
   at::Tensor ws = cached_empty({need_workspace ? s.rows : 0, Layout{H}.width()}, opts);
   at::Tensor ws_arg = need_workspace ? ws : at::Tensor();
   const at::Tensor wih = w_ih.contiguous(), whh = w_hh.contiguous();
+  std::vector<at::Tensor> keep;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), kForward, [&] {
-    const Norms<scalar_t> ln{data_or_null<scalar_t>(gx), data_or_null<scalar_t>(bx),
-                             data_or_null<scalar_t>(gh), data_or_null<scalar_t>(bh),
-                             data_or_null<scalar_t>(gc), data_or_null<scalar_t>(bc)};
-    forward_impl<scalar_t>(s, H, x, wih, whh, shift, ln, out, h_state, c_state, ws_arg);
+    const Norms<scalar_t> ln{gx.const_data_ptr<scalar_t>(), gh.const_data_ptr<scalar_t>(),
+                             gc.const_data_ptr<scalar_t>(),
+                             bc.defined() ? bc.const_data_ptr<scalar_t>() : nullptr,
+                             is_given(ln_ih_weight), is_given(ln_hh_weight),
+                             is_given(ln_cell_weight)};
+    const Regularizers<scalar_t> reg{
+        mask_data<scalar_t>(kForward, input, state_mask, "state_mask", s.batch, H, keep),
+        mask_data<scalar_t>(kForward, input, zoneout_h, "zoneout_h", s.rows, H, keep),
+        mask_data<scalar_t>(kForward, input, zoneout_c, "zoneout_c", s.rows, H, keep)};
+    forward_impl<scalar_t>(s, H, x, wih, whh, shift, ln, reg, out, h_state, c_state, ws_arg);
   });
   return {shaped_like_input(out, input), h_state, c_state, ws};
 }
 
 // The gradients the backward loop leaves per row, kept for the sums and GEMMs after it:
-//   dpre [R, 4H] of the gate pre-activations; dgh [R, 4H] of W_hh h (before LN_h);
+//   dpre [R, 4H] of the gate pre-activations; dgh [R, 4H] of W_hh m h (before LN_h);
 //   dlc [R, H] of LN_c's output
 template <typename scalar_t>
-void backward_impl(const Schedule& s, int64_t H, const scalar_t* go, int64_t go_ld,
-                   const at::Tensor& c0, const at::Tensor& w_hh, const Norms<scalar_t>& ln,
-                   const at::Tensor& ws, at::Tensor& dh_state, at::Tensor& dc_state,
-                   at::Tensor& dpre, at::Tensor& dgh, at::Tensor& dlc) {
+void backward_impl(const Schedule& s, int64_t H, const scalar_t* go, const at::Tensor& c0,
+                   const at::Tensor& w_hh, const Norms<scalar_t>& ln,
+                   const Regularizers<scalar_t>& reg, const at::Tensor& ws, at::Tensor& dh_state,
+                   at::Tensor& dc_state, at::Tensor& dpre, at::Tensor& dgh, at::Tensor& dlc) {
   const Layout L{H};
   const int64_t G = kGates * H;
   const scalar_t* wsp = ws.const_data_ptr<scalar_t>();
@@ -163,38 +189,45 @@ void backward_impl(const Schedule& s, int64_t H, const scalar_t* go, int64_t go_
   scalar_t* dp = dpre.mutable_data_ptr<scalar_t>();
   scalar_t* dg = dgh.mutable_data_ptr<scalar_t>();
   scalar_t* dl = dlc.mutable_data_ptr<scalar_t>();
-  const auto row = [&](int64_t k, int64_t b, int64_t r) {
+  const auto row = [&](int64_t k, int64_t b, int64_t r, const scalar_t* dh_g) {
     const scalar_t* w = wsp + r * L.width();
     const scalar_t* gate = w + L.gates();
     const scalar_t* cell = w + L.cell();
     const scalar_t* tl = w + L.tanh_lc();
     const scalar_t rstd_c = w[L.rstd_c()], mean_c = w[L.mean_c()];
-    const scalar_t* c_prev = previous_rows(s, k, wsp + L.cell(), L.width(), c0p, H).row(b);
+    const scalar_t* c_prev = previous_rows(s, k, wsp + L.c_out(), L.width(), c0p, H).row(b);
+    const scalar_t* zh = reg.zoneout_h ? reg.zoneout_h + r * H : nullptr;
+    const scalar_t* zc = reg.zoneout_c ? reg.zoneout_c + r * H : nullptr;
+    const scalar_t* m = reg.state ? reg.state + b * H : nullptr;
     scalar_t* dl_r = dl + r * H;
     scalar_t* dp_r = dp + r * G;
     scalar_t* dc = dcs + b * H;
     scalar_t* dh = dhs + b * H;
     for (int64_t j = 0; j < H; ++j) {
-      const scalar_t d = go[r * go_ld + j] + dh[j];
+      const scalar_t d = go[r * H + j] + dh[j] + (m ? m[j] : scalar_t(1)) * dh_g[j];
+      const scalar_t dnew = zh ? (scalar_t(1) - zh[j]) * d : d;  // into h~
+      dh[j] = zh ? zh[j] * d : scalar_t(0);
       const scalar_t o = gate[3 * H + j];
-      dl_r[j] = d * o * (scalar_t(1) - tl[j] * tl[j]);
-      dp_r[3 * H + j] = d * tl[j] * o * (scalar_t(1) - o);
+      dl_r[j] = dnew * o * (scalar_t(1) - tl[j] * tl[j]);
+      dp_r[3 * H + j] = dnew * tl[j] * o * (scalar_t(1) - o);
     }
-    // dc' = LN_c's input gradient (into dp_r's i columns, free until below) + dc carried
+    // dc~ = LN_c's input gradient + what c' passes to c~ (in dp_r's i columns, free until
+    // below)
     scalar_t* dcell = dp_r;
     for (int64_t j = 0; j < H; ++j) dcell[j] = (cell[j] - mean_c) * rstd_c;  // LN_c's xhat
-    layer_norm_input_grad(H, dl_r, ln.gain_c, dcell, rstd_c, dcell);
-    for (int64_t j = 0; j < H; ++j) dcell[j] += dc[j];
+    norm_input_grad(ln.c, H, dl_r, ln.gain_c, dcell, rstd_c, dcell);
+    for (int64_t j = 0; j < H; ++j) dcell[j] += zc ? (scalar_t(1) - zc[j]) * dc[j] : dc[j];
     for (int64_t j = 0; j < H; ++j) {
       const scalar_t i = gate[j], f = gate[H + j], g = gate[2 * H + j], d = dcell[j];
+      const scalar_t carried = zc ? zc[j] * dc[j] : scalar_t(0);
       dp_r[H + j] = d * c_prev[j] * f * (scalar_t(1) - f);
       dp_r[2 * H + j] = d * i * (scalar_t(1) - g * g);
       dp_r[j] = d * g * i * (scalar_t(1) - i);
-      dc[j] = d * f;
+      dc[j] = d * f + carried;
     }
-    layer_norm_input_grad(G, dp_r, ln.gain_h, w + L.xhat_h(), w[L.rstd_h()], dg + r * G);
+    norm_input_grad(ln.h, G, dp_r, ln.gain_h, w + L.xhat_h(), w[L.rstd_h()], dg + r * G);
   };
-  layer_norm_backward_loop<scalar_t>(s, w_hh, dhs, dg, scalar_t(0), row);
+  layer_norm_backward_loop<scalar_t>(s, w_hh, dh_state, reg.state, dg, row);
 }
 
 using Grads = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
@@ -205,16 +238,17 @@ Grads layer_norm_lstm_backward(
     const at::Tensor& grad_output, const at::Tensor& grad_h_n, const at::Tensor& grad_c_n,
     const at::Tensor& input, const std::optional<at::Tensor>& batch_sizes, const at::Tensor& h0,
     const at::Tensor& c0, const at::Tensor& w_ih, const at::Tensor& w_hh,
-    const at::Tensor& ln_ih_weight, const at::Tensor& ln_hh_weight,
-    const at::Tensor& ln_cell_weight, const at::Tensor& output, const at::Tensor& workspace,
-    bool reverse) {
+    const std::optional<at::Tensor>& ln_ih_weight, const std::optional<at::Tensor>& ln_hh_weight,
+    const std::optional<at::Tensor>& ln_cell_weight, const std::optional<at::Tensor>& state_mask,
+    const std::optional<at::Tensor>& zoneout_h, const std::optional<at::Tensor>& zoneout_c,
+    const at::Tensor& output, const at::Tensor& workspace, bool reverse) {
   const RnnShapes sh = check_layer_norm_args(kBackward, kGates, input, batch_sizes, h0, &c0,
                                              w_ih, w_hh, std::nullopt, std::nullopt, reverse);
   const Schedule& s = sh.schedule;
   const int64_t H = sh.hidden_size, G = kGates * H;
   const Layout L{H};
-  check_layer_norm_backward(kBackward, sh, L.width(), input, workspace,
-                            output, grad_output, h0, grad_h_n);
+  check_layer_norm_backward(kBackward, sh, L.width(), input, workspace, output, grad_output, h0,
+                            grad_h_n);
   check_shape(kBackward, grad_c_n, "grad_c_n", c0.sizes(), "c0's shape");
   const at::Tensor gx =
       layer_norm_param(kBackward, input, ln_ih_weight, "ln_ih_weight", G, true);
@@ -234,15 +268,21 @@ Grads layer_norm_lstm_backward(
   at::Tensor dlc = cached_empty({s.rows, H}, opts);
   at::Tensor grad_gc = at::empty({H}, opts), grad_bc = at::empty({H}, opts);
   LayerNormRnnGrads g;
+  std::vector<at::Tensor> keep;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), kBackward, [&] {
-    const Norms<scalar_t> ln{gx.const_data_ptr<scalar_t>(), nullptr,
-                             gh.const_data_ptr<scalar_t>(), nullptr,
-                             gc.const_data_ptr<scalar_t>(), nullptr};
-    backward_impl<scalar_t>(s, H, go.const_data_ptr<scalar_t>(), H, c0c, whh, ln, ws, dh_state,
-                            dc_state, dpre, dgh, dlc);
+    const Norms<scalar_t> ln{gx.const_data_ptr<scalar_t>(), gh.const_data_ptr<scalar_t>(),
+                             gc.const_data_ptr<scalar_t>(), nullptr,
+                             is_given(ln_ih_weight), is_given(ln_hh_weight),
+                             is_given(ln_cell_weight)};
+    const Regularizers<scalar_t> reg{
+        mask_data<scalar_t>(kBackward, input, state_mask, "state_mask", s.batch, H, keep),
+        mask_data<scalar_t>(kBackward, input, zoneout_h, "zoneout_h", s.rows, H, keep),
+        mask_data<scalar_t>(kBackward, input, zoneout_c, "zoneout_c", s.rows, H, keep)};
+    backward_impl<scalar_t>(s, H, go.const_data_ptr<scalar_t>(), c0c, whh, ln, reg, ws,
+                            dh_state, dc_state, dpre, dgh, dlc);
     g = layer_norm_rnn_grads<scalar_t>(s, x, wih, out, h0c, ws,
                                        {L.width(), L.xhat_x(), L.xhat_h(), L.rstd_x()}, dpre,
-                                       dpre, dgh, ln.gain_x);
+                                       dpre, dgh, ln.gain_x, ln.x, reg.state);
     const scalar_t* wsp = ws.const_data_ptr<scalar_t>();
     const scalar_t* dl = dlc.const_data_ptr<scalar_t>();
     const int64_t W = L.width();
@@ -253,7 +293,8 @@ Grads layer_norm_lstm_backward(
     }, {grad_gc.mutable_data_ptr<scalar_t>(), grad_bc.mutable_data_ptr<scalar_t>()});
   });
   // The biases and the LN_x and LN_h shifts all add to the gate pre-activations: one
-  // gradient, as separate tensors.
+  // gradient, as separate tensors. Without LayerNorms the gains' and shifts' gradients are
+  // meaningless (nobody asks for them).
   return {shaped_like_input(g.grad_input, input), dh_state, dc_state, g.grad_w_ih, g.grad_w_hh,
           g.grad_b_ih, g.grad_b_hh, g.grad_gain_x, g.grad_b_ih.clone(), g.grad_gain_h,
           g.grad_b_ih.clone(), grad_gc, grad_bc};

@@ -1,7 +1,9 @@
 #pragma once
-// What the layer-normalized cells (layer_norm_lstm.cpp, layer_norm_gru.cpp) share: the
-// LayerNorm of a row and its gradient, and the forward and backward time loops around a
-// cell's per-row pointwise pass.
+// What the row-wise cells (layer_norm_lstm.cpp, layer_norm_gru.cpp) share: the LayerNorm
+// of a row and its gradient, and the forward and backward time loops around a cell's
+// per-row pointwise pass. They are the layer-normalized cells, and, with their LayerNorms
+// left out, the plain LSTM and GRU wherever a regularizer needs the time loop (zoneout,
+// variational state dropout: Regularizers below).
 //
 // LayerNorm normalizes a row of the recurrent GEMM's output over all its gate columns,
 // so no block of hidden units can run its pointwise pass alone, as the plain cells'
@@ -67,6 +69,43 @@ void layer_norm_input_grad(int64_t n, const scalar_t* dy, const scalar_t* gain,
   for (int64_t j = 0; j < n; ++j) dx[j] = rstd * (dy[j] * gain[j] - m1 - xhat[j] * m2);
 }
 
+// The regularizers a row-wise cell applies inside its time loop; null where off.
+//   state: [N, P] multiplies h_{t-1} where it enters the recurrent GEMM (variational
+//          state dropout, Gal & Ghahramani 2016: one mask per sequence, scaled by 1/(1-p))
+//   zoneout_h, zoneout_c: [R, H] per row of each step, the weight d of the previous value
+//          (Krueger et al. 2016): h_t = d h_{t-1} + (1 - d) h~_t, likewise the LSTM's c_t
+//          (0/1 in training, p in evaluation)
+template <typename scalar_t>
+struct Regularizers {
+  const scalar_t* state = nullptr;
+  const scalar_t* zoneout_h = nullptr;
+  const scalar_t* zoneout_c = nullptr;
+};
+
+// The data of an optional mask, checked against input: [rows, cols].
+template <typename scalar_t>
+const scalar_t* mask_data(const char* op, const at::Tensor& input,
+                          const std::optional<at::Tensor>& mask, const char* name,
+                          int64_t rows, int64_t cols, std::vector<at::Tensor>& keep) {
+  if (!mask.has_value() || !mask->defined()) return nullptr;
+  check_same_dtype(op, input, *mask, name);
+  check_shape(op, *mask, name, {rows, cols}, "the mask's rows and columns");
+  keep.push_back(mask->contiguous());
+  return keep.back().const_data_ptr<scalar_t>();
+}
+
+// dx[0:n] = the gradient of a LayerNorm's input (layer_norm_input_grad) where `normalized`,
+// else of an input the gain multiplies directly (a cell without that LayerNorm, gain 1).
+template <typename scalar_t>
+void norm_input_grad(bool normalized, int64_t n, const scalar_t* dy, const scalar_t* gain,
+                     const scalar_t* xhat, scalar_t rstd, scalar_t* dx) {
+  if (normalized) {
+    layer_norm_input_grad(n, dy, gain, xhat, rstd, dx);
+  } else {
+    for (int64_t j = 0; j < n; ++j) dx[j] = dy[j] * gain[j];
+  }
+}
+
 // out[k][j] = the sum over rows r = 0, 1, ... (in that order) of the k-th of the K values
 // add(r, j, v) adds to v[0..K), for j < cols, in double: blocks of columns go to threads,
 // so the sums do not depend on their number. One pass over the rows for all K sums.
@@ -87,12 +126,13 @@ void column_sums(int64_t rows, int64_t cols, const Add& add, std::array<scalar_t
   });
 }
 
-// The input side of the forward: xhat[r, :G] = the normalized rows of x @ w_ih^T, and
-// stats[r * stats_ld] = their 1 / sqrt(var + eps).
+// The input side of the forward: xhat[r, :G] = the rows of x @ w_ih^T, normalized where
+// `normalize`, and rstd[r * rstd_ld] = their 1 / sqrt(var + eps) (1 where not).
 //   x: [R, I], w_ih: [G, I]; xhat: [R, xhat_ld]
 template <typename scalar_t>
-void normalized_input_projection(const at::Tensor& x, const at::Tensor& w_ih, scalar_t* xhat,
-                                 int64_t xhat_ld, scalar_t* rstd, int64_t rstd_ld) {
+void normalized_input_projection(const at::Tensor& x, const at::Tensor& w_ih, bool normalize,
+                                 scalar_t* xhat, int64_t xhat_ld, scalar_t* rstd,
+                                 int64_t rstd_ld) {
   const int64_t R = x.size(0), I = x.size(1), G = w_ih.size(0);
   const PackedWeight<scalar_t> w(w_ih);
   parallel_gemm<scalar_t>(R, G, I, GemmA<scalar_t>::rows(x.const_data_ptr<scalar_t>(), I),
@@ -100,8 +140,12 @@ void normalized_input_projection(const at::Tensor& x, const at::Tensor& w_ih, sc
   at::parallel_for(0, R, 16, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       scalar_t* row = xhat + r * xhat_ld;
-      const auto [mean, inv] = row_stats(row, G);
-      for (int64_t j = 0; j < G; ++j) row[j] = (row[j] - mean) * inv;
+      scalar_t inv = 1;
+      if (normalize) {
+        const auto [mean, rstd_r] = row_stats(row, G);
+        for (int64_t j = 0; j < G; ++j) row[j] = (row[j] - mean) * rstd_r;
+        inv = rstd_r;
+      }
       if (rstd) rstd[r * rstd_ld] = inv;
     }
   });
@@ -113,14 +157,16 @@ inline int64_t row_blocks(int64_t rows, int64_t G) {
   return std::clamp<int64_t>(rows * G / (int64_t(1) << 13), 1, 8);
 }
 
-// The forward time loop: for each step, gh[:n] = h_state[:n] @ w_hh^T, then
+// The forward time loop: for each step, gh[:n] = gemm_state[:n] @ w_hh^T, then
 // row(k, b, r, gh + b * G, scratch) for each live row b (flat row r): the cell's
-// pointwise pass, which writes the row's new state into h_state (and what else it keeps).
+// pointwise pass, which writes the row's new state (and, masked, into gemm_state where
+// that is not the state itself) and what else it keeps.
 // scratch: scratch_len elements of the running thread's own.
-//   w_hh: [G, P], h_state: [N, P] (h0 in, the final state out), gh: [N, G]
+//   w_hh: [G, P], gemm_state: [N, P] (the state, or its masked copy), gh: [N, G]
 template <typename scalar_t, typename Row>
-void layer_norm_forward_loop(const Schedule& s, const at::Tensor& w_hh, scalar_t* h_state,
-                             scalar_t* gh, int64_t scratch_len, const Row& row) {
+void layer_norm_forward_loop(const Schedule& s, const at::Tensor& w_hh,
+                             const scalar_t* gemm_state, scalar_t* gh, int64_t scratch_len,
+                             const Row& row) {
   const int64_t N = s.batch, G = w_hh.size(0), P = w_hh.size(1);
   const UnitBlocks cols = unit_blocks(G, 1, P, N, s.steps());
   const UnitBlockGemm<scalar_t> hidden(w_hh, 1, G, cols, N, s.steps());
@@ -134,7 +180,7 @@ void layer_norm_forward_loop(const Schedule& s, const at::Tensor& w_hh, scalar_t
       const int64_t t = s.time_at(k), n = s.sizes[t], off = s.offsets[t];
       for (int64_t c = c0; c < c1; ++c) {
         // gh[:n, block] = h[:n] @ w_hh_block^T      [n, P] x [P, len]
-        hidden.run(c, n, h_state, P, scalar_t(0), gh + cols.begin(c), G, k);
+        hidden.run(c, n, gemm_state, P, scalar_t(0), gh + cols.begin(c), G, k);
       }
       me.barrier();
       const auto [b0, b1] = me.share(n);
@@ -144,37 +190,49 @@ void layer_norm_forward_loop(const Schedule& s, const at::Tensor& w_hh, scalar_t
   });
 }
 
-// The backward time loop, steps in reverse processing order: row(k, b, r) for each live
-// row b of step k (flat row r), which writes the gradient of the row's w_hh h_{t-1}
-// (before its LayerNorm) to dgh[r, :G]; then
-// dh_state[:n] = dgh[rows of k] @ w_hh + beta * dh_state[:n].
-//   w_hh: [G, P], dh_state: [N, P] (grad_h_n in, grad_h0 out), dgh: [R, G]
+// The backward time loop, steps in reverse processing order. h_{t-1}'s gradient is kept
+// in two parts: dh_state, what reached it other than through the recurrent GEMM (the
+// output's gradient, zoneout's, the GRU's z h), and dh_gemm, what came through the GEMM
+// (times the state mask where there is one). row(k, b, r, dh_gemm_b) for each live row b
+// of step k (flat row r) reads both (dh_gemm_b: row b of dh_gemm, unmasked), writes
+// dh_state[b] anew and the gradient of the row's W_hh h_{t-1} (before its LayerNorm) to
+// dgh[r, :G]; then dh_gemm[:n] = dgh[rows of k] @ w_hh. At the end dh_state is grad_h0.
+//   w_hh: [G, P], dh_state: [N, P] (grad_h_n in), state_mask: [N, P] or null,
+//   dgh: [R, G]
 template <typename scalar_t, typename Row>
-void layer_norm_backward_loop(const Schedule& s, const at::Tensor& w_hh, scalar_t* dh_state,
-                              const scalar_t* dgh, scalar_t beta, const Row& row) {
+void layer_norm_backward_loop(const Schedule& s, const at::Tensor& w_hh, at::Tensor& dh_state,
+                              const scalar_t* state_mask, const scalar_t* dgh, const Row& row) {
   const int64_t N = s.batch, G = w_hh.size(0), P = w_hh.size(1);
   const UnitBlocks cols = unit_blocks(P, 1, G, N, s.steps());
   const UnitBlockGemm<scalar_t> hidden(w_hh.t(), 1, P, cols, N, s.steps());
+  at::Tensor dh_gemm = at::zeros({N, P}, dh_state.options());
+  scalar_t* dg = dh_gemm.mutable_data_ptr<scalar_t>();
   run_team(std::max(cols.count(), row_blocks(N, G)), [&](const TeamMember& me) {
     const auto [c0, c1] = me.share(cols.count());
     for (int64_t k = s.steps() - 1; k >= 0; --k) {
       const int64_t t = s.time_at(k), n = s.sizes[t], off = s.offsets[t];
       const auto [b0, b1] = me.share(n);
-      for (int64_t b = b0; b < b1; ++b) row(k, b, off + b);
+      for (int64_t b = b0; b < b1; ++b) row(k, b, off + b, dg + b * P);
       me.barrier();
       for (int64_t c = c0; c < c1; ++c) {
-        // dh[:n, block] (+)= dgh[rows] @ w_hh[:, block]      [n, G] x [G, len]
-        hidden.run(c, n, dgh + off * G, G, beta, dh_state + cols.begin(c), P, k);
+        // dh_gemm[:n, block] = dgh[rows] @ w_hh[:, block]      [n, G] x [G, len]
+        hidden.run(c, n, dgh + off * G, G, scalar_t(0), dg + cols.begin(c), P, k);
       }
       me.barrier();
     }
   });
+  if (state_mask) {
+    dh_gemm.mul_(at::from_blob(const_cast<scalar_t*>(state_mask), {N, P}, dh_state.options()));
+  }
+  dh_state.add_(dh_gemm);
 }
 
 // The state each row started from: [R, P], row r = the same sequence's state at the
-// previously processed step, or h0.   out: [R, P], h0: [N, P]
+// previously processed step, or h0; times mask[b] (its sequence's) where mask is given.
+//   out: [R, P], h0: [N, P], mask: [N, P] or null
 template <typename scalar_t>
-at::Tensor previous_states(const Schedule& s, const at::Tensor& out, const at::Tensor& h0) {
+at::Tensor previous_states(const Schedule& s, const at::Tensor& out, const at::Tensor& h0,
+                           const scalar_t* mask) {
   const int64_t P = h0.size(1);
   at::Tensor prev = cached_empty({s.rows, P}, out.options());
   scalar_t* dst = prev.mutable_data_ptr<scalar_t>();
@@ -184,7 +242,11 @@ at::Tensor previous_states(const Schedule& s, const at::Tensor& out, const at::T
       const PrevRows<scalar_t> p = previous_rows(s, k, out.const_data_ptr<scalar_t>(), P,
                                                  h0.const_data_ptr<scalar_t>(), P);
       for (int64_t b = 0; b < s.sizes[t]; ++b) {
-        std::copy(p.row(b), p.row(b) + P, dst + (s.offsets[t] + b) * P);
+        scalar_t* d = dst + (s.offsets[t] + b) * P;
+        std::copy(p.row(b), p.row(b) + P, d);
+        if (mask) {
+          for (int64_t j = 0; j < P; ++j) d[j] *= mask[b * P + j];
+        }
       }
     }
   });
@@ -207,7 +269,8 @@ struct NormColumns {
 //   the gradient of W_ih x before LN_x, made here; grad_b_ih = the column sums of dx_pre,
 //   grad_gain_x those of dx_pre * xhat_x (likewise the hidden side).
 //   x: [R, I], w_ih: [G, I], out: [R, P], h0: [N, P], ws: [R, cols.width];
-//   dx_pre, dh_pre, dgh: [R, G]; gain_x: [G]
+//   dx_pre, dh_pre, dgh: [R, G]; gain_x: [G] (normalized_x: whether LN_x is there);
+//   state_mask: [N, P] or null (h_prev as the GEMM saw it)
 struct LayerNormRnnGrads {
   at::Tensor grad_input, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh, grad_gain_x, grad_gain_h;
 };
@@ -217,7 +280,8 @@ LayerNormRnnGrads layer_norm_rnn_grads(const Schedule& s, const at::Tensor& x,
                                        const at::Tensor& h0, const at::Tensor& ws,
                                        const NormColumns& cols, const at::Tensor& dx_pre,
                                        const at::Tensor& dh_pre, const at::Tensor& dgh,
-                                       const scalar_t* gain_x) {
+                                       const scalar_t* gain_x, bool normalized_x,
+                                       const scalar_t* state_mask) {
   const int64_t R = x.size(0), I = x.size(1), G = w_ih.size(0), P = h0.size(1);
   const auto opts = x.options();
   const scalar_t* wsp = ws.const_data_ptr<scalar_t>();
@@ -228,14 +292,14 @@ LayerNormRnnGrads layer_norm_rnn_grads(const Schedule& s, const at::Tensor& x,
   scalar_t* gx = dgx.mutable_data_ptr<scalar_t>();
   at::parallel_for(0, R, 16, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
-      layer_norm_input_grad(G, dxp + r * G, gain_x, wsp + r * W + cols.xhat_x,
-                            wsp[r * W + cols.rstd_x], gx + r * G);
+      norm_input_grad(normalized_x, G, dxp + r * G, gain_x, wsp + r * W + cols.xhat_x,
+                      wsp[r * W + cols.rstd_x], gx + r * G);
     }
   });
   LayerNormRnnGrads g{cached_empty({R, I}, opts), at::empty({G, I}, opts), at::empty({G, P}, opts),
                       at::empty({G}, opts),    at::Tensor(),             at::empty({G}, opts),
                       at::empty({G}, opts)};
-  const at::Tensor h_prev = previous_states<scalar_t>(s, out, h0);
+  const at::Tensor h_prev = previous_states<scalar_t>(s, out, h0, state_mask);
   parallel_gemm<scalar_t>(R, I, G, GemmA<scalar_t>::rows(gx, G),
                           GemmB<scalar_t>::rows(w_ih.const_data_ptr<scalar_t>(), I),
                           scalar_t(0), g.grad_input.mutable_data_ptr<scalar_t>(), I);
@@ -272,6 +336,15 @@ inline RnnShapes check_layer_norm_args(const char* op, int64_t gates, const at::
   return sh;
 }
 
+inline bool is_given(const std::optional<at::Tensor>& t) { return t.has_value() && t->defined(); }
+
+// A LayerNorm's shift needs its gain (a shift alone would be a bias).
+inline void check_shift_has_gain(const char* op, const std::optional<at::Tensor>& gain,
+                                 const std::optional<at::Tensor>& shift, const char* shift_name) {
+  TORCH_CHECK(is_given(gain) || !is_given(shift), op, ": ", shift_name,
+              " is given without its LayerNorm's gain (weight)");
+}
+
 // A backward op's checks of the forward's results it was given and of their gradients.
 inline void check_layer_norm_backward(const char* op, const RnnShapes& sh, int64_t ws_width,
                                       const at::Tensor& input, const at::Tensor& workspace,
@@ -288,13 +361,13 @@ inline void check_layer_norm_backward(const char* op, const RnnShapes& sh, int64
   check_shape(op, grad_h_n, "grad_h_n", h0.sizes(), "h0's shape");
 }
 
-// A LayerNorm parameter of `size` elements, checked against input; undefined if absent.
+// A LayerNorm parameter of `size` elements, checked against input; undefined if absent,
+// or ones where `ones_if_absent` (a gain: the cell without that LayerNorm multiplies by 1).
 inline at::Tensor layer_norm_param(const char* op, const at::Tensor& input,
                                    const std::optional<at::Tensor>& p, const char* name,
-                                   int64_t size, bool required) {
+                                   int64_t size, bool ones_if_absent) {
   if (!p.has_value() || !p->defined()) {
-    TORCH_CHECK(!required, op, ": ", name, " is required");
-    return at::Tensor();
+    return ones_if_absent ? at::ones({size}, input.options()) : at::Tensor();
   }
   check_same_dtype(op, input, *p, name);
   check_shape(op, *p, name, {size}, "the normalized width");

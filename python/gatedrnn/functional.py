@@ -10,6 +10,8 @@ features, H hidden size, P = proj_size or H):
 stacked() runs several layers and both directions over the same ops; the
 modules build on it.
 """
+import contextlib
+import numbers
 from typing import Optional, Sequence
 
 import torch
@@ -19,7 +21,8 @@ from . import _build_info
 from . import _C  # noqa: F401  (defines the op schemas)
 from . import ops  # noqa: F401  (fake kernels and autograd)
 
-__all__ = ["lstm", "gru", "rnn", "layer_norm_lstm", "layer_norm_gru", "stacked"]
+__all__ = ["lstm", "gru", "rnn", "layer_norm_lstm", "layer_norm_gru", "stacked", "REGULARIZERS",
+           "masks_from"]
 
 
 def _batch(input: Tensor, batch_sizes: Optional[Tensor]) -> int:
@@ -189,15 +192,20 @@ def _layer_norm_arguments(op: str, input: Tensor, tensors: dict):
 
 def layer_norm_lstm(input: Tensor, hx=None, *, w_ih: Tensor, w_hh: Tensor,
                     b_ih: Optional[Tensor] = None, b_hh: Optional[Tensor] = None,
-                    ln_ih_weight: Tensor, ln_ih_bias: Optional[Tensor] = None,
-                    ln_hh_weight: Tensor, ln_hh_bias: Optional[Tensor] = None,
-                    ln_cell_weight: Tensor, ln_cell_bias: Optional[Tensor] = None,
+                    ln_ih_weight: Optional[Tensor] = None, ln_ih_bias: Optional[Tensor] = None,
+                    ln_hh_weight: Optional[Tensor] = None, ln_hh_bias: Optional[Tensor] = None,
+                    ln_cell_weight: Optional[Tensor] = None,
+                    ln_cell_bias: Optional[Tensor] = None, state_mask: Optional[Tensor] = None,
+                    zoneout_h: Optional[Tensor] = None, zoneout_c: Optional[Tensor] = None,
                     batch_sizes: Optional[Tensor] = None, reverse: bool = False):
     """One layer-normalized LSTM layer in one direction (Ba et al. 2016; reference.py):
     gates = LN_ih(x W_ih^T) + LN_hh(h W_hh^T) + b_ih + b_hh, each LN over all 4H gates with
     gain ln_*_weight and shift ln_*_bias (None: no shift), c' = s(f) c + s(i) tanh(g),
-    h' = s(o) tanh(LN_cell(c')). Returns (output, (h_n, c_n)). float16 and bfloat16 on the
-    CPU are computed in float32."""
+    h' = s(o) tanh(LN_cell(c')); a LayerNorm whose gain is None is left out (all: the plain
+    LSTM). The regularizers' masks, given as they are (the modules draw them): state_mask
+    [N, H] multiplies h where it enters h W_hh^T; zoneout_h, zoneout_c [R, H] (a row per
+    input row, R = T*N padded) weight the previous state: h' = d h + (1 - d) h~. Returns
+    (output, (h_n, c_n)). float16 and bfloat16 on the CPU are computed in float32."""
     if hx is None:
         batch = _batch(input, batch_sizes)
         hidden = w_ih.shape[0] // 4
@@ -206,7 +214,8 @@ def layer_norm_lstm(input: Tensor, hx=None, *, w_ih: Tensor, w_hh: Tensor,
     input, a = _layer_norm_arguments(op, input, dict(
         h0=hx[0], c0=hx[1], w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh,
         ln_ih_weight=ln_ih_weight, ln_ih_bias=ln_ih_bias, ln_hh_weight=ln_hh_weight,
-        ln_hh_bias=ln_hh_bias, ln_cell_weight=ln_cell_weight, ln_cell_bias=ln_cell_bias))
+        ln_hh_bias=ln_hh_bias, ln_cell_weight=ln_cell_weight, ln_cell_bias=ln_cell_bias,
+        state_mask=state_mask, zoneout_h=zoneout_h, zoneout_c=zoneout_c))
     widened = _in_float32(op, input, a, bf16=True)
     if widened is not None:
         x, w = widened
@@ -222,19 +231,22 @@ def layer_norm_lstm(input: Tensor, hx=None, *, w_ih: Tensor, w_hh: Tensor,
 
 def layer_norm_gru(input: Tensor, hx: Optional[Tensor] = None, *, w_ih: Tensor, w_hh: Tensor,
                    b_ih: Optional[Tensor] = None, b_hh: Optional[Tensor] = None,
-                   ln_ih_weight: Tensor, ln_ih_bias: Optional[Tensor] = None,
-                   ln_hh_weight: Tensor, ln_hh_bias: Optional[Tensor] = None,
+                   ln_ih_weight: Optional[Tensor] = None, ln_ih_bias: Optional[Tensor] = None,
+                   ln_hh_weight: Optional[Tensor] = None, ln_hh_bias: Optional[Tensor] = None,
+                   state_mask: Optional[Tensor] = None, zoneout_h: Optional[Tensor] = None,
                    batch_sizes: Optional[Tensor] = None, reverse: bool = False):
     """One layer-normalized GRU layer in one direction (reference.py): gx = LN_ih(x W_ih^T)
     + b_ih, gh = LN_hh(h W_hh^T) + b_hh, each LN over all 3H gates, then torch.nn.GRU's
-    r, z, n and h' from gx and gh. Returns (output, h_n). float16 and bfloat16 on the CPU
-    are computed in float32."""
+    r, z, n and h' from gx and gh; a LayerNorm whose gain is None is left out (both: the
+    plain GRU). Masks as layer_norm_lstm's. Returns (output, h_n). float16 and bfloat16 on
+    the CPU are computed in float32."""
     if hx is None:
         hx = _zeros(input, _batch(input, batch_sizes), w_ih.shape[0] // 3)
     op = "layer_norm_gru_forward"
     input, a = _layer_norm_arguments(op, input, dict(
         h0=hx, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh, ln_ih_weight=ln_ih_weight,
-        ln_ih_bias=ln_ih_bias, ln_hh_weight=ln_hh_weight, ln_hh_bias=ln_hh_bias))
+        ln_ih_bias=ln_ih_bias, ln_hh_weight=ln_hh_weight, ln_hh_bias=ln_hh_bias,
+        state_mask=state_mask, zoneout_h=zoneout_h))
     widened = _in_float32(op, input, a, bf16=True)
     if widened is not None:
         x, w = widened
@@ -252,18 +264,23 @@ _NORM_NAMES = {"LayerNormLSTM": ("ln_ih_weight", "ln_ih_bias", "ln_hh_weight", "
                "LayerNormGRU": ("ln_ih_weight", "ln_ih_bias", "ln_hh_weight", "ln_hh_bias")}
 
 
-def _run_layer(mode: str, input, batch_sizes, states, weights, reverse, nonlinearity):
-    """One layer-direction; states is a tuple of [N, *] tensors, returns (output, states)."""
+def _run_layer(mode: str, input, batch_sizes, states, weights, reverse, nonlinearity,
+               masks=None):
+    """One layer-direction; states is a tuple of [N, *] tensors, returns (output, states).
+    masks: the row-wise regularizers' (state_mask, zoneout_h, zoneout_c); where there are
+    any, the plain LSTM and GRU run on the row-wise ops, without LayerNorms."""
     w_ih, w_hh, b_ih, b_hh, w_hr = weights[:5]
-    if mode in _NORM_NAMES:
-        norms = dict(zip(_NORM_NAMES[mode], weights[5]))
-        if mode == "LayerNormLSTM":
+    if mode in _NORM_NAMES or (masks and mode in ("LSTM", "GRU")):
+        norms = dict(zip(_NORM_NAMES[mode], weights[5])) if mode in _NORM_NAMES else {}
+        masks = dict(masks or {})
+        if mode in ("LayerNormLSTM", "LSTM"):
             out, (h, c) = layer_norm_lstm(input, states, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih,
-                                          b_hh=b_hh, **norms, batch_sizes=batch_sizes,
+                                          b_hh=b_hh, **norms, **masks, batch_sizes=batch_sizes,
                                           reverse=reverse)
             return out, (h, c)
+        masks.pop("zoneout_c", None)
         out, h = layer_norm_gru(input, states[0], w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh,
-                                **norms, batch_sizes=batch_sizes, reverse=reverse)
+                                **norms, **masks, batch_sizes=batch_sizes, reverse=reverse)
         return out, (h,)
     if mode == "LSTM":
         out, (h, c) = lstm(input, states, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh,
@@ -278,9 +295,80 @@ def _run_layer(mode: str, input, batch_sizes, states, weights, reverse, nonlinea
     return out, (h,)
 
 
+REGULARIZERS = ("zoneout", "cell_zoneout", "recurrent_dropconnect",
+                "variational_input_dropout", "variational_state_dropout")
+
+
+def check_rate(name: str, p) -> float:
+    """A regularizer's rate: a number in [0, 1), else ValueError (as torch.nn's dropout)."""
+    if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0 <= p < 1:
+        raise ValueError(f"{name} probability has to be a number in [0, 1), but got {p!r}")
+    return float(p)
+
+
+def _per_sequence(mask: Tensor, batch_sizes: Optional[Tensor]) -> Tensor:
+    """A per-sequence mask [N, C] laid out to multiply the rows of an input: [N, C] for
+    padded [T, N, C] (broadcast over T), one row per packed row for packed data."""
+    if batch_sizes is None:
+        return mask
+    return mask[torch.cat([torch.arange(int(n)) for n in batch_sizes])]
+
+
+_MASK_SOURCE = None
+
+
+@contextlib.contextmanager
+def masks_from(source):
+    """Within the block, every regularizer mask stacked() (and so every module) would draw
+    is source(name, shape, p, like) instead: a 0/1 tensor of `shape`, like `like`'s dtype
+    and device, 1 where the event of probability p happens (the unit is dropped, or zoned
+    out: keeps its previous value). name: "zoneout_h", "zoneout_c", "state_mask",
+    "recurrent_dropconnect" or "variational_input_dropout". The way to run with fixed masks
+    (tests); outside, masks come from torch's default generator."""
+    global _MASK_SOURCE
+    previous, _MASK_SOURCE = _MASK_SOURCE, source
+    try:
+        yield
+    finally:
+        _MASK_SOURCE = previous
+
+
+def _draw(name: str, shape, p: float, like: Tensor) -> Tensor:
+    """A 0/1 mask, 1 with probability p (masks_from's source where one is set)."""
+    if _MASK_SOURCE is not None:
+        return _MASK_SOURCE(name, tuple(shape), p, like).to(like.dtype)
+    return torch.empty(shape, dtype=like.dtype, device=like.device).bernoulli_(p)
+
+
+def _dropout_mask(name: str, shape, p: float, like: Tensor) -> Tensor:
+    """Dropout's mask: the kept entries 1 / (1 - p), the dropped 0."""
+    return (1 - _draw(name, shape, p, like)) / (1 - p)
+
+
+def _row_masks(mode: str, input: Tensor, batch_sizes, hidden: int, rates: dict,
+               training: bool) -> dict:
+    """The masks the row-wise ops apply in one layer-direction's time loop: zoneout's per
+    step and row (in training drawn, 1 with probability p; in evaluation p itself) and
+    the variational state dropout's per sequence (training only)."""
+    masks = {}
+    rows = input.shape[0] * input.shape[1] if input.dim() == 3 else input.shape[0]
+    batch = _batch(input, batch_sizes)
+    for name, rate in (("zoneout_h", rates.get("zoneout", 0.0)),
+                       ("zoneout_c", rates.get("cell_zoneout", 0.0))):
+        if rate > 0:
+            masks[name] = (_draw(name, (rows, hidden), rate, input) if training
+                           else torch.full((rows, hidden), rate, dtype=input.dtype,
+                                           device=input.device))
+    rate = rates.get("variational_state_dropout", 0.0)
+    if rate > 0 and training:
+        masks["state_mask"] = _dropout_mask("state_mask", (batch, hidden), rate, input)
+    return masks
+
+
 def stacked(mode: str, input: Tensor, states: Sequence[Tensor], weights, *, num_layers: int,
             bidirectional: bool, batch_sizes: Optional[Tensor] = None, dropout: float = 0.0,
-            training: bool = False, nonlinearity: str = "tanh"):
+            training: bool = False, nonlinearity: str = "tanh",
+            regularizers: Optional[dict] = None):
     """Multi-layer, optionally bidirectional network over the single-layer ops.
 
     mode: "LSTM", "GRU", "RNN", "LayerNormLSTM" or "LayerNormGRU". input: [T, N, I] or
@@ -291,6 +379,16 @@ def stacked(mode: str, input: Tensor, states: Sequence[Tensor], weights, *, num_
       add a sixth entry, the tuple of their LayerNorms' gains and shifts in the order of
       layer_norm_lstm's (layer_norm_gru's) keyword arguments.
     Dropout (training only) is applied to the output of every layer but the last.
+    regularizers: rates by name (REGULARIZERS; absent or 0: off), for the LSTM, the GRU and
+      the layer-normalized cells: zoneout (h) and cell_zoneout (the LSTM's c), in training a
+      fresh mask per step, in evaluation p * previous + (1 - p) * new (Krueger et al.
+      2016); recurrent_dropconnect, one mask on each w_hh per call, scaled by 1 / (1 - p)
+      (Wan et al. 2013, as in AWD-LSTM); variational_input_dropout and
+      variational_state_dropout, one mask per sequence and layer on the layer's input, and
+      on h where it enters the recurrent GEMM (Gal & Ghahramani 2016). Dropout-like ones
+      act in training only. Masks come from torch's default generator (torch.manual_seed
+      reproduces a run); layer_norm_lstm / layer_norm_gru take zoneout and state masks as
+      given.
     Returns (output, final states shaped like states).
     """
     # float16 (and the ReLU RNN's bfloat16) on the CPU: widened once here rather than per
@@ -317,18 +415,42 @@ def stacked(mode: str, input: Tensor, states: Sequence[Tensor], weights, *, num_
         output, finals = stacked(
             mode, x, wide[:len(states)], [layer(i) for i in range(len(weights))],
             num_layers=num_layers, bidirectional=bidirectional, batch_sizes=batch_sizes,
-            dropout=dropout, training=training, nonlinearity=nonlinearity)
+            dropout=dropout, training=training, nonlinearity=nonlinearity,
+            regularizers=regularizers)
         return output.to(input.dtype), tuple(f.to(input.dtype) for f in finals)
+    rates = {name: check_rate(name, p) for name, p in (regularizers or {}).items() if p}
+    if rates and mode == "RNN":
+        raise ValueError(f"regularizers {sorted(rates)}: the LSTM, the GRU and the "
+                         f"layer-normalized cells have them, the RNN does not")
+    if any(rates.get(n) for n in ("zoneout", "cell_zoneout", "variational_state_dropout")) and \
+            any(w[4] is not None for w in weights):
+        raise ValueError("zoneout, cell_zoneout and variational_state_dropout run in the "
+                         "row-wise LSTM, which has no projection (proj_size > 0)")
     directions = 2 if bidirectional else 1
     finals = [[] for _ in states]
     layer_input = input
     for layer in range(num_layers):
+        rate = rates.get("variational_input_dropout", 0.0)
+        if rate > 0 and training:
+            # One mask per sequence and feature, shared by the steps and both directions.
+            keep = _dropout_mask("variational_input_dropout",
+                                 (_batch(layer_input, batch_sizes), layer_input.shape[-1]), rate,
+                                 layer_input)
+            layer_input = layer_input * _per_sequence(keep, batch_sizes)
         outputs = []
         for direction in range(directions):
             index = layer * directions + direction
+            layer_weights = weights[index]
+            rate = rates.get("recurrent_dropconnect", 0.0)
+            if rate > 0 and training:
+                w_hh = layer_weights[1]
+                keep = _dropout_mask("recurrent_dropconnect", w_hh.shape, rate, w_hh)
+                layer_weights = (layer_weights[0], w_hh * keep, *layer_weights[2:])
+            masks = _row_masks(mode, layer_input, batch_sizes, layer_weights[1].shape[1], rates,
+                               training)
             out, final = _run_layer(mode, layer_input, batch_sizes,
-                                    tuple(s[index] for s in states), weights[index],
-                                    direction == 1, nonlinearity)
+                                    tuple(s[index] for s in states), layer_weights,
+                                    direction == 1, nonlinearity, masks)
             outputs.append(out)
             for kind, state in enumerate(final):
                 finals[kind].append(state)

@@ -33,6 +33,29 @@ class FusedRNNMixin:
     _mode = ""
     # The mode F.stacked runs (the layer-normalized modules: theirs); else _mode.
     _stacked_mode = ""
+    # The regularizers this class takes (functional.REGULARIZERS); each an attribute, 0 = off.
+    _regularizers = ()
+
+    def _set_regularizers(self, rates):
+        """Checks and keeps the regularizer rates given to the constructor (ValueError for
+        a rate outside [0, 1) or not a number, as torch.nn's dropout)."""
+        for name, p in rates.items():
+            setattr(self, name, F.check_rate(name, p))
+        if getattr(self, "proj_size", 0) > 0:
+            row_wise = [n for n in ("zoneout", "cell_zoneout", "variational_state_dropout")
+                        if getattr(self, n, 0)]
+            if row_wise:
+                raise ValueError(f"{', '.join(row_wise)}: not with proj_size > 0 (the row-wise "
+                                 f"LSTM these run in has no projection)")
+
+    def _regularizer_rates(self):
+        # getattr: a torch.nn module re-classed by convert() has none of them.
+        return {name: getattr(self, name, 0.0) for name in self._regularizers}
+
+    def extra_repr(self):
+        rates = ", ".join(f"{n}={getattr(self, n)}" for n in self._regularizers
+                          if getattr(self, n, 0))
+        return super().extra_repr() + (", " + rates if rates else "")
 
     def _state_sizes(self):
         proj = getattr(self, "proj_size", 0)
@@ -174,7 +197,8 @@ class FusedRNNMixin:
         output, finals = F.stacked(
             self._stacked_mode or self._mode, data, states, self._layer_weights(), num_layers=self.num_layers,
             bidirectional=self.bidirectional, batch_sizes=batch_sizes, dropout=self.dropout,
-            training=self.training, nonlinearity=getattr(self, "nonlinearity", "tanh"))
+            training=self.training, nonlinearity=getattr(self, "nonlinearity", "tanh"),
+            regularizers=self._regularizer_rates())
         hidden = self._from_tuple(finals)
         if packed:
             return (PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices),

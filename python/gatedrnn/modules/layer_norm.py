@@ -19,9 +19,14 @@ _KINDS = {"LSTM": ("ih", "hh", "cell"), "GRU": ("ih", "hh")}
 
 class _LayerNormRNN(FusedRNNMixin, torch.nn.RNNBase):
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
-                 dropout=0.0, bidirectional=False, device=None, dtype=None):
+                 dropout=0.0, bidirectional=False, device=None, dtype=None, **regularizers):
         super().__init__(self._mode, input_size, hidden_size, num_layers, bias, batch_first,
                          dropout, bidirectional, device=device, dtype=dtype)
+        unknown = set(regularizers) - set(self._regularizers)
+        if unknown:
+            raise TypeError(f"{type(self).__name__}.__init__() got an unexpected keyword "
+                            f"argument {sorted(unknown)[0]!r}")
+        self._set_regularizers({n: regularizers.get(n, 0.0) for n in self._regularizers})
         gates = 4 if self._mode == "LSTM" else 3
         factory = dict(device=device, dtype=dtype)
         for suffix in self._suffixes():
@@ -76,10 +81,13 @@ class LayerNormLSTM(_LayerNormRNN):
     gates = LN_ih(W_ih x) + LN_hh(W_hh h) + b_ih + b_hh (each LN over all 4H gates i, f, g,
     o), c' = s(f) c + s(i) tanh(g), h' = s(o) tanh(LN_cell(c')); LayerNorm with eps 1e-5
     and biased variance, as torch.nn.LayerNorm. Arguments and returns as torch.nn.LSTM's
-    (no proj_size)."""
+    (no proj_size); the regularizers of gatedrnn.LSTM (zoneout, cell_zoneout,
+    recurrent_dropconnect, variational_input_dropout, variational_state_dropout)."""
 
     _mode = "LSTM"
     _stacked_mode = "LayerNormLSTM"
+    _regularizers = ("zoneout", "cell_zoneout", "recurrent_dropconnect",
+                     "variational_input_dropout", "variational_state_dropout")
 
     get_expected_cell_size = torch.nn.LSTM.get_expected_cell_size
     check_forward_args = torch.nn.LSTM.check_forward_args
@@ -90,7 +98,11 @@ class LayerNormGRU(_LayerNormRNN):
     """Layer-normalized GRU, all timesteps in fused kernels: gx = LN_ih(W_ih x) + b_ih,
     gh = LN_hh(W_hh h) + b_hh (each LN over all 3H gates r, z, n), r = s(gx_r + gh_r),
     z = s(gx_z + gh_z), n = tanh(gx_n + r gh_n), h' = (1 - z) n + z h; LayerNorm with eps
-    1e-5 and biased variance. Arguments and returns as torch.nn.GRU's."""
+    1e-5 and biased variance. Arguments and returns as torch.nn.GRU's; the regularizers of
+    gatedrnn.GRU (zoneout, recurrent_dropconnect, variational_input_dropout,
+    variational_state_dropout)."""
 
     _mode = "GRU"
     _stacked_mode = "LayerNormGRU"
+    _regularizers = ("zoneout", "recurrent_dropconnect", "variational_input_dropout",
+                     "variational_state_dropout")

@@ -4,12 +4,25 @@ from ._base import FusedRNNMixin
 
 
 class LSTM(FusedRNNMixin, torch.nn.RNNBase):
-    """Drop-in torch.nn.LSTM (same arguments, parameters and outputs) on fused kernels."""
+    """Drop-in torch.nn.LSTM (same arguments, parameters and outputs) on fused kernels.
+
+    Beyond torch.nn, regularizers, all 0 (off) by default (functional.stacked has their
+    math): zoneout, cell_zoneout, recurrent_dropconnect, variational_input_dropout,
+    variational_state_dropout. Zoneout and the state dropout run the row-wise kernels
+    (the plain team kernels have no place for them)."""
 
     _mode = "LSTM"
+    _regularizers = ("zoneout", "cell_zoneout", "recurrent_dropconnect",
+                     "variational_input_dropout", "variational_state_dropout")
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, zoneout=0.0, cell_zoneout=0.0, recurrent_dropconnect=0.0,
+                 variational_input_dropout=0.0, variational_state_dropout=0.0, **kwargs):
         super().__init__("LSTM", *args, **kwargs)
+        self._set_regularizers(dict(
+            zoneout=zoneout, cell_zoneout=cell_zoneout,
+            recurrent_dropconnect=recurrent_dropconnect,
+            variational_input_dropout=variational_input_dropout,
+            variational_state_dropout=variational_state_dropout))
 
     # torch.nn.LSTM's own state checks and reordering (they do not call super()).
     get_expected_cell_size = torch.nn.LSTM.get_expected_cell_size

@@ -11,10 +11,11 @@ _NORMS = ("ln_ih_weight", "ln_ih_bias", "ln_hh_weight", "ln_hh_bias")
 
 @torch.library.register_fake("gatedrnn::layer_norm_gru_forward")
 def _forward_fake(input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, ln_ih_weight, ln_ih_bias,
-                  ln_hh_weight, ln_hh_bias, reverse, need_workspace=True):
+                  ln_hh_weight, ln_hh_bias, state_mask, zoneout_h, reverse, need_workspace=True):
     norms = (ln_ih_weight, ln_ih_bias, ln_hh_weight, ln_hh_bias)
     check_devices("gatedrnn.layer_norm_gru_forward", input, batch_sizes, h0=h0, w_ih=w_ih,
-                  w_hh=w_hh, b_ih=b_ih, b_hh=b_hh, **dict(zip(_NORMS, norms)))
+                  w_hh=w_hh, b_ih=b_ih, b_hh=b_hh, state_mask=state_mask, zoneout_h=zoneout_h,
+                  **dict(zip(_NORMS, norms)))
     hidden = w_ih.shape[0] // 3
     workspace = input.new_empty((flat_rows(input) if need_workspace else 0, 10 * hidden + 2))
     return output_like(input, hidden), h0.new_empty(h0.shape), workspace
@@ -22,25 +23,27 @@ def _forward_fake(input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, ln_ih_weight, 
 
 @torch.library.register_fake("gatedrnn::layer_norm_gru_backward")
 def _backward_fake(grad_output, grad_h_n, input, batch_sizes, h0, w_ih, w_hh, ln_ih_weight,
-                   ln_hh_weight, output, workspace, reverse):
+                   ln_hh_weight, state_mask, zoneout_h, output, workspace, reverse):
     check_devices("gatedrnn.layer_norm_gru_backward", input, batch_sizes,
                   grad_output=grad_output, grad_h_n=grad_h_n, h0=h0, w_ih=w_ih, w_hh=w_hh,
-                  ln_ih_weight=ln_ih_weight, ln_hh_weight=ln_hh_weight, output=output,
-                  workspace=workspace)
-    norms = [g.new_empty(g.shape) for g in (ln_ih_weight, ln_ih_weight, ln_hh_weight,
-                                              ln_hh_weight)]
+                  ln_ih_weight=ln_ih_weight, ln_hh_weight=ln_hh_weight, state_mask=state_mask,
+                  zoneout_h=zoneout_h, output=output, workspace=workspace)
+    norms = [w_ih.new_empty((w_ih.shape[0],)) for _ in range(4)]
     return (*fake_backward_grads(input, (h0,), w_ih, w_hh), *norms)
 
 
+_TENSORS = 13  # the forward op's tensor arguments, before reverse
+
+
 def _setup_context(ctx, inputs, output):
-    ctx.save_for_backward(*inputs[:11], output[0], output[2])
+    ctx.save_for_backward(*inputs[:_TENSORS], output[0], output[2])
     ctx.set_materialize_grads(False)
-    ctx.reverse = inputs[11]
+    ctx.reverse = inputs[_TENSORS]
 
 
 def _backward(ctx, grad_output, grad_h_n, _grad_workspace):
-    args = ctx.saved_tensors[:11]
-    out, workspace = ctx.saved_tensors[11:]
+    args = ctx.saved_tensors[:_TENSORS]
+    out, workspace = ctx.saved_tensors[_TENSORS:]
     if torch.is_grad_enabled():  # create_graph=True
         grads = differentiable_grads(ctx, reference.layer_norm_gru, (*args, ctx.reverse),
                                      (grad_output, grad_h_n))
@@ -50,11 +53,12 @@ def _backward(ctx, grad_output, grad_h_n, _grad_workspace):
     check_workspace_kept("gatedrnn.layer_norm_gru_forward", input, workspace)
     grads = torch.ops.gatedrnn.layer_norm_gru_backward(
         zeros_if_none(grad_output, out), zeros_if_none(grad_h_n, h0), input, batch_sizes, h0,
-        w_ih, w_hh, ln_ih_weight, ln_hh_weight, out, workspace, ctx.reverse)
+        w_ih, w_hh, ln_ih_weight, ln_hh_weight, *args[11:13], out, workspace, ctx.reverse)
     d_input, d_h0, d_w_ih, d_w_hh = grads[:4]
-    # Optional arguments (biases, shifts) get a gradient only where given.
-    optional = [grad_if(a, g) for a, g in zip(args[5:], grads[4:])]
-    return (d_input, None, d_h0, d_w_ih, d_w_hh, *optional, None, None)
+    # Optional arguments (biases, LayerNorms) get a gradient only where given; the masks,
+    # constants, none.
+    optional = [grad_if(a, g) for a, g in zip(args[5:11], grads[4:])]
+    return (d_input, None, d_h0, d_w_ih, d_w_hh, *optional, None, None, None, None)
 
 
 register_autograd("layer_norm_gru_forward", _backward, _setup_context)

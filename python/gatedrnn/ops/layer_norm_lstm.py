@@ -12,37 +12,43 @@ _NORMS = ("ln_ih_weight", "ln_ih_bias", "ln_hh_weight", "ln_hh_bias", "ln_cell_w
 
 @torch.library.register_fake("gatedrnn::layer_norm_lstm_forward")
 def _forward_fake(input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, ln_ih_weight, ln_ih_bias,
-                  ln_hh_weight, ln_hh_bias, ln_cell_weight, ln_cell_bias, reverse,
-                  need_workspace=True):
+                  ln_hh_weight, ln_hh_bias, ln_cell_weight, ln_cell_bias, state_mask, zoneout_h,
+                  zoneout_c, reverse, need_workspace=True):
     norms = (ln_ih_weight, ln_ih_bias, ln_hh_weight, ln_hh_bias, ln_cell_weight, ln_cell_bias)
     check_devices("gatedrnn.layer_norm_lstm_forward", input, batch_sizes, h0=h0, c0=c0,
-                  w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh, **dict(zip(_NORMS, norms)))
+                  w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh, state_mask=state_mask,
+                  zoneout_h=zoneout_h, zoneout_c=zoneout_c, **dict(zip(_NORMS, norms)))
     hidden = w_ih.shape[0] // 4
-    workspace = input.new_empty((flat_rows(input) if need_workspace else 0, 14 * hidden + 4))
+    workspace = input.new_empty((flat_rows(input) if need_workspace else 0, 15 * hidden + 4))
     return output_like(input, hidden), h0.new_empty(h0.shape), c0.new_empty(c0.shape), workspace
 
 
 @torch.library.register_fake("gatedrnn::layer_norm_lstm_backward")
 def _backward_fake(grad_output, grad_h_n, grad_c_n, input, batch_sizes, h0, c0, w_ih, w_hh,
-                   ln_ih_weight, ln_hh_weight, ln_cell_weight, output, workspace, reverse):
+                   ln_ih_weight, ln_hh_weight, ln_cell_weight, state_mask, zoneout_h, zoneout_c,
+                   output, workspace, reverse):
     check_devices("gatedrnn.layer_norm_lstm_backward", input, batch_sizes,
                   grad_output=grad_output, grad_h_n=grad_h_n, grad_c_n=grad_c_n, h0=h0, c0=c0,
                   w_ih=w_ih, w_hh=w_hh, ln_ih_weight=ln_ih_weight, ln_hh_weight=ln_hh_weight,
-                  ln_cell_weight=ln_cell_weight, output=output, workspace=workspace)
-    norms = [g.new_empty(g.shape) for g in (ln_ih_weight, ln_ih_weight, ln_hh_weight,
-                                              ln_hh_weight, ln_cell_weight, ln_cell_weight)]
+                  ln_cell_weight=ln_cell_weight, state_mask=state_mask, zoneout_h=zoneout_h,
+                  zoneout_c=zoneout_c, output=output, workspace=workspace)
+    hidden = w_ih.shape[0] // 4
+    norms = [w_ih.new_empty((n,)) for n in (4 * hidden,) * 4 + (hidden,) * 2]
     return (*fake_backward_grads(input, (h0, c0), w_ih, w_hh), *norms)
 
 
+_TENSORS = 17  # the forward op's tensor arguments, before reverse
+
+
 def _setup_context(ctx, inputs, output):
-    ctx.save_for_backward(*inputs[:14], output[0], output[3])
+    ctx.save_for_backward(*inputs[:_TENSORS], output[0], output[3])
     ctx.set_materialize_grads(False)
-    ctx.reverse = inputs[14]
+    ctx.reverse = inputs[_TENSORS]
 
 
 def _backward(ctx, grad_output, grad_h_n, grad_c_n, _grad_workspace):
-    args = ctx.saved_tensors[:14]
-    out, workspace = ctx.saved_tensors[14:]
+    args = ctx.saved_tensors[:_TENSORS]
+    out, workspace = ctx.saved_tensors[_TENSORS:]
     if torch.is_grad_enabled():  # create_graph=True
         grads = differentiable_grads(ctx, reference.layer_norm_lstm, (*args, ctx.reverse),
                                      (grad_output, grad_h_n, grad_c_n))
@@ -53,11 +59,12 @@ def _backward(ctx, grad_output, grad_h_n, grad_c_n, _grad_workspace):
     grads = torch.ops.gatedrnn.layer_norm_lstm_backward(
         zeros_if_none(grad_output, out), zeros_if_none(grad_h_n, h0),
         zeros_if_none(grad_c_n, c0), input, batch_sizes, h0, c0, w_ih, w_hh, ln_ih_weight,
-        ln_hh_weight, ln_cell_weight, out, workspace, ctx.reverse)
+        ln_hh_weight, ln_cell_weight, *args[14:17], out, workspace, ctx.reverse)
     d_input, d_h0, d_c0, d_w_ih, d_w_hh = grads[:5]
-    # Optional arguments (biases, shifts) get a gradient only where given.
-    optional = [grad_if(a, g) for a, g in zip(args[6:], grads[5:])]
-    return (d_input, None, d_h0, d_c0, d_w_ih, d_w_hh, *optional, None, None)
+    # Optional arguments (biases, LayerNorms) get a gradient only where given; the masks,
+    # constants, none.
+    optional = [grad_if(a, g) for a, g in zip(args[6:14], grads[5:])]
+    return (d_input, None, d_h0, d_c0, d_w_ih, d_w_hh, *optional, None, None, None, None, None)
 
 
 register_autograd("layer_norm_lstm_forward", _backward, _setup_context)
