@@ -176,12 +176,13 @@ def rnn(input: Tensor, hx: Optional[Tensor] = None, *, w_ih: Tensor, w_hh: Tenso
 
 
 def _layer_norm_arguments(op: str, input: Tensor, tensors: dict):
-    """The layer-normalized cells' checks and casts, before their ops: CPU only; under
+    """The row-wise ops' checks and casts, before their ops: CPU only; under
     autocast every float tensor in the weights' dtype (their LayerNorms run in float32,
     as torch.nn.LayerNorm does under autocast)."""
     if input.device.type != "cpu":
-        raise RuntimeError(f"gatedrnn.{op}: input is on {input.device}; the layer-normalized "
-                           f"cells have CPU kernels only so far")
+        raise RuntimeError(f"gatedrnn.{op}: input is on {input.device}; the row-wise ops (the "
+                           f"layer-normalized cells, and zoneout and variational state "
+                           f"dropout for any cell) have CPU kernels only so far")
     if torch.is_autocast_enabled("cpu"):
         dtype = tensors["w_ih"].dtype
         input = input.to(dtype) if input.is_floating_point() else input
