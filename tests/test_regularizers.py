@@ -1007,3 +1007,21 @@ def test_compile_inductor_eval_zoneout_matches_eager(cell, fresh_dynamo):
     compiled = torch.compile(module, fullgraph=True)
     assert_same(module_results(compiled, module, inp, hx),
                 module_results(module, module, inp, hx), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("cls", [gatedrnn.LSTM, gatedrnn.GRU])
+@pytest.mark.parametrize("name", ["zoneout", "recurrent_dropconnect", "variational_input_dropout",
+                                  "variational_state_dropout"])
+def test_torch_nn_twin_is_refused_with_a_regularizer(cls, name):
+    """ONNX export and torch.jit.script run the torch.nn twin, which has no regularizers:
+    a module with any is refused there rather than exported or scripted with other math."""
+    module = cls(3, 4, **{name: 0.2}).eval()
+    with pytest.raises(RuntimeError, match=name):
+        torch.jit.script(module)
+    onnx = pytest.importorskip("onnx")  # noqa: F841
+    import io
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(RuntimeError, match=name):
+            torch.onnx.export(module, (torch.randn(5, 2, 3),), io.BytesIO(), dynamo=False)

@@ -48,6 +48,16 @@ class FusedRNNMixin:
                 raise ValueError(f"{', '.join(row_wise)}: not with proj_size > 0 (the row-wise "
                                  f"LSTM these run in has no projection)")
 
+    def _check_twin_is_exact(self, what):
+        """The torch.nn twin (ONNX export, jit.script) has no regularizers: refuse a module
+        with any, rather than export or script different math."""
+        rates = {n: p for n, p in self._regularizer_rates().items() if p}
+        if rates:
+            listed = ", ".join(f"{n}={p}" for n, p in rates.items())
+            raise RuntimeError(f"{what}: gatedrnn.{type(self).__name__} with {listed} has no "
+                               f"torch.nn counterpart to run there (torch.nn's modules have no "
+                               f"such regularizers); set them to 0 first")
+
     def _regularizer_rates(self):
         # getattr: a torch.nn module re-classed by convert() has none of them.
         return {name: getattr(self, name, 0.0) for name in self._regularizers}
@@ -123,6 +133,7 @@ class FusedRNNMixin:
         torch.nn's kernels on the shared parameters (same math; float32 results differ
         from ours in the last bits). torch.jit.script also puts what this returns in place
         of the submodule in the model being scripted, so it says so."""
+        self._check_twin_is_exact("torch.jit.script")
         warnings.warn(
             f"torch.jit.script: gatedrnn.{type(self).__name__} cannot be compiled by "
             f"TorchScript, so the scripted model runs torch.nn.{self._mode} on the same "
@@ -218,4 +229,5 @@ class FusedRNNMixin:
         shapes onnxruntime rejects, so a projection is refused here for both."""
         if getattr(self, "proj_size", 0) > 0:
             raise RuntimeError(f"proj_size={self.proj_size}: {PROJECTION_NOT_IN_ONNX}")
+        self._check_twin_is_exact("ONNX export")
         return self._as_torch_nn().forward(input, hx)
