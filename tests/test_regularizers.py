@@ -1025,3 +1025,14 @@ def test_torch_nn_twin_is_refused_with_a_regularizer(cls, name):
         warnings.simplefilter("ignore")
         with pytest.raises(RuntimeError, match=name):
             torch.onnx.export(module, (torch.randn(5, 2, 3),), io.BytesIO(), dynamo=False)
+
+
+def test_functional_stacked_refuses_unknown_or_misplaced_regularizers():
+    gru = gatedrnn.GRU(3, 4)
+    args = ("GRU", torch.randn(2, 1, 3), (torch.zeros(1, 1, 4),), gru._layer_weights())
+    with pytest.raises(ValueError, match="cell_zoneout"):
+        gatedrnn.functional.stacked(*args, num_layers=1, bidirectional=False, training=True,
+                                    regularizers={"cell_zoneout": 0.1})
+    with pytest.raises(ValueError, match="unknown regularizer 'zonout'"):
+        gatedrnn.functional.stacked(*args, num_layers=1, bidirectional=False, training=True,
+                                    regularizers={"zonout": 0.1})

@@ -279,7 +279,6 @@ def _run_layer(mode: str, input, batch_sizes, states, weights, reverse, nonlinea
                                           b_hh=b_hh, **norms, **masks, batch_sizes=batch_sizes,
                                           reverse=reverse)
             return out, (h, c)
-        masks.pop("zoneout_c", None)
         out, h = layer_norm_gru(input, states[0], w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh,
                                 **norms, **masks, batch_sizes=batch_sizes, reverse=reverse)
         return out, (h,)
@@ -346,8 +345,7 @@ def _dropout_mask(name: str, shape, p: float, like: Tensor) -> Tensor:
     return (1 - _draw(name, shape, p, like)) / (1 - p)
 
 
-def _row_masks(mode: str, input: Tensor, batch_sizes, hidden: int, rates: dict,
-               training: bool) -> dict:
+def _row_masks(input: Tensor, batch_sizes, hidden: int, rates: dict, training: bool) -> dict:
     """The masks the row-wise ops apply in one layer-direction's time loop: zoneout's per
     step and row (in training drawn, 1 with probability p; in evaluation p itself) and
     the variational state dropout's per sequence (training only)."""
@@ -419,7 +417,12 @@ def stacked(mode: str, input: Tensor, states: Sequence[Tensor], weights, *, num_
             dropout=dropout, training=training, nonlinearity=nonlinearity,
             regularizers=regularizers)
         return output.to(input.dtype), tuple(f.to(input.dtype) for f in finals)
+    unknown = sorted(set(regularizers or {}) - set(REGULARIZERS))
+    if unknown:
+        raise ValueError(f"unknown regularizer {unknown[0]!r}; they are {', '.join(REGULARIZERS)}")
     rates = {name: check_rate(name, p) for name, p in (regularizers or {}).items() if p}
+    if rates.get("cell_zoneout") and mode not in ("LSTM", "LayerNormLSTM"):
+        raise ValueError("cell_zoneout: only the LSTMs have a cell state")
     if rates and mode == "RNN":
         raise ValueError(f"regularizers {sorted(rates)}: the LSTM, the GRU and the "
                          f"layer-normalized cells have them, the RNN does not")
@@ -447,7 +450,7 @@ def stacked(mode: str, input: Tensor, states: Sequence[Tensor], weights, *, num_
                 w_hh = layer_weights[1]
                 keep = _dropout_mask("recurrent_dropconnect", w_hh.shape, rate, w_hh)
                 layer_weights = (layer_weights[0], w_hh * keep, *layer_weights[2:])
-            masks = _row_masks(mode, layer_input, batch_sizes, layer_weights[1].shape[1], rates,
+            masks = _row_masks(layer_input, batch_sizes, layer_weights[1].shape[1], rates,
                                training)
             out, final = _run_layer(mode, layer_input, batch_sizes,
                                     tuple(s[index] for s in states), layer_weights,
