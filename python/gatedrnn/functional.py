@@ -367,7 +367,7 @@ def _row_masks(input: Tensor, batch_sizes, hidden: int, rates: dict, training: b
 def stacked(mode: str, input: Tensor, states: Sequence[Tensor], weights, *, num_layers: int,
             bidirectional: bool, batch_sizes: Optional[Tensor] = None, dropout: float = 0.0,
             training: bool = False, nonlinearity: str = "tanh",
-            regularizers: Optional[dict] = None):
+            regularizers: Optional[dict] = None, residual: bool = False):
     """Multi-layer, optionally bidirectional network over the single-layer ops.
 
     mode: "LSTM", "GRU", "RNN", "LayerNormLSTM" or "LayerNormGRU". input: [T, N, I] or
@@ -388,6 +388,9 @@ def stacked(mode: str, input: Tensor, states: Sequence[Tensor], weights, *, num_
       act in training only. Masks come from torch's default generator (torch.manual_seed
       reproduces a run); layer_norm_lstm / layer_norm_gru take zoneout and state masks as
       given.
+    residual: each layer's input is added to its output (before the inter-layer dropout);
+      every layer's input and output must be equally wide (ValueError naming the first
+      that is not).
     Returns (output, final states shaped like states).
     """
     # float16 (and the ReLU RNN's bfloat16) on the CPU: widened once here rather than per
@@ -415,7 +418,7 @@ def stacked(mode: str, input: Tensor, states: Sequence[Tensor], weights, *, num_
             mode, x, wide[:len(states)], [layer(i) for i in range(len(weights))],
             num_layers=num_layers, bidirectional=bidirectional, batch_sizes=batch_sizes,
             dropout=dropout, training=training, nonlinearity=nonlinearity,
-            regularizers=regularizers)
+            regularizers=regularizers, residual=residual)
         return output.to(input.dtype), tuple(f.to(input.dtype) for f in finals)
     unknown = sorted(set(regularizers or {}) - set(REGULARIZERS))
     if unknown:
@@ -434,6 +437,7 @@ def stacked(mode: str, input: Tensor, states: Sequence[Tensor], weights, *, num_
     finals = [[] for _ in states]
     layer_input = input
     for layer in range(num_layers):
+        residual_input = layer_input
         rate = rates.get("variational_input_dropout", 0.0)
         if rate > 0 and training:
             # One mask per sequence and feature, shared by the steps and both directions.
@@ -458,7 +462,15 @@ def stacked(mode: str, input: Tensor, states: Sequence[Tensor], weights, *, num_
             outputs.append(out)
             for kind, state in enumerate(final):
                 finals[kind].append(state)
-        layer_input = outputs[0] if directions == 1 else torch.cat(outputs, dim=-1)
+        layer_output = outputs[0] if directions == 1 else torch.cat(outputs, dim=-1)
+        if residual:
+            if layer_output.shape[-1] != layer_input.shape[-1]:
+                raise ValueError(f"residual: layer {layer} takes {layer_input.shape[-1]} "
+                                 f"features and gives {layer_output.shape[-1]}, so its input "
+                                 f"cannot be added to its output")
+            # The layer's input as given (before the variational input dropout's mask).
+            layer_output = layer_output + residual_input
+        layer_input = layer_output
         if dropout > 0 and training and layer < num_layers - 1:
             layer_input = torch.nn.functional.dropout(layer_input, p=dropout, training=True)
     return layer_input, tuple(torch.stack(f, 0) for f in finals)

@@ -48,22 +48,43 @@ class FusedRNNMixin:
                 raise ValueError(f"{', '.join(row_wise)}: not with proj_size > 0 (the row-wise "
                                  f"LSTM these run in has no projection)")
 
+    def _set_options(self, rates, init=None, init_options=None, residual=False):
+        """The constructor options beyond torch.nn's: regularizer rates, an initialization
+        scheme (gatedrnn.init_) and residual connections between layers."""
+        self._set_regularizers(rates)
+        self.residual = bool(residual)
+        if self.residual:
+            directions = 2 if self.bidirectional else 1
+            out = (getattr(self, "proj_size", 0) or self.hidden_size) * directions
+            for layer in range(self.num_layers):
+                width = self.input_size if layer == 0 else out
+                if width != out:
+                    raise ValueError(f"residual=True: layer {layer} takes {width} features and "
+                                     f"gives {out}, so its input cannot be added to its output")
+        if init is not None:
+            from ..init import init_
+            init_(self, init, **(init_options or {}))
+        elif init_options:
+            raise ValueError("init_options given without init")
+
     def _check_twin_is_exact(self, what):
         """The torch.nn twin (ONNX export, jit.script) has no regularizers: refuse a module
         with any, rather than export or script different math."""
         rates = {n: p for n, p in self._regularizer_rates().items() if p}
+        if getattr(self, "residual", False):
+            rates["residual"] = True
         if rates:
             listed = ", ".join(f"{n}={p}" for n, p in rates.items())
             raise RuntimeError(f"{what}: gatedrnn.{type(self).__name__} with {listed} has no "
                                f"torch.nn counterpart to run there (torch.nn's modules have no "
-                               f"such regularizers); set them to 0 first")
+                               f"such options); set them off first")
 
     def _regularizer_rates(self):
         # getattr: a torch.nn module re-classed by convert() has none of them.
         return {name: getattr(self, name, 0.0) for name in self._regularizers}
 
     def extra_repr(self):
-        rates = ", ".join(f"{n}={getattr(self, n)}" for n in self._regularizers
+        rates = ", ".join(f"{n}={getattr(self, n)}" for n in self._regularizers + ("residual",)
                           if getattr(self, n, 0))
         return super().extra_repr() + (", " + rates if rates else "")
 
@@ -209,7 +230,7 @@ class FusedRNNMixin:
             self._stacked_mode or self._mode, data, states, self._layer_weights(), num_layers=self.num_layers,
             bidirectional=self.bidirectional, batch_sizes=batch_sizes, dropout=self.dropout,
             training=self.training, nonlinearity=getattr(self, "nonlinearity", "tanh"),
-            regularizers=self._regularizer_rates())
+            regularizers=self._regularizer_rates(), residual=getattr(self, "residual", False))
         hidden = self._from_tuple(finals)
         if packed:
             return (PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices),

@@ -9,20 +9,22 @@ class LSTM(FusedRNNMixin, torch.nn.RNNBase):
     Beyond torch.nn, regularizers, all 0 (off) by default (functional.stacked has their
     math): zoneout, cell_zoneout, recurrent_dropconnect, variational_input_dropout,
     variational_state_dropout. Zoneout and the state dropout run the row-wise kernels
-    (the plain team kernels have no place for them)."""
+    (the plain team kernels have no place for them). And init (a scheme of gatedrnn.init_)
+    with init_options, and residual (each layer's input added to its output)."""
 
     _mode = "LSTM"
     _regularizers = ("zoneout", "cell_zoneout", "recurrent_dropconnect",
                      "variational_input_dropout", "variational_state_dropout")
 
     def __init__(self, *args, zoneout=0.0, cell_zoneout=0.0, recurrent_dropconnect=0.0,
-                 variational_input_dropout=0.0, variational_state_dropout=0.0, **kwargs):
+                 variational_input_dropout=0.0, variational_state_dropout=0.0, init=None,
+                 init_options=None, residual=False, **kwargs):
         super().__init__("LSTM", *args, **kwargs)
-        self._set_regularizers(dict(
+        self._set_options(dict(
             zoneout=zoneout, cell_zoneout=cell_zoneout,
             recurrent_dropconnect=recurrent_dropconnect,
             variational_input_dropout=variational_input_dropout,
-            variational_state_dropout=variational_state_dropout))
+            variational_state_dropout=variational_state_dropout), init, init_options, residual)
 
     # torch.nn.LSTM's own state checks and reordering (they do not call super()).
     get_expected_cell_size = torch.nn.LSTM.get_expected_cell_size

@@ -4,11 +4,14 @@ from ._base import FusedRNNMixin
 
 
 class RNN(FusedRNNMixin, torch.nn.RNNBase):
-    """Drop-in torch.nn.RNN (tanh or relu; same arguments, parameters and outputs) on fused kernels."""
+    """Drop-in torch.nn.RNN (tanh or relu; same arguments, parameters and outputs) on fused kernels.
+
+    Beyond torch.nn: init (a scheme of gatedrnn.init_, e.g. "identity" for an IRNN) with
+    init_options, and residual (each layer's input added to its output)."""
 
     _mode = "RNN"
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, init=None, init_options=None, residual=False, **kwargs):
         if "proj_size" in kwargs:
             raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
         # nonlinearity is the 4th positional argument of torch.nn.RNN, not of RNNBase.
@@ -20,3 +23,4 @@ class RNN(FusedRNNMixin, torch.nn.RNNBase):
             raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'.")
         self.nonlinearity = nonlinearity
         super().__init__("RNN_TANH" if nonlinearity == "tanh" else "RNN_RELU", *args, **kwargs)
+        self._set_options({}, init, init_options, residual)
