@@ -41,20 +41,24 @@ TORCH_LIBRARY(gatedrnn, m) {
   // which the plain modules run here when a regularizer needs the time loop). Masks,
   // constants to autograd: state_mask [N, hidden] multiplies h where it enters the
   // recurrent GEMM (variational state dropout); zoneout_h, zoneout_c [rows, hidden] are
-  // each row's zoneout weight d of the previous state: h' = d h + (1 - d) h~.
+  // each row's zoneout weight d of the previous state: h' = d h + (1 - d) h~. grad_clip
+  // (> 0; 0 = off) clamps the gradient of every step's gate pre-activations to
+  // [-grad_clip, grad_clip] in the backward (Graves 2013); the forward op only carries it
+  // for autograd.
   m.def(
       "layer_norm_lstm_forward(Tensor input, Tensor? batch_sizes, Tensor h0, Tensor c0, "
       "Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor? ln_ih_weight, "
       "Tensor? ln_ih_bias, Tensor? ln_hh_weight, Tensor? ln_hh_bias, Tensor? ln_cell_weight, "
       "Tensor? ln_cell_bias, Tensor? state_mask, Tensor? zoneout_h, Tensor? zoneout_c, "
-      "bool reverse, bool need_workspace=True) "
+      "bool reverse, bool need_workspace=True, float grad_clip=0.0) "
       "-> (Tensor output, Tensor h_n, Tensor c_n, Tensor workspace)");
   m.def(
       "layer_norm_lstm_backward(Tensor grad_output, Tensor grad_h_n, Tensor grad_c_n, "
       "Tensor input, Tensor? batch_sizes, Tensor h0, Tensor c0, Tensor w_ih, Tensor w_hh, "
       "Tensor? ln_ih_weight, Tensor? ln_hh_weight, Tensor? ln_cell_weight, "
       "Tensor? state_mask, Tensor? zoneout_h, Tensor? zoneout_c, Tensor output, "
-      "Tensor workspace, bool reverse) -> (Tensor grad_input, Tensor grad_h0, "
+      "Tensor workspace, bool reverse, float grad_clip=0.0) -> (Tensor grad_input, "
+      "Tensor grad_h0, "
       "Tensor grad_c0, Tensor grad_w_ih, Tensor grad_w_hh, Tensor grad_b_ih, "
       "Tensor grad_b_hh, Tensor grad_ln_ih_weight, Tensor grad_ln_ih_bias, "
       "Tensor grad_ln_hh_weight, Tensor grad_ln_hh_bias, Tensor grad_ln_cell_weight, "
@@ -63,13 +67,13 @@ TORCH_LIBRARY(gatedrnn, m) {
       "layer_norm_gru_forward(Tensor input, Tensor? batch_sizes, Tensor h0, Tensor w_ih, "
       "Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor? ln_ih_weight, Tensor? ln_ih_bias, "
       "Tensor? ln_hh_weight, Tensor? ln_hh_bias, Tensor? state_mask, Tensor? zoneout_h, "
-      "bool reverse, bool need_workspace=True) "
+      "bool reverse, bool need_workspace=True, float grad_clip=0.0) "
       "-> (Tensor output, Tensor h_n, Tensor workspace)");
   m.def(
       "layer_norm_gru_backward(Tensor grad_output, Tensor grad_h_n, Tensor input, "
       "Tensor? batch_sizes, Tensor h0, Tensor w_ih, Tensor w_hh, Tensor? ln_ih_weight, "
       "Tensor? ln_hh_weight, Tensor? state_mask, Tensor? zoneout_h, Tensor output, "
-      "Tensor workspace, bool reverse) "
+      "Tensor workspace, bool reverse, float grad_clip=0.0) "
       "-> (Tensor grad_input, Tensor grad_h0, Tensor grad_w_ih, Tensor grad_w_hh, "
       "Tensor grad_b_ih, Tensor grad_b_hh, Tensor grad_ln_ih_weight, Tensor grad_ln_ih_bias, "
       "Tensor grad_ln_hh_weight, Tensor grad_ln_hh_bias)");

@@ -769,11 +769,19 @@ def test_float32_module_is_close_to_the_float64_reference(cell, layout):
     expected = module_results(lambda i, h: stacked_reference(wide, i, h), wide, inp64,
                               widen(hx))
     got = module_results(module, module, inp, hx)
+    # reference.py itself in float32: the rounding error float32 brings here. LayerNorm's
+    # 1/sigma amplifies it in the gradients (up to ~3e-5 absolute, 2 layers, with the
+    # portable and AVX2 builds, whose products round twice where AVX-512's fuse), so the
+    # bound is: within 1e-5 relative to the result's largest entry, or twice the float32
+    # reference's own error against float64.
+    ref32 = module_results(lambda i, h: stacked_reference(module, i, h), module, inp, hx)
     assert list(got) == list(expected)
     for k in expected:
         assert got[k].dtype == torch.float32, k
-        torch.testing.assert_close(got[k].double(), expected[k], rtol=1e-5, atol=1e-5,
-                                   msg=lambda m, k=k: f"{k}: {m}")
+        ours = (got[k].double() - expected[k]).abs().max().item()
+        theirs = (ref32[k].double() - expected[k]).abs().max().item()
+        scale = max(1.0, expected[k].abs().max().item())
+        assert ours <= max(1e-5 * scale, 2 * theirs), (k, ours, theirs, scale)
 
 
 @pytest.mark.parametrize("cell", CELLS)

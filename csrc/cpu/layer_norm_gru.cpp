@@ -106,7 +106,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_gru_forward(
     const std::optional<at::Tensor>& b_hh, const std::optional<at::Tensor>& ln_ih_weight,
     const std::optional<at::Tensor>& ln_ih_bias, const std::optional<at::Tensor>& ln_hh_weight,
     const std::optional<at::Tensor>& ln_hh_bias, const std::optional<at::Tensor>& state_mask,
-    const std::optional<at::Tensor>& zoneout_h, bool reverse, bool need_workspace) {
+    const std::optional<at::Tensor>& zoneout_h, bool reverse, bool need_workspace, double /*grad_clip: for autograd*/) {
   const RnnShapes sh = check_layer_norm_args(kForward, kGates, input, batch_sizes, h0, nullptr,
                                              w_ih, w_hh, b_ih, b_hh, reverse);
   const Schedule& s = sh.schedule;
@@ -144,7 +144,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_gru_forward(
 template <typename scalar_t>
 void backward_impl(const Schedule& s, int64_t H, const scalar_t* go, const at::Tensor& out,
                    const at::Tensor& h0, const at::Tensor& w_hh, const scalar_t* gain_h,
-                   bool norm_h, const Regularizers<scalar_t>& reg, const at::Tensor& ws,
+                   bool norm_h, const Regularizers<scalar_t>& reg, scalar_t clip,
+                   const at::Tensor& ws,
                    at::Tensor& dh_state, at::Tensor& dx_pre, at::Tensor& dh_pre,
                    at::Tensor& dgh) {
   const Layout L{H};
@@ -170,9 +171,10 @@ void backward_impl(const Schedule& s, int64_t H, const scalar_t* go, const at::T
       const scalar_t rg = gate[j], zg = gate[H + j], ng = gate[2 * H + j];
       const scalar_t total = go[r * H + j] + dh[j] + (m ? m[j] : scalar_t(1)) * dh_g[j];
       const scalar_t d = zh ? (scalar_t(1) - zh[j]) * total : total;  // into h~
-      const scalar_t dn = d * (scalar_t(1) - zg) * (scalar_t(1) - ng * ng);
-      const scalar_t dr = dn * hn[j] * rg * (scalar_t(1) - rg);
-      const scalar_t dz = d * (h_prev[j] - ng) * zg * (scalar_t(1) - zg);
+      // the gradients of the gates' pre-activations, clamped to [-clip, clip] (clip > 0)
+      const scalar_t dn = clamped(d * (scalar_t(1) - zg) * (scalar_t(1) - ng * ng), clip);
+      const scalar_t dr = clamped(dn * hn[j] * rg * (scalar_t(1) - rg), clip);
+      const scalar_t dz = clamped(d * (h_prev[j] - ng) * zg * (scalar_t(1) - zg), clip);
       dx_r[j] = dh_r[j] = dr;
       dx_r[H + j] = dh_r[H + j] = dz;
       dx_r[2 * H + j] = dn;
@@ -196,9 +198,10 @@ Grads layer_norm_gru_backward(const at::Tensor& grad_output, const at::Tensor& g
                               const std::optional<at::Tensor>& state_mask,
                               const std::optional<at::Tensor>& zoneout_h,
                               const at::Tensor& output, const at::Tensor& workspace,
-                              bool reverse) {
+                              bool reverse, double grad_clip) {
   const RnnShapes sh = check_layer_norm_args(kBackward, kGates, input, batch_sizes, h0, nullptr,
                                              w_ih, w_hh, std::nullopt, std::nullopt, reverse);
+  check_grad_clip(kBackward, grad_clip);
   const Schedule& s = sh.schedule;
   const int64_t H = sh.hidden_size, G = kGates * H;
   const Layout L{H};
@@ -225,8 +228,8 @@ Grads layer_norm_gru_backward(const at::Tensor& grad_output, const at::Tensor& g
         mask_data<scalar_t>(kBackward, input, state_mask, "state_mask", s.batch, H, keep),
         mask_data<scalar_t>(kBackward, input, zoneout_h, "zoneout_h", s.rows, H, keep), nullptr};
     backward_impl<scalar_t>(s, H, go.const_data_ptr<scalar_t>(), out, h0c, whh,
-                            gh.const_data_ptr<scalar_t>(), is_given(ln_hh_weight), reg, ws,
-                            dh_state, dx_pre, dh_pre, dgh);
+                            gh.const_data_ptr<scalar_t>(), is_given(ln_hh_weight), reg,
+                            scalar_t(grad_clip), ws, dh_state, dx_pre, dh_pre, dgh);
     g = layer_norm_rnn_grads<scalar_t>(s, x, wih, out, h0c, ws,
                                        {L.width(), L.xhat_x(), L.xhat_h(), L.rstd_x()}, dx_pre,
                                        dh_pre, dgh, gx.const_data_ptr<scalar_t>(),

@@ -130,7 +130,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> layer_norm_lstm_forwa
     const std::optional<at::Tensor>& ln_cell_weight,
     const std::optional<at::Tensor>& ln_cell_bias, const std::optional<at::Tensor>& state_mask,
     const std::optional<at::Tensor>& zoneout_h, const std::optional<at::Tensor>& zoneout_c,
-    bool reverse, bool need_workspace) {
+    bool reverse, bool need_workspace, double /*grad_clip: for autograd*/) {
   const RnnShapes sh = check_layer_norm_args(kForward, kGates, input, batch_sizes, h0, &c0,
                                              w_ih, w_hh, b_ih, b_hh, reverse);
   const Schedule& s = sh.schedule;
@@ -178,8 +178,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> layer_norm_lstm_forwa
 template <typename scalar_t>
 void backward_impl(const Schedule& s, int64_t H, const scalar_t* go, const at::Tensor& c0,
                    const at::Tensor& w_hh, const Norms<scalar_t>& ln,
-                   const Regularizers<scalar_t>& reg, const at::Tensor& ws, at::Tensor& dh_state,
-                   at::Tensor& dc_state, at::Tensor& dpre, at::Tensor& dgh, at::Tensor& dlc) {
+                   const Regularizers<scalar_t>& reg, scalar_t clip, const at::Tensor& ws,
+                   at::Tensor& dh_state, at::Tensor& dc_state, at::Tensor& dpre, at::Tensor& dgh,
+                   at::Tensor& dlc) {
   const Layout L{H};
   const int64_t G = kGates * H;
   const scalar_t* wsp = ws.const_data_ptr<scalar_t>();
@@ -225,6 +226,7 @@ void backward_impl(const Schedule& s, int64_t H, const scalar_t* go, const at::T
       dp_r[j] = d * g * i * (scalar_t(1) - i);
       dc[j] = d * f + carried;
     }
+    if (clip > 0) clamp_gradient(G, dp_r, clip);
     norm_input_grad(ln.h, G, dp_r, ln.gain_h, w + L.xhat_h(), w[L.rstd_h()], dg + r * G);
   };
   layer_norm_backward_loop<scalar_t>(s, w_hh, dh_state, reg.state, dg, row);
@@ -241,9 +243,10 @@ Grads layer_norm_lstm_backward(
     const std::optional<at::Tensor>& ln_ih_weight, const std::optional<at::Tensor>& ln_hh_weight,
     const std::optional<at::Tensor>& ln_cell_weight, const std::optional<at::Tensor>& state_mask,
     const std::optional<at::Tensor>& zoneout_h, const std::optional<at::Tensor>& zoneout_c,
-    const at::Tensor& output, const at::Tensor& workspace, bool reverse) {
+    const at::Tensor& output, const at::Tensor& workspace, bool reverse, double grad_clip) {
   const RnnShapes sh = check_layer_norm_args(kBackward, kGates, input, batch_sizes, h0, &c0,
                                              w_ih, w_hh, std::nullopt, std::nullopt, reverse);
+  check_grad_clip(kBackward, grad_clip);
   const Schedule& s = sh.schedule;
   const int64_t H = sh.hidden_size, G = kGates * H;
   const Layout L{H};
@@ -278,8 +281,8 @@ Grads layer_norm_lstm_backward(
         mask_data<scalar_t>(kBackward, input, state_mask, "state_mask", s.batch, H, keep),
         mask_data<scalar_t>(kBackward, input, zoneout_h, "zoneout_h", s.rows, H, keep),
         mask_data<scalar_t>(kBackward, input, zoneout_c, "zoneout_c", s.rows, H, keep)};
-    backward_impl<scalar_t>(s, H, go.const_data_ptr<scalar_t>(), c0c, whh, ln, reg, ws,
-                            dh_state, dc_state, dpre, dgh, dlc);
+    backward_impl<scalar_t>(s, H, go.const_data_ptr<scalar_t>(), c0c, whh, ln, reg,
+                            scalar_t(grad_clip), ws, dh_state, dc_state, dpre, dgh, dlc);
     g = layer_norm_rnn_grads<scalar_t>(s, x, wih, out, h0c, ws,
                                        {L.width(), L.xhat_x(), L.xhat_h(), L.rstd_x()}, dpre,
                                        dpre, dgh, ln.gain_x, ln.x, reg.state);

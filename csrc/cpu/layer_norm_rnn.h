@@ -106,6 +106,22 @@ void norm_input_grad(bool normalized, int64_t n, const scalar_t* dy, const scala
   }
 }
 
+// In-kernel gradient clipping (Graves 2013): the gradient of each step's gate
+// pre-activations clamped to [-clip, clip] before it reaches h_{t-1} and the weights; off
+// where clip is 0.
+template <typename scalar_t>
+scalar_t clamped(scalar_t g, scalar_t clip) {
+  return clip > 0 ? std::clamp(g, -clip, clip) : g;
+}
+template <typename scalar_t>
+void clamp_gradient(int64_t n, scalar_t* g, scalar_t clip) {
+  for (int64_t j = 0; j < n; ++j) g[j] = std::clamp(g[j], -clip, clip);
+}
+inline void check_grad_clip(const char* op, double clip) {
+  TORCH_CHECK_VALUE(std::isfinite(clip) && clip >= 0, op,
+                    ": grad_clip must be a finite number >= 0 (0: off), got ", clip);
+}
+
 // out[k][j] = the sum over rows r = 0, 1, ... (in that order) of the k-th of the K values
 // add(r, j, v) adds to v[0..K), for j < cols, in double: blocks of columns go to threads,
 // so the sums do not depend on their number. One pass over the rows for all K sums.

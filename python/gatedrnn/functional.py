@@ -11,6 +11,7 @@ stacked() runs several layers and both directions over the same ops; the
 modules build on it.
 """
 import contextlib
+import math
 import numbers
 from typing import Optional, Sequence
 
@@ -198,15 +199,18 @@ def layer_norm_lstm(input: Tensor, hx=None, *, w_ih: Tensor, w_hh: Tensor,
                     ln_cell_weight: Optional[Tensor] = None,
                     ln_cell_bias: Optional[Tensor] = None, state_mask: Optional[Tensor] = None,
                     zoneout_h: Optional[Tensor] = None, zoneout_c: Optional[Tensor] = None,
-                    batch_sizes: Optional[Tensor] = None, reverse: bool = False):
+                    batch_sizes: Optional[Tensor] = None, reverse: bool = False,
+                    grad_clip: float = 0.0):
     """One layer-normalized LSTM layer in one direction (Ba et al. 2016; reference.py):
     gates = LN_ih(x W_ih^T) + LN_hh(h W_hh^T) + b_ih + b_hh, each LN over all 4H gates with
     gain ln_*_weight and shift ln_*_bias (None: no shift), c' = s(f) c + s(i) tanh(g),
     h' = s(o) tanh(LN_cell(c')); a LayerNorm whose gain is None is left out (all: the plain
     LSTM). The regularizers' masks, given as they are (the modules draw them): state_mask
     [N, H] multiplies h where it enters h W_hh^T; zoneout_h, zoneout_c [R, H] (a row per
-    input row, R = T*N padded) weight the previous state: h' = d h + (1 - d) h~. Returns
-    (output, (h_n, c_n)). float16 and bfloat16 on the CPU are computed in float32."""
+    input row, R = T*N padded) weight the previous state: h' = d h + (1 - d) h~. grad_clip
+    > 0 clamps the gradient of every step's gate pre-activations to [-grad_clip, grad_clip]
+    in the backward (Graves 2013). Returns (output, (h_n, c_n)). float16 and bfloat16 on
+    the CPU are computed in float32."""
     if hx is None:
         batch = _batch(input, batch_sizes)
         hidden = w_ih.shape[0] // 4
@@ -221,12 +225,13 @@ def layer_norm_lstm(input: Tensor, hx=None, *, w_ih: Tensor, w_hh: Tensor,
     if widened is not None:
         x, w = widened
         output, (h_n, c_n) = layer_norm_lstm(x, (w.pop("h0"), w.pop("c0")), **w,
-                                             batch_sizes=batch_sizes, reverse=reverse)
+                                             batch_sizes=batch_sizes, reverse=reverse,
+                                             grad_clip=grad_clip)
         return output.to(input.dtype), (h_n.to(input.dtype), c_n.to(input.dtype))
     needs_grad = _needs_grad(input, *a.values())
     output, h_n, c_n, _ = _call(torch.ops.gatedrnn.layer_norm_lstm_forward, needs_grad,
                                 batch_sizes, input, batch_sizes, *a.values(), reverse,
-                                needs_grad)
+                                needs_grad, float(grad_clip))
     return output, (h_n, c_n)
 
 
@@ -235,11 +240,12 @@ def layer_norm_gru(input: Tensor, hx: Optional[Tensor] = None, *, w_ih: Tensor, 
                    ln_ih_weight: Optional[Tensor] = None, ln_ih_bias: Optional[Tensor] = None,
                    ln_hh_weight: Optional[Tensor] = None, ln_hh_bias: Optional[Tensor] = None,
                    state_mask: Optional[Tensor] = None, zoneout_h: Optional[Tensor] = None,
-                   batch_sizes: Optional[Tensor] = None, reverse: bool = False):
+                   batch_sizes: Optional[Tensor] = None, reverse: bool = False,
+                   grad_clip: float = 0.0):
     """One layer-normalized GRU layer in one direction (reference.py): gx = LN_ih(x W_ih^T)
     + b_ih, gh = LN_hh(h W_hh^T) + b_hh, each LN over all 3H gates, then torch.nn.GRU's
     r, z, n and h' from gx and gh; a LayerNorm whose gain is None is left out (both: the
-    plain GRU). Masks as layer_norm_lstm's. Returns (output, h_n). float16 and bfloat16 on
+    plain GRU). Masks and grad_clip as layer_norm_lstm's. Returns (output, h_n). float16 and bfloat16 on
     the CPU are computed in float32."""
     if hx is None:
         hx = _zeros(input, _batch(input, batch_sizes), w_ih.shape[0] // 3)
@@ -252,11 +258,12 @@ def layer_norm_gru(input: Tensor, hx: Optional[Tensor] = None, *, w_ih: Tensor, 
     if widened is not None:
         x, w = widened
         output, h_n = layer_norm_gru(x, w.pop("h0"), **w, batch_sizes=batch_sizes,
-                                     reverse=reverse)
+                                     reverse=reverse, grad_clip=grad_clip)
         return output.to(input.dtype), h_n.to(input.dtype)
     needs_grad = _needs_grad(input, *a.values())
     output, h_n, _ = _call(torch.ops.gatedrnn.layer_norm_gru_forward, needs_grad, batch_sizes,
-                           input, batch_sizes, *a.values(), reverse, needs_grad)
+                           input, batch_sizes, *a.values(), reverse, needs_grad,
+                           float(grad_clip))
     return output, h_n
 
 
@@ -266,21 +273,23 @@ _NORM_NAMES = {"LayerNormLSTM": ("ln_ih_weight", "ln_ih_bias", "ln_hh_weight", "
 
 
 def _run_layer(mode: str, input, batch_sizes, states, weights, reverse, nonlinearity,
-               masks=None):
+               masks=None, grad_clip=0.0):
     """One layer-direction; states is a tuple of [N, *] tensors, returns (output, states).
     masks: the row-wise regularizers' (state_mask, zoneout_h, zoneout_c); where there are
-    any, the plain LSTM and GRU run on the row-wise ops, without LayerNorms."""
+    any, or a grad_clip, the plain LSTM and GRU run on the row-wise ops, without
+    LayerNorms."""
     w_ih, w_hh, b_ih, b_hh, w_hr = weights[:5]
-    if mode in _NORM_NAMES or (masks and mode in ("LSTM", "GRU")):
+    if mode in _NORM_NAMES or ((masks or grad_clip) and mode in ("LSTM", "GRU")):
         norms = dict(zip(_NORM_NAMES[mode], weights[5])) if mode in _NORM_NAMES else {}
         masks = dict(masks or {})
         if mode in ("LayerNormLSTM", "LSTM"):
             out, (h, c) = layer_norm_lstm(input, states, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih,
                                           b_hh=b_hh, **norms, **masks, batch_sizes=batch_sizes,
-                                          reverse=reverse)
+                                          reverse=reverse, grad_clip=grad_clip)
             return out, (h, c)
         out, h = layer_norm_gru(input, states[0], w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh,
-                                **norms, **masks, batch_sizes=batch_sizes, reverse=reverse)
+                                **norms, **masks, batch_sizes=batch_sizes, reverse=reverse,
+                                grad_clip=grad_clip)
         return out, (h,)
     if mode == "LSTM":
         out, (h, c) = lstm(input, states, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh,
@@ -304,6 +313,14 @@ def check_rate(name: str, p) -> float:
     if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0 <= p < 1:
         raise ValueError(f"{name} probability has to be a number in [0, 1), but got {p!r}")
     return float(p)
+
+
+def check_grad_clip(c) -> float:
+    """recurrent_grad_clip: a finite number >= 0 (0: off), else ValueError."""
+    if isinstance(c, bool) or not isinstance(c, numbers.Real) or not 0 <= c < math.inf:
+        raise ValueError(f"recurrent_grad_clip has to be a finite number >= 0 (0: off), "
+                         f"but got {c!r}")
+    return float(c)
 
 
 def _per_sequence(mask: Tensor, batch_sizes: Optional[Tensor]) -> Tensor:
@@ -367,7 +384,8 @@ def _row_masks(input: Tensor, batch_sizes, hidden: int, rates: dict, training: b
 def stacked(mode: str, input: Tensor, states: Sequence[Tensor], weights, *, num_layers: int,
             bidirectional: bool, batch_sizes: Optional[Tensor] = None, dropout: float = 0.0,
             training: bool = False, nonlinearity: str = "tanh",
-            regularizers: Optional[dict] = None, residual: bool = False):
+            regularizers: Optional[dict] = None, residual: bool = False,
+            recurrent_grad_clip: float = 0.0):
     """Multi-layer, optionally bidirectional network over the single-layer ops.
 
     mode: "LSTM", "GRU", "RNN", "LayerNormLSTM" or "LayerNormGRU". input: [T, N, I] or
@@ -388,6 +406,9 @@ def stacked(mode: str, input: Tensor, states: Sequence[Tensor], weights, *, num_
       act in training only. Masks come from torch's default generator (torch.manual_seed
       reproduces a run); layer_norm_lstm / layer_norm_gru take zoneout and state masks as
       given.
+    recurrent_grad_clip: > 0 clamps, in the backward, the gradient of every step's gate
+      pre-activations to [-c, c] before it reaches h_{t-1} and the weights (Graves 2013;
+      the LSTM, the GRU and the layer-normalized cells, which then run the row-wise ops).
     residual: each layer's input is added to its output (before the inter-layer dropout);
       every layer's input and output must be equally wide (ValueError naming the first
       that is not).
@@ -418,7 +439,7 @@ def stacked(mode: str, input: Tensor, states: Sequence[Tensor], weights, *, num_
             mode, x, wide[:len(states)], [layer(i) for i in range(len(weights))],
             num_layers=num_layers, bidirectional=bidirectional, batch_sizes=batch_sizes,
             dropout=dropout, training=training, nonlinearity=nonlinearity,
-            regularizers=regularizers, residual=residual)
+            regularizers=regularizers, residual=residual, recurrent_grad_clip=recurrent_grad_clip)
         return output.to(input.dtype), tuple(f.to(input.dtype) for f in finals)
     unknown = sorted(set(regularizers or {}) - set(REGULARIZERS))
     if unknown:
@@ -426,6 +447,13 @@ def stacked(mode: str, input: Tensor, states: Sequence[Tensor], weights, *, num_
     rates = {name: check_rate(name, p) for name, p in (regularizers or {}).items() if p}
     if rates.get("cell_zoneout") and mode not in ("LSTM", "LayerNormLSTM"):
         raise ValueError("cell_zoneout: only the LSTMs have a cell state")
+    grad_clip = check_grad_clip(recurrent_grad_clip)
+    if grad_clip and mode == "RNN":
+        raise ValueError("recurrent_grad_clip: the LSTM, the GRU and the layer-normalized "
+                         "cells have it, the RNN does not")
+    if grad_clip and any(w[4] is not None for w in weights):
+        raise ValueError("recurrent_grad_clip runs in the row-wise LSTM, which has no "
+                         "projection (proj_size > 0)")
     if rates and mode == "RNN":
         raise ValueError(f"regularizers {sorted(rates)}: the LSTM, the GRU and the "
                          f"layer-normalized cells have them, the RNN does not")
@@ -458,7 +486,7 @@ def stacked(mode: str, input: Tensor, states: Sequence[Tensor], weights, *, num_
                                training)
             out, final = _run_layer(mode, layer_input, batch_sizes,
                                     tuple(s[index] for s in states), layer_weights,
-                                    direction == 1, nonlinearity, masks)
+                                    direction == 1, nonlinearity, masks, grad_clip)
             outputs.append(out)
             for kind, state in enumerate(final):
                 finals[kind].append(state)

@@ -48,10 +48,16 @@ class FusedRNNMixin:
                 raise ValueError(f"{', '.join(row_wise)}: not with proj_size > 0 (the row-wise "
                                  f"LSTM these run in has no projection)")
 
-    def _set_options(self, rates, init=None, init_options=None, residual=False):
+    def _set_options(self, rates, init=None, init_options=None, residual=False,
+                     recurrent_grad_clip=0.0):
         """The constructor options beyond torch.nn's: regularizer rates, an initialization
-        scheme (gatedrnn.init_) and residual connections between layers."""
+        scheme (gatedrnn.init_), residual connections between layers and in-kernel
+        gradient clipping."""
         self._set_regularizers(rates)
+        self.recurrent_grad_clip = F.check_grad_clip(recurrent_grad_clip)
+        if self.recurrent_grad_clip and (self._mode == "RNN" or getattr(self, "proj_size", 0)):
+            raise ValueError("recurrent_grad_clip: the LSTM (without proj_size), the GRU and "
+                             "the layer-normalized cells have it")
         self.residual = bool(residual)
         if self.residual:
             directions = 2 if self.bidirectional else 1
@@ -71,8 +77,9 @@ class FusedRNNMixin:
         """The torch.nn twin (ONNX export, jit.script) has no regularizers: refuse a module
         with any, rather than export or script different math."""
         rates = {n: p for n, p in self._regularizer_rates().items() if p}
-        if getattr(self, "residual", False):
-            rates["residual"] = True
+        for option in ("residual", "recurrent_grad_clip"):
+            if getattr(self, option, 0):
+                rates[option] = getattr(self, option)
         if rates:
             listed = ", ".join(f"{n}={p}" for n, p in rates.items())
             raise RuntimeError(f"{what}: gatedrnn.{type(self).__name__} with {listed} has no "
@@ -84,8 +91,8 @@ class FusedRNNMixin:
         return {name: getattr(self, name, 0.0) for name in self._regularizers}
 
     def extra_repr(self):
-        rates = ", ".join(f"{n}={getattr(self, n)}" for n in self._regularizers + ("residual",)
-                          if getattr(self, n, 0))
+        options = self._regularizers + ("residual", "recurrent_grad_clip")
+        rates = ", ".join(f"{n}={getattr(self, n)}" for n in options if getattr(self, n, 0))
         return super().extra_repr() + (", " + rates if rates else "")
 
     def _state_sizes(self):
@@ -230,7 +237,8 @@ class FusedRNNMixin:
             self._stacked_mode or self._mode, data, states, self._layer_weights(), num_layers=self.num_layers,
             bidirectional=self.bidirectional, batch_sizes=batch_sizes, dropout=self.dropout,
             training=self.training, nonlinearity=getattr(self, "nonlinearity", "tanh"),
-            regularizers=self._regularizer_rates(), residual=getattr(self, "residual", False))
+            regularizers=self._regularizer_rates(), residual=getattr(self, "residual", False),
+            recurrent_grad_clip=getattr(self, "recurrent_grad_clip", 0.0))
         hidden = self._from_tuple(finals)
         if packed:
             return (PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices),

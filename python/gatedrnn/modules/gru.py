@@ -17,11 +17,12 @@ class GRU(FusedRNNMixin, torch.nn.RNNBase):
 
     def __init__(self, *args, zoneout=0.0, recurrent_dropconnect=0.0,
                  variational_input_dropout=0.0, variational_state_dropout=0.0, init=None,
-                 init_options=None, residual=False, **kwargs):
+                 init_options=None, residual=False, recurrent_grad_clip=0.0, **kwargs):
         if "proj_size" in kwargs:
             raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
         super().__init__("GRU", *args, **kwargs)
         self._set_options(dict(
             zoneout=zoneout, recurrent_dropconnect=recurrent_dropconnect,
             variational_input_dropout=variational_input_dropout,
-            variational_state_dropout=variational_state_dropout), init, init_options, residual)
+            variational_state_dropout=variational_state_dropout), init, init_options, residual,
+            recurrent_grad_clip)

@@ -13,7 +13,7 @@ _NORMS = ("ln_ih_weight", "ln_ih_bias", "ln_hh_weight", "ln_hh_bias", "ln_cell_w
 @torch.library.register_fake("gatedrnn::layer_norm_lstm_forward")
 def _forward_fake(input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, ln_ih_weight, ln_ih_bias,
                   ln_hh_weight, ln_hh_bias, ln_cell_weight, ln_cell_bias, state_mask, zoneout_h,
-                  zoneout_c, reverse, need_workspace=True):
+                  zoneout_c, reverse, need_workspace=True, grad_clip=0.0):
     norms = (ln_ih_weight, ln_ih_bias, ln_hh_weight, ln_hh_bias, ln_cell_weight, ln_cell_bias)
     check_devices("gatedrnn.layer_norm_lstm_forward", input, batch_sizes, h0=h0, c0=c0,
                   w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh, state_mask=state_mask,
@@ -26,7 +26,7 @@ def _forward_fake(input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, ln_ih_weig
 @torch.library.register_fake("gatedrnn::layer_norm_lstm_backward")
 def _backward_fake(grad_output, grad_h_n, grad_c_n, input, batch_sizes, h0, c0, w_ih, w_hh,
                    ln_ih_weight, ln_hh_weight, ln_cell_weight, state_mask, zoneout_h, zoneout_c,
-                   output, workspace, reverse):
+                   output, workspace, reverse, grad_clip=0.0):
     check_devices("gatedrnn.layer_norm_lstm_backward", input, batch_sizes,
                   grad_output=grad_output, grad_h_n=grad_h_n, grad_c_n=grad_c_n, h0=h0, c0=c0,
                   w_ih=w_ih, w_hh=w_hh, ln_ih_weight=ln_ih_weight, ln_hh_weight=ln_hh_weight,
@@ -44,27 +44,33 @@ def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(*inputs[:_TENSORS], output[0], output[3])
     ctx.set_materialize_grads(False)
     ctx.reverse = inputs[_TENSORS]
+    ctx.grad_clip = inputs[_TENSORS + 2]
 
 
 def _backward(ctx, grad_output, grad_h_n, grad_c_n, _grad_workspace):
     args = ctx.saved_tensors[:_TENSORS]
     out, workspace = ctx.saved_tensors[_TENSORS:]
     if torch.is_grad_enabled():  # create_graph=True
+        if ctx.grad_clip:
+            raise RuntimeError("a backward with create_graph=True (double backward) through a "
+                               "gradient clipped inside the kernel (recurrent_grad_clip) is "
+                               "not supported: clipping has no derivative to differentiate")
         grads = differentiable_grads(ctx, reference.layer_norm_lstm, (*args, ctx.reverse),
                                      (grad_output, grad_h_n, grad_c_n))
-        return (*grads, None)
+        return (*grads, None, None)  # need_workspace, grad_clip
     input, batch_sizes, h0, c0, w_ih, w_hh = args[:6]
     ln_ih_weight, ln_hh_weight, ln_cell_weight = args[8], args[10], args[12]
     check_workspace_kept("gatedrnn.layer_norm_lstm_forward", input, workspace)
     grads = torch.ops.gatedrnn.layer_norm_lstm_backward(
         zeros_if_none(grad_output, out), zeros_if_none(grad_h_n, h0),
         zeros_if_none(grad_c_n, c0), input, batch_sizes, h0, c0, w_ih, w_hh, ln_ih_weight,
-        ln_hh_weight, ln_cell_weight, *args[14:17], out, workspace, ctx.reverse)
+        ln_hh_weight, ln_cell_weight, *args[14:17], out, workspace, ctx.reverse,
+        ctx.grad_clip)
     d_input, d_h0, d_c0, d_w_ih, d_w_hh = grads[:5]
     # Optional arguments (biases, LayerNorms) get a gradient only where given; the masks,
     # constants, none.
     optional = [grad_if(a, g) for a, g in zip(args[6:14], grads[5:])]
-    return (d_input, None, d_h0, d_c0, d_w_ih, d_w_hh, *optional, None, None, None, None, None)
+    return (d_input, None, d_h0, d_c0, d_w_ih, d_w_hh, *optional, *[None] * 6)
 
 
 register_autograd("layer_norm_lstm_forward", _backward, _setup_context)
