@@ -206,8 +206,7 @@ def test_build_info_names_this_torch():
 
 
 # The row-wise cells' ops (layer-normalized cells, regularizers) have CPU kernels only so far.
-CPU_ONLY = [f"gatedrnn::layer_norm_{cell}_{part}" for cell in ("lstm", "gru")
-            for part in ("forward", "backward")]
+CPU_ONLY = list(gatedrnn.ops.CPU_ONLY_OPS)
 
 
 def test_ops_have_cuda_kernels_exactly_when_built_with_cuda():
