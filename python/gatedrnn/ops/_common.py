@@ -235,3 +235,29 @@ def register_autograd(name: str, backward, setup_context) -> None:
             return op.redispatch(keyset & below_autograd, *args)
 
     _IMPL.impl(name, autograd_kernel, "Autograd", with_keyset=True)
+
+
+def row_wise_setup_context(tensors: int, workspace_output: int):
+    """setup_context of a row-wise forward op (layer_norm_lstm/gru_forward) whose first
+    `tensors` arguments are tensors, then reverse, need_workspace and grad_clip: saves those
+    tensors, the output and the workspace (output index workspace_output)."""
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(*inputs[:tensors], output[0], output[workspace_output])
+        # Outputs without a gradient arrive as None, as for the plain cells' ops.
+        ctx.set_materialize_grads(False)
+        ctx.reverse = inputs[tensors]
+        ctx.grad_clip = inputs[tensors + 2]
+
+    return setup_context
+
+
+def row_wise_double_backward(ctx, reference, args, output_grads):
+    """differentiable_grads for a row-wise op (args: its tensor arguments), with None for
+    reverse, need_workspace and grad_clip; refused where the kernel clipped the gradient,
+    which has no derivative to differentiate."""
+    if ctx.grad_clip:
+        raise RuntimeError("a backward with create_graph=True (double backward) through a "
+                           "gradient clipped inside the kernel (recurrent_grad_clip) is not "
+                           "supported: clipping has no derivative to differentiate")
+    grads = differentiable_grads(ctx, reference, (*args, ctx.reverse), output_grads)
+    return (*grads, None, None)  # + need_workspace, grad_clip

@@ -2,9 +2,10 @@
 import torch
 
 from .. import reference
-from ._common import (check_devices, check_workspace_kept, differentiable_grads,
-                      fake_backward_grads, flat_rows, grad_if, output_like, register_autocast,
-                      register_autograd, register_first_order, zeros_if_none)
+from ._common import (check_devices, check_workspace_kept, fake_backward_grads, flat_rows,
+                      grad_if, output_like, register_autocast, register_autograd,
+                      register_first_order, row_wise_double_backward, row_wise_setup_context,
+                      zeros_if_none)
 
 _NORMS = ("ln_ih_weight", "ln_ih_bias", "ln_hh_weight", "ln_hh_bias")
 
@@ -35,26 +36,15 @@ def _backward_fake(grad_output, grad_h_n, input, batch_sizes, h0, w_ih, w_hh, ln
 
 
 _TENSORS = 13  # the forward op's tensor arguments, before reverse
-
-
-def _setup_context(ctx, inputs, output):
-    ctx.save_for_backward(*inputs[:_TENSORS], output[0], output[2])
-    ctx.set_materialize_grads(False)
-    ctx.reverse = inputs[_TENSORS]
-    ctx.grad_clip = inputs[_TENSORS + 2]
+_setup_context = row_wise_setup_context(_TENSORS, 2)
 
 
 def _backward(ctx, grad_output, grad_h_n, _grad_workspace):
     args = ctx.saved_tensors[:_TENSORS]
     out, workspace = ctx.saved_tensors[_TENSORS:]
     if torch.is_grad_enabled():  # create_graph=True
-        if ctx.grad_clip:
-            raise RuntimeError("a backward with create_graph=True (double backward) through a "
-                               "gradient clipped inside the kernel (recurrent_grad_clip) is "
-                               "not supported: clipping has no derivative to differentiate")
-        grads = differentiable_grads(ctx, reference.layer_norm_gru, (*args, ctx.reverse),
-                                     (grad_output, grad_h_n))
-        return (*grads, None, None)  # need_workspace, grad_clip
+        return row_wise_double_backward(ctx, reference.layer_norm_gru, args,
+                                        (grad_output, grad_h_n))
     input, batch_sizes, h0, w_ih, w_hh = args[:5]
     ln_ih_weight, ln_hh_weight = args[7], args[9]
     check_workspace_kept("gatedrnn.layer_norm_gru_forward", input, workspace)
