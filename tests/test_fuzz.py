@@ -1191,18 +1191,20 @@ def backward_args(cell, t, bs, reverse, grads):
             grad_output=grads["grad_output"], grad_h_n=grads["grad_h_n"],
             grad_c_n=grads["grad_c_n"], input=t["input"], batch_sizes=bs, h0=t["h0"],
             c0=t["c0"], w_ih=t["w_ih"], w_hh=t["w_hh"], w_hr=t.get("w_hr"), output=out,
-            workspace=ws, reverse=reverse)
+            workspace=ws, reverse=reverse, grad_cell_states=None, reset=None,
+            record_norms=False)
     if cell == "gru":
         out, h_n, ws = ops.gru_forward(*op_and_args(cell, t, bs, reverse)[1])
         return ops.gru_backward, dict(
             grad_output=grads["grad_output"], grad_h_n=grads["grad_h_n"], input=t["input"],
             batch_sizes=bs, h0=t["h0"], w_ih=t["w_ih"], w_hh=t["w_hh"], output=out,
-            workspace=ws, reverse=reverse)
+            workspace=ws, reverse=reverse, reset=None, record_norms=False)
     out, h_n = ops.rnn_forward(*op_and_args(cell, t, bs, reverse)[1])
     return ops.rnn_backward, dict(
         grad_output=grads["grad_output"], grad_h_n=grads["grad_h_n"], input=t["input"],
         batch_sizes=bs, h0=t["h0"], w_ih=t["w_ih"], w_hh=t["w_hh"], output=out,
-        nonlinearity=nonlinearity(cell), reverse=reverse)
+        nonlinearity=nonlinearity(cell), reverse=reverse, grad_clip=0.0, reset=None,
+        record_norms=False)
 
 
 def _backward_cases_for(fault):
@@ -1244,7 +1246,9 @@ def test_op_backward_direct_call_matches_autograd(case):
     res = op(*kw.values())
     names = ["grad_input", "grad_h0"] + (["grad_c0"] if is_lstm(case["cell"]) else []) + [
         "grad_w_ih", "grad_w_hh", "grad_b_ih", "grad_b_hh", "grad_w_hr"]
-    assert len(res) == len(names) - (0 if is_lstm(case["cell"]) else 1)
+    # + step_norms, empty: the gradient-norm monitor was not asked for
+    assert len(res) == len(names) - (0 if is_lstm(case["cell"]) else 1) + 1
+    assert res[-1].shape == (0, 2 if is_lstm(case["cell"]) else 1)
     for name, got in zip(names, res):
         if name in expected:
             torch.testing.assert_close(got, expected[name], **tolerances(case["dtype"]),

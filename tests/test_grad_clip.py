@@ -9,7 +9,9 @@ from gatedrnn import reference
 
 DT = torch.float64
 MODULES = {"LSTM": gatedrnn.LSTM, "GRU": gatedrnn.GRU, "LayerNormLSTM": gatedrnn.LayerNormLSTM,
-           "LayerNormGRU": gatedrnn.LayerNormGRU}
+           "LayerNormGRU": gatedrnn.LayerNormGRU,
+           "RNN_tanh": lambda *a, **k: gatedrnn.RNN(*a, nonlinearity="tanh", **k),
+           "RNN_relu": lambda *a, **k: gatedrnn.RNN(*a, nonlinearity="relu", **k)}
 
 
 def clamp_hook(c):
@@ -31,7 +33,11 @@ def hooked_loop(cell, m, x, c, reverse=False):
     for t in (range(T - 1, -1, -1) if reverse else range(T)):
         gx = norm(x[t] @ p["weight_ih_l0"].t(), "ih") + p["bias_ih_l0"]
         gh = norm(h @ p["weight_hh_l0"].t(), "hh") + p["bias_hh_l0"]
-        if "LSTM" in cell:
+        if cell.startswith("RNN"):
+            pre = gx + gh
+            pre.register_hook(clamp_hook(c))
+            h = torch.tanh(pre) if cell == "RNN_tanh" else torch.relu(pre)
+        elif "LSTM" in cell:
             pre = gx + gh
             pre.register_hook(clamp_hook(c))
             i, f, g, o = pre.chunk(4, 1)
@@ -92,15 +98,14 @@ def test_bad_clip_values_raise(bad):
         gatedrnn.LSTM(3, 4, recurrent_grad_clip=bad)
 
 
-def test_clip_is_refused_where_there_is_no_row_wise_kernel():
-    with pytest.raises(TypeError, match="recurrent_grad_clip"):  # not an RNN argument yet
-        gatedrnn.RNN(3, 4, recurrent_grad_clip=1.0)
+def test_clip_is_refused_with_a_projection():
     with pytest.raises(ValueError, match="recurrent_grad_clip"):
         gatedrnn.LSTM(3, 4, proj_size=2, recurrent_grad_clip=1.0)
 
 
-def test_double_backward_through_a_clipped_gradient_is_refused():
-    m = gatedrnn.GRU(3, 4, recurrent_grad_clip=0.5, dtype=DT)
+@pytest.mark.parametrize("cell", ["GRU", "RNN_tanh"])
+def test_double_backward_through_a_clipped_gradient_is_refused(cell):
+    m = MODULES[cell](3, 4, recurrent_grad_clip=0.5, dtype=DT)
     x = torch.randn(4, 2, 3, dtype=DT, requires_grad=True)
     out, _ = m(x)
     with pytest.raises(RuntimeError, match="double backward"):
@@ -117,3 +122,38 @@ def test_a_zero_clip_is_the_default_module_bitwise():
     gb = torch.autograd.grad(b(x)[0].sum(), x)[0]
     assert torch.equal(ga, gb)
     assert "recurrent_grad_clip=0.5" in repr(gatedrnn.GRU(3, 4, recurrent_grad_clip=0.5))
+
+
+@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
+def test_rnn_clip_with_packed_input_equals_each_sequence_clipped_alone(nonlinearity):
+    """The RNN clips in its own (team) kernels, which run packed batches by live rows: each
+    sequence's gradients must be those of the sequence run alone."""
+    torch.manual_seed(1)
+    m = gatedrnn.RNN(3, 5, nonlinearity=nonlinearity, recurrent_grad_clip=0.05, dtype=DT)
+    lengths = [6, 4, 1]
+    x = torch.randn(6, 3, 3, dtype=DT) * 2
+    g = torch.randn(6, 3, 5, dtype=DT) * 3
+    packed = torch.nn.utils.rnn.pack_padded_sequence(x, lengths)
+    out, _ = m(packed)
+    gout = torch.nn.utils.rnn.pack_padded_sequence(g, lengths).data
+    got = torch.autograd.grad(out.data, list(m.parameters()), gout)
+    expected = [torch.zeros_like(q) for q in m.parameters()]
+    for n, length in enumerate(lengths):
+        out_n, _ = m(x[:length, n:n + 1])
+        for e, q in zip(expected, torch.autograd.grad(out_n, list(m.parameters()),
+                                                      g[:length, n:n + 1])):
+            e += q
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+def test_rnn_clip_keeps_a_nan_gradient_nan():
+    """Clamping selects rather than computes, as std::clamp and torch.clamp do: a NaN
+    gradient stays NaN instead of turning into the bound."""
+    m = gatedrnn.RNN(2, 3, recurrent_grad_clip=0.5, dtype=DT)
+    x = torch.randn(3, 1, 2, dtype=DT, requires_grad=True)
+    out, _ = m(x)
+    g = torch.zeros_like(out)
+    g[-1, 0, 0] = float("nan")
+    (gx,) = torch.autograd.grad(out, x, g)
+    assert gx[-1].isnan().all()

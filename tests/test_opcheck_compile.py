@@ -107,8 +107,9 @@ def test_backward_op_matches_autograd(cell, packed, reverse):
     order = ["input", "h0", "c0", "w_ih", "w_hh", "b_ih", "b_hh", "w_hr"]
     if not is_lstm(cell):
         order = [k for k in order if k not in ("c0", "w_hr")]
-    grads = op(*bw_args)
+    *grads, step_norms = op(*bw_args)
     assert len(grads) == len(order)
+    assert step_norms.shape == (0, 2 if is_lstm(cell) else 1)  # the monitor was not asked for
     got = dict(zip(order, grads))
     if is_lstm(cell) and "w_hr" not in tensors:
         assert got.pop("w_hr").numel() == 0

@@ -49,6 +49,13 @@ inline void check_same_dtype(const char* op, const at::Tensor& ref, const at::Te
               ref.device(), " (the device of input), got ", t.device());
 }
 
+// grad_clip (recurrent_grad_clip): 0 is off, else the bound of the gate pre-activations'
+// gradients.
+inline void check_grad_clip(const char* op, double clip) {
+  TORCH_CHECK_VALUE(std::isfinite(clip) && clip >= 0, op,
+                    ": grad_clip must be a finite number >= 0 (0: off), got ", clip);
+}
+
 inline void check_shape(const char* op, const at::Tensor& t, const char* name,
                         at::IntArrayRef expected, const char* meaning) {
   TORCH_CHECK(t.sizes() == expected, op, ": expected ", name, " of shape ", expected,

@@ -28,7 +28,7 @@ template <typename scalar_t>
 void gru_forward_impl(const RnnShapes& sh, const at::Tensor& x, const at::Tensor& w_ih,
                       const at::Tensor& w_hh, const at::Tensor& b_ih, const at::Tensor& b_hh,
                       at::Tensor& out, at::Tensor& h_state, at::Tensor& ws,
-                      GemmPrecision precision) {
+                      const Resets& resets, GemmPrecision precision) {
   const Schedule& s = sh.schedule;
   const int64_t H = sh.hidden_size, N = s.batch, G = kGates * H;
   const UnitBlocks units = unit_blocks(H, kGates, H, N, s.steps());
@@ -40,7 +40,7 @@ void gru_forward_impl(const RnnShapes& sh, const at::Tensor& x, const at::Tensor
   const scalar_t* bih = b_ih.const_data_ptr<scalar_t>();
   const scalar_t* bhh = b_hh.const_data_ptr<scalar_t>();
   const auto forward_units = gru_kernels<scalar_t>().forward_units;
-  ForwardTeam<scalar_t> team(s, x, w_ih, kGates, units, h_state, precision);
+  ForwardTeam<scalar_t> team(s, x, w_ih, kGates, units, h_state, precision, resets);
   const auto block = [&](const TeamStep<scalar_t>& st, int64_t b, int64_t u0, int64_t len) {
     scalar_t* hgb = hgp + kGates * u0;
     // hg_b[:n] = h[:n] @ w_hh_b^T       [n, H] x [H, 3 len]
@@ -56,9 +56,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_forward(
     const at::Tensor& input, const std::optional<at::Tensor>& batch_sizes,
     const at::Tensor& h0, const at::Tensor& w_ih, const at::Tensor& w_hh,
     const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh,
-    bool reverse, bool need_workspace) {
+    bool reverse, bool need_workspace, const std::optional<at::Tensor>& reset) {
   const RnnShapes sh = check_rnn_args(kForward, kGates, input, batch_sizes, h0, nullptr, w_ih,
                                       w_hh, b_ih, b_hh, std::nullopt, reverse);
+  const Resets resets = resets_of(kForward, reset, sh.schedule);
   const Schedule& s = sh.schedule;
   const int64_t H = sh.hidden_size;
   const at::Tensor x = cached_contiguous(widened(input)).view({s.rows, sh.input_size});
@@ -71,7 +72,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_forward(
   at::Tensor ws_arg = need_workspace ? ws : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), kForward, [&] {
     gru_forward_impl<scalar_t>(sh, x, cached_contiguous(w_ih), cached_contiguous(w_hh), bih, bhh,
-                               out, h_state, ws_arg, precision_of(input));
+                               out, h_state, ws_arg, resets, precision_of(input));
   });
   return {shaped_like_input(narrowed(out, input), input), narrowed(h_state, input), ws};
 }
@@ -84,7 +85,9 @@ InputAndWeightGrads gru_backward_impl(const RnnShapes& sh, const Rows<scalar_t>&
                                       const at::Tensor& x, const at::Tensor& w_ih,
                                       const at::Tensor& w_hh, const at::Tensor& ws,
                                       const at::Tensor& out, const at::Tensor& h0,
-                                      at::Tensor& dh_state, GemmPrecision precision) {
+                                      at::Tensor& dh_state, const Resets& resets,
+                                      at::Tensor& grad_h0_reset, StepNorms& norms,
+                                      GemmPrecision precision) {
   const Schedule& s = sh.schedule;
   const int64_t H = sh.hidden_size;
   const scalar_t* go = grad_out.data();
@@ -96,26 +99,31 @@ InputAndWeightGrads gru_backward_impl(const RnnShapes& sh, const Rows<scalar_t>&
   const auto backward_units = gru_kernels<scalar_t>().backward_units;
   ChunkedGrads<scalar_t> grads(s, kGruGradCols * H, {{0, 0, 2 * H}, {3 * H, 2 * H, H}},
                                {{0, 0, kGates * H}}, false, x, out, h0, w_ih, kGates * H,
-                               precision);
-  BackwardTeam<scalar_t> team(s, w_hh, kGruGradCols * H, unit_blocks(H, kGates, H, s.batch, s.steps()),
-                              precision);
+                               precision, resets);
+  // what reaches h0 through the rows that restarted from it (resets)
+  scalar_t* dh0 = resets.flags ? grad_h0_reset.mutable_data_ptr<scalar_t>() : nullptr;
+  const UnitBlocks units = unit_blocks(H, kGates, H, s.batch, s.steps());
+  BackwardTeam<scalar_t> team(s, w_hh, kGruGradCols * H, units, precision);
   // dh_state[:n] = dh * z + dgates[:, 0:3H] @ w_hh      [n, 3H] x [3H, H]
   team.run(grads, dhs, scalar_t(1),
            [&](int64_t k, int64_t n, int64_t off, scalar_t* dg, int64_t u0, int64_t len) {
-             const PrevRows<scalar_t> h_prev = previous_rows(s, k, outp, H, h0p, H);
+             const PrevRows<scalar_t> h_prev = previous_rows(s, k, outp, H, h0p, H, resets);
+             move_reset_columns(resets, s, k + 1, dhs, dh0, H, u0, len);
              backward_units(n, H, u0, len, go + off * go_ld, go_ld, dhs, wsp + off * 4 * H,
-                            h_prev, dg);
+                            h_prev, dg, norms.at(s.time_at(k), u0 / units.size));
            });
   return grads.result();
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
 gru_backward(const at::Tensor& grad_output, const at::Tensor& grad_h_n, const at::Tensor& input,
              const std::optional<at::Tensor>& batch_sizes, const at::Tensor& h0,
              const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& output,
-             const at::Tensor& workspace, bool reverse) {
+             const at::Tensor& workspace, bool reverse, const std::optional<at::Tensor>& reset,
+             bool record_norms) {
   const RnnShapes sh = check_rnn_args(kBackward, kGates, input, batch_sizes, h0, nullptr, w_ih,
                                       w_hh, std::nullopt, std::nullopt, std::nullopt, reverse);
+  const Resets resets = resets_of(kBackward, reset, sh.schedule);
   const Schedule& s = sh.schedule;
   const int64_t H = sh.hidden_size;
   check_shape(kBackward, workspace, "workspace", {s.rows, 4 * H}, "rows, 4*hidden_size");
@@ -130,13 +138,18 @@ gru_backward(const at::Tensor& grad_output, const at::Tensor& grad_h_n, const at
   const at::Tensor wih = cached_contiguous(w_ih), whh = cached_contiguous(w_hh);
   at::Tensor dh_state = widened(grad_h_n).contiguous().clone();
   InputAndWeightGrads g;
+  at::Tensor grad_h0_reset = resets.flags ? at::zeros_like(dh_state) : at::Tensor();
+  StepNorms norms(record_norms, s.steps(), unit_blocks(H, kGates, H, s.batch, s.steps()).count(),
+                  1);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), kBackward, [&] {
     g = gru_backward_impl<scalar_t>(sh, strided_rows<scalar_t>(widened(grad_output), s.rows, H),
-                                    x, wih, whh, ws, out, h0c, dh_state, precision_of(input));
+                                    x, wih, whh, ws, out, h0c, dh_state, resets, grad_h0_reset,
+                                    norms, precision_of(input));
   });
+  if (resets.flags) dh_state.add_(grad_h0_reset);
   const auto result = [&](const at::Tensor& t) { return narrowed(t, input); };
   return {shaped_like_input(result(g.grad_input), input), result(dh_state), result(g.grad_w_ih),
-          result(g.grad_w_hh), result(g.grad_b_ih), result(g.grad_b_hh)};
+          result(g.grad_w_hh), result(g.grad_b_ih), result(g.grad_b_hh), norms.result()};
 }
 
 }  // namespace

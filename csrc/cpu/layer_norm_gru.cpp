@@ -61,7 +61,7 @@ void forward_impl(const Schedule& s, int64_t H, const at::Tensor& x, const at::T
   scalar_t* hm = masked.mutable_data_ptr<scalar_t>();
   scalar_t* outp = out.mutable_data_ptr<scalar_t>();
   const ActivationKernels<scalar_t>& act = activation_kernels<scalar_t>();
-  const auto row = [&](int64_t, int64_t b, int64_t r, const scalar_t* a, scalar_t* scratch) {
+  const auto row = [&](int64_t k, int64_t b, int64_t r, const scalar_t* a, scalar_t* scratch) {
     scalar_t* w = wsp ? wsp + r * L.width() : scratch;
     const scalar_t* xx = xh + r * xhat_ld;
     scalar_t* xhh = w + L.xhat_h();
@@ -85,7 +85,11 @@ void forward_impl(const Schedule& s, int64_t H, const at::Tensor& x, const at::T
       const scalar_t h_new = (scalar_t(1) - zg) * ng + zg * h[j];
       h[j] = d ? d[j] * h[j] + (scalar_t(1) - d[j]) * h_new : h_new;
       outp[r * H + j] = h[j];
-      if (reg.state) hm[b * H + j] = h[j] * reg.state[b * H + j];
+    }
+    // a row that restarts at the next step carries h0 into it instead (resets)
+    if (reg.resets.at(s, k + 1, b)) std::copy(reg.h0 + b * H, reg.h0 + (b + 1) * H, h);
+    if (reg.state) {
+      for (int64_t j = 0; j < H; ++j) hm[b * H + j] = h[j] * reg.state[b * H + j];
     }
     w[L.rstd_h()] = rstd_h;
   };
@@ -106,9 +110,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_gru_forward(
     const std::optional<at::Tensor>& b_hh, const std::optional<at::Tensor>& ln_ih_weight,
     const std::optional<at::Tensor>& ln_ih_bias, const std::optional<at::Tensor>& ln_hh_weight,
     const std::optional<at::Tensor>& ln_hh_bias, const std::optional<at::Tensor>& state_mask,
-    const std::optional<at::Tensor>& zoneout_h, bool reverse, bool need_workspace, double /*grad_clip: for autograd*/) {
+    const std::optional<at::Tensor>& zoneout_h, bool reverse, bool need_workspace,
+    double /*grad_clip: for autograd*/, const std::optional<at::Tensor>& reset) {
   const RnnShapes sh = check_layer_norm_args(kForward, kGates, input, batch_sizes, h0, nullptr,
                                              w_ih, w_hh, b_ih, b_hh, reverse);
+  const Resets resets = resets_of(kForward, reset, sh.schedule);
   const Schedule& s = sh.schedule;
   const int64_t H = sh.hidden_size, G = kGates * H;
   check_shift_has_gain(kForward, ln_ih_weight, ln_ih_bias, "ln_ih_bias");
@@ -121,7 +127,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_gru_forward(
   const auto opts = x.options();
   const at::Tensor shift_x = shift_of(b_ih, bx, G, opts), shift_h = shift_of(b_hh, bh, G, opts);
   at::Tensor out = cached_empty({s.rows, H}, opts);
-  at::Tensor h_state = h0.contiguous().clone();
+  const at::Tensor h0c = h0.contiguous();
+  at::Tensor h_state = h0c.clone();
   at::Tensor ws = cached_empty({need_workspace ? s.rows : 0, Layout{H}.width()}, opts);
   at::Tensor ws_arg = need_workspace ? ws : at::Tensor();
   const at::Tensor wih = w_ih.contiguous(), whh = w_hh.contiguous();
@@ -129,7 +136,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_gru_forward(
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), kForward, [&] {
     const Regularizers<scalar_t> reg{
         mask_data<scalar_t>(kForward, input, state_mask, "state_mask", s.batch, H, keep),
-        mask_data<scalar_t>(kForward, input, zoneout_h, "zoneout_h", s.rows, H, keep), nullptr};
+        mask_data<scalar_t>(kForward, input, zoneout_h, "zoneout_h", s.rows, H, keep), nullptr,
+        resets, h0c.const_data_ptr<scalar_t>()};
     forward_impl<scalar_t>(s, H, x, wih, whh, gx.const_data_ptr<scalar_t>(),
                            gh.const_data_ptr<scalar_t>(), shift_x.const_data_ptr<scalar_t>(),
                            shift_h.const_data_ptr<scalar_t>(), is_given(ln_ih_weight),
@@ -147,13 +155,16 @@ void backward_impl(const Schedule& s, int64_t H, const scalar_t* go, const at::T
                    bool norm_h, const Regularizers<scalar_t>& reg, scalar_t clip,
                    const at::Tensor& ws,
                    at::Tensor& dh_state, at::Tensor& dx_pre, at::Tensor& dh_pre,
-                   at::Tensor& dgh) {
+                   at::Tensor& dgh, StepNorms& norms) {
   const Layout L{H};
   const int64_t G = kGates * H;
   const scalar_t* wsp = ws.const_data_ptr<scalar_t>();
   const scalar_t* outp = out.const_data_ptr<scalar_t>();
   const scalar_t* h0p = h0.const_data_ptr<scalar_t>();
   scalar_t* dhs = dh_state.mutable_data_ptr<scalar_t>();
+  // what reaches h0 through the rows that restarted from it (resets)
+  at::Tensor dh0_reset = reg.resets.flags ? at::zeros_like(dh_state) : at::Tensor();
+  scalar_t* dh0 = reg.resets.flags ? dh0_reset.mutable_data_ptr<scalar_t>() : nullptr;
   scalar_t* dxp = dx_pre.mutable_data_ptr<scalar_t>();
   scalar_t* dhp = dh_pre.mutable_data_ptr<scalar_t>();
   scalar_t* dg = dgh.mutable_data_ptr<scalar_t>();
@@ -163,13 +174,19 @@ void backward_impl(const Schedule& s, int64_t H, const scalar_t* go, const at::T
     const scalar_t* hn = w + L.hidden_n();
     const scalar_t* zh = reg.zoneout_h ? reg.zoneout_h + r * H : nullptr;
     const scalar_t* m = reg.state ? reg.state + b * H : nullptr;
-    const scalar_t* h_prev = previous_rows(s, k, outp, H, h0p, H).row(b);
+    const scalar_t* h_prev = previous_rows(s, k, outp, H, h0p, H, reg.resets).row(b);
     scalar_t* dx_r = dxp + r * G;
     scalar_t* dh_r = dhp + r * G;
     scalar_t* dh = dhs + b * H;
+    double* sq = norms.at(s.time_at(k), b);
+    // a row that restarted at step k + 1 fed h0 into it, not h_t: what came back is h0's
+    const bool restarted = reg.resets.at(s, k + 1, b);
     for (int64_t j = 0; j < H; ++j) {
       const scalar_t rg = gate[j], zg = gate[H + j], ng = gate[2 * H + j];
-      const scalar_t total = go[r * H + j] + dh[j] + (m ? m[j] : scalar_t(1)) * dh_g[j];
+      const scalar_t later = dh[j] + (m ? m[j] : scalar_t(1)) * dh_g[j];  // from step k + 1
+      if (restarted) dh0[b * H + j] += later;
+      const scalar_t total = go[r * H + j] + (restarted ? scalar_t(0) : later);
+      if (sq) sq[0] += double(total) * total;
       const scalar_t d = zh ? (scalar_t(1) - zh[j]) * total : total;  // into h~
       // the gradients of the gates' pre-activations, clamped to [-clip, clip] (clip > 0)
       const scalar_t dn = clamped(d * (scalar_t(1) - zg) * (scalar_t(1) - ng * ng), clip);
@@ -184,10 +201,11 @@ void backward_impl(const Schedule& s, int64_t H, const scalar_t* go, const at::T
     norm_input_grad(norm_h, G, dh_r, gain_h, w + L.xhat_h(), w[L.rstd_h()], dg + r * G);
   };
   layer_norm_backward_loop<scalar_t>(s, w_hh, dh_state, reg.state, dg, row);
+  if (reg.resets.flags) dh_state.add_(dh0_reset);
 }
 
 using Grads = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
-                         at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+                         at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 
 Grads layer_norm_gru_backward(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
                               const at::Tensor& input,
@@ -198,9 +216,11 @@ Grads layer_norm_gru_backward(const at::Tensor& grad_output, const at::Tensor& g
                               const std::optional<at::Tensor>& state_mask,
                               const std::optional<at::Tensor>& zoneout_h,
                               const at::Tensor& output, const at::Tensor& workspace,
-                              bool reverse, double grad_clip) {
+                              bool reverse, double grad_clip,
+                              const std::optional<at::Tensor>& reset, bool record_norms) {
   const RnnShapes sh = check_layer_norm_args(kBackward, kGates, input, batch_sizes, h0, nullptr,
                                              w_ih, w_hh, std::nullopt, std::nullopt, reverse);
+  const Resets resets = resets_of(kBackward, reset, sh.schedule);
   check_grad_clip(kBackward, grad_clip);
   const Schedule& s = sh.schedule;
   const int64_t H = sh.hidden_size, G = kGates * H;
@@ -223,22 +243,24 @@ Grads layer_norm_gru_backward(const at::Tensor& grad_output, const at::Tensor& g
   at::Tensor dgh = cached_empty({s.rows, G}, opts);
   LayerNormRnnGrads g;
   std::vector<at::Tensor> keep;
+  StepNorms norms(record_norms, s.steps(), s.batch, 1);  // a part per row of a step
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), kBackward, [&] {
     const Regularizers<scalar_t> reg{
         mask_data<scalar_t>(kBackward, input, state_mask, "state_mask", s.batch, H, keep),
-        mask_data<scalar_t>(kBackward, input, zoneout_h, "zoneout_h", s.rows, H, keep), nullptr};
+        mask_data<scalar_t>(kBackward, input, zoneout_h, "zoneout_h", s.rows, H, keep), nullptr,
+        resets};
     backward_impl<scalar_t>(s, H, go.const_data_ptr<scalar_t>(), out, h0c, whh,
                             gh.const_data_ptr<scalar_t>(), is_given(ln_hh_weight), reg,
-                            scalar_t(grad_clip), ws, dh_state, dx_pre, dh_pre, dgh);
+                            scalar_t(grad_clip), ws, dh_state, dx_pre, dh_pre, dgh, norms);
     g = layer_norm_rnn_grads<scalar_t>(s, x, wih, out, h0c, ws,
                                        {L.width(), L.xhat_x(), L.xhat_h(), L.rstd_x()}, dx_pre,
                                        dh_pre, dgh, gx.const_data_ptr<scalar_t>(),
-                                       is_given(ln_ih_weight), reg.state);
+                                       is_given(ln_ih_weight), reg.state, reg.resets);
   });
   // Each LayerNorm's shift adds where its cell's bias does: the same gradient.
   return {shaped_like_input(g.grad_input, input), dh_state, g.grad_w_ih, g.grad_w_hh,
           g.grad_b_ih, g.grad_b_hh, g.grad_gain_x, g.grad_b_ih.clone(), g.grad_gain_h,
-          g.grad_b_hh.clone()};
+          g.grad_b_hh.clone(), norms.result()};
 }
 
 }  // namespace

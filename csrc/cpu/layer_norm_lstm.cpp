@@ -76,7 +76,7 @@ void forward_impl(const Schedule& s, int64_t H, const at::Tensor& x, const at::T
   scalar_t* outp = out.mutable_data_ptr<scalar_t>();
   const scalar_t* sh = shift.const_data_ptr<scalar_t>();
   const ActivationKernels<scalar_t>& act = activation_kernels<scalar_t>();
-  const auto row = [&](int64_t, int64_t b, int64_t r, const scalar_t* a, scalar_t* scratch) {
+  const auto row = [&](int64_t k, int64_t b, int64_t r, const scalar_t* a, scalar_t* scratch) {
     scalar_t* w = wsp ? wsp + r * L.width() : scratch;
     const scalar_t* xx = xh + r * xhat_ld;
     scalar_t* xhh = w + L.xhat_h();
@@ -111,7 +111,14 @@ void forward_impl(const Schedule& s, int64_t H, const at::Tensor& x, const at::T
       const scalar_t h_new = gate[3 * H + j] * tl[j];
       h[j] = dh ? dh[j] * h[j] + (scalar_t(1) - dh[j]) * h_new : h_new;
       outp[r * H + j] = h[j];
-      if (reg.state) hm[b * H + j] = h[j] * reg.state[b * H + j];
+    }
+    // a row that restarts at the next step carries h0 and c0 into it instead (resets)
+    if (reg.resets.at(s, k + 1, b)) {
+      std::copy(reg.h0 + b * H, reg.h0 + (b + 1) * H, h);
+      std::copy(reg.c0 + b * H, reg.c0 + (b + 1) * H, c);
+    }
+    if (reg.state) {
+      for (int64_t j = 0; j < H; ++j) hm[b * H + j] = h[j] * reg.state[b * H + j];
     }
     w[L.rstd_h()] = rstd_h;
     w[L.rstd_c()] = rstd_c;
@@ -130,9 +137,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> layer_norm_lstm_forwa
     const std::optional<at::Tensor>& ln_cell_weight,
     const std::optional<at::Tensor>& ln_cell_bias, const std::optional<at::Tensor>& state_mask,
     const std::optional<at::Tensor>& zoneout_h, const std::optional<at::Tensor>& zoneout_c,
-    bool reverse, bool need_workspace, double /*grad_clip: for autograd*/) {
+    bool reverse, bool need_workspace, double /*grad_clip: for autograd*/,
+    const std::optional<at::Tensor>& reset) {
   const RnnShapes sh = check_layer_norm_args(kForward, kGates, input, batch_sizes, h0, &c0,
                                              w_ih, w_hh, b_ih, b_hh, reverse);
+  const Resets resets = resets_of(kForward, reset, sh.schedule);
   const Schedule& s = sh.schedule;
   const int64_t H = sh.hidden_size, G = kGates * H;
   check_shift_has_gain(kForward, ln_ih_weight, ln_ih_bias, "ln_ih_bias");
@@ -152,7 +161,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> layer_norm_lstm_forwa
   if (bx.defined()) shift.add_(bx);
   if (bh.defined()) shift.add_(bh);
   at::Tensor out = cached_empty({s.rows, H}, opts);
-  at::Tensor h_state = h0.contiguous().clone(), c_state = c0.contiguous().clone();
+  const at::Tensor h0c = h0.contiguous(), c0c = c0.contiguous();
+  at::Tensor h_state = h0c.clone(), c_state = c0c.clone();
   at::Tensor ws = cached_empty({need_workspace ? s.rows : 0, Layout{H}.width()}, opts);
   at::Tensor ws_arg = need_workspace ? ws : at::Tensor();
   const at::Tensor wih = w_ih.contiguous(), whh = w_hh.contiguous();
@@ -166,7 +176,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> layer_norm_lstm_forwa
     const Regularizers<scalar_t> reg{
         mask_data<scalar_t>(kForward, input, state_mask, "state_mask", s.batch, H, keep),
         mask_data<scalar_t>(kForward, input, zoneout_h, "zoneout_h", s.rows, H, keep),
-        mask_data<scalar_t>(kForward, input, zoneout_c, "zoneout_c", s.rows, H, keep)};
+        mask_data<scalar_t>(kForward, input, zoneout_c, "zoneout_c", s.rows, H, keep), resets,
+        h0c.const_data_ptr<scalar_t>(), c0c.const_data_ptr<scalar_t>()};
     forward_impl<scalar_t>(s, H, x, wih, whh, shift, ln, reg, out, h_state, c_state, ws_arg);
   });
   return {shaped_like_input(out, input), h_state, c_state, ws};
@@ -180,7 +191,7 @@ void backward_impl(const Schedule& s, int64_t H, const scalar_t* go, const at::T
                    const at::Tensor& w_hh, const Norms<scalar_t>& ln,
                    const Regularizers<scalar_t>& reg, scalar_t clip, const at::Tensor& ws,
                    at::Tensor& dh_state, at::Tensor& dc_state, at::Tensor& dpre, at::Tensor& dgh,
-                   at::Tensor& dlc) {
+                   at::Tensor& dlc, const scalar_t* grad_cs, StepNorms& norms) {
   const Layout L{H};
   const int64_t G = kGates * H;
   const scalar_t* wsp = ws.const_data_ptr<scalar_t>();
@@ -190,13 +201,19 @@ void backward_impl(const Schedule& s, int64_t H, const scalar_t* go, const at::T
   scalar_t* dp = dpre.mutable_data_ptr<scalar_t>();
   scalar_t* dg = dgh.mutable_data_ptr<scalar_t>();
   scalar_t* dl = dlc.mutable_data_ptr<scalar_t>();
+  // what reaches h0 and c0 through the rows that restarted from them (resets)
+  at::Tensor dh0_reset = reg.resets.flags ? at::zeros_like(dh_state) : at::Tensor();
+  at::Tensor dc0_reset = reg.resets.flags ? at::zeros_like(dc_state) : at::Tensor();
+  scalar_t* dh0 = reg.resets.flags ? dh0_reset.mutable_data_ptr<scalar_t>() : nullptr;
+  scalar_t* dc0 = reg.resets.flags ? dc0_reset.mutable_data_ptr<scalar_t>() : nullptr;
   const auto row = [&](int64_t k, int64_t b, int64_t r, const scalar_t* dh_g) {
     const scalar_t* w = wsp + r * L.width();
     const scalar_t* gate = w + L.gates();
     const scalar_t* cell = w + L.cell();
     const scalar_t* tl = w + L.tanh_lc();
     const scalar_t rstd_c = w[L.rstd_c()], mean_c = w[L.mean_c()];
-    const scalar_t* c_prev = previous_rows(s, k, wsp + L.c_out(), L.width(), c0p, H).row(b);
+    const scalar_t* c_prev =
+        previous_rows(s, k, wsp + L.c_out(), L.width(), c0p, H, reg.resets).row(b);
     const scalar_t* zh = reg.zoneout_h ? reg.zoneout_h + r * H : nullptr;
     const scalar_t* zc = reg.zoneout_c ? reg.zoneout_c + r * H : nullptr;
     const scalar_t* m = reg.state ? reg.state + b * H : nullptr;
@@ -204,8 +221,25 @@ void backward_impl(const Schedule& s, int64_t H, const scalar_t* go, const at::T
     scalar_t* dp_r = dp + r * G;
     scalar_t* dc = dcs + b * H;
     scalar_t* dh = dhs + b * H;
+    double* sq = norms.at(s.time_at(k), b);
+    // a row that restarted at step k + 1 fed h0 and c0 into it, not h_t and c_t: what came
+    // back is theirs
+    const bool restarted = reg.resets.at(s, k + 1, b);
+    if (restarted) {
+      for (int64_t j = 0; j < H; ++j) {
+        dh0[b * H + j] += dh[j] + (m ? m[j] : scalar_t(1)) * dh_g[j];
+        dc0[b * H + j] += dc[j];
+        dc[j] = scalar_t(0);
+      }
+    }
+    // the gradient reaching the state c'_t directly (return_states), then from step t + 1
+    if (grad_cs) {
+      for (int64_t j = 0; j < H; ++j) dc[j] += grad_cs[r * H + j];
+    }
     for (int64_t j = 0; j < H; ++j) {
-      const scalar_t d = go[r * H + j] + dh[j] + (m ? m[j] : scalar_t(1)) * dh_g[j];
+      const scalar_t d = go[r * H + j] +
+                         (restarted ? scalar_t(0) : dh[j] + (m ? m[j] : scalar_t(1)) * dh_g[j]);
+      if (sq) sq[0] += double(d) * d;
       const scalar_t dnew = zh ? (scalar_t(1) - zh[j]) * d : d;  // into h~
       dh[j] = zh ? zh[j] * d : scalar_t(0);
       const scalar_t o = gate[3 * H + j];
@@ -218,6 +252,11 @@ void backward_impl(const Schedule& s, int64_t H, const scalar_t* go, const at::T
     for (int64_t j = 0; j < H; ++j) dcell[j] = (cell[j] - mean_c) * rstd_c;  // LN_c's xhat
     norm_input_grad(ln.c, H, dl_r, ln.gain_c, dcell, rstd_c, dcell);
     for (int64_t j = 0; j < H; ++j) dcell[j] += zc ? (scalar_t(1) - zc[j]) * dc[j] : dc[j];
+    // c's entry: the gradient reaching the step's new cell value (the state, but for the
+    // part of it zoneout keeps from the previous step)
+    if (sq) {
+      for (int64_t j = 0; j < H; ++j) sq[1] += double(dcell[j]) * dcell[j];
+    }
     for (int64_t j = 0; j < H; ++j) {
       const scalar_t i = gate[j], f = gate[H + j], g = gate[2 * H + j], d = dcell[j];
       const scalar_t carried = zc ? zc[j] * dc[j] : scalar_t(0);
@@ -230,11 +269,15 @@ void backward_impl(const Schedule& s, int64_t H, const scalar_t* go, const at::T
     norm_input_grad(ln.h, G, dp_r, ln.gain_h, w + L.xhat_h(), w[L.rstd_h()], dg + r * G);
   };
   layer_norm_backward_loop<scalar_t>(s, w_hh, dh_state, reg.state, dg, row);
+  if (reg.resets.flags) {
+    dh_state.add_(dh0_reset);
+    dc_state.add_(dc0_reset);
+  }
 }
 
 using Grads = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
                          at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
-                         at::Tensor>;
+                         at::Tensor, at::Tensor>;
 
 Grads layer_norm_lstm_backward(
     const at::Tensor& grad_output, const at::Tensor& grad_h_n, const at::Tensor& grad_c_n,
@@ -243,9 +286,12 @@ Grads layer_norm_lstm_backward(
     const std::optional<at::Tensor>& ln_ih_weight, const std::optional<at::Tensor>& ln_hh_weight,
     const std::optional<at::Tensor>& ln_cell_weight, const std::optional<at::Tensor>& state_mask,
     const std::optional<at::Tensor>& zoneout_h, const std::optional<at::Tensor>& zoneout_c,
-    const at::Tensor& output, const at::Tensor& workspace, bool reverse, double grad_clip) {
+    const at::Tensor& output, const at::Tensor& workspace, bool reverse, double grad_clip,
+    const std::optional<at::Tensor>& grad_cell_states, const std::optional<at::Tensor>& reset,
+    bool record_norms) {
   const RnnShapes sh = check_layer_norm_args(kBackward, kGates, input, batch_sizes, h0, &c0,
                                              w_ih, w_hh, std::nullopt, std::nullopt, reverse);
+  const Resets resets = resets_of(kBackward, reset, sh.schedule);
   check_grad_clip(kBackward, grad_clip);
   const Schedule& s = sh.schedule;
   const int64_t H = sh.hidden_size, G = kGates * H;
@@ -253,6 +299,11 @@ Grads layer_norm_lstm_backward(
   check_layer_norm_backward(kBackward, sh, L.width(), input, workspace, output, grad_output, h0,
                             grad_h_n);
   check_shape(kBackward, grad_c_n, "grad_c_n", c0.sizes(), "c0's shape");
+  const bool with_cs = grad_cell_states.has_value() && grad_cell_states->defined();
+  if (with_cs) {
+    check_shape(kBackward, *grad_cell_states, "grad_cell_states", {s.rows, H},
+                "rows, hidden_size");
+  }
   const at::Tensor gx =
       layer_norm_param(kBackward, input, ln_ih_weight, "ln_ih_weight", G, true);
   const at::Tensor gh =
@@ -272,6 +323,8 @@ Grads layer_norm_lstm_backward(
   at::Tensor grad_gc = at::empty({H}, opts), grad_bc = at::empty({H}, opts);
   LayerNormRnnGrads g;
   std::vector<at::Tensor> keep;
+  StepNorms norms(record_norms, s.steps(), s.batch, 2);  // a part per row of a step
+  const at::Tensor grad_cs = with_cs ? grad_cell_states->to(opts).contiguous() : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), kBackward, [&] {
     const Norms<scalar_t> ln{gx.const_data_ptr<scalar_t>(), gh.const_data_ptr<scalar_t>(),
                              gc.const_data_ptr<scalar_t>(), nullptr,
@@ -280,12 +333,13 @@ Grads layer_norm_lstm_backward(
     const Regularizers<scalar_t> reg{
         mask_data<scalar_t>(kBackward, input, state_mask, "state_mask", s.batch, H, keep),
         mask_data<scalar_t>(kBackward, input, zoneout_h, "zoneout_h", s.rows, H, keep),
-        mask_data<scalar_t>(kBackward, input, zoneout_c, "zoneout_c", s.rows, H, keep)};
+        mask_data<scalar_t>(kBackward, input, zoneout_c, "zoneout_c", s.rows, H, keep), resets};
     backward_impl<scalar_t>(s, H, go.const_data_ptr<scalar_t>(), c0c, whh, ln, reg,
-                            scalar_t(grad_clip), ws, dh_state, dc_state, dpre, dgh, dlc);
+                            scalar_t(grad_clip), ws, dh_state, dc_state, dpre, dgh, dlc,
+                            with_cs ? grad_cs.const_data_ptr<scalar_t>() : nullptr, norms);
     g = layer_norm_rnn_grads<scalar_t>(s, x, wih, out, h0c, ws,
                                        {L.width(), L.xhat_x(), L.xhat_h(), L.rstd_x()}, dpre,
-                                       dpre, dgh, ln.gain_x, ln.x, reg.state);
+                                       dpre, dgh, ln.gain_x, ln.x, reg.state, reg.resets);
     const scalar_t* wsp = ws.const_data_ptr<scalar_t>();
     const scalar_t* dl = dlc.const_data_ptr<scalar_t>();
     const int64_t W = L.width();
@@ -300,7 +354,7 @@ Grads layer_norm_lstm_backward(
   // meaningless (nobody asks for them).
   return {shaped_like_input(g.grad_input, input), dh_state, dc_state, g.grad_w_ih, g.grad_w_hh,
           g.grad_b_ih, g.grad_b_hh, g.grad_gain_x, g.grad_b_ih.clone(), g.grad_gain_h,
-          g.grad_b_ih.clone(), grad_gc, grad_bc};
+          g.grad_b_ih.clone(), grad_gc, grad_bc, norms.result()};
 }
 
 }  // namespace

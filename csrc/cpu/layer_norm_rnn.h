@@ -75,11 +75,15 @@ void layer_norm_input_grad(int64_t n, const scalar_t* dy, const scalar_t* gain,
 //   zoneout_h, zoneout_c: [R, H] per row of each step, the weight d of the previous value
 //          (Krueger et al. 2016): h_t = d h_{t-1} + (1 - d) h~_t, likewise the LSTM's c_t
 //          (0/1 in training, p in evaluation)
+// And the per-step resets, with the initial states h0 [N, H] and c0 the rows restart from.
 template <typename scalar_t>
 struct Regularizers {
   const scalar_t* state = nullptr;
   const scalar_t* zoneout_h = nullptr;
   const scalar_t* zoneout_c = nullptr;
+  Resets resets;
+  const scalar_t* h0 = nullptr;
+  const scalar_t* c0 = nullptr;
 };
 
 // The data of an optional mask, checked against input: [rows, cols].
@@ -116,10 +120,6 @@ scalar_t clamped(scalar_t g, scalar_t clip) {
 template <typename scalar_t>
 void clamp_gradient(int64_t n, scalar_t* g, scalar_t clip) {
   for (int64_t j = 0; j < n; ++j) g[j] = std::clamp(g[j], -clip, clip);
-}
-inline void check_grad_clip(const char* op, double clip) {
-  TORCH_CHECK_VALUE(std::isfinite(clip) && clip >= 0, op,
-                    ": grad_clip must be a finite number >= 0 (0: off), got ", clip);
 }
 
 // out[k][j] = the sum over rows r = 0, 1, ... (in that order) of the k-th of the K values
@@ -255,7 +255,7 @@ void layer_norm_backward_loop(const Schedule& s, const at::Tensor& w_hh, at::Ten
 //   out: [R, P], h0: [N, P], mask: [N, P] or null
 template <typename scalar_t>
 at::Tensor previous_states(const Schedule& s, const at::Tensor& out, const at::Tensor& h0,
-                           const scalar_t* mask) {
+                           const scalar_t* mask, const Resets& resets) {
   const int64_t P = h0.size(1);
   at::Tensor prev = cached_empty({s.rows, P}, out.options());
   scalar_t* dst = prev.mutable_data_ptr<scalar_t>();
@@ -263,7 +263,7 @@ at::Tensor previous_states(const Schedule& s, const at::Tensor& out, const at::T
     for (int64_t k = k0; k < k1; ++k) {
       const int64_t t = s.time_at(k);
       const PrevRows<scalar_t> p = previous_rows(s, k, out.const_data_ptr<scalar_t>(), P,
-                                                 h0.const_data_ptr<scalar_t>(), P);
+                                                 h0.const_data_ptr<scalar_t>(), P, resets);
       for (int64_t b = 0; b < s.sizes[t]; ++b) {
         scalar_t* d = dst + (s.offsets[t] + b) * P;
         std::copy(p.row(b), p.row(b) + P, d);
@@ -304,7 +304,7 @@ LayerNormRnnGrads layer_norm_rnn_grads(const Schedule& s, const at::Tensor& x,
                                        const NormColumns& cols, const at::Tensor& dx_pre,
                                        const at::Tensor& dh_pre, const at::Tensor& dgh,
                                        const scalar_t* gain_x, bool normalized_x,
-                                       const scalar_t* state_mask) {
+                                       const scalar_t* state_mask, const Resets& resets) {
   const int64_t R = x.size(0), I = x.size(1), G = w_ih.size(0), P = h0.size(1);
   const auto opts = x.options();
   const scalar_t* wsp = ws.const_data_ptr<scalar_t>();
@@ -322,7 +322,7 @@ LayerNormRnnGrads layer_norm_rnn_grads(const Schedule& s, const at::Tensor& x,
   LayerNormRnnGrads g{cached_empty({R, I}, opts), at::empty({G, I}, opts), at::empty({G, P}, opts),
                       at::empty({G}, opts),    at::Tensor(),             at::empty({G}, opts),
                       at::empty({G}, opts)};
-  const at::Tensor h_prev = previous_states<scalar_t>(s, out, h0, state_mask);
+  const at::Tensor h_prev = previous_states<scalar_t>(s, out, h0, state_mask, resets);
   // As independent sums whose blocks share the threads, each B packed once for all its
   // blocks (run_gemm_sums): LayerNormLSTM (100, 64, 512, 512) backward 540 -> 415-440 ms
   // against three parallel_gemm calls (Intel Xeon, 2 threads).

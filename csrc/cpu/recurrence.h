@@ -21,6 +21,68 @@
 
 namespace gatedrnn {
 
+// Per-step resets (the modules' forward(..., reset=mask)): before a step, the rows flagged
+// restart from the initial state (h0, c0) instead of carrying their sequence's state.
+//   flags: [R] one per flat row (like the input's), or null: no resets
+struct Resets {
+  const bool* flags = nullptr;
+
+  // The flags of step k's rows (processing order), or null (none, or k past the end).
+  const bool* of_step(const Schedule& s, int64_t k) const {
+    return flags && k < s.steps() ? flags + s.offsets[s.time_at(k)] : nullptr;
+  }
+  // Whether row b restarts at step k.
+  bool at(const Schedule& s, int64_t k, int64_t b) const {
+    const bool* r = of_step(s, k);
+    return r && b < s.sizes[s.time_at(k)] && r[b];
+  }
+  // Calls f(b) for each row b that restarts at step k.
+  template <typename F>
+  void each(const Schedule& s, int64_t k, const F& f) const {
+    if (const bool* r = of_step(s, k)) {
+      for (int64_t b = 0; b < s.sizes[s.time_at(k)]; ++b) {
+        if (r[b]) f(b);
+      }
+    }
+  }
+};
+
+// reset: [R] bool on the CPU, or none: the resets of an op's rows.
+inline Resets resets_of(const char* op, const std::optional<at::Tensor>& reset,
+                        const Schedule& s) {
+  if (!reset.has_value() || !reset->defined()) return {};
+  TORCH_CHECK_VALUE(reset->scalar_type() == at::kBool && reset->dim() == 1 &&
+                        reset->size(0) == s.rows && reset->device().is_cpu(),
+                    op, ": expected reset to be a 1-D bool CPU tensor with a flag per input row (",
+                    s.rows, "), got ", shape_str(*reset), " ", reset->scalar_type(), " on ",
+                    reset->device());
+  return {reset->const_data_ptr<bool>()};
+}
+
+// The forward: state[b, j0:j0+len] = init[b, j0:j0+len] for the rows b that restart at step
+// k (a block's columns: its thread writes them).   state: [N, ld], init: [N, init_ld]
+template <typename scalar_t>
+void reset_columns(const Resets& r, const Schedule& s, int64_t k, const scalar_t* init,
+                   int64_t init_ld, scalar_t* state, int64_t ld, int64_t j0, int64_t len) {
+  r.each(s, k, [&](int64_t b) {
+    std::copy(init + b * init_ld + j0, init + b * init_ld + j0 + len, state + b * ld + j0);
+  });
+}
+
+// The backward: the gradient w.r.t. the state that entered step k, of rows that restarted
+// there, is the initial state's: moved from grad[b, j0:j0+len] to grad_init.
+//   grad, grad_init: [N, ld]
+template <typename scalar_t>
+void move_reset_columns(const Resets& r, const Schedule& s, int64_t k, scalar_t* grad,
+                        scalar_t* grad_init, int64_t ld, int64_t j0, int64_t len) {
+  r.each(s, k, [&](int64_t b) {
+    for (int64_t j = j0; j < j0 + len; ++j) {
+      grad_init[b * ld + j] += grad[b * ld + j];
+      grad[b * ld + j] = scalar_t(0);
+    }
+  });
+}
+
 // One step of a ForwardTeam loop, as one block of units sees it.
 template <typename scalar_t>
 struct TeamStep {
@@ -46,10 +108,12 @@ class ForwardTeam {
   //   x: [R, I], w_ih: [gates * H, I] (the time loop's dtype, or bfloat16 in the bfloat16
   //   form: read as it is where that is possible), h0: [N, P]; precision: the input
   //   projection's
+  //   resets: rows that restart from h0 (which must outlive the team) before a step
   ForwardTeam(const Schedule& s, const at::Tensor& x, const at::Tensor& w_ih, int64_t gates,
               const UnitBlocks& units, const at::Tensor& h0,
-              GemmPrecision precision = GemmPrecision::kNative)
-      : s_(s), x_(x), gates_(gates), G_(w_ih.size(0)), units_(units),
+              GemmPrecision precision = GemmPrecision::kNative, const Resets& resets = {})
+      : s_(s), x_(x), gates_(gates), G_(w_ih.size(0)), units_(units), resets_(resets),
+        h0_(h0.const_data_ptr<scalar_t>()),
         whole_(units.count() == 1 && s.rows * w_ih.size(0) <= kWholeElements),
         direct_(whole_ && s.rows <= kDirectRows && w_ih.stride(1) == 1),
         w_ih_(whole_ && !direct_ ? PackedWeight<scalar_t>(w_ih, precision)
@@ -68,7 +132,8 @@ class ForwardTeam {
   // For each step, on every thread: block(step, b, u0, len) for each block b the thread
   // owns, then finish(member, step), then the barrier. With units_write_state, the
   // blocks write the state's columns of their units and the rows a step leaves (packed
-  // sequences) are carried over here; otherwise finish writes all of `next`.
+  // sequences) are carried over here, and the rows the next step resets get h0's;
+  // otherwise finish writes all of `next` (and resets rows: reset_next).
   // finish_blocks: how many blocks finish splits its own work into (the team gets
   // enough threads for those and for the unit blocks).
   template <typename Block, typename Finish>
@@ -114,7 +179,10 @@ class ForwardTeam {
         for (int64_t b = b0; b < b1; ++b) {
           const int64_t u0 = units_.begin(b), len = units_.length(b);
           block(step, b, u0, len);
-          if (units_write_state) copy_columns(step.cur, step.next, step.n, N, P, u0, len);
+          if (units_write_state) {
+            copy_columns(step.cur, step.next, step.n, N, P, u0, len);
+            reset_next(step, u0, len);
+          }
         }
         finish(me, step);
         me.barrier();
@@ -125,11 +193,20 @@ class ForwardTeam {
   // The state after the last step.
   at::Tensor final_state() const { return h_buf_[s_.steps() % 2]; }
 
+  // next[b, j0:j0+len] = h0[b, j0:j0+len] for the rows b that restart at the step after.
+  void reset_next(const TeamStep<scalar_t>& step, int64_t j0, int64_t len) const {
+    const int64_t P = h_buf_.size(2);
+    reset_columns(resets_, s_, step.k + 1, h0_, P, step.next, P, j0, len);
+  }
+  const Resets& resets() const { return resets_; }
+
  private:
   const Schedule& s_;
   const at::Tensor& x_;
   int64_t gates_, G_;
   UnitBlocks units_;
+  Resets resets_;
+  const scalar_t* h0_;
   static constexpr int64_t kWholeElements = int64_t(1) << 20;
 
   bool whole_;  // one block: the input projection is made before the loop
@@ -187,10 +264,12 @@ inline at::Tensor optional_bias(const std::optional<at::Tensor>& b, int64_t size
 // seq: [R, seq_ld] per-row states of every step, init: [N, init_ld].
 template <typename scalar_t>
 PrevRows<scalar_t> previous_rows(const Schedule& s, int64_t k, const scalar_t* seq,
-                                 int64_t seq_ld, const scalar_t* init, int64_t init_ld) {
+                                 int64_t seq_ld, const scalar_t* init, int64_t init_ld,
+                                 const Resets& resets = {}) {
   PrevRows<scalar_t> p;
   p.init = init;
   p.init_ld = init_ld;
+  p.reset = resets.of_step(s, k);
   if (k > 0) {
     const int64_t tp = s.time_at(k - 1);
     p.from_seq = std::min(s.sizes[s.time_at(k)], s.sizes[tp]);
@@ -199,6 +278,43 @@ PrevRows<scalar_t> previous_rows(const Schedule& s, int64_t k, const scalar_t* s
   }
   return p;
 }
+
+// The gradient-norm monitor (gatedrnn.grad_norms): for each step, the sums of squares of
+// the gradients reaching its state (`kinds` of them: h, and c for the LSTMs), kept in
+// `parts` entries per step that the threads fill without sharing any (a block of units
+// each in the plain loops, a row each in the row-wise ones) and added in one fixed order
+// after the loop: the sums do not depend on the thread count.
+class StepNorms {
+ public:
+  StepNorms(bool on, int64_t steps, int64_t parts, int64_t kinds)
+      : parts_(parts), kinds_(kinds),
+        sums_(on ? at::zeros({steps, parts, kinds}, at::kDouble) : at::Tensor()) {}
+
+  // The entries of part p of the step at time t, or null when the monitor is off.
+  double* at(int64_t t, int64_t p) {
+    return sums_.defined() ? sums_.mutable_data_ptr<double>() + (t * parts_ + p) * kinds_
+                           : nullptr;
+  }
+
+  // [steps, kinds] the sums per step (in time order); [0, kinds] when off.
+  at::Tensor result() const {
+    if (!sums_.defined()) return at::zeros({0, kinds_}, at::kDouble);
+    const int64_t steps = sums_.size(0);
+    at::Tensor out = at::zeros({steps, kinds_}, at::kDouble);
+    const double* in = sums_.const_data_ptr<double>();
+    double* o = out.mutable_data_ptr<double>();
+    for (int64_t t = 0; t < steps; ++t) {
+      for (int64_t p = 0; p < parts_; ++p) {
+        for (int64_t q = 0; q < kinds_; ++q) o[t * kinds_ + q] += in[(t * parts_ + p) * kinds_ + q];
+      }
+    }
+    return out;
+  }
+
+ private:
+  int64_t parts_, kinds_;
+  at::Tensor sums_;
+};
 
 // One product of a GemmSum: op(A)[m, k] @ B[k, n], A stored [k, m] (row-major, leading
 // dim lda) when trans_a, else [m, k]; B is [k, n].
@@ -384,10 +500,11 @@ class ChunkedGrads {
   ChunkedGrads(const Schedule& s, int64_t ld, std::vector<GateColumns> input_side,
                std::vector<GateColumns> hidden_side, bool same_sides, const at::Tensor& x,
                const at::Tensor& out, const at::Tensor& h0, const at::Tensor& w_ih,
-               int64_t gates_h, GemmPrecision precision = GemmPrecision::kNative)
+               int64_t gates_h, GemmPrecision precision = GemmPrecision::kNative,
+               const Resets& resets = {})
       : s_(s), ld_(ld), input_side_(std::move(input_side)),
         hidden_side_(std::move(hidden_side)), same_sides_(same_sides), x_(x), out_(out),
-        h0_(h0), I_(x.size(1)), P_(out.size(1)), precision_(precision) {
+        h0_(h0), resets_(resets), I_(x.size(1)), P_(out.size(1)), precision_(precision) {
     // w_ih in bfloat16 (a bfloat16 op's) is read as it is by the bfloat16 kernels'
     // packing, or widened where there are none.
     w_ih_bf16_ = is_bf16(w_ih) && bf16_kernels_for<scalar_t>(precision) != nullptr;
@@ -397,8 +514,9 @@ class ChunkedGrads {
     int64_t most = 0;
     for (const StepChunk& c : chunks_) most = std::max(most, c.rows());
     buffer_ = cached_empty({most, ld_}, opts);
-    uniform_ = std::all_of(s.sizes.begin(), s.sizes.end(),
-                           [&](int64_t n) { return n == s.batch; });
+    // With resets, rows restart from h0 anywhere: gathered too.
+    uniform_ = !resets_.flags && std::all_of(s.sizes.begin(), s.sizes.end(),
+                                             [&](int64_t n) { return n == s.batch; });
     if (!uniform_) h_prev_ = cached_empty({most, P_}, opts);
     ones_ = at::ones({most}, opts);
     // Every row is in one chunk, whose first GEMM sets it: no need to clear it first.
@@ -561,8 +679,12 @@ class ChunkedGrads {
     const int64_t P = P_;
     for (int64_t k = c.k_last; k <= c.k_first; ++k) {
       const int64_t t = s_.time_at(k), n = s_.sizes[t];
-      const PrevRows<scalar_t> p = previous_rows(s_, k, seq, P, init, P);
+      const PrevRows<scalar_t> p = previous_rows(s_, k, seq, P, init, P, resets_);
       scalar_t* d = dst + (s_.offsets[t] - c.row_begin) * P;
+      if (p.reset) {  // row by row: resets make any row start from h0
+        for (int64_t b = 0; b < n; ++b) std::memcpy(d + b * P, p.row(b), sizeof(scalar_t) * P);
+        continue;
+      }
       if (p.from_seq > 0) std::memcpy(d, p.row(0), sizeof(scalar_t) * p.from_seq * P);
       if (n > p.from_seq) {
         std::memcpy(d + p.from_seq * P, p.row(p.from_seq),
@@ -576,6 +698,7 @@ class ChunkedGrads {
   std::vector<GateColumns> input_side_, hidden_side_;
   bool same_sides_;
   const at::Tensor &x_, &out_, &h0_;
+  Resets resets_;
   at::Tensor w_ih_;
   bool w_ih_bf16_ = false;
   int64_t I_, P_;

@@ -31,7 +31,8 @@ bool is_relu(const char* op, c10::string_view nonlinearity) {
 template <typename scalar_t>
 void rnn_forward_impl(const RnnShapes& sh, bool relu, const at::Tensor& x,
                       const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& bias,
-                      at::Tensor& out, at::Tensor& h_state, GemmPrecision precision) {
+                      at::Tensor& out, at::Tensor& h_state, const Resets& resets,
+                      GemmPrecision precision) {
   const Schedule& s = sh.schedule;
   const int64_t H = sh.hidden_size, N = s.batch;
   const UnitBlocks units = unit_blocks(H, 1, H, N, s.steps());
@@ -39,7 +40,7 @@ void rnn_forward_impl(const RnnShapes& sh, bool relu, const at::Tensor& x,
   scalar_t* outp = out.mutable_data_ptr<scalar_t>();
   const scalar_t* bp = bias.const_data_ptr<scalar_t>();
   const auto forward_units = rnn_kernels<scalar_t>().forward_units;
-  ForwardTeam<scalar_t> team(s, x, w_ih, 1, units, h_state, precision);
+  ForwardTeam<scalar_t> team(s, x, w_ih, 1, units, h_state, precision, resets);
   const auto block = [&](const TeamStep<scalar_t>& st, int64_t b, int64_t u0, int64_t len) {
     // gates[:n, block] += h[:n] @ w_hh_b^T      [n, H] x [H, len]
     hidden.run(b, st.n, st.cur, H, scalar_t(1), st.gates + u0, H, st.k);
@@ -53,10 +54,13 @@ std::tuple<at::Tensor, at::Tensor> rnn_forward(
     const at::Tensor& input, const std::optional<at::Tensor>& batch_sizes,
     const at::Tensor& h0, const at::Tensor& w_ih, const at::Tensor& w_hh,
     const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh,
-    c10::string_view nonlinearity, bool reverse) {
+    c10::string_view nonlinearity, bool reverse, double grad_clip,
+    const std::optional<at::Tensor>& reset) {
   const bool relu = is_relu(kForward, nonlinearity);
+  check_grad_clip(kForward, grad_clip);  // carried for the backward (autograd)
   const RnnShapes sh = check_rnn_args(kForward, 1, input, batch_sizes, h0, nullptr, w_ih, w_hh,
                                       b_ih, b_hh, std::nullopt, reverse);
+  const Resets resets = resets_of(kForward, reset, sh.schedule);
   const Schedule& s = sh.schedule;
   const at::Tensor x = cached_contiguous(widened(input)).view({s.rows, sh.input_size});
   const auto opts = x.options();
@@ -65,7 +69,7 @@ std::tuple<at::Tensor, at::Tensor> rnn_forward(
   at::Tensor h_state = widened(h0).contiguous().clone();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), kForward, [&] {
     rnn_forward_impl<scalar_t>(sh, relu, x, cached_contiguous(w_ih), cached_contiguous(w_hh),
-                               bias, out, h_state, precision_of(input));
+                               bias, out, h_state, resets, precision_of(input));
   });
   return {shaped_like_input(narrowed(out, input), input), narrowed(h_state, input)};
 }
@@ -77,6 +81,8 @@ InputAndWeightGrads rnn_backward_impl(const RnnShapes& sh, bool relu,
                                       const at::Tensor& out,
                                       const at::Tensor& h0, const at::Tensor& w_ih,
                                       const at::Tensor& w_hh, at::Tensor& dh_state,
+                                      scalar_t clip, const Resets& resets,
+                                      at::Tensor& grad_h0_reset, StepNorms& norms,
                                       GemmPrecision precision) {
   const Schedule& s = sh.schedule;
   const int64_t H = sh.hidden_size;
@@ -86,23 +92,31 @@ InputAndWeightGrads rnn_backward_impl(const RnnShapes& sh, bool relu,
   scalar_t* dhs = dh_state.mutable_data_ptr<scalar_t>();
   const auto backward_units = rnn_kernels<scalar_t>().backward_units;
   ChunkedGrads<scalar_t> grads(s, H, {{0, 0, H}}, {{0, 0, H}}, true, x, out, h0, w_ih, H,
-                               precision);
-  BackwardTeam<scalar_t> team(s, w_hh, H, unit_blocks(H, 1, H, s.batch, s.steps()), precision);
+                               precision, resets);
+  // what reaches h0 through the rows that restarted from it (resets)
+  scalar_t* dh0 = resets.flags ? grad_h0_reset.mutable_data_ptr<scalar_t>() : nullptr;
+  const UnitBlocks units = unit_blocks(H, 1, H, s.batch, s.steps());
+  BackwardTeam<scalar_t> team(s, w_hh, H, units, precision);
   team.run(grads, dhs, scalar_t(0),
-           [&](int64_t, int64_t n, int64_t off, scalar_t* dg, int64_t u0, int64_t len) {
-             backward_units(n, H, u0, len, relu, op + off * H, go + off * go_ld, go_ld, dhs, dg);
+           [&](int64_t k, int64_t n, int64_t off, scalar_t* dg, int64_t u0, int64_t len) {
+             move_reset_columns(resets, s, k + 1, dhs, dh0, H, u0, len);
+             backward_units(n, H, u0, len, relu, op + off * H, go + off * go_ld, go_ld, dhs, dg,
+                            clip, norms.at(s.time_at(k), u0 / units.size));
            });
   return grads.result();
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
 rnn_backward(const at::Tensor& grad_output, const at::Tensor& grad_h_n, const at::Tensor& input,
              const std::optional<at::Tensor>& batch_sizes, const at::Tensor& h0,
              const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& output,
-             c10::string_view nonlinearity, bool reverse) {
+             c10::string_view nonlinearity, bool reverse, double grad_clip,
+             const std::optional<at::Tensor>& reset, bool record_norms) {
   const bool relu = is_relu(kBackward, nonlinearity);
+  check_grad_clip(kBackward, grad_clip);
   const RnnShapes sh = check_rnn_args(kBackward, 1, input, batch_sizes, h0, nullptr, w_ih, w_hh,
                                       std::nullopt, std::nullopt, std::nullopt, reverse);
+  const Resets resets = resets_of(kBackward, reset, sh.schedule);
   const Schedule& s = sh.schedule;
   const int64_t H = sh.hidden_size;
   check_shape(kBackward, grad_output, "grad_output", output.sizes(), "the output's shape");
@@ -115,14 +129,18 @@ rnn_backward(const at::Tensor& grad_output, const at::Tensor& grad_h_n, const at
   const at::Tensor wih = cached_contiguous(w_ih), whh = cached_contiguous(w_hh);
   at::Tensor dh_state = widened(grad_h_n).contiguous().clone();
   InputAndWeightGrads g;
+  at::Tensor grad_h0_reset = resets.flags ? at::zeros_like(dh_state) : at::Tensor();
+  StepNorms norms(record_norms, s.steps(), unit_blocks(H, 1, H, s.batch, s.steps()).count(), 1);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), kBackward, [&] {
     g = rnn_backward_impl<scalar_t>(sh, relu,
                                     strided_rows<scalar_t>(widened(grad_output), s.rows, H), x,
-                                    out, h0c, wih, whh, dh_state, precision_of(input));
+                                    out, h0c, wih, whh, dh_state, scalar_t(grad_clip), resets,
+                                    grad_h0_reset, norms, precision_of(input));
   });
+  if (resets.flags) dh_state.add_(grad_h0_reset);
   const auto result = [&](const at::Tensor& t) { return narrowed(t, input); };
   return {shaped_like_input(result(g.grad_input), input), result(dh_state), result(g.grad_w_ih),
-          result(g.grad_w_hh), result(g.grad_b_ih), result(g.grad_b_hh)};
+          result(g.grad_w_hh), result(g.grad_b_ih), result(g.grad_b_hh), norms.result()};
 }
 
 }  // namespace

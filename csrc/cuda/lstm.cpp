@@ -65,7 +65,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward(
     const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& w_ih,
     const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih,
     const std::optional<at::Tensor>& b_hh, const std::optional<at::Tensor>& w_hr,
-    bool reverse, bool need_workspace) {
+    bool reverse, bool need_workspace, const std::optional<at::Tensor>& reset) {
+  refuse_resets(Lstm::kForward, reset);
   const ForwardResult r = recurrent_forward<Lstm>(
       {input, batch_sizes, h0, &c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, need_workspace,
        /*relu=*/false});
@@ -73,18 +74,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward(
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
-           at::Tensor>
+           at::Tensor, at::Tensor>
 lstm_backward(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
               const at::Tensor& grad_c_n, const at::Tensor& input,
               const std::optional<at::Tensor>& batch_sizes, const at::Tensor& h0,
               const at::Tensor& c0, const at::Tensor& w_ih, const at::Tensor& w_hh,
               const std::optional<at::Tensor>& w_hr, const at::Tensor& output,
-              const at::Tensor& workspace, bool reverse) {
+              const at::Tensor& workspace, bool reverse,
+              const std::optional<at::Tensor>& grad_cell_states, const std::optional<at::Tensor>& reset,
+              bool record_norms) {
+  refuse_resets(Lstm::kBackward, reset);
   const BackwardResult r = recurrent_backward<Lstm>(
       {grad_output, grad_h_n, &grad_c_n, input, batch_sizes, h0, &c0, w_ih, w_hh, w_hr, output,
-       &workspace, reverse, /*relu=*/false});
-  return {r.grad_input, r.grad_h0,   r.grad_c0,   r.grad_w_ih,
-          r.grad_w_hh,  r.grad_b_ih, r.grad_b_hh, r.grad_w_hr};
+       &workspace, reverse, /*relu=*/false, record_norms, &grad_cell_states});
+  return {r.grad_input, r.grad_h0,   r.grad_c0,   r.grad_w_ih,  r.grad_w_hh,
+          r.grad_b_ih,  r.grad_b_hh, r.grad_w_hr, r.step_norms};
 }
 
 }  // namespace

@@ -39,6 +39,12 @@
 namespace gatedrnn {
 namespace cuda {
 
+// Per-step resets (the ops' reset argument) have CPU kernels only so far.
+inline void refuse_resets(const char* op, const std::optional<at::Tensor>& reset) {
+  TORCH_CHECK(!reset.has_value() || !reset->defined(), op,
+              ": per-step resets (reset) have CPU kernels only so far");
+}
+
 // One step of the per-step forward path, in the cell-independent form the driver
 // fills; each cell copies what it needs into its kernel's params. Pointers are this
 // step's first row; a step has `rows` live rows.
@@ -230,11 +236,14 @@ struct BackwardArgs {
   const at::Tensor* workspace;
   bool reverse;
   bool relu;
+  bool record_norms;  // the gradient-norm monitor (registration.cpp)
+  const std::optional<at::Tensor>* grad_cell_states;  // LSTM: [R, H] or none
+  double grad_clip = 0;  // the RNN's recurrent_grad_clip (0: off)
 };
 
 struct BackwardResult {
   at::Tensor grad_input, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh,
-      grad_w_hr;
+      grad_w_hr, step_norms;
 };
 
 template <class Cell>
@@ -287,6 +296,17 @@ BackwardResult recurrent_backward(const BackwardArgs& a) {
   at::Tensor h_prev = at::empty({R, P}, opts);
   at::Tensor dout = proj ? at::empty({R, P}, opts) : at::Tensor();  // total dL/d(out rows)
   at::Tensor dhp = proj ? at::empty({N, H}, opts.dtype(acc)) : at::Tensor();
+  const at::Tensor grad_cs =
+      Cell::kCellState && a.grad_cell_states && a.grad_cell_states->has_value() &&
+              (*a.grad_cell_states)->defined()
+          ? (*a.grad_cell_states)->to(opts.dtype(acc)).contiguous()
+          : at::Tensor();
+  if (grad_cs.defined()) {
+    check_shape(op, grad_cs, "grad_cell_states", {R, H}, "rows, hidden_size");
+  }
+  // The gradient-norm monitor's sums of squares per step [T, kinds] (registration.cpp).
+  at::Tensor step_norms = at::zeros({a.record_norms ? s.steps() : 0, Cell::kCellState ? 2 : 1},
+                                    opts.dtype(at::kDouble));
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, Cell::kBackward, [&] {
     using T = typename KernelType<scalar_t>::type;
@@ -316,6 +336,28 @@ BackwardResult recurrent_backward(const BackwardArgs& a) {
         p.grad_output = gop + off * P;
         p.grad_h = ptr<A>(dh_state);
       }
+      if (Cell::kCellState && grad_cs.defined()) {
+        // the gradient reaching c_t directly (return_states), added to the carried one
+        dc_state.narrow(0, 0, n).add_(grad_cs.narrow(0, off, n));
+      }
+      if (a.record_norms) {
+        // Made with ATen ops from what the step's kernel is about to read (it then
+        // overwrites dc_state): a few small kernels per step, only while recording.
+        // h_t's gradient: the output's plus what came from step t + 1.
+        at::Tensor dh_total = proj ? dout.narrow(0, off, n).to(at::kDouble)
+                                   : go.narrow(0, off, n).to(at::kDouble) + dh_state.narrow(0, 0, n);
+        if (Cell::kSplitGateGrads) dh_total = dh_total + dh_mm.narrow(0, 0, n);
+        step_norms.select(0, t).select(0, 0).copy_(dh_total.square().sum());
+        if (Cell::kCellState) {
+          // c_t's: dc + dh * o * (1 - tanh(c)^2), dh that of the unprojected h
+          const at::Tensor dh_cell = proj ? dhp.narrow(0, 0, n).to(at::kDouble) : dh_total;
+          const at::Tensor rows = ws.narrow(0, off, n).to(at::kDouble);
+          const at::Tensor tc = rows.narrow(1, 4 * H, H).tanh();
+          const at::Tensor dc = dc_state.narrow(0, 0, n) + dh_cell * rows.narrow(1, 3 * H, H) *
+                                                               (1 - tc * tc);
+          step_norms.select(0, t).select(0, 1).copy_(dc.square().sum());
+        }
+      }
       p.grad_h_mm = ptr<A>(dh_mm);
       p.dc_state = ptr<A>(dc_state);
       p.output = outp + off * P;
@@ -329,6 +371,12 @@ BackwardResult recurrent_backward(const BackwardArgs& a) {
       p.grad_x = dgxp + off * G * H;
       p.grad_h_gates = dghp + off * G * H;
       C10_CUDA_CHECK(Cell::backward_step(p, stream));
+      if (a.grad_clip > 0) {
+        // recurrent_grad_clip (the RNN): the step's pre-activation gradients, before they
+        // reach h_{t-1} and the weights; torch's clamp leaves a NaN NaN
+        TORCH_INTERNAL_ASSERT(!Cell::kSplitGateGrads);
+        dgx.narrow(0, off, n).clamp_(-a.grad_clip, a.grad_clip);
+      }
       // dh[:n] = dgates_h rows @ w_hh      [n, G*H] x [G*H, P]
       at::Tensor dh_n = dh_gemm.narrow(0, 0, n);
       mm_acc_out(dh_n, dgh.narrow(0, off, n), whh);
@@ -360,6 +408,7 @@ BackwardResult recurrent_backward(const BackwardArgs& a) {
   } else {
     r.grad_w_hr = at::empty({0}, opts);
   }
+  r.step_norms = step_norms;
   return r;
 }
 

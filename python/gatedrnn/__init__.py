@@ -42,6 +42,7 @@ from . import ops  # noqa: F401,E402  (fake kernels and autograd)
 from . import functional  # noqa: E402
 from .convert import convert  # noqa: E402
 from .init import init_  # noqa: E402
+from .monitor import grad_norms  # noqa: E402
 from .modules import (GRU, LSTM, RNN, GRUCell, LayerNormGRU, LayerNormLSTM,  # noqa: E402
                       LSTMCell, RNNCell)
 
@@ -69,7 +70,7 @@ cpu_capability()
 cpu_bf16_kernel()
 
 __all__ = ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell", "LayerNormLSTM",
-           "LayerNormGRU", "convert", "init_", "functional",
+           "LayerNormGRU", "convert", "init_", "grad_norms", "functional",
            "cpu_cache_bytes", "empty_cpu_cache",
            "cpu_capability", "cpu_bf16_kernel"]
 __version__ = "0.1.0"

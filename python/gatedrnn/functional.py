@@ -18,9 +18,11 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
-from . import _build_info
+from . import _build_info, monitor
 from . import _C  # noqa: F401  (defines the op schemas)
 from . import ops  # noqa: F401  (fake kernels and autograd)
+from .ops.layer_norm_lstm import CELL_STATE_COLUMNS as LAYER_NORM_LSTM_CELL_COLUMNS
+from .ops.lstm import CELL_STATE_COLUMNS as LSTM_CELL_COLUMNS
 
 __all__ = ["lstm", "gru", "rnn", "layer_norm_lstm", "layer_norm_gru", "stacked", "REGULARIZERS",
            "masks_from"]
@@ -113,10 +115,61 @@ def _call(op, needs_grad: bool, batch_sizes: Optional[Tensor], *args):
         return op(*args)
 
 
+def reset_rows(reset: Optional[Tensor], input: Tensor) -> Optional[Tensor]:
+    """The per-step resets of a single-layer op call as the ops take them: reset is a bool
+    tensor with a flag per input row, [T, N] for padded input [T, N, I] and [R] for packed
+    data [R, I]; a flagged row's sequence restarts from its initial state (hx, or zeros) at
+    that step. ValueError for another dtype, shape or device."""
+    if reset is None:
+        return None
+    if not isinstance(reset, Tensor) or reset.dtype != torch.bool:
+        raise ValueError(f"reset: expected a bool tensor, got "
+                         f"{reset.dtype if isinstance(reset, Tensor) else type(reset).__name__}")
+    if tuple(reset.shape) != tuple(input.shape[:-1]):
+        raise ValueError(f"reset: expected a flag per input row, of shape "
+                         f"{tuple(input.shape[:-1])}, got {tuple(reset.shape)}")
+    if reset.device.type != "cpu" and reset.device != input.device:
+        raise ValueError(f"reset: expected it on the CPU or on {input.device} (the input's), "
+                         f"got {reset.device}")
+    return reset.reshape(-1).contiguous()
+
+
+def _given(reset: Optional[Tensor]) -> tuple:
+    """The ops' trailing reset argument: left out when there is none."""
+    return () if reset is None else (reset,)
+
+
+def _flat_like(reset: Optional[Tensor], input: Tensor) -> Optional[Tensor]:
+    """A flat reset (reset_rows') in the shape reset_rows checks for input again."""
+    return None if reset is None else reset.view(input.shape[:-1])
+
+
+def _narrowed(result, dtype):
+    """An LSTM layer's (output, (h_n, c_n)[, cell_states]) computed in float32, in dtype."""
+    output, (h_n, c_n) = result[:2]
+    narrowed = (output.to(dtype), (h_n.to(dtype), c_n.to(dtype)))
+    return narrowed + ((result[2].to(dtype),) if len(result) > 2 else ())
+
+
+def _cell_states(workspace: Tensor, output: Tensor, columns) -> Tensor:
+    """The cell states an LSTM op's workspace keeps, in the output's layout and dtype (the
+    workspace is float32 for bfloat16 ops)."""
+    start, hidden = columns
+    states = workspace[:, start:start + hidden]
+    if output.dim() == 3:
+        states = states.view(output.shape[0], output.shape[1], hidden)
+    return states.to(output.dtype)
+
+
 def lstm(input: Tensor, hx=None, *, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor] = None,
          b_hh: Optional[Tensor] = None, w_hr: Optional[Tensor] = None,
-         batch_sizes: Optional[Tensor] = None, reverse: bool = False):
-    """One LSTM layer in one direction. Returns (output, (h_n, c_n))."""
+         batch_sizes: Optional[Tensor] = None, reverse: bool = False,
+         return_cell_states: bool = False, reset: Optional[Tensor] = None):
+    """One LSTM layer in one direction. Returns (output, (h_n, c_n)), and with
+    return_cell_states the cell state after every step, laid out like output (a
+    differentiable view of the op's workspace): (output, (h_n, c_n), cell_states).
+    reset: per-step resets (reset_rows)."""
+    reset = reset_rows(reset, input)
     _check_device(input)
     if hx is None:
         batch = _batch(input, batch_sizes)
@@ -127,20 +180,27 @@ def lstm(input: Tensor, hx=None, *, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[T
                                                       b_ih=b_ih, b_hh=b_hh, w_hr=w_hr))
     if widened is not None:
         x, a = widened
-        output, (h_n, c_n) = lstm(x, (a.pop("h0"), a.pop("c0")), **a, batch_sizes=batch_sizes,
-                                  reverse=reverse)
-        return output.to(input.dtype), (h_n.to(input.dtype), c_n.to(input.dtype))
+        result = lstm(x, (a.pop("h0"), a.pop("c0")), **a, batch_sizes=batch_sizes,
+                      reverse=reverse, return_cell_states=return_cell_states,
+                      reset=_flat_like(reset, x))
+        return _narrowed(result, input.dtype)
     needs_grad = _needs_grad(input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
-    output, h_n, c_n, _ = _call(torch.ops.gatedrnn.lstm_forward, needs_grad, batch_sizes,
-                                input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
-                                reverse, needs_grad)
+    output, h_n, c_n, workspace = _call(
+        torch.ops.gatedrnn.lstm_forward, needs_grad, batch_sizes, input, batch_sizes, h0, c0,
+        w_ih, w_hh, b_ih, b_hh, w_hr, reverse, needs_grad or return_cell_states,
+        *_given(reset))
+    if return_cell_states:
+        return output, (h_n, c_n), _cell_states(workspace, output, LSTM_CELL_COLUMNS(w_hh))
     return output, (h_n, c_n)
 
 
 def gru(input: Tensor, hx: Optional[Tensor] = None, *, w_ih: Tensor, w_hh: Tensor,
         b_ih: Optional[Tensor] = None, b_hh: Optional[Tensor] = None,
-        batch_sizes: Optional[Tensor] = None, reverse: bool = False):
-    """One GRU layer in one direction. Returns (output, h_n)."""
+        batch_sizes: Optional[Tensor] = None, reverse: bool = False,
+        reset: Optional[Tensor] = None):
+    """One GRU layer in one direction. Returns (output, h_n). reset: per-step resets
+    (reset_rows)."""
+    reset = reset_rows(reset, input)
     _check_device(input)
     if hx is None:
         hx = _zeros(input, _batch(input, batch_sizes), w_hh.shape[1])
@@ -148,19 +208,25 @@ def gru(input: Tensor, hx: Optional[Tensor] = None, *, w_ih: Tensor, w_hh: Tenso
                                                      b_hh=b_hh))
     if widened is not None:
         x, a = widened
-        output, h_n = gru(x, a.pop("h0"), **a, batch_sizes=batch_sizes, reverse=reverse)
+        output, h_n = gru(x, a.pop("h0"), **a, batch_sizes=batch_sizes, reverse=reverse,
+                          reset=_flat_like(reset, x))
         return output.to(input.dtype), h_n.to(input.dtype)
     needs_grad = _needs_grad(input, hx, w_ih, w_hh, b_ih, b_hh)
     output, h_n, _ = _call(torch.ops.gatedrnn.gru_forward, needs_grad, batch_sizes, input,
-                           batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, reverse, needs_grad)
+                           batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, reverse, needs_grad,
+                           *_given(reset))
     return output, h_n
 
 
 def rnn(input: Tensor, hx: Optional[Tensor] = None, *, w_ih: Tensor, w_hh: Tensor,
         b_ih: Optional[Tensor] = None, b_hh: Optional[Tensor] = None,
         nonlinearity: str = "tanh", batch_sizes: Optional[Tensor] = None,
-        reverse: bool = False):
-    """One Elman RNN layer (tanh or relu) in one direction. Returns (output, h_n)."""
+        reverse: bool = False, grad_clip: Optional[float] = None,
+        reset: Optional[Tensor] = None):
+    """One Elman RNN layer (tanh or relu) in one direction. Returns (output, h_n). grad_clip
+    > 0 clamps the gradient of every step's pre-activations to [-grad_clip, grad_clip] in
+    the backward (Graves 2013); None or 0: off. reset: per-step resets (reset_rows)."""
+    reset = reset_rows(reset, input)
     _check_device(input)
     if hx is None:
         hx = _zeros(input, _batch(input, batch_sizes), w_hh.shape[1])
@@ -169,11 +235,17 @@ def rnn(input: Tensor, hx: Optional[Tensor] = None, *, w_ih: Tensor, w_hh: Tenso
     if widened is not None:
         x, a = widened
         output, h_n = rnn(x, a.pop("h0"), **a, nonlinearity=nonlinearity,
-                          batch_sizes=batch_sizes, reverse=reverse)
+                          batch_sizes=batch_sizes, reverse=reverse, grad_clip=grad_clip,
+                          reset=_flat_like(reset, x))
         return output.to(input.dtype), h_n.to(input.dtype)
+    # grad_clip only when set, and None by default: under torch.compile(dynamic=True) a
+    # float default or argument becomes a symbol, for which Dynamo restarts its analysis
+    # (another frame).
     return _call(torch.ops.gatedrnn.rnn_forward,
                  _needs_grad(input, hx, w_ih, w_hh, b_ih, b_hh), batch_sizes,
-                 input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, nonlinearity, reverse)
+                 input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, nonlinearity, reverse,
+                 *((float(grad_clip or 0.0),) if grad_clip or reset is not None else ()),
+                 *_given(reset))
 
 
 def _layer_norm_arguments(op: str, input: Tensor, tensors: dict):
@@ -200,7 +272,8 @@ def layer_norm_lstm(input: Tensor, hx=None, *, w_ih: Tensor, w_hh: Tensor,
                     ln_cell_bias: Optional[Tensor] = None, state_mask: Optional[Tensor] = None,
                     zoneout_h: Optional[Tensor] = None, zoneout_c: Optional[Tensor] = None,
                     batch_sizes: Optional[Tensor] = None, reverse: bool = False,
-                    grad_clip: float = 0.0):
+                    grad_clip: float = 0.0, return_cell_states: bool = False,
+                    reset: Optional[Tensor] = None):
     """One layer-normalized LSTM layer in one direction (Ba et al. 2016; reference.py):
     gates = LN_ih(x W_ih^T) + LN_hh(h W_hh^T) + b_ih + b_hh, each LN over all 4H gates with
     gain ln_*_weight and shift ln_*_bias (None: no shift), c' = s(f) c + s(i) tanh(g),
@@ -209,8 +282,10 @@ def layer_norm_lstm(input: Tensor, hx=None, *, w_ih: Tensor, w_hh: Tensor,
     [N, H] multiplies h where it enters h W_hh^T; zoneout_h, zoneout_c [R, H] (a row per
     input row, R = T*N padded) weight the previous state: h' = d h + (1 - d) h~. grad_clip
     > 0 clamps the gradient of every step's gate pre-activations to [-grad_clip, grad_clip]
-    in the backward (Graves 2013). Returns (output, (h_n, c_n)). float16 and bfloat16 on
-    the CPU are computed in float32."""
+    in the backward (Graves 2013). Returns (output, (h_n, c_n)), and with
+    return_cell_states the state c' after every step as lstm's. reset: per-step resets
+    (reset_rows). float16 and bfloat16 on the CPU are computed in float32."""
+    reset = reset_rows(reset, input)
     if hx is None:
         batch = _batch(input, batch_sizes)
         hidden = w_ih.shape[0] // 4
@@ -224,14 +299,19 @@ def layer_norm_lstm(input: Tensor, hx=None, *, w_ih: Tensor, w_hh: Tensor,
     widened = _in_float32(op, input, a, bf16=True)
     if widened is not None:
         x, w = widened
-        output, (h_n, c_n) = layer_norm_lstm(x, (w.pop("h0"), w.pop("c0")), **w,
-                                             batch_sizes=batch_sizes, reverse=reverse,
-                                             grad_clip=grad_clip)
-        return output.to(input.dtype), (h_n.to(input.dtype), c_n.to(input.dtype))
+        result = layer_norm_lstm(x, (w.pop("h0"), w.pop("c0")), **w, batch_sizes=batch_sizes,
+                                 reverse=reverse, grad_clip=grad_clip,
+                                 return_cell_states=return_cell_states,
+                                 reset=_flat_like(reset, x))
+        return _narrowed(result, input.dtype)
     needs_grad = _needs_grad(input, *a.values())
-    output, h_n, c_n, _ = _call(torch.ops.gatedrnn.layer_norm_lstm_forward, needs_grad,
-                                batch_sizes, input, batch_sizes, *a.values(), reverse,
-                                needs_grad, float(grad_clip))
+    output, h_n, c_n, workspace = _call(
+        torch.ops.gatedrnn.layer_norm_lstm_forward, needs_grad, batch_sizes, input,
+        batch_sizes, *a.values(), reverse, needs_grad or return_cell_states, float(grad_clip),
+        *_given(reset))
+    if return_cell_states:
+        return output, (h_n, c_n), _cell_states(workspace, output,
+                                                LAYER_NORM_LSTM_CELL_COLUMNS(a["w_hh"]))
     return output, (h_n, c_n)
 
 
@@ -241,12 +321,13 @@ def layer_norm_gru(input: Tensor, hx: Optional[Tensor] = None, *, w_ih: Tensor, 
                    ln_hh_weight: Optional[Tensor] = None, ln_hh_bias: Optional[Tensor] = None,
                    state_mask: Optional[Tensor] = None, zoneout_h: Optional[Tensor] = None,
                    batch_sizes: Optional[Tensor] = None, reverse: bool = False,
-                   grad_clip: float = 0.0):
+                   grad_clip: float = 0.0, reset: Optional[Tensor] = None):
     """One layer-normalized GRU layer in one direction (reference.py): gx = LN_ih(x W_ih^T)
     + b_ih, gh = LN_hh(h W_hh^T) + b_hh, each LN over all 3H gates, then torch.nn.GRU's
     r, z, n and h' from gx and gh; a LayerNorm whose gain is None is left out (both: the
-    plain GRU). Masks and grad_clip as layer_norm_lstm's. Returns (output, h_n). float16 and bfloat16 on
-    the CPU are computed in float32."""
+    plain GRU). Masks, grad_clip and reset as layer_norm_lstm's. Returns (output, h_n).
+    float16 and bfloat16 on the CPU are computed in float32."""
+    reset = reset_rows(reset, input)
     if hx is None:
         hx = _zeros(input, _batch(input, batch_sizes), w_ih.shape[0] // 3)
     op = "layer_norm_gru_forward"
@@ -258,12 +339,13 @@ def layer_norm_gru(input: Tensor, hx: Optional[Tensor] = None, *, w_ih: Tensor, 
     if widened is not None:
         x, w = widened
         output, h_n = layer_norm_gru(x, w.pop("h0"), **w, batch_sizes=batch_sizes,
-                                     reverse=reverse, grad_clip=grad_clip)
+                                     reverse=reverse, grad_clip=grad_clip,
+                                     reset=_flat_like(reset, x))
         return output.to(input.dtype), h_n.to(input.dtype)
     needs_grad = _needs_grad(input, *a.values())
     output, h_n, _ = _call(torch.ops.gatedrnn.layer_norm_gru_forward, needs_grad, batch_sizes,
                            input, batch_sizes, *a.values(), reverse, needs_grad,
-                           float(grad_clip))
+                           float(grad_clip), *_given(reset))
     return output, h_n
 
 
@@ -273,8 +355,9 @@ _NORM_NAMES = {"LayerNormLSTM": ("ln_ih_weight", "ln_ih_bias", "ln_hh_weight", "
 
 
 def _run_layer(mode: str, input, batch_sizes, states, weights, reverse, nonlinearity,
-               masks=None, grad_clip=0.0):
-    """One layer-direction; states is a tuple of [N, *] tensors, returns (output, states).
+               masks=None, grad_clip=0.0, cell_states=False, reset=None):
+    """One layer-direction; states is a tuple of [N, *] tensors, returns (output, states),
+    and with cell_states (the LSTMs) (output, states, the cell state after every step).
     masks: the row-wise regularizers' (state_mask, zoneout_h, zoneout_c); where there are
     any, or a grad_clip, the plain LSTM and GRU run on the row-wise ops, without
     LayerNorms."""
@@ -283,24 +366,27 @@ def _run_layer(mode: str, input, batch_sizes, states, weights, reverse, nonlinea
         norms = dict(zip(_NORM_NAMES[mode], weights[5])) if mode in _NORM_NAMES else {}
         masks = dict(masks or {})
         if mode in ("LayerNormLSTM", "LSTM"):
-            out, (h, c) = layer_norm_lstm(input, states, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih,
-                                          b_hh=b_hh, **norms, **masks, batch_sizes=batch_sizes,
-                                          reverse=reverse, grad_clip=grad_clip)
-            return out, (h, c)
+            out, (h, c), *seq = layer_norm_lstm(
+                input, states, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh, **norms, **masks,
+                batch_sizes=batch_sizes, reverse=reverse, grad_clip=grad_clip,
+                return_cell_states=cell_states, reset=reset)
+            return (out, (h, c), *seq)
         out, h = layer_norm_gru(input, states[0], w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh,
                                 **norms, **masks, batch_sizes=batch_sizes, reverse=reverse,
-                                grad_clip=grad_clip)
+                                grad_clip=grad_clip, reset=reset)
         return out, (h,)
     if mode == "LSTM":
-        out, (h, c) = lstm(input, states, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh,
-                           w_hr=w_hr, batch_sizes=batch_sizes, reverse=reverse)
-        return out, (h, c)
+        out, (h, c), *seq = lstm(input, states, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh,
+                                 w_hr=w_hr, batch_sizes=batch_sizes, reverse=reverse,
+                                 return_cell_states=cell_states, reset=reset)
+        return (out, (h, c), *seq)
     if mode == "GRU":
         out, h = gru(input, states[0], w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh,
-                     batch_sizes=batch_sizes, reverse=reverse)
+                     batch_sizes=batch_sizes, reverse=reverse, reset=reset)
     else:
         out, h = rnn(input, states[0], w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh,
-                     nonlinearity=nonlinearity, batch_sizes=batch_sizes, reverse=reverse)
+                     nonlinearity=nonlinearity, batch_sizes=batch_sizes, reverse=reverse,
+                     grad_clip=grad_clip, reset=reset)
     return out, (h,)
 
 
@@ -385,7 +471,8 @@ def stacked(mode: str, input: Tensor, states: Sequence[Tensor], weights, *, num_
             bidirectional: bool, batch_sizes: Optional[Tensor] = None, dropout: float = 0.0,
             training: bool = False, nonlinearity: str = "tanh",
             regularizers: Optional[dict] = None, residual: bool = False,
-            recurrent_grad_clip: float = 0.0):
+            recurrent_grad_clip: float = 0.0, return_states: bool = False,
+            reset: Optional[Tensor] = None):
     """Multi-layer, optionally bidirectional network over the single-layer ops.
 
     mode: "LSTM", "GRU", "RNN", "LayerNormLSTM" or "LayerNormGRU". input: [T, N, I] or
@@ -408,12 +495,24 @@ def stacked(mode: str, input: Tensor, states: Sequence[Tensor], weights, *, num_
       given.
     recurrent_grad_clip: > 0 clamps, in the backward, the gradient of every step's gate
       pre-activations to [-c, c] before it reaches h_{t-1} and the weights (Graves 2013;
-      the LSTM, the GRU and the layer-normalized cells, which then run the row-wise ops).
+      the LSTM, the GRU and the layer-normalized cells run the row-wise ops for it, the RNN
+      its own kernels).
     residual: each layer's input is added to its output (before the inter-layer dropout);
       every layer's input and output must be equally wide (ValueError naming the first
       that is not).
-    Returns (output, final states shaped like states).
+    return_states: also return every step's states, as a third result {"h": [L*D, T, N, P]
+      (packed: [L*D, R, P]), and for the LSTMs "c": [L*D, T, N, H]} (L*D: layer-directions
+      in the order of states): the ops' own outputs (h) and workspaces (c), not recomputed,
+      and differentiable. h is each layer's state, before the residual sum and the dropout.
+    reset: per-step resets, a bool flag per input row ([T, N] padded, [R] packed): a flagged
+      sequence restarts from its initial state (states, or zeros) before that step, in every
+      layer, forward and backward inside the kernels (reinforcement learning's episode
+      boundaries). Unidirectional networks only.
+    Returns (output, final states shaped like states[, states of every step]).
     """
+    if reset is not None and bidirectional:
+        raise ValueError("reset: per-step resets are for unidirectional networks (a reverse "
+                         "direction has no previous step to restart from)")
     # float16 (and the ReLU RNN's bfloat16) on the CPU: widened once here rather than per
     # layer, so the layers pass float32 to each other and only the results are rounded.
     # (Rounded between layers, a ReLU pre-activation near 0 can change sign, and with it a
@@ -435,12 +534,14 @@ def stacked(mode: str, input: Tensor, states: Sequence[Tensor], weights, *, num_
             w = wide[len(states) + per * i:len(states) + per * (i + 1)]
             return tuple(w) if per == 5 else (*w[:5], tuple(w[5:]))
 
-        output, finals = stacked(
+        output, finals, *every = stacked(
             mode, x, wide[:len(states)], [layer(i) for i in range(len(weights))],
             num_layers=num_layers, bidirectional=bidirectional, batch_sizes=batch_sizes,
             dropout=dropout, training=training, nonlinearity=nonlinearity,
-            regularizers=regularizers, residual=residual, recurrent_grad_clip=recurrent_grad_clip)
-        return output.to(input.dtype), tuple(f.to(input.dtype) for f in finals)
+            regularizers=regularizers, residual=residual, recurrent_grad_clip=recurrent_grad_clip,
+            return_states=return_states, reset=reset)
+        every = [{k: v.to(input.dtype) for k, v in e.items()} for e in every]
+        return (output.to(input.dtype), tuple(f.to(input.dtype) for f in finals), *every)
     unknown = sorted(set(regularizers or {}) - set(REGULARIZERS))
     if unknown:
         raise ValueError(f"unknown regularizer {unknown[0]!r}; they are {', '.join(REGULARIZERS)}")
@@ -448,9 +549,6 @@ def stacked(mode: str, input: Tensor, states: Sequence[Tensor], weights, *, num_
     if rates.get("cell_zoneout") and mode not in ("LSTM", "LayerNormLSTM"):
         raise ValueError("cell_zoneout: only the LSTMs have a cell state")
     grad_clip = check_grad_clip(recurrent_grad_clip)
-    if grad_clip and mode == "RNN":
-        raise ValueError("recurrent_grad_clip: the LSTM, the GRU and the layer-normalized "
-                         "cells have it, the RNN does not")
     if grad_clip and any(w[4] is not None for w in weights):
         raise ValueError("recurrent_grad_clip runs in the row-wise LSTM, which has no "
                          "projection (proj_size > 0)")
@@ -463,6 +561,8 @@ def stacked(mode: str, input: Tensor, states: Sequence[Tensor], weights, *, num_
                          "row-wise LSTM, which has no projection (proj_size > 0)")
     directions = 2 if bidirectional else 1
     finals = [[] for _ in states]
+    every = {"h": [], "c": []}
+    cell_states = return_states and mode in ("LSTM", "LayerNormLSTM")
     layer_input = input
     for layer in range(num_layers):
         residual_input = layer_input
@@ -484,10 +584,14 @@ def stacked(mode: str, input: Tensor, states: Sequence[Tensor], weights, *, num_
                 layer_weights = (layer_weights[0], w_hh * keep, *layer_weights[2:])
             masks = _row_masks(layer_input, batch_sizes, layer_weights[1].shape[1], rates,
                                training)
-            out, final = _run_layer(mode, layer_input, batch_sizes,
-                                    tuple(s[index] for s in states), layer_weights,
-                                    direction == 1, nonlinearity, masks, grad_clip)
+            monitor.at_slot(index)
+            out, final, *cells = _run_layer(mode, layer_input, batch_sizes,
+                                            tuple(s[index] for s in states), layer_weights,
+                                            direction == 1, nonlinearity, masks, grad_clip,
+                                            cell_states, reset)
             outputs.append(out)
+            every["h"].append(out)
+            every["c"] += cells
             for kind, state in enumerate(final):
                 finals[kind].append(state)
         layer_output = outputs[0] if directions == 1 else torch.cat(outputs, dim=-1)
@@ -501,4 +605,7 @@ def stacked(mode: str, input: Tensor, states: Sequence[Tensor], weights, *, num_
         layer_input = layer_output
         if dropout > 0 and training and layer < num_layers - 1:
             layer_input = torch.nn.functional.dropout(layer_input, p=dropout, training=True)
-    return layer_input, tuple(torch.stack(f, 0) for f in finals)
+    finals = tuple(torch.stack(f, 0) for f in finals)
+    if return_states:
+        return layer_input, finals, {k: torch.stack(v) for k, v in every.items() if v}
+    return layer_input, finals

@@ -42,10 +42,10 @@ void forward_units(int64_t n, int64_t H, int64_t u0, int64_t len, const scalar_t
   }
 }
 
-template <typename scalar_t>
-void backward_units(int64_t n, int64_t H, int64_t u0, int64_t len, const scalar_t* go,
+template <typename scalar_t, bool kNorms>
+void backward_rows(int64_t n, int64_t H, int64_t u0, int64_t len, const scalar_t* go,
                     int64_t go_ld, scalar_t* dh_state, const scalar_t* ws,
-                    const PrevRows<scalar_t>& h_prev, scalar_t* dgates) {
+                    const PrevRows<scalar_t>& h_prev, scalar_t* dgates, double* sq) {
   using V = Vec<scalar_t>;
   const V one(scalar_t(1));
   for (int64_t b = 0; b < n; ++b) {
@@ -53,11 +53,13 @@ void backward_units(int64_t n, int64_t H, int64_t u0, int64_t len, const scalar_
     scalar_t* dg = dgates + b * kGruGradCols * H + u0;
     const scalar_t* hp_row = h_prev.row(b) + u0;
     const int64_t e = b * H + u0;
+    V sq_h(scalar_t(0));
     for_each_chunk<scalar_t>(len, [&](int64_t j, int64_t cnt) {
       const V r = load(g + j, cnt), z = load(g + H + j, cnt), nn = load(g + 2 * H + j, cnt),
               hn = load(g + 3 * H + j, cnt);
       const V d = load(go + b * go_ld + u0 + j, cnt) + load(dh_state + e + j, cnt);
       const V hp = load(hp_row + j, cnt);
+      if constexpr (kNorms) sq_h = sq_h + d * d;  // lanes past a partial chunk add 0
       const V dn = d * (one - z) * (one - nn * nn);
       const V dz = d * (hp - nn) * z * (one - z);
       const V dr = dn * hn * r * (one - r);
@@ -67,6 +69,18 @@ void backward_units(int64_t n, int64_t H, int64_t u0, int64_t len, const scalar_
       store(dn, dg + 3 * H + j, cnt);
       store(d * z, dh_state + e + j, cnt);
     });
+    if constexpr (kNorms) sq[0] += sum_lanes(sq_h);
+  }
+}
+
+template <typename scalar_t>
+void backward_units(int64_t n, int64_t H, int64_t u0, int64_t len, const scalar_t* go,
+                    int64_t go_ld, scalar_t* dh_state, const scalar_t* ws,
+                    const PrevRows<scalar_t>& h_prev, scalar_t* dgates, double* sq) {
+  if (sq != nullptr) {
+    backward_rows<scalar_t, true>(n, H, u0, len, go, go_ld, dh_state, ws, h_prev, dgates, sq);
+  } else {
+    backward_rows<scalar_t, false>(n, H, u0, len, go, go_ld, dh_state, ws, h_prev, dgates, sq);
   }
 }
 

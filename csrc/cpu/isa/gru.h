@@ -32,9 +32,11 @@ struct GruKernels {
   //             bypasses w_hh (the recurrent GEMM adds the rest)
   //   ws: [n, 4H] the step's workspace rows; h_prev: the state each row started from
   //   dgates: [n, kGruGradCols * H] the step's gradient buffer rows
+  //   sq: null, or [1] to which the squares of the gradient reaching h in this step
+  //       (go + dh_state) are added (the gradient-norm monitor)
   void (*backward_units)(int64_t n, int64_t H, int64_t u0, int64_t len, const scalar_t* go,
                          int64_t go_ld, scalar_t* dh_state, const scalar_t* ws,
-                         const PrevRows<scalar_t>& h_prev, scalar_t* dgates);
+                         const PrevRows<scalar_t>& h_prev, scalar_t* dgates, double* sq);
 };
 
 GATEDRNN_CPU_KERNELS(GruKernels, gru_kernels)

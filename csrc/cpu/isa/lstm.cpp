@@ -42,10 +42,11 @@ void forward_units(int64_t n, int64_t H, int64_t u0, int64_t len, const scalar_t
   }
 }
 
-template <typename scalar_t>
-void backward_units(int64_t n, int64_t H, int64_t u0, int64_t len, const scalar_t* dh,
-                    int64_t dh_ld, const scalar_t* dh_more, const scalar_t* ws, int64_t ws_ld,
-                    const PrevRows<scalar_t>& c_prev, scalar_t* dc_state, scalar_t* dgates) {
+template <typename scalar_t, bool kNorms>
+void backward_rows(int64_t n, int64_t H, int64_t u0, int64_t len, const scalar_t* dh,
+                   int64_t dh_ld, const scalar_t* dh_more, const scalar_t* ws, int64_t ws_ld,
+                   const PrevRows<scalar_t>& c_prev, scalar_t* dc_state, scalar_t* dgates,
+                   double* sq) {
   using V = Vec<scalar_t>;
   const V one(scalar_t(1));
   for (int64_t b = 0; b < n; ++b) {
@@ -53,6 +54,7 @@ void backward_units(int64_t n, int64_t H, int64_t u0, int64_t len, const scalar_
     const scalar_t* cp_row = c_prev.row(b) + u0;
     scalar_t* dg = dgates + b * kGates * H + u0;
     const int64_t e = b * H + u0;
+    V sq_h(scalar_t(0)), sq_c(scalar_t(0));
     for_each_chunk<scalar_t>(len, [&](int64_t j, int64_t cnt) {
       const V i = load(g + j, cnt), f = load(g + H + j, cnt), gg = load(g + 2 * H + j, cnt),
               o = load(g + 3 * H + j, cnt), c = load(g + 4 * H + j, cnt);
@@ -61,12 +63,35 @@ void backward_units(int64_t n, int64_t H, int64_t u0, int64_t len, const scalar_
       const V dhv = dh_more ? dh_own + load(dh_more + e + j, cnt) : dh_own;
       const V tc = fast_tanh(c);
       const V dc = load(dc_state + e + j, cnt) + dhv * o * (one - tc * tc);
+      if constexpr (kNorms) {
+        // Lanes past a partial chunk load as 0, so they add nothing.
+        sq_h = sq_h + dhv * dhv;
+        sq_c = sq_c + dc * dc;
+      }
       store(dc * i * (one - i) * gg, dg + j, cnt);
       store(dc * f * (one - f) * cp, dg + H + j, cnt);
       store(dc * i * (one - gg * gg), dg + 2 * H + j, cnt);
       store(dhv * tc * o * (one - o), dg + 3 * H + j, cnt);
       store(dc * f, dc_state + e + j, cnt);
     });
+    if constexpr (kNorms) {
+      sq[0] += sum_lanes(sq_h);
+      sq[1] += sum_lanes(sq_c);
+    }
+  }
+}
+
+template <typename scalar_t>
+void backward_units(int64_t n, int64_t H, int64_t u0, int64_t len, const scalar_t* dh,
+                    int64_t dh_ld, const scalar_t* dh_more, const scalar_t* ws, int64_t ws_ld,
+                    const PrevRows<scalar_t>& c_prev, scalar_t* dc_state, scalar_t* dgates,
+                    double* sq) {
+  if (sq != nullptr) {
+    backward_rows<scalar_t, true>(n, H, u0, len, dh, dh_ld, dh_more, ws, ws_ld, c_prev,
+                                  dc_state, dgates, sq);
+  } else {
+    backward_rows<scalar_t, false>(n, H, u0, len, dh, dh_ld, dh_more, ws, ws_ld, c_prev,
+                                   dc_state, dgates, sq);
   }
 }
 

@@ -27,10 +27,12 @@ struct LstmKernels {
   //   c_prev: the cell state each row started the step from
   //   dc_state: [N, H] in: dL/dc from later steps, out: dL/dc_prev
   //   dgates: [n, 4H] the step's gate-gradient rows
+  //   sq: null, or [2] to which the squares of the gradients reaching h and c in this
+  //       step (dh + dh_more, and dL/dc_t) are added (the gradient-norm monitor)
   void (*backward_units)(int64_t n, int64_t H, int64_t u0, int64_t len, const scalar_t* dh,
                          int64_t dh_ld, const scalar_t* dh_more, const scalar_t* ws,
                          int64_t ws_ld, const PrevRows<scalar_t>& c_prev, scalar_t* dc_state,
-                         scalar_t* dgates);
+                         scalar_t* dgates, double* sq);
 };
 
 GATEDRNN_CPU_KERNELS(LstmKernels, lstm_kernels)

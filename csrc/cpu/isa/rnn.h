@@ -20,9 +20,13 @@ struct RnnKernels {
   // dgates = act'(h) * (go + dh_state).
   //   h: [n, H] the step's output rows; go: [n, H] (leading dim go_ld) the loss's
   //   gradient w.r.t. them; dh_state: [N, H] dL/dh from later steps; dgates: [n, H]
+  //   clip: > 0 clamps dgates to [-clip, clip] (recurrent_grad_clip; NaN stays NaN)
+  //   sq: null, or [1] to which the squares of go + dh_state are added (the gradient-norm
+  //       monitor)
   void (*backward_units)(int64_t n, int64_t H, int64_t u0, int64_t len, bool relu,
                          const scalar_t* h, const scalar_t* go, int64_t go_ld,
-                         const scalar_t* dh_state, scalar_t* dgates);
+                         const scalar_t* dh_state, scalar_t* dgates, scalar_t clip,
+                         double* sq);
 };
 
 GATEDRNN_CPU_KERNELS(RnnKernels, rnn_kernels)

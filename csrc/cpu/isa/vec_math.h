@@ -90,6 +90,16 @@ inline void store(const Vec<scalar_t>& v, scalar_t* p, int64_t count) {
   }
 }
 
+// The sum of v's lanes, in double (the gradient-norm monitor's per-row sums of squares).
+template <typename scalar_t>
+inline double sum_lanes(const Vec<scalar_t>& v) {
+  scalar_t lanes[Vec<scalar_t>::size()];
+  v.store(lanes);
+  double sum = 0;
+  for (int64_t l = 0; l < Vec<scalar_t>::size(); ++l) sum += lanes[l];
+  return sum;
+}
+
 // Calls body(j, count) over [0, H) in vector-width chunks; the last chunk may
 // be partial (count < Vec::size()).
 template <typename scalar_t, typename F>

@@ -22,6 +22,7 @@ import torch
 from torch.nn.utils.rnn import PackedSequence
 
 from .. import functional as F
+from .. import monitor
 from ..ops.lstm import PROJECTION_NOT_IN_ONNX
 
 _TORCH_NN = {"LSTM": torch.nn.LSTM, "GRU": torch.nn.GRU, "RNN": torch.nn.RNN}
@@ -49,15 +50,17 @@ class FusedRNNMixin:
                                  f"LSTM these run in has no projection)")
 
     def _set_options(self, rates, init=None, init_options=None, residual=False,
-                     recurrent_grad_clip=0.0):
+                     recurrent_grad_clip=0.0, return_states=False):
         """The constructor options beyond torch.nn's: regularizer rates, an initialization
-        scheme (gatedrnn.init_), residual connections between layers and in-kernel
-        gradient clipping."""
+        scheme (gatedrnn.init_), residual connections between layers, in-kernel gradient
+        clipping, and return_states: forward returns (output, hx, states) with every step's
+        states (an attribute, which may be switched later)."""
+        self.return_states = bool(return_states)
         self._set_regularizers(rates)
         self.recurrent_grad_clip = F.check_grad_clip(recurrent_grad_clip)
-        if self.recurrent_grad_clip and (self._mode == "RNN" or getattr(self, "proj_size", 0)):
-            raise ValueError("recurrent_grad_clip: the LSTM (without proj_size), the GRU and "
-                             "the layer-normalized cells have it")
+        if self.recurrent_grad_clip and getattr(self, "proj_size", 0):
+            raise ValueError("recurrent_grad_clip: not with proj_size > 0 (the row-wise LSTM "
+                             "it runs in has no projection)")
         self.residual = bool(residual)
         if self.residual:
             directions = 2 if self.bidirectional else 1
@@ -77,7 +80,7 @@ class FusedRNNMixin:
         """The torch.nn twin (ONNX export, jit.script) has no regularizers: refuse a module
         with any, rather than export or script different math."""
         rates = {n: p for n, p in self._regularizer_rates().items() if p}
-        for option in ("residual", "recurrent_grad_clip"):
+        for option in ("residual", "recurrent_grad_clip", "return_states"):
             if getattr(self, option, 0):
                 rates[option] = getattr(self, option)
         if rates:
@@ -91,7 +94,7 @@ class FusedRNNMixin:
         return {name: getattr(self, name, 0.0) for name in self._regularizers}
 
     def extra_repr(self):
-        options = self._regularizers + ("residual", "recurrent_grad_clip")
+        options = self._regularizers + ("residual", "recurrent_grad_clip", "return_states")
         rates = ", ".join(f"{n}={getattr(self, n)}" for n in options if getattr(self, n, 0))
         return super().extra_repr() + (", " + rates if rates else "")
 
@@ -171,8 +174,16 @@ class FusedRNNMixin:
             stacklevel=2)
         return self._as_torch_nn()
 
-    def forward(self, input, hx=None):
+    def forward(self, input, hx=None, reset=None):
+        """torch.nn's forward; beyond it, reset: a bool mask of per-step resets, [T, N]
+        ([N, T] with batch_first, [T] unbatched; packed input: [T, N] padded, in the batch's
+        own order): where set, that sequence's state restarts from its initial state (hx,
+        or zeros) before step t, in every layer (episode boundaries in reinforcement
+        learning). Unidirectional modules only."""
         if torch.onnx.is_in_onnx_export():
+            if reset is not None:
+                raise RuntimeError("ONNX export: per-step resets (reset=...) have no ONNX "
+                                   "counterpart")
             return self._onnx_forward(input, hx)
         name = type(self).__name__
         packed = isinstance(input, PackedSequence)
@@ -232,23 +243,83 @@ class FusedRNNMixin:
             states = self._as_tuple(hx)
         if lstm:
             states = self._lstm_cell_state_dtype(states, data.dtype)
+        if reset is not None:
+            reset = self._reset_rows(reset, data, batch_sizes, sorted_indices, batched)
 
-        output, finals = F.stacked(
-            self._stacked_mode or self._mode, data, states, self._layer_weights(), num_layers=self.num_layers,
-            bidirectional=self.bidirectional, batch_sizes=batch_sizes, dropout=self.dropout,
-            training=self.training, nonlinearity=getattr(self, "nonlinearity", "tanh"),
-            regularizers=self._regularizer_rates(), residual=getattr(self, "residual", False),
-            recurrent_grad_clip=getattr(self, "recurrent_grad_clip", 0.0))
+        # The ops' backwards file their gradient norms under this call of this module when a
+        # gatedrnn.grad_norms() recorder is active.
+        outer = monitor.begin(self, self.num_layers * (2 if self.bidirectional else 1))
+        return_states = getattr(self, "return_states", False)
+        try:
+            output, finals, *every = F.stacked(
+                self._stacked_mode or self._mode, data, states, self._layer_weights(),
+                num_layers=self.num_layers, bidirectional=self.bidirectional,
+                batch_sizes=batch_sizes, dropout=self.dropout, training=self.training,
+                nonlinearity=getattr(self, "nonlinearity", "tanh"),
+                regularizers=self._regularizer_rates(), residual=getattr(self, "residual", False),
+                recurrent_grad_clip=getattr(self, "recurrent_grad_clip", 0.0),
+                return_states=return_states, reset=reset)
+        finally:
+            monitor.end(outer)
         hidden = self._from_tuple(finals)
         if packed:
-            return (PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices),
-                    self.permute_hidden(hidden, unsorted_indices))
+            output = PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices)
+            hidden = self.permute_hidden(hidden, unsorted_indices)
+        else:
+            if self.batch_first:
+                output = output.transpose(0, 1)
+            if not batched:
+                output = output.squeeze(0 if self.batch_first else 1)
+                hidden = self._from_tuple(tuple(h.squeeze(1) for h in finals))
+        if not return_states:
+            return output, hidden
+        return output, hidden, {k: self._states_like_output(v, batch_sizes, sorted_indices,
+                                                            unsorted_indices, batched)
+                                for k, v in every[0].items()}
+
+    def _reset_rows(self, reset, data, batch_sizes, sorted_indices, batched):
+        """forward's reset mask as functional.stacked takes it: [T, N] for padded data, a
+        flag per packed row for packed data. ValueError naming reset for a mask of another
+        dtype or shape."""
+        if self.bidirectional:
+            raise ValueError("reset: per-step resets are for unidirectional modules (a reverse "
+                             "direction has no previous step to restart from)")
+        if not isinstance(reset, torch.Tensor) or reset.dtype != torch.bool:
+            raise ValueError(f"reset: expected a bool tensor, got "
+                             f"{reset.dtype if isinstance(reset, torch.Tensor) else type(reset).__name__}")
+        if batch_sizes is not None:
+            T, N = batch_sizes.numel(), int(batch_sizes[0])
+            expected, layout = (T, N), "[T, N]"
+        elif not batched:
+            expected, layout = (data.shape[0],), "[T]"
+        elif self.batch_first:
+            expected, layout = (data.shape[1], data.shape[0]), "[N, T] (batch_first)"
+        else:
+            expected, layout = tuple(data.shape[:2]), "[T, N]"
+        if tuple(reset.shape) != expected:
+            raise ValueError(f"reset: expected a mask of shape {layout} = {expected}, got "
+                             f"{tuple(reset.shape)}")
+        reset = reset.to(data.device)
+        if batch_sizes is None:
+            return reset.unsqueeze(1) if not batched else (reset.t() if self.batch_first else reset)
+        if sorted_indices is not None:
+            reset = reset[:, sorted_indices.to(reset.device)]
+        live = torch.arange(N, device=reset.device) < batch_sizes.to(reset.device)[:, None]
+        return reset[live]  # packed order: step by step, each step's live sequences
+
+    def _states_like_output(self, states, batch_sizes, sorted_indices, unsorted_indices,
+                            batched):
+        """Every step's states of one kind, [L*D, T, N, *] ([L*D, R, *] packed), laid out as
+        the output is: [L*D, N, T, *] with batch_first, [L*D, T, *] unbatched, and for packed
+        input a PackedSequence like the output's whose data is [R, L*D, *]."""
+        if batch_sizes is not None:
+            return PackedSequence(states.transpose(0, 1), batch_sizes, sorted_indices,
+                                  unsorted_indices)
         if self.batch_first:
-            output = output.transpose(0, 1)
+            states = states.transpose(1, 2)
         if not batched:
-            output = output.squeeze(0 if self.batch_first else 1)
-            hidden = self._from_tuple(tuple(h.squeeze(1) for h in finals))
-        return output, hidden
+            states = states.squeeze(1 if self.batch_first else 2)
+        return states
 
     def _onnx_forward(self, input, hx):
         """Under torch.onnx.export: torch.nn's forward, which the exporters turn into ONNX's

@@ -8,8 +8,10 @@ class GRU(FusedRNNMixin, torch.nn.RNNBase):
 
     Beyond torch.nn, regularizers, all 0 (off) by default (functional.stacked has their
     math): zoneout, recurrent_dropconnect, variational_input_dropout,
-    variational_state_dropout. And init (a scheme of gatedrnn.init_) with init_options, and
-    residual (each layer's input added to its output)."""
+    variational_state_dropout. And init (a scheme of gatedrnn.init_) with init_options,
+    residual (each layer's input added to its output), recurrent_grad_clip (in-kernel
+    clipping of the gate pre-activations' gradients) and return_states (forward also returns
+    every step's state)."""
 
     _mode = "GRU"
     _regularizers = ("zoneout", "recurrent_dropconnect", "variational_input_dropout",
@@ -17,7 +19,8 @@ class GRU(FusedRNNMixin, torch.nn.RNNBase):
 
     def __init__(self, *args, zoneout=0.0, recurrent_dropconnect=0.0,
                  variational_input_dropout=0.0, variational_state_dropout=0.0, init=None,
-                 init_options=None, residual=False, recurrent_grad_clip=0.0, **kwargs):
+                 init_options=None, residual=False, recurrent_grad_clip=0.0,
+                 return_states=False, **kwargs):
         if "proj_size" in kwargs:
             raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
         super().__init__("GRU", *args, **kwargs)
@@ -25,4 +28,4 @@ class GRU(FusedRNNMixin, torch.nn.RNNBase):
             zoneout=zoneout, recurrent_dropconnect=recurrent_dropconnect,
             variational_input_dropout=variational_input_dropout,
             variational_state_dropout=variational_state_dropout), init, init_options, residual,
-            recurrent_grad_clip)
+            recurrent_grad_clip, return_states)

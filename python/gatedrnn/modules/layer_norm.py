@@ -20,7 +20,8 @@ _KINDS = {"LSTM": ("ih", "hh", "cell"), "GRU": ("ih", "hh")}
 class _LayerNormRNN(FusedRNNMixin, torch.nn.RNNBase):
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, device=None, dtype=None, init=None,
-                 init_options=None, residual=False, recurrent_grad_clip=0.0, **regularizers):
+                 init_options=None, residual=False, recurrent_grad_clip=0.0,
+                 return_states=False, **regularizers):
         super().__init__(self._mode, input_size, hidden_size, num_layers, bias, batch_first,
                          dropout, bidirectional, device=device, dtype=dtype)
         unknown = set(regularizers) - set(self._regularizers)
@@ -28,7 +29,7 @@ class _LayerNormRNN(FusedRNNMixin, torch.nn.RNNBase):
             raise TypeError(f"{type(self).__name__}.__init__() got an unexpected keyword "
                             f"argument {sorted(unknown)[0]!r}")
         self._set_options({n: regularizers.get(n, 0.0) for n in self._regularizers}, init,
-                          init_options, residual, recurrent_grad_clip)
+                          init_options, residual, recurrent_grad_clip, return_states)
         gates = 4 if self._mode == "LSTM" else 3
         factory = dict(device=device, dtype=dtype)
         for suffix in self._suffixes():

@@ -3,6 +3,8 @@ from typing import Callable
 
 import torch
 
+from .. import monitor
+
 
 def flat_rows(input: torch.Tensor) -> int:
     """Rows of the flat [R, *] layout: T*N for padded [T, N, I], R for packed [R, I]."""
@@ -40,6 +42,33 @@ def fake_backward_grads(input, states, w_ih, w_hh):
     grads += [w_ih.new_empty(w_ih.shape), w_hh.new_empty(w_hh.shape),
               w_ih.new_empty((gates,)), w_ih.new_empty((gates,))]
     return grads
+
+
+def step_norms_like(input, batch_sizes, record_norms: bool, kinds: int) -> torch.Tensor:
+    """A backward op's step_norms: [T, kinds] float64 when recording, else [0, kinds]."""
+    steps = (batch_sizes.shape[0] if batch_sizes is not None else input.shape[0]) \
+        if record_norms else 0
+    return input.new_empty((steps, kinds), dtype=torch.float64)
+
+
+def cell_state_grads(grad_workspace, start: int, hidden: int):
+    """The gradient of the cell states an LSTM op's workspace holds in its columns [start,
+    start + hidden) (what return_states gives as states["c"]), for the backward op's
+    grad_cell_states; None when the workspace got no gradient. The workspace's other
+    columns are the kernels' intermediates, which carry no gradient (as the workspaces of
+    every op; registration.cpp)."""
+    if grad_workspace is None:
+        return None
+    return grad_workspace[:, start:start + hidden]
+
+
+def refuse_cell_state_double_backward(grad_workspace) -> None:
+    """A create_graph=True backward runs through reference.py, which has no cell-state
+    sequence: refuse one that the cell states (return_states) got a gradient in."""
+    if grad_workspace is not None:
+        raise RuntimeError("a backward with create_graph=True (double backward) through the "
+                           "cell states returned by return_states=True is not supported; "
+                           "differentiate the output and the final states instead")
 
 
 def check_devices(op: str, input, batch_sizes, **tensors) -> None:
@@ -239,25 +268,39 @@ def register_autograd(name: str, backward, setup_context) -> None:
 
 def row_wise_setup_context(tensors: int, workspace_output: int):
     """setup_context of a row-wise forward op (layer_norm_lstm/gru_forward) whose first
-    `tensors` arguments are tensors, then reverse, need_workspace and grad_clip: saves those
-    tensors, the output and the workspace (output index workspace_output)."""
+    `tensors` arguments are tensors, then reverse, need_workspace, grad_clip and reset: saves
+    those tensors, the output, the workspace (output index workspace_output) and reset."""
     def setup_context(ctx, inputs, output):
-        ctx.save_for_backward(*inputs[:tensors], output[0], output[workspace_output])
+        ctx.save_for_backward(*inputs[:tensors], output[0], output[workspace_output],
+                              inputs[tensors + 3])
         # Outputs without a gradient arrive as None, as for the plain cells' ops.
         ctx.set_materialize_grads(False)
         ctx.reverse = inputs[tensors]
         ctx.grad_clip = inputs[tensors + 2]
+        ctx.monitor = monitor.tag()
 
     return setup_context
 
 
-def row_wise_double_backward(ctx, reference, args, output_grads):
-    """differentiable_grads for a row-wise op (args: its tensor arguments), with None for
-    reverse, need_workspace and grad_clip; refused where the kernel clipped the gradient,
-    which has no derivative to differentiate."""
-    if ctx.grad_clip:
+def refuse_reset_double_backward(reset) -> None:
+    """A create_graph=True backward runs through reference.py, which has no resets."""
+    if reset is not None:
+        raise RuntimeError("a backward with create_graph=True (double backward) through a "
+                           "forward with per-step resets (reset=...) is not supported")
+
+
+def refuse_clipped_double_backward(grad_clip) -> None:
+    if grad_clip:
         raise RuntimeError("a backward with create_graph=True (double backward) through a "
                            "gradient clipped inside the kernel (recurrent_grad_clip) is not "
                            "supported: clipping has no derivative to differentiate")
+
+
+def row_wise_double_backward(ctx, reference, args, output_grads, reset):
+    """differentiable_grads for a row-wise op (args: its tensor arguments), with None for
+    reverse, need_workspace, grad_clip and reset; refused where the kernel clipped the
+    gradient, which has no derivative to differentiate, and with resets."""
+    refuse_clipped_double_backward(ctx.grad_clip)
+    refuse_reset_double_backward(reset)
     grads = differentiable_grads(ctx, reference, (*args, ctx.reverse), output_grads)
-    return (*grads, None, None)  # + need_workspace, grad_clip
+    return (*grads, None, None, None)  # + need_workspace, grad_clip, reset

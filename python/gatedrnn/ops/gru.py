@@ -1,16 +1,17 @@
 """torch.library registrations for gatedrnn::gru_forward / gru_backward."""
 import torch
 
-from .. import reference
+from .. import monitor, reference
 from ._common import (check_devices, check_workspace_kept, differentiable_grads,
                       fake_backward_grads, flat_rows, grad_if, output_like, register_autocast,
-                      register_autograd, register_first_order, workspace_like,
+                      refuse_reset_double_backward, register_autograd, register_first_order,
+                      step_norms_like, workspace_like,
                       zeros_if_none)
 
 
 @torch.library.register_fake("gatedrnn::gru_forward")
 def _gru_forward_fake(input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, reverse,
-                      need_workspace=True):
+                      need_workspace=True, reset=None):
     check_devices("gatedrnn.gru_forward", input, batch_sizes, h0=h0, w_ih=w_ih, w_hh=w_hh,
                   b_ih=b_ih, b_hh=b_hh)
     hidden = w_ih.shape[0] // 3
@@ -20,34 +21,41 @@ def _gru_forward_fake(input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, reverse,
 
 @torch.library.register_fake("gatedrnn::gru_backward")
 def _gru_backward_fake(grad_output, grad_h_n, input, batch_sizes, h0, w_ih, w_hh, output,
-                       workspace, reverse):
+                       workspace, reverse, reset=None, record_norms=False):
     check_devices("gatedrnn.gru_backward", input, batch_sizes, grad_output=grad_output,
                   grad_h_n=grad_h_n, h0=h0, w_ih=w_ih, w_hh=w_hh, output=output,
                   workspace=workspace)
-    return tuple(fake_backward_grads(input, (h0,), w_ih, w_hh))
+    return (*fake_backward_grads(input, (h0,), w_ih, w_hh),
+            step_norms_like(input, batch_sizes, record_norms, 1))
 
 
 def _setup_context(ctx, inputs, output):
-    input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, reverse = inputs[:8]
+    input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, reverse, _, reset = inputs
     out, _, workspace = output
-    ctx.save_for_backward(input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, out, workspace)
+    ctx.save_for_backward(input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, reset, out, workspace)
     # Outputs without a gradient arrive as None rather than as zeros: autograd would
     # otherwise allocate and clear a tensor the size of the workspace every backward.
     ctx.set_materialize_grads(False)
     ctx.reverse = reverse
+    ctx.monitor = monitor.tag()
 
 
 def _backward(ctx, grad_output, grad_h_n, _grad_workspace):
-    input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, out, workspace = ctx.saved_tensors
+    input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, reset, out, workspace = ctx.saved_tensors
     if torch.is_grad_enabled():  # create_graph=True
+        refuse_reset_double_backward(reset)
         args = (input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, ctx.reverse)
-        return (*differentiable_grads(ctx, reference.gru, args, (grad_output, grad_h_n)), None)
+        return (*differentiable_grads(ctx, reference.gru, args, (grad_output, grad_h_n)), None,
+                None)
     check_workspace_kept("gatedrnn.gru_forward", input, workspace)
-    d_input, d_h0, d_w_ih, d_w_hh, d_b_ih, d_b_hh = torch.ops.gatedrnn.gru_backward(
+    record = monitor.recording(ctx)
+    d_input, d_h0, d_w_ih, d_w_hh, d_b_ih, d_b_hh, step_norms = torch.ops.gatedrnn.gru_backward(
         zeros_if_none(grad_output, out), zeros_if_none(grad_h_n, h0), input, batch_sizes, h0,
-        w_ih, w_hh, out, workspace, ctx.reverse)
+        w_ih, w_hh, out, workspace, ctx.reverse, reset, record)
+    if record:
+        monitor.deposit(ctx, step_norms)
     return (d_input, None, d_h0, d_w_ih, d_w_hh, grad_if(b_ih, d_b_ih), grad_if(b_hh, d_b_hh),
-            None, None)
+            None, None, None)
 
 
 register_autograd("gru_forward", _backward, _setup_context)

@@ -1,11 +1,11 @@
 """torch.library registrations for gatedrnn::layer_norm_gru_forward / _backward."""
 import torch
 
-from .. import reference
+from .. import monitor, reference
 from ._common import (check_devices, check_workspace_kept, fake_backward_grads, flat_rows,
                       grad_if, output_like, register_autocast, register_autograd,
                       register_first_order, row_wise_double_backward, row_wise_setup_context,
-                      zeros_if_none)
+                      step_norms_like, zeros_if_none)
 
 _NORMS = ("ln_ih_weight", "ln_ih_bias", "ln_hh_weight", "ln_hh_bias")
 
@@ -13,7 +13,7 @@ _NORMS = ("ln_ih_weight", "ln_ih_bias", "ln_hh_weight", "ln_hh_bias")
 @torch.library.register_fake("gatedrnn::layer_norm_gru_forward")
 def _forward_fake(input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, ln_ih_weight, ln_ih_bias,
                   ln_hh_weight, ln_hh_bias, state_mask, zoneout_h, reverse, need_workspace=True,
-                  grad_clip=0.0):
+                  grad_clip=0.0, reset=None):
     norms = (ln_ih_weight, ln_ih_bias, ln_hh_weight, ln_hh_bias)
     check_devices("gatedrnn.layer_norm_gru_forward", input, batch_sizes, h0=h0, w_ih=w_ih,
                   w_hh=w_hh, b_ih=b_ih, b_hh=b_hh, state_mask=state_mask, zoneout_h=zoneout_h,
@@ -26,13 +26,14 @@ def _forward_fake(input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, ln_ih_weight, 
 @torch.library.register_fake("gatedrnn::layer_norm_gru_backward")
 def _backward_fake(grad_output, grad_h_n, input, batch_sizes, h0, w_ih, w_hh, ln_ih_weight,
                    ln_hh_weight, state_mask, zoneout_h, output, workspace, reverse,
-                   grad_clip=0.0):
+                   grad_clip=0.0, reset=None, record_norms=False):
     check_devices("gatedrnn.layer_norm_gru_backward", input, batch_sizes,
                   grad_output=grad_output, grad_h_n=grad_h_n, h0=h0, w_ih=w_ih, w_hh=w_hh,
                   ln_ih_weight=ln_ih_weight, ln_hh_weight=ln_hh_weight, state_mask=state_mask,
                   zoneout_h=zoneout_h, output=output, workspace=workspace)
     norms = [w_ih.new_empty((w_ih.shape[0],)) for _ in range(4)]
-    return (*fake_backward_grads(input, (h0,), w_ih, w_hh), *norms)
+    return (*fake_backward_grads(input, (h0,), w_ih, w_hh), *norms,
+            step_norms_like(input, batch_sizes, record_norms, 1))
 
 
 _TENSORS = 13  # the forward op's tensor arguments, before reverse
@@ -41,22 +42,25 @@ _setup_context = row_wise_setup_context(_TENSORS, 2)
 
 def _backward(ctx, grad_output, grad_h_n, _grad_workspace):
     args = ctx.saved_tensors[:_TENSORS]
-    out, workspace = ctx.saved_tensors[_TENSORS:]
+    out, workspace, reset = ctx.saved_tensors[_TENSORS:]
     if torch.is_grad_enabled():  # create_graph=True
         return row_wise_double_backward(ctx, reference.layer_norm_gru, args,
-                                        (grad_output, grad_h_n))
+                                        (grad_output, grad_h_n), reset)
     input, batch_sizes, h0, w_ih, w_hh = args[:5]
     ln_ih_weight, ln_hh_weight = args[7], args[9]
     check_workspace_kept("gatedrnn.layer_norm_gru_forward", input, workspace)
+    record = monitor.recording(ctx)
     grads = torch.ops.gatedrnn.layer_norm_gru_backward(
         zeros_if_none(grad_output, out), zeros_if_none(grad_h_n, h0), input, batch_sizes, h0,
         w_ih, w_hh, ln_ih_weight, ln_hh_weight, *args[11:13], out, workspace, ctx.reverse,
-        ctx.grad_clip)
+        ctx.grad_clip, reset, record)
     d_input, d_h0, d_w_ih, d_w_hh = grads[:4]
     # Optional arguments (biases, LayerNorms) get a gradient only where given; the masks,
     # constants, none.
-    optional = [grad_if(a, g) for a, g in zip(args[5:11], grads[4:])]
-    return (d_input, None, d_h0, d_w_ih, d_w_hh, *optional, None, None, None, None, None)
+    optional = [grad_if(a, g) for a, g in zip(args[5:11], grads[4:10])]
+    if record:
+        monitor.deposit(ctx, grads[10])
+    return (d_input, None, d_h0, d_w_ih, d_w_hh, *optional, *[None] * 6)
 
 
 register_autograd("layer_norm_gru_forward", _backward, _setup_context)

@@ -1,10 +1,12 @@
 """torch.library registrations for gatedrnn::lstm_forward / lstm_backward."""
 import torch
 
-from .. import reference
-from ._common import (check_devices, check_workspace_kept, differentiable_grads,
-                      fake_backward_grads, flat_rows, grad_if, output_like, register_autocast,
-                      register_autograd, register_first_order, workspace_like,
+from .. import monitor, reference
+from ._common import (cell_state_grads, check_devices, check_workspace_kept,
+                      differentiable_grads, fake_backward_grads, flat_rows, grad_if,
+                      output_like, refuse_cell_state_double_backward,
+                      refuse_reset_double_backward, register_autocast,
+                      register_autograd, register_first_order, step_norms_like, workspace_like,
                       zeros_if_none)
 
 
@@ -13,9 +15,15 @@ PROJECTION_NOT_IN_ONNX = ("an LSTM with a projection (proj_size > 0) cannot be e
                           "export refuses it too)")
 
 
+def CELL_STATE_COLUMNS(w_hh):
+    """(first column, count) of the cell states in lstm_forward's workspace (i, f, g, o, c)."""
+    hidden = w_hh.shape[0] // 4
+    return 4 * hidden, hidden
+
+
 @torch.library.register_fake("gatedrnn::lstm_forward")
 def _lstm_forward_fake(input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse,
-                       need_workspace=True):
+                       need_workspace=True, reset=None):
     check_devices("gatedrnn.lstm_forward", input, batch_sizes, h0=h0, c0=c0, w_ih=w_ih,
                   w_hh=w_hh, b_ih=b_ih, b_hh=b_hh, w_hr=w_hr)
     if w_hr is not None and torch.onnx.is_in_onnx_export():
@@ -30,39 +38,50 @@ def _lstm_forward_fake(input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
 
 @torch.library.register_fake("gatedrnn::lstm_backward")
 def _lstm_backward_fake(grad_output, grad_h_n, grad_c_n, input, batch_sizes, h0, c0, w_ih, w_hh,
-                        w_hr, output, workspace, reverse):
+                        w_hr, output, workspace, reverse, grad_cell_states=None, reset=None,
+                        record_norms=False):
     check_devices("gatedrnn.lstm_backward", input, batch_sizes, grad_output=grad_output,
                   grad_h_n=grad_h_n, grad_c_n=grad_c_n, h0=h0, c0=c0, w_ih=w_ih, w_hh=w_hh,
-                  w_hr=w_hr, output=output, workspace=workspace)
+                  w_hr=w_hr, output=output, workspace=workspace,
+                  grad_cell_states=grad_cell_states)
     grad_w_hr = w_ih.new_empty(w_hr.shape if w_hr is not None else (0,))
-    return (*fake_backward_grads(input, (h0, c0), w_ih, w_hh), grad_w_hr)
+    return (*fake_backward_grads(input, (h0, c0), w_ih, w_hh), grad_w_hr,
+            step_norms_like(input, batch_sizes, record_norms, 2))
 
 
 def _setup_context(ctx, inputs, output):
-    input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse = inputs[:10]
+    input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, _, reset = inputs
     out, _, _, workspace = output
-    ctx.save_for_backward(input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, out,
+    ctx.save_for_backward(input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reset, out,
                           workspace)
     # Outputs without a gradient arrive as None rather than as zeros: autograd would
     # otherwise allocate and clear a tensor the size of the workspace every backward.
     ctx.set_materialize_grads(False)
     ctx.reverse = reverse
+    ctx.monitor = monitor.tag()
 
 
-def _backward(ctx, grad_output, grad_h_n, grad_c_n, _grad_workspace):
-    input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, out, workspace = ctx.saved_tensors
+def _backward(ctx, grad_output, grad_h_n, grad_c_n, grad_workspace):
+    input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reset, out, workspace = \
+        ctx.saved_tensors
     if torch.is_grad_enabled():  # create_graph=True
+        refuse_cell_state_double_backward(grad_workspace)
+        refuse_reset_double_backward(reset)
         args = (input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, ctx.reverse)
         grads = differentiable_grads(ctx, reference.lstm, args, (grad_output, grad_h_n, grad_c_n))
-        return (*grads, None)
+        return (*grads, None, None)
     check_workspace_kept("gatedrnn.lstm_forward", input, workspace)
+    record = monitor.recording(ctx)
     grads = torch.ops.gatedrnn.lstm_backward(
         zeros_if_none(grad_output, out), zeros_if_none(grad_h_n, h0),
         zeros_if_none(grad_c_n, c0), input, batch_sizes, h0, c0, w_ih, w_hh, w_hr, out,
-        workspace, ctx.reverse)
-    d_input, d_h0, d_c0, d_w_ih, d_w_hh, d_b_ih, d_b_hh, d_w_hr = grads
+        workspace, ctx.reverse, cell_state_grads(grad_workspace, *CELL_STATE_COLUMNS(w_hh)),
+        reset, record)
+    d_input, d_h0, d_c0, d_w_ih, d_w_hh, d_b_ih, d_b_hh, d_w_hr, step_norms = grads
+    if record:
+        monitor.deposit(ctx, step_norms)
     return (d_input, None, d_h0, d_c0, d_w_ih, d_w_hh, grad_if(b_ih, d_b_ih),
-            grad_if(b_hh, d_b_hh), grad_if(w_hr, d_w_hr), None, None)
+            grad_if(b_hh, d_b_hh), grad_if(w_hr, d_w_hr), None, None, None)
 
 
 register_autograd("lstm_forward", _backward, _setup_context)
