@@ -452,13 +452,24 @@ def make_row(cell, config, mode, dtype, device):
 MAX_REPEATS = 1000
 
 
-def time_row(row, device, repeats, warmup, min_time=0.0):
+def _with_grad_norms(row):
+    """Our training step with the gradient-norm monitor recording (gatedrnn.grad_norms)."""
+    def step():
+        with gatedrnn.grad_norms():
+            row.step(row.ours)
+    return step
+
+
+def time_row(row, device, repeats, warmup, min_time=0.0, grad_norms=False):
     """Medians of interleaved timings, and the number of rounds: at least `repeats`, and
     enough for each side to run about `min_time` seconds (a sub-millisecond row's median
-    over 15 rounds moves with every scheduler hiccup), at most MAX_REPEATS."""
+    over 15 rounds moves with every scheduler hiccup), at most MAX_REPEATS. grad_norms:
+    also ours with the gradient-norm monitor on ("grad_norms")."""
     contenders = [("torch", lambda: row.step(row.ref)), ("gatedrnn", lambda: row.step(row.ours))]
     if getattr(row, "peer", None) is not None:
         contenders.append((getattr(row.peer, "name", "onnxruntime"), row.peer))
+    if grad_norms:
+        contenders.append(("grad_norms", _with_grad_norms(row)))
     slowest = 0.0
     for _ in range(warmup):
         slowest = max([slowest] + [_timed(fn, device) for _, fn in contenders])
@@ -632,6 +643,17 @@ def markdown(result):
                 f"{r['torch_ms']:.2f} | {r['compiled_ms']:.2f} | {r['gatedrnn_ms']:.2f} | "
                 f"**{r['speedup']:.2f}x** | **{r['speedup_vs_compiled']:.2f}x** | "
                 f"{r['gatedrnn_gflops']:.1f} | {100 * r['peak_fraction']:.0f}% |")
+    monitored = [r for r in result["rows"] if r.get("grad_norms_ms") is not None]
+    if monitored:
+        lines += ["", "The gradient-norm monitor's cost (`--grad-norms`): our training step "
+                  "with `gatedrnn.grad_norms()` recording, timed in the same rounds:", "",
+                  "| cell | config (T, N, I, H) | gatedrnn ms | with grad_norms ms | extra |",
+                  "|---|---|---:|---:|---:|"]
+        for r in monitored:
+            T, N, I, H = CONFIGS[r["config"]][:4]
+            lines.append(f"| {r['cell']} | {r['config']} ({T}, {N}, {I}, {H}) | "
+                         f"{r['gatedrnn_ms']:.2f} | {r['grad_norms_ms']:.2f} | "
+                         f"**{100 * (r['grad_norms_ms'] / r['gatedrnn_ms'] - 1):+.1f}%** |")
     if not plain:  # only layer-normalized rows: no table against torch.nn
         del lines[2:4]
     return "\n".join(lines)
@@ -697,7 +719,8 @@ def run(args):
             if row.peer is not None:
                 result["onnxruntime"] = row.peer.version
         row.check()
-        t, rounds = time_row(row, device, args.repeats, args.warmup, args.min_time)
+        monitored = args.grad_norms and row.training and row.calls == 1
+        t, rounds = time_row(row, device, args.repeats, args.warmup, args.min_time, monitored)
         t = {name: value / row.calls for name, value in t.items()}  # per call
         paths = cuda_paths(row) if device.type == "cuda" else None
         mem = {} if args.no_memory or cell in LAYER_NORM_CELLS else {
@@ -717,7 +740,8 @@ def run(args):
                                        if "onnxruntime" in t else None),
             "compiled_ms": 1e3 * t["torch.compile"] if "torch.compile" in t else None,
             "speedup_vs_compiled": (t["torch.compile"] / t["gatedrnn"]
-                                    if "torch.compile" in t else None)})
+                                    if "torch.compile" in t else None),
+            "grad_norms_ms": 1e3 * t["grad_norms"] if "grad_norms" in t else None})
     _progress(len(plan), len(plan), "done")
     return result
 
@@ -742,6 +766,8 @@ def main(argv=None):
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
+    p.add_argument("--grad-norms", action="store_true",
+                   help="training rows: also time ours with the gradient-norm monitor on")
     p.add_argument("--no-onnxruntime", dest="onnxruntime", action="store_false",
                    help="no onnxruntime column (default: on float32 CPU inference rows, "
                         "when onnxruntime is installed)")
