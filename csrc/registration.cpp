@@ -42,8 +42,9 @@ TORCH_LIBRARY(gatedrnn, m) {
   m.def(
       "gru_backward(Tensor grad_output, Tensor grad_h_n, Tensor input, Tensor? batch_sizes, "
       "Tensor h0, Tensor w_ih, Tensor w_hh, Tensor output, Tensor workspace, bool reverse, "
-      "Tensor? reset=None, bool record_norms=False) -> (Tensor grad_input, Tensor grad_h0, Tensor grad_w_ih, "
-      "Tensor grad_w_hh, Tensor grad_b_ih, Tensor grad_b_hh, Tensor step_norms)");
+      "Tensor? reset=None, bool record_norms=False) -> (Tensor grad_input, Tensor grad_h0, "
+      "Tensor grad_w_ih, Tensor grad_w_hh, Tensor grad_b_ih, Tensor grad_b_hh, "
+      "Tensor step_norms)");
   m.def(
       "rnn_forward(Tensor input, Tensor? batch_sizes, Tensor h0, Tensor w_ih, Tensor w_hh, "
       "Tensor? b_ih, Tensor? b_hh, str nonlinearity, bool reverse, float grad_clip=0.0, "

@@ -734,3 +734,59 @@ def test_deterministic_mode_gives_identical_bits(cell, dtype, packed, path, dete
     second = run_ours(cell, tensors, batch_sizes, False)
     for key in first:
         assert torch.equal(first[key], second[key]), key
+
+
+# --------------------------------------------------------------------------
+# issue 20 on the GPU: the gradient-norm monitor, RNN gradient clipping, full state
+# sequences and per-step resets, each against the CPU in float64 (the same module moved)
+# --------------------------------------------------------------------------
+
+_ISSUE_20_CELLS = {
+    "LSTM": lambda: gatedrnn.LSTM(3, 5, num_layers=2),
+    "LSTM_proj": lambda: gatedrnn.LSTM(3, 5, num_layers=2, proj_size=2),
+    "GRU": lambda: gatedrnn.GRU(3, 5, num_layers=2),
+    "RNN": lambda: gatedrnn.RNN(3, 5, num_layers=2, recurrent_grad_clip=0.05),
+}
+
+
+def _on_both(cell, **options):
+    torch.manual_seed(0)
+    cpu = _ISSUE_20_CELLS[cell]().double()
+    for name, value in options.items():
+        setattr(cpu, name, value)
+    return cpu, copy.deepcopy(cpu).to(DEVICE)
+
+
+def _run_and_grads(m, x, reset, device):
+    x = x.to(device).requires_grad_()
+    out, hx, *states = m(x, reset=reset)
+    finals = hx if isinstance(hx, tuple) else (hx,)
+    loss = (out * out).sum() + sum((f * f).sum() for f in finals)
+    for every in states:
+        loss = loss + sum((v * v).sum() for v in every.values())
+    with gatedrnn.grad_norms() as rec:
+        grads = torch.autograd.grad(loss, [x, *m.parameters()])
+    return out, finals, states, grads, rec[m]
+
+
+@pytest.mark.parametrize("cell", list(_ISSUE_20_CELLS))
+@pytest.mark.parametrize("with_reset", [False, True])
+@pytest.mark.parametrize("path", ["0", "auto"])
+def test_issue_20_features_match_cpu(cell, with_reset, path, monkeypatch):
+    monkeypatch.setenv("GATEDRNN_PERSISTENT", path)
+    cpu, gpu = _on_both(cell, return_states=True)
+    x = torch.randn(6, 3, 3, dtype=torch.float64)
+    reset = (torch.rand(6, 3, generator=torch.Generator().manual_seed(1)) < 0.4) \
+        if with_reset else None
+    a = _run_and_grads(cpu, x, reset, "cpu")
+    b = _run_and_grads(gpu, x, reset, DEVICE)
+    tol = dict(rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(b[0].cpu(), a[0], **tol)
+    for u, v in zip(b[1], a[1]):
+        torch.testing.assert_close(u.cpu(), v, **tol)
+    for kind in a[2][0]:
+        torch.testing.assert_close(b[2][0][kind].cpu(), a[2][0][kind], **tol)
+    for u, v in zip(b[3], a[3]):
+        torch.testing.assert_close(u.cpu(), v, **tol)
+    for kind in a[4]:
+        torch.testing.assert_close(b[4][kind], a[4][kind], **tol)

@@ -273,7 +273,8 @@ lstm_backward(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), kBackward, [&] {
     g = lstm_backward_impl<scalar_t>(sh, strided_rows<scalar_t>(widened(grad_output), s.rows, P),
                                      x, out, h0c, c0c, wih, whh, whr, ws, dh_state, dc_state,
-                                     grad_w_hr, with_cs ? grad_cs.const_data_ptr<scalar_t>() : nullptr,
+                                     grad_w_hr,
+                                     with_cs ? grad_cs.const_data_ptr<scalar_t>() : nullptr,
                                      resets, grad_h0_reset, grad_c0_reset, norms, output_norms,
                                      precision_of(input));
   });

@@ -62,10 +62,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_forward(
     const at::Tensor& h0, const at::Tensor& w_ih, const at::Tensor& w_hh,
     const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh,
     bool reverse, bool need_workspace, const std::optional<at::Tensor>& reset) {
-  refuse_resets(Gru::kForward, reset);
   const ForwardResult r = recurrent_forward<Gru>(
       {input, batch_sizes, h0, nullptr, w_ih, w_hh, b_ih, b_hh, std::nullopt, reverse,
-       need_workspace, /*relu=*/false});
+       need_workspace, /*relu=*/false, &reset});
   return {r.output, r.h_n, r.workspace};
 }
 
@@ -73,12 +72,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
 gru_backward(const at::Tensor& grad_output, const at::Tensor& grad_h_n, const at::Tensor& input,
              const std::optional<at::Tensor>& batch_sizes, const at::Tensor& h0,
              const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& output,
-             const at::Tensor& workspace, bool reverse, const std::optional<at::Tensor>& reset,
-             bool record_norms) {
-  refuse_resets(Gru::kBackward, reset);
+             const at::Tensor& workspace, bool reverse,
+             const std::optional<at::Tensor>& reset, bool record_norms) {
   const BackwardResult r = recurrent_backward<Gru>(
       {grad_output, grad_h_n, nullptr, input, batch_sizes, h0, nullptr, w_ih, w_hh,
-       std::nullopt, output, &workspace, reverse, /*relu=*/false, record_norms, nullptr});
+       std::nullopt, output, &workspace, reverse, /*relu=*/false, record_norms, nullptr,
+       /*grad_clip=*/0, &reset});
   return {r.grad_input, r.grad_h0,   r.grad_w_ih,  r.grad_w_hh,
           r.grad_b_ih,  r.grad_b_hh, r.step_norms};
 }

@@ -66,10 +66,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward(
     const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih,
     const std::optional<at::Tensor>& b_hh, const std::optional<at::Tensor>& w_hr,
     bool reverse, bool need_workspace, const std::optional<at::Tensor>& reset) {
-  refuse_resets(Lstm::kForward, reset);
   const ForwardResult r = recurrent_forward<Lstm>(
       {input, batch_sizes, h0, &c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, need_workspace,
-       /*relu=*/false});
+       /*relu=*/false, &reset});
   return {r.output, r.h_n, r.c_n, r.workspace};
 }
 
@@ -81,12 +80,12 @@ lstm_backward(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
               const at::Tensor& c0, const at::Tensor& w_ih, const at::Tensor& w_hh,
               const std::optional<at::Tensor>& w_hr, const at::Tensor& output,
               const at::Tensor& workspace, bool reverse,
-              const std::optional<at::Tensor>& grad_cell_states, const std::optional<at::Tensor>& reset,
-              bool record_norms) {
-  refuse_resets(Lstm::kBackward, reset);
+              const std::optional<at::Tensor>& grad_cell_states,
+              const std::optional<at::Tensor>& reset, bool record_norms) {
   const BackwardResult r = recurrent_backward<Lstm>(
       {grad_output, grad_h_n, &grad_c_n, input, batch_sizes, h0, &c0, w_ih, w_hh, w_hr, output,
-       &workspace, reverse, /*relu=*/false, record_norms, &grad_cell_states});
+       &workspace, reverse, /*relu=*/false, record_norms, &grad_cell_states,
+       /*grad_clip=*/0, &reset});
   return {r.grad_input, r.grad_h0,   r.grad_c0,   r.grad_w_ih,  r.grad_w_hh,
           r.grad_b_ih,  r.grad_b_hh, r.grad_w_hr, r.step_norms};
 }

@@ -39,10 +39,32 @@
 namespace gatedrnn {
 namespace cuda {
 
-// Per-step resets (the ops' reset argument) have CPU kernels only so far.
-inline void refuse_resets(const char* op, const std::optional<at::Tensor>& reset) {
-  TORCH_CHECK(!reset.has_value() || !reset->defined(), op,
-              ": per-step resets (reset) have CPU kernels only so far");
+// Per-step resets (the ops' reset argument, registration.cpp): [R] bool flags on the CPU,
+// checked as the CPU ops check them, copied to the device for the masks of the steps;
+// undefined where there are none.
+inline at::Tensor device_resets(const char* op, const std::optional<at::Tensor>* reset,
+                                const Schedule& s, const at::Tensor& input) {
+  if (reset == nullptr || !reset->has_value() || !(*reset)->defined()) return {};
+  const at::Tensor& r = **reset;
+  TORCH_CHECK_VALUE(r.scalar_type() == at::kBool && r.dim() == 1 && r.size(0) == s.rows &&
+                        r.device().is_cpu(),
+                    op, ": expected reset to be a 1-D bool CPU tensor with a flag per input row (",
+                    s.rows, "), got ", shape_str(r), " ", r.scalar_type(), " on ", r.device());
+  return r.to(input.device());
+}
+
+// The flags of step k's first n rows as an [n, 1] mask.
+inline at::Tensor step_mask(const at::Tensor& resets, const Schedule& s, int64_t k, int64_t n) {
+  return resets.narrow(0, s.offsets[s.time_at(k)], n).unsqueeze(1);
+}
+
+// The backward: rows of x (their first n) flagged in mask give what they hold to acc, and
+// keep 0 (the gradient w.r.t. a state that restarted, which is the initial state's).
+inline void move_masked_rows(const at::Tensor& mask, at::Tensor& x, at::Tensor& acc) {
+  const int64_t n = mask.size(0);
+  at::Tensor rows = x.narrow(0, 0, n);
+  acc.narrow(0, 0, n).add_(rows * mask);
+  rows.masked_fill_(mask, 0);
 }
 
 // One step of the per-step forward path, in the cell-independent form the driver
@@ -109,6 +131,7 @@ struct ForwardArgs {
   bool reverse;
   bool need_workspace;
   bool relu;
+  const std::optional<at::Tensor>* reset = nullptr;  // per-step resets, or none
 };
 
 struct ForwardResult {
@@ -133,6 +156,7 @@ ForwardResult recurrent_forward(const ForwardArgs& a) {
   const at::Tensor whr = contiguous_or_undefined(a.w_hr);
   const at::Tensor bih = contiguous_or_undefined(a.b_ih), bhh = contiguous_or_undefined(a.b_hh);
   const bool proj = whr.defined();
+  const at::Tensor resets = device_resets(op, a.reset, s, a.input);
 
   ForwardResult r;
   r.output = at::empty({R, P}, opts);
@@ -147,7 +171,9 @@ ForwardResult recurrent_forward(const ForwardArgs& a) {
     using T = typename KernelType<scalar_t>::type;
     using A = kernels::acc_t<T>;
     kernels::PersistentPlan plan;
-    if (use_persistent(op, s, H, proj ? "LSTM with projection (w_hr)" : nullptr,
+    if (use_persistent(op, s, H,
+                       proj ? "LSTM with projection (w_hr)"
+                            : resets.defined() ? "per-step resets (reset)" : nullptr,
                        &kernels::persistent_plan<Cell::kKind, T>, &plan)) {
       const at::Tensor sched = device_schedule(s, is_packed(a.batch_sizes), a.input);
       const at::Tensor h0c = a.h0.contiguous();
@@ -210,6 +236,17 @@ ForwardResult recurrent_forward(const ForwardArgs& a) {
         at::mm_out(out_n, hp.narrow(0, 0, n), whr_t);
         h_state.narrow(0, 0, n).copy_(out_n);
       }
+      if (resets.defined() && k + 1 < s.steps()) {
+        // rows that restart at the next step carry h0 (and c0) into it
+        const int64_t n1 = s.sizes[s.time_at(k + 1)];
+        const at::Tensor m = step_mask(resets, s, k + 1, n1);
+        at::Tensor h_rows = h_state.narrow(0, 0, n1);
+        h_rows.copy_(at::where(m, a.h0.narrow(0, 0, n1).to(dtype), h_rows));
+        if (Cell::kCellState) {
+          at::Tensor c_rows = c_state.narrow(0, 0, n1);
+          c_rows.copy_(at::where(m, a.c0->narrow(0, 0, n1).to(acc), c_rows));
+        }
+      }
     }
     r.h_n = h_state;
     if (Cell::kCellState) r.c_n = as_dtype(c_state, dtype);
@@ -239,6 +276,7 @@ struct BackwardArgs {
   bool record_norms;  // the gradient-norm monitor (registration.cpp)
   const std::optional<at::Tensor>* grad_cell_states;  // LSTM: [R, H] or none
   double grad_clip = 0;  // the RNN's recurrent_grad_clip (0: off)
+  const std::optional<at::Tensor>* reset = nullptr;  // the forward's per-step resets
 };
 
 struct BackwardResult {
@@ -304,6 +342,11 @@ BackwardResult recurrent_backward(const BackwardArgs& a) {
   if (grad_cs.defined()) {
     check_shape(op, grad_cs, "grad_cell_states", {R, H}, "rows, hidden_size");
   }
+  // Per-step resets: the gradients that reach h0 and c0 through rows that restarted.
+  const at::Tensor resets = device_resets(op, a.reset, s, a.input);
+  at::Tensor reset_dh0 = resets.defined() ? at::zeros({N, P}, opts.dtype(acc)) : at::Tensor();
+  at::Tensor reset_dc0 = resets.defined() && Cell::kCellState ? at::zeros({N, H}, opts.dtype(acc))
+                                                              : at::Tensor();
   // The gradient-norm monitor's sums of squares per step [T, kinds] (registration.cpp).
   at::Tensor step_norms = at::zeros({a.record_norms ? s.steps() : 0, Cell::kCellState ? 2 : 1},
                                     opts.dtype(at::kDouble));
@@ -325,6 +368,29 @@ BackwardResult recurrent_backward(const BackwardArgs& a) {
       p.hidden = H;
       p.state = P;
       p.relu = a.relu;
+      // resets: rows that restarted at step k + 1 took h0 and c0 into it, so what came
+      // back from it is theirs; rows that restart at step k read h0 and c0 as their previous
+      // state (copies of the previous rows, fixed, in place of the originals)
+      at::Tensor ws_prev_fixed, out_prev_fixed;
+      if (resets.defined()) {
+        if (k + 1 < s.steps()) {
+          const at::Tensor m = step_mask(resets, s, k + 1, s.sizes[s.time_at(k + 1)]);
+          move_masked_rows(m, dh_state, reset_dh0);
+          if (Cell::kSplitGateGrads) move_masked_rows(m, dh_mm, reset_dh0);
+          if (Cell::kCellState) move_masked_rows(m, dc_state, reset_dc0);
+        }
+        if (prev.from_seq > 0) {
+          const at::Tensor m = step_mask(resets, s, k, prev.from_seq);
+          out_prev_fixed = at::where(m, h0c.narrow(0, 0, prev.from_seq),
+                                     out.narrow(0, prev.offset, prev.from_seq))
+                               .contiguous();
+          if (Cell::kCellState && W > 0) {
+            ws_prev_fixed = ws.narrow(0, prev.offset, prev.from_seq).clone();
+            at::Tensor c_prev = ws_prev_fixed.narrow(1, 4 * H, H);
+            c_prev.copy_(at::where(m, c0c.narrow(0, 0, prev.from_seq), c_prev));
+          }
+        }
+      }
       if (proj) {
         // dout rows = grad_output rows + dh; dhp = dout rows @ w_hr    [n, P] x [P, H]
         at::Tensor dout_n = dout.narrow(0, off, n);
@@ -344,8 +410,9 @@ BackwardResult recurrent_backward(const BackwardArgs& a) {
         // Made with ATen ops from what the step's kernel is about to read (it then
         // overwrites dc_state): a few small kernels per step, only while recording.
         // h_t's gradient: the output's plus what came from step t + 1.
-        at::Tensor dh_total = proj ? dout.narrow(0, off, n).to(at::kDouble)
-                                   : go.narrow(0, off, n).to(at::kDouble) + dh_state.narrow(0, 0, n);
+        at::Tensor dh_total =
+            proj ? dout.narrow(0, off, n).to(at::kDouble)
+                 : go.narrow(0, off, n).to(at::kDouble) + dh_state.narrow(0, 0, n);
         if (Cell::kSplitGateGrads) dh_total = dh_total + dh_mm.narrow(0, 0, n);
         step_norms.select(0, t).select(0, 0).copy_(dh_total.square().sum());
         if (Cell::kCellState) {
@@ -362,8 +429,12 @@ BackwardResult recurrent_backward(const BackwardArgs& a) {
       p.dc_state = ptr<A>(dc_state);
       p.output = outp + off * P;
       p.workspace = wsp ? wsp + off * W * H : nullptr;
-      p.workspace_prev = wsp && prev.from_seq > 0 ? wsp + prev.offset * W * H : nullptr;
-      p.out_prev = prev.from_seq > 0 ? outp + prev.offset * P : nullptr;
+      p.workspace_prev = ws_prev_fixed.defined() ? ptr<T>(ws_prev_fixed)
+                         : wsp && prev.from_seq > 0 ? wsp + prev.offset * W * H
+                                                    : nullptr;
+      p.out_prev = out_prev_fixed.defined() ? ptr<T>(out_prev_fixed)
+                   : prev.from_seq > 0       ? outp + prev.offset * P
+                                             : nullptr;
       p.from_seq = prev.from_seq;
       p.h0 = ptr<T>(h0c);
       p.c0 = ptr<T>(c0c);
@@ -398,6 +469,8 @@ BackwardResult recurrent_backward(const BackwardArgs& a) {
   } else {
     r.grad_b_hh = r.grad_b_ih.clone();
   }
+  if (resets.defined()) dh_state.add_(reset_dh0);
+  if (resets.defined() && Cell::kCellState) dc_state.add_(reset_dc0);
   r.grad_h0 = as_dtype(Cell::kSplitGateGrads ? dh_state.add_(dh_mm) : dh_state, dtype);
   if (Cell::kCellState) r.grad_c0 = as_dtype(dc_state, dtype);
   if (proj) {

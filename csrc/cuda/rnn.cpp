@@ -67,13 +67,13 @@ std::tuple<at::Tensor, at::Tensor> rnn_forward(
     const at::Tensor& input, const std::optional<at::Tensor>& batch_sizes,
     const at::Tensor& h0, const at::Tensor& w_ih, const at::Tensor& w_hh,
     const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh,
-    c10::string_view nonlinearity, bool reverse, double grad_clip, const std::optional<at::Tensor>& reset) {
-  refuse_resets(Rnn::kForward, reset);
+    c10::string_view nonlinearity, bool reverse, double grad_clip,
+    const std::optional<at::Tensor>& reset) {
   const bool relu = is_relu(Rnn::kForward, nonlinearity);
   check_grad_clip(Rnn::kForward, grad_clip);  // carried for the backward (autograd)
   const ForwardResult r = recurrent_forward<Rnn>(
       {input, batch_sizes, h0, nullptr, w_ih, w_hh, b_ih, b_hh, std::nullopt, reverse,
-       /*need_workspace=*/false, relu});
+       /*need_workspace=*/false, relu, &reset});
   return {r.output, r.h_n};
 }
 
@@ -81,14 +81,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
 rnn_backward(const at::Tensor& grad_output, const at::Tensor& grad_h_n, const at::Tensor& input,
              const std::optional<at::Tensor>& batch_sizes, const at::Tensor& h0,
              const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& output,
-             c10::string_view nonlinearity, bool reverse, double grad_clip, const std::optional<at::Tensor>& reset,
-             bool record_norms) {
-  refuse_resets(Rnn::kBackward, reset);
+             c10::string_view nonlinearity, bool reverse, double grad_clip,
+             const std::optional<at::Tensor>& reset, bool record_norms) {
   const bool relu = is_relu(Rnn::kBackward, nonlinearity);
   check_grad_clip(Rnn::kBackward, grad_clip);
   const BackwardResult r = recurrent_backward<Rnn>(
       {grad_output, grad_h_n, nullptr, input, batch_sizes, h0, nullptr, w_ih, w_hh,
-       std::nullopt, output, nullptr, reverse, relu, record_norms, nullptr, grad_clip});
+       std::nullopt, output, nullptr, reverse, relu, record_norms, nullptr, grad_clip,
+       &reset});
   return {r.grad_input, r.grad_h0,   r.grad_w_ih,  r.grad_w_hh,
           r.grad_b_ih,  r.grad_b_hh, r.step_norms};
 }

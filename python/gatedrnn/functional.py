@@ -115,6 +115,13 @@ def _call(op, needs_grad: bool, batch_sizes: Optional[Tensor], *args):
         return op(*args)
 
 
+def check_reset_dtype(reset) -> None:
+    """ValueError unless reset is a bool tensor."""
+    if not isinstance(reset, Tensor) or reset.dtype != torch.bool:
+        got = reset.dtype if isinstance(reset, Tensor) else type(reset).__name__
+        raise ValueError(f"reset: expected a bool tensor, got {got}")
+
+
 def reset_rows(reset: Optional[Tensor], input: Tensor) -> Optional[Tensor]:
     """The per-step resets of a single-layer op call as the ops take them: reset is a bool
     tensor with a flag per input row, [T, N] for padded input [T, N, I] and [R] for packed
@@ -122,16 +129,12 @@ def reset_rows(reset: Optional[Tensor], input: Tensor) -> Optional[Tensor]:
     that step. ValueError for another dtype, shape or device."""
     if reset is None:
         return None
-    if not isinstance(reset, Tensor) or reset.dtype != torch.bool:
-        raise ValueError(f"reset: expected a bool tensor, got "
-                         f"{reset.dtype if isinstance(reset, Tensor) else type(reset).__name__}")
+    check_reset_dtype(reset)
     if tuple(reset.shape) != tuple(input.shape[:-1]):
         raise ValueError(f"reset: expected a flag per input row, of shape "
                          f"{tuple(input.shape[:-1])}, got {tuple(reset.shape)}")
-    if reset.device.type != "cpu" and reset.device != input.device:
-        raise ValueError(f"reset: expected it on the CPU or on {input.device} (the input's), "
-                         f"got {reset.device}")
-    return reset.reshape(-1).contiguous()
+    # on the CPU, as the ops take it (as batch_sizes); a CUDA op copies it to its device
+    return reset.reshape(-1).cpu().contiguous()
 
 
 def _given(reset: Optional[Tensor]) -> tuple:

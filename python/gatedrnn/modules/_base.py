@@ -284,9 +284,7 @@ class FusedRNNMixin:
         if self.bidirectional:
             raise ValueError("reset: per-step resets are for unidirectional modules (a reverse "
                              "direction has no previous step to restart from)")
-        if not isinstance(reset, torch.Tensor) or reset.dtype != torch.bool:
-            raise ValueError(f"reset: expected a bool tensor, got "
-                             f"{reset.dtype if isinstance(reset, torch.Tensor) else type(reset).__name__}")
+        F.check_reset_dtype(reset)
         if batch_sizes is not None:
             T, N = batch_sizes.numel(), int(batch_sizes[0])
             expected, layout = (T, N), "[T, N]"
@@ -299,12 +297,12 @@ class FusedRNNMixin:
         if tuple(reset.shape) != expected:
             raise ValueError(f"reset: expected a mask of shape {layout} = {expected}, got "
                              f"{tuple(reset.shape)}")
-        reset = reset.to(data.device)
+        reset = reset.cpu()  # the ops take their flags on the CPU, as batch_sizes
         if batch_sizes is None:
             return reset.unsqueeze(1) if not batched else (reset.t() if self.batch_first else reset)
         if sorted_indices is not None:
-            reset = reset[:, sorted_indices.to(reset.device)]
-        live = torch.arange(N, device=reset.device) < batch_sizes.to(reset.device)[:, None]
+            reset = reset[:, sorted_indices.cpu()]
+        live = torch.arange(N) < batch_sizes[:, None]
         return reset[live]  # packed order: step by step, each step's live sequences
 
     def _states_like_output(self, states, batch_sizes, sorted_indices, unsorted_indices,
