@@ -57,3 +57,52 @@ def perturb_layer_norms(module, seed):
                 p.copy_(1 + 0.3 * noise)
             elif name.startswith("ln_bias_"):
                 p.copy_(0.3 * noise)
+
+
+class Layout:
+    """How a module's input came (padded, batch_first, unbatched, packed) and what a
+    stacked reference needs of it: the time-major data [T, N, I] (packed: [R, I]) and
+    batch_sizes, and the means to give the results back in the module's form."""
+
+    def __init__(self, module, input):
+        self.module = module
+        self.packed = isinstance(input, PackedSequence)
+        self.batched = self.packed or input.dim() == 3
+        if self.packed:
+            self.data, self.batch_sizes, self.sorted_indices, self.unsorted_indices = input
+            self.batch = int(self.batch_sizes[0])
+        else:
+            self.batch_sizes = self.sorted_indices = self.unsorted_indices = None
+            self.data = input.unsqueeze(1) if not self.batched else (
+                input.transpose(0, 1) if module.batch_first else input)
+            self.batch = self.data.shape[1]
+
+    def states(self, hx, sizes, lstm):
+        """hx as a list of [L*D, N, size] tensors in the data's batch order (zeros if None)."""
+        m = self.module
+        if hx is None:
+            layers = m.num_layers * (2 if m.bidirectional else 1)
+            return [torch.zeros(layers, self.batch, size, dtype=self.data.dtype)
+                    for size in sizes]
+        states = list(hx) if lstm else [hx]
+        if not self.batched:
+            states = [s.unsqueeze(1) for s in states]
+        if self.packed and self.sorted_indices is not None:
+            states = [s.index_select(1, self.sorted_indices) for s in states]
+        return states
+
+    def results(self, layer_input, finals, lstm):
+        """(output, hx) as the module returns them, from the last layer's time-major
+        output and the lists of final states per layer-direction."""
+        finals = [torch.stack(f) for f in finals]
+        if self.packed:
+            if self.unsorted_indices is not None:
+                finals = [f.index_select(1, self.unsorted_indices) for f in finals]
+            output = PackedSequence(layer_input, self.batch_sizes, self.sorted_indices,
+                                    self.unsorted_indices)
+        elif not self.batched:
+            output = layer_input.squeeze(1)
+            finals = [f.squeeze(1) for f in finals]
+        else:
+            output = layer_input.transpose(0, 1) if self.module.batch_first else layer_input
+        return output, (tuple(finals) if lstm else finals[0])

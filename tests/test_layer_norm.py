@@ -35,7 +35,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 import gatedrnn
 from gatedrnn import reference
-from _row_wise_helpers import (assert_same, cotangents, module_results,  # noqa: E402
+from _row_wise_helpers import (Layout, assert_same, cotangents, module_results,  # noqa: E402
                                perturb_layer_norms)
 
 CELLS = ("LSTM", "GRU")
@@ -379,30 +379,12 @@ def stacked_reference(module, input, hx=None):
     concatenated as the next layer's input; input and hx in any form torch.nn takes."""
     cell = "LSTM" if isinstance(module, gatedrnn.LayerNormLSTM) else "GRU"
     L, D = module.num_layers, 2 if module.bidirectional else 1
-    packed = isinstance(input, PackedSequence)
-    batched = packed or input.dim() == 3
-    if packed:
-        data, batch_sizes, sorted_indices, unsorted_indices = input
-        N = int(batch_sizes[0])
-    else:
-        batch_sizes = None
-        if not batched:
-            data = input.unsqueeze(1)
-        else:
-            data = input.transpose(0, 1) if module.batch_first else input
-        N = data.shape[1]
+    layout = Layout(module, input)
+    batch_sizes = layout.batch_sizes
     kinds = 2 if cell == "LSTM" else 1
-    if hx is None:
-        states = [torch.zeros(L * D, N, module.hidden_size, dtype=data.dtype)
-                  for _ in range(kinds)]
-    else:
-        states = list(hx) if cell == "LSTM" else [hx]
-        if not batched:
-            states = [s.unsqueeze(1) for s in states]
-        if packed and sorted_indices is not None:
-            states = [s.index_select(1, sorted_indices) for s in states]
+    states = layout.states(hx, (module.hidden_size,) * kinds, cell == "LSTM")
     finals = [[] for _ in range(kinds)]
-    layer_input = data
+    layer_input = layout.data
     for layer in range(L):
         outputs = []
         for direction in range(D):
@@ -415,17 +397,7 @@ def stacked_reference(module, input, hx=None):
             for kind, s in enumerate(final):
                 finals[kind].append(s)
         layer_input = torch.cat(outputs, dim=-1)
-    finals = [torch.stack(f) for f in finals]
-    if packed:
-        if unsorted_indices is not None:
-            finals = [f.index_select(1, unsorted_indices) for f in finals]
-        output = PackedSequence(layer_input, batch_sizes, sorted_indices, unsorted_indices)
-    elif not batched:
-        output = layer_input.squeeze(1)
-        finals = [f.squeeze(1) for f in finals]
-    else:
-        output = layer_input.transpose(0, 1) if module.batch_first else layer_input
-    return output, (tuple(finals) if cell == "LSTM" else finals[0])
+    return layout.results(layer_input, finals, cell == "LSTM")
 
 
 def make_module_input(cell, module, layout, *, T=4, N=3, seed=1):

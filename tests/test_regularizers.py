@@ -39,12 +39,12 @@ import pytest
 import torch
 import torch._dynamo
 import torch._dynamo.testing
-from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
+from torch.nn.utils.rnn import pack_padded_sequence
 
 import gatedrnn
 from gatedrnn import reference
 from gatedrnn.functional import masks_from
-from _row_wise_helpers import (assert_same, cotangents, module_results,  # noqa: E402
+from _row_wise_helpers import (Layout, assert_same, cotangents, module_results,  # noqa: E402
                                perturb_layer_norms)
 
 CELLS = ("LSTM", "GRU", "LayerNormLSTM", "LayerNormGRU")
@@ -182,30 +182,17 @@ def stacked_reference(cell, module, input, hx, masks, training):
     rates = {n: getattr(module, n, 0.0) for n in options(cell)}
     L, D = module.num_layers, 2 if module.bidirectional else 1
     H = module.hidden_size
-    packed = isinstance(input, PackedSequence)
-    batched = packed or input.dim() == 3
+    layout = Layout(module, input)
+    packed, data, batch_sizes, N = layout.packed, layout.data, layout.batch_sizes, layout.batch
     if packed:
-        data, batch_sizes, sorted_indices, unsorted_indices = input
-        N = int(batch_sizes[0])
         rows = data.shape[0]
         # each packed row's sequence (in the sorted batch)
         seq_of_row = torch.cat([torch.arange(int(n)) for n in batch_sizes])
     else:
-        batch_sizes = None
-        data = input.unsqueeze(1) if not batched else (
-            input.transpose(0, 1) if module.batch_first else input)
-        N = data.shape[1]
         rows = data.shape[0] * N
     P = getattr(module, "proj_size", 0) or H
     kinds = 2 if is_lstm(cell) else 1
-    if hx is None:
-        states = [torch.zeros(L * D, N, size, dtype=data.dtype) for size in (P, H)[:kinds]]
-    else:
-        states = list(hx) if is_lstm(cell) else [hx]
-        if not batched:
-            states = [s.unsqueeze(1) for s in states]
-        if packed and sorted_indices is not None:
-            states = [s.index_select(1, sorted_indices) for s in states]
+    states = layout.states(hx, (P, H)[:kinds], is_lstm(cell))
     pending = {name: list(v) for name, v in (masks or {}).items()}
 
     def take(name, shape):
@@ -263,17 +250,7 @@ def stacked_reference(cell, module, input, hx, masks, training):
         layer_input = torch.cat(outputs, dim=-1)
     leftover = {name: len(v) for name, v in pending.items() if v}
     assert not leftover, f"masks drawn beyond those due: {leftover}"
-    finals = [torch.stack(f) for f in finals]
-    if packed:
-        if unsorted_indices is not None:
-            finals = [f.index_select(1, unsorted_indices) for f in finals]
-        output = PackedSequence(layer_input, batch_sizes, sorted_indices, unsorted_indices)
-    elif not batched:
-        output = layer_input.squeeze(1)
-        finals = [f.squeeze(1) for f in finals]
-    else:
-        output = layer_input.transpose(0, 1) if module.batch_first else layer_input
-    return output, (tuple(finals) if is_lstm(cell) else finals[0])
+    return layout.results(layer_input, finals, is_lstm(cell))
 
 
 def run_with_masks(cell, module, inp, hx, seed=123):

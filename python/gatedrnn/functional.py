@@ -142,11 +142,6 @@ def _given(reset: Optional[Tensor]) -> tuple:
     return () if reset is None else (reset,)
 
 
-def _flat_like(reset: Optional[Tensor], input: Tensor) -> Optional[Tensor]:
-    """A flat reset (reset_rows') in the shape reset_rows checks for input again."""
-    return None if reset is None else reset.view(input.shape[:-1])
-
-
 def _narrowed(result, dtype):
     """An LSTM layer's (output, (h_n, c_n)[, cell_states]) computed in float32, in dtype."""
     output, (h_n, c_n) = result[:2]
@@ -172,7 +167,7 @@ def lstm(input: Tensor, hx=None, *, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[T
     return_cell_states the cell state after every step, laid out like output (a
     differentiable view of the op's workspace): (output, (h_n, c_n), cell_states).
     reset: per-step resets (reset_rows)."""
-    reset = reset_rows(reset, input)
+    flags = reset_rows(reset, input)
     _check_device(input)
     if hx is None:
         batch = _batch(input, batch_sizes)
@@ -185,13 +180,13 @@ def lstm(input: Tensor, hx=None, *, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[T
         x, a = widened
         result = lstm(x, (a.pop("h0"), a.pop("c0")), **a, batch_sizes=batch_sizes,
                       reverse=reverse, return_cell_states=return_cell_states,
-                      reset=_flat_like(reset, x))
+                      reset=reset)
         return _narrowed(result, input.dtype)
     needs_grad = _needs_grad(input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
     output, h_n, c_n, workspace = _call(
         torch.ops.gatedrnn.lstm_forward, needs_grad, batch_sizes, input, batch_sizes, h0, c0,
         w_ih, w_hh, b_ih, b_hh, w_hr, reverse, needs_grad or return_cell_states,
-        *_given(reset))
+        *_given(flags))
     if return_cell_states:
         return output, (h_n, c_n), _cell_states(workspace, output, LSTM_CELL_COLUMNS(w_hh))
     return output, (h_n, c_n)
@@ -203,7 +198,7 @@ def gru(input: Tensor, hx: Optional[Tensor] = None, *, w_ih: Tensor, w_hh: Tenso
         reset: Optional[Tensor] = None):
     """One GRU layer in one direction. Returns (output, h_n). reset: per-step resets
     (reset_rows)."""
-    reset = reset_rows(reset, input)
+    flags = reset_rows(reset, input)
     _check_device(input)
     if hx is None:
         hx = _zeros(input, _batch(input, batch_sizes), w_hh.shape[1])
@@ -212,12 +207,12 @@ def gru(input: Tensor, hx: Optional[Tensor] = None, *, w_ih: Tensor, w_hh: Tenso
     if widened is not None:
         x, a = widened
         output, h_n = gru(x, a.pop("h0"), **a, batch_sizes=batch_sizes, reverse=reverse,
-                          reset=_flat_like(reset, x))
+                          reset=reset)
         return output.to(input.dtype), h_n.to(input.dtype)
     needs_grad = _needs_grad(input, hx, w_ih, w_hh, b_ih, b_hh)
     output, h_n, _ = _call(torch.ops.gatedrnn.gru_forward, needs_grad, batch_sizes, input,
                            batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, reverse, needs_grad,
-                           *_given(reset))
+                           *_given(flags))
     return output, h_n
 
 
@@ -229,7 +224,7 @@ def rnn(input: Tensor, hx: Optional[Tensor] = None, *, w_ih: Tensor, w_hh: Tenso
     """One Elman RNN layer (tanh or relu) in one direction. Returns (output, h_n). grad_clip
     > 0 clamps the gradient of every step's pre-activations to [-grad_clip, grad_clip] in
     the backward (Graves 2013); None or 0: off. reset: per-step resets (reset_rows)."""
-    reset = reset_rows(reset, input)
+    flags = reset_rows(reset, input)
     _check_device(input)
     if hx is None:
         hx = _zeros(input, _batch(input, batch_sizes), w_hh.shape[1])
@@ -239,7 +234,7 @@ def rnn(input: Tensor, hx: Optional[Tensor] = None, *, w_ih: Tensor, w_hh: Tenso
         x, a = widened
         output, h_n = rnn(x, a.pop("h0"), **a, nonlinearity=nonlinearity,
                           batch_sizes=batch_sizes, reverse=reverse, grad_clip=grad_clip,
-                          reset=_flat_like(reset, x))
+                          reset=reset)
         return output.to(input.dtype), h_n.to(input.dtype)
     # grad_clip only when set, and None by default: under torch.compile(dynamic=True) a
     # float default or argument becomes a symbol, for which Dynamo restarts its analysis
@@ -247,8 +242,8 @@ def rnn(input: Tensor, hx: Optional[Tensor] = None, *, w_ih: Tensor, w_hh: Tenso
     return _call(torch.ops.gatedrnn.rnn_forward,
                  _needs_grad(input, hx, w_ih, w_hh, b_ih, b_hh), batch_sizes,
                  input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, nonlinearity, reverse,
-                 *((float(grad_clip or 0.0),) if grad_clip or reset is not None else ()),
-                 *_given(reset))
+                 *((float(grad_clip or 0.0),) if grad_clip or flags is not None else ()),
+                 *_given(flags))
 
 
 def _layer_norm_arguments(op: str, input: Tensor, tensors: dict):
@@ -288,7 +283,7 @@ def layer_norm_lstm(input: Tensor, hx=None, *, w_ih: Tensor, w_hh: Tensor,
     in the backward (Graves 2013). Returns (output, (h_n, c_n)), and with
     return_cell_states the state c' after every step as lstm's. reset: per-step resets
     (reset_rows). float16 and bfloat16 on the CPU are computed in float32."""
-    reset = reset_rows(reset, input)
+    flags = reset_rows(reset, input)
     if hx is None:
         batch = _batch(input, batch_sizes)
         hidden = w_ih.shape[0] // 4
@@ -305,13 +300,13 @@ def layer_norm_lstm(input: Tensor, hx=None, *, w_ih: Tensor, w_hh: Tensor,
         result = layer_norm_lstm(x, (w.pop("h0"), w.pop("c0")), **w, batch_sizes=batch_sizes,
                                  reverse=reverse, grad_clip=grad_clip,
                                  return_cell_states=return_cell_states,
-                                 reset=_flat_like(reset, x))
+                                 reset=reset)
         return _narrowed(result, input.dtype)
     needs_grad = _needs_grad(input, *a.values())
     output, h_n, c_n, workspace = _call(
         torch.ops.gatedrnn.layer_norm_lstm_forward, needs_grad, batch_sizes, input,
         batch_sizes, *a.values(), reverse, needs_grad or return_cell_states, float(grad_clip),
-        *_given(reset))
+        *_given(flags))
     if return_cell_states:
         return output, (h_n, c_n), _cell_states(workspace, output,
                                                 LAYER_NORM_LSTM_CELL_COLUMNS(a["w_hh"]))
@@ -330,7 +325,7 @@ def layer_norm_gru(input: Tensor, hx: Optional[Tensor] = None, *, w_ih: Tensor, 
     r, z, n and h' from gx and gh; a LayerNorm whose gain is None is left out (both: the
     plain GRU). Masks, grad_clip and reset as layer_norm_lstm's. Returns (output, h_n).
     float16 and bfloat16 on the CPU are computed in float32."""
-    reset = reset_rows(reset, input)
+    flags = reset_rows(reset, input)
     if hx is None:
         hx = _zeros(input, _batch(input, batch_sizes), w_ih.shape[0] // 3)
     op = "layer_norm_gru_forward"
@@ -343,12 +338,12 @@ def layer_norm_gru(input: Tensor, hx: Optional[Tensor] = None, *, w_ih: Tensor, 
         x, w = widened
         output, h_n = layer_norm_gru(x, w.pop("h0"), **w, batch_sizes=batch_sizes,
                                      reverse=reverse, grad_clip=grad_clip,
-                                     reset=_flat_like(reset, x))
+                                     reset=reset)
         return output.to(input.dtype), h_n.to(input.dtype)
     needs_grad = _needs_grad(input, *a.values())
     output, h_n, _ = _call(torch.ops.gatedrnn.layer_norm_gru_forward, needs_grad, batch_sizes,
                            input, batch_sizes, *a.values(), reverse, needs_grad,
-                           float(grad_clip), *_given(reset))
+                           float(grad_clip), *_given(flags))
     return output, h_n
 
 
