@@ -198,7 +198,6 @@ class ForwardTeam {
     const int64_t P = h_buf_.size(2);
     reset_columns(resets_, s_, step.k + 1, h0_, P, step.next, P, j0, len);
   }
-  const Resets& resets() const { return resets_; }
 
  private:
   const Schedule& s_;
