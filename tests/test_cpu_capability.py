@@ -205,19 +205,16 @@ def test_build_info_names_this_torch():
     assert _build_info.torch_git_version == torch.version.git_version
 
 
-# The row-wise cells' ops (layer-normalized cells, regularizers) have CPU kernels only so far.
-CPU_ONLY = list(gatedrnn.ops.CPU_ONLY_OPS)
-
-
 def test_ops_have_cuda_kernels_exactly_when_built_with_cuda():
     ops = [name for name in torch._C._dispatch_get_all_op_names()
            if name.startswith("gatedrnn::")]
-    assert sorted(ops) == sorted([f"gatedrnn::{cell}_{part}" for cell in ("lstm", "gru", "rnn")
-                                  for part in ("forward", "backward")] + CPU_ONLY)
+    assert sorted(ops) == sorted(f"gatedrnn::{cell}_{part}"
+                                 for cell in ("lstm", "gru", "rnn", "layer_norm_lstm",
+                                              "layer_norm_gru")
+                                 for part in ("forward", "backward"))
     for op in ops:
         assert torch._C._dispatch_has_kernel_for_dispatch_key(op, "CPU"), op
-        cuda = _build_info.cuda and op not in CPU_ONLY
-        assert torch._C._dispatch_has_kernel_for_dispatch_key(op, "CUDA") == cuda, op
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(op, "CUDA") == _build_info.cuda, op
     if _build_info.cuda:
         assert torch.version.cuda is not None
 

@@ -769,6 +769,20 @@ def _run_and_grads(m, x, reset, device):
     return out, finals, states, grads, rec[m]
 
 
+def _assert_runs_match(gpu, cpu):
+    """Two _run_and_grads results: outputs, final states, state sequences, gradients, norms."""
+    tol = dict(rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(gpu[0].cpu(), cpu[0], **tol)
+    for u, v in zip(gpu[1], cpu[1]):
+        torch.testing.assert_close(u.cpu(), v, **tol)
+    for kind in cpu[2][0]:
+        torch.testing.assert_close(gpu[2][0][kind].cpu(), cpu[2][0][kind], **tol)
+    for u, v in zip(gpu[3], cpu[3]):
+        torch.testing.assert_close(u.cpu(), v, **tol)
+    for kind in cpu[4]:
+        torch.testing.assert_close(gpu[4][kind], cpu[4][kind], **tol)
+
+
 @pytest.mark.parametrize("cell", list(_ISSUE_20_CELLS))
 @pytest.mark.parametrize("with_reset", [False, True])
 @pytest.mark.parametrize("path", ["0", "auto"])
@@ -778,15 +792,74 @@ def test_issue_20_features_match_cpu(cell, with_reset, path, monkeypatch):
     x = torch.randn(6, 3, 3, dtype=torch.float64)
     reset = (torch.rand(6, 3, generator=torch.Generator().manual_seed(1)) < 0.4) \
         if with_reset else None
-    a = _run_and_grads(cpu, x, reset, "cpu")
-    b = _run_and_grads(gpu, x, reset, DEVICE)
-    tol = dict(rtol=1e-9, atol=1e-9)
-    torch.testing.assert_close(b[0].cpu(), a[0], **tol)
-    for u, v in zip(b[1], a[1]):
-        torch.testing.assert_close(u.cpu(), v, **tol)
-    for kind in a[2][0]:
-        torch.testing.assert_close(b[2][0][kind].cpu(), a[2][0][kind], **tol)
-    for u, v in zip(b[3], a[3]):
-        torch.testing.assert_close(u.cpu(), v, **tol)
-    for kind in a[4]:
-        torch.testing.assert_close(b[4][kind], a[4][kind], **tol)
+    _assert_runs_match(_run_and_grads(gpu, x, reset, DEVICE),
+                       _run_and_grads(cpu, x, reset, "cpu"))
+
+
+# --------------------------------------------------------------------------
+# the row-wise ops on the GPU (the portable ATen implementation, csrc/row_wise_portable.cpp):
+# the layer-normalized cells, zoneout, recurrent_grad_clip of the LSTM and GRU, against the
+# CPU's fused kernels in float64 (the same module moved), with the monitor, full state
+# sequences and resets
+# --------------------------------------------------------------------------
+
+_ROW_WISE_CELLS = {
+    "LayerNormLSTM": lambda bi: gatedrnn.LayerNormLSTM(3, 5, num_layers=2, bidirectional=bi),
+    "LayerNormGRU": lambda bi: gatedrnn.LayerNormGRU(3, 5, num_layers=2, bidirectional=bi),
+    # zoneout in evaluation: its deterministic form, no masks drawn on either device
+    "LSTM_zoneout": lambda bi: gatedrnn.LSTM(3, 5, num_layers=2, bidirectional=bi, zoneout=0.2,
+                                             cell_zoneout=0.1).eval(),
+    "GRU_zoneout": lambda bi: gatedrnn.GRU(3, 5, num_layers=2, bidirectional=bi,
+                                           zoneout=0.2).eval(),
+    "LSTM_clip": lambda bi: gatedrnn.LSTM(3, 5, num_layers=2, bidirectional=bi,
+                                          recurrent_grad_clip=0.05),
+    "GRU_clip": lambda bi: gatedrnn.GRU(3, 5, num_layers=2, bidirectional=bi,
+                                        recurrent_grad_clip=0.05),
+}
+
+
+@pytest.mark.parametrize("cell", list(_ROW_WISE_CELLS))
+@pytest.mark.parametrize("variant", ["plain", "reset", "bidirectional"])
+def test_row_wise_ops_match_cpu(cell, variant):
+    torch.manual_seed(0)
+    cpu = _ROW_WISE_CELLS[cell](variant == "bidirectional").double()
+    cpu.return_states = True
+    gpu = copy.deepcopy(cpu).to(DEVICE)
+    x = torch.randn(6, 3, 3, dtype=torch.float64)
+    reset = (torch.rand(6, 3, generator=torch.Generator().manual_seed(1)) < 0.4) \
+        if variant == "reset" else None
+    _assert_runs_match(_run_and_grads(gpu, x, reset, DEVICE),
+                       _run_and_grads(cpu, x, reset, "cpu"))
+
+
+@pytest.mark.parametrize("cell", ["LayerNormLSTM", "LayerNormGRU"])
+def test_row_wise_ops_packed_on_cuda_match_cpu(cell):
+    torch.manual_seed(0)
+    cpu = _ROW_WISE_CELLS[cell](True).double()
+    gpu = copy.deepcopy(cpu).to(DEVICE)
+    lengths = torch.tensor([5, 2, 4])
+    x = torch.randn(5, 3, 3, dtype=torch.float64)
+    results = []
+    for m, device in ((cpu, "cpu"), (gpu, DEVICE)):
+        xs = x.to(device).requires_grad_()
+        packed = torch.nn.utils.rnn.pack_padded_sequence(xs, lengths, enforce_sorted=False)
+        out, hx = m(packed)
+        finals = hx if isinstance(hx, tuple) else (hx,)
+        loss = (out.data ** 2).sum() + sum((f ** 2).sum() for f in finals)
+        results.append([out.data, *finals, *torch.autograd.grad(loss, [xs, *m.parameters()])])
+    for u, v in zip(results[1], results[0]):
+        torch.testing.assert_close(u.cpu(), v, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("cell", ["LayerNormLSTM", "LayerNormGRU"])
+@pytest.mark.parametrize("dtype", LOW)
+def test_row_wise_ops_in_low_precision_compute_in_float32(cell, dtype):
+    """float16 and bfloat16 modules run the row-wise ops in float32 on the GPU as on the
+    CPU: the same as a float32 copy of the module on the same (rounded) values."""
+    torch.manual_seed(0)
+    low = _ROW_WISE_CELLS[cell](False).to(DEVICE, dtype)
+    wide = copy.deepcopy(low).float()
+    x = torch.randn(6, 3, 3, device=DEVICE).to(dtype)
+    out, _ = low(x)
+    assert out.dtype == dtype
+    torch.testing.assert_close(out, wide(x.float())[0].to(dtype), rtol=0, atol=0)

@@ -999,12 +999,12 @@ def test_torch_export_and_jit_trace_keep_the_fused_ops(cell):
 
 
 @pytest.mark.parametrize("cell", CELLS)
-def test_input_off_the_cpu_is_refused_with_the_reason(cell):
-    """The row-wise ops have CPU kernels only: input elsewhere (a meta tensor stands in for
-    a GPU one here) is refused before any op runs, saying so."""
+def test_input_off_the_cpu_and_cuda_is_refused_with_the_reason(cell):
+    """The row-wise ops have CPU and CUDA kernels: input elsewhere (a meta tensor here) is
+    refused before any op runs, saying so."""
     m = (gatedrnn.LayerNormLSTM if cell == "LSTM" else gatedrnn.LayerNormGRU)(4, 6)
-    with pytest.raises(RuntimeError, match="CPU kernels only"):
+    with pytest.raises(RuntimeError, match="have CPU and CUDA kernels only"):
         m.to("meta")(torch.randn(5, 3, 4, device="meta"))
     plain = (gatedrnn.LSTM if cell == "LSTM" else gatedrnn.GRU)(4, 6, zoneout=0.1)
-    with pytest.raises(RuntimeError, match="CPU kernels only"):
+    with pytest.raises(RuntimeError, match="have CPU and CUDA kernels only"):
         plain.to("meta")(torch.randn(5, 3, 4, device="meta"))

@@ -14,6 +14,7 @@
 #include <tuple>
 #include <vector>
 
+#include "../common/row_wise_portable.h"
 #include "layer_norm_rnn.h"
 
 namespace gatedrnn {
@@ -23,17 +24,7 @@ constexpr int64_t kGates = 3;
 constexpr const char* kForward = "gatedrnn.layer_norm_gru_forward";
 constexpr const char* kBackward = "gatedrnn.layer_norm_gru_backward";
 
-// A workspace row (what the backward reads of a step's row), with H hidden units:
-struct Layout {
-  int64_t H;
-  int64_t xhat_x() const { return 0; }           // [3H] LN_x's normalized W_ih x
-  int64_t xhat_h() const { return 3 * H; }       // [3H] LN_h's normalized W_hh h
-  int64_t gates() const { return 6 * H; }        // [3H] r, z, n
-  int64_t hidden_n() const { return 9 * H; }     // [H] gh_n
-  int64_t rstd_x() const { return 10 * H; }      // 1 / sqrt(var + eps) of W_ih x
-  int64_t rstd_h() const { return 10 * H + 1; }  // ... of W_hh h
-  int64_t width() const { return 10 * H + 2; }
-};
+using Layout = LayerNormGruLayout;
 
 //   x: [R, I], w_ih: [3H, I], w_hh: [3H, H]; gain_x, gain_h: [3H]; shift_x, shift_h: [3H]
 //   b_ih + LN_x's shift, b_hh + LN_h's; out: [R, H], h_state: [N, H] (initial in, final
@@ -112,6 +103,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_gru_forward(
     const std::optional<at::Tensor>& ln_hh_bias, const std::optional<at::Tensor>& state_mask,
     const std::optional<at::Tensor>& zoneout_h, bool reverse, bool need_workspace,
     double /*grad_clip: for autograd*/, const std::optional<at::Tensor>& reset) {
+  // GATEDRNN_ROW_WISE_PORTABLE=1: the ATen ops the CUDA build runs
+  // (common/row_wise_portable.h)
+  if (portable::enabled_on_cpu()) {
+    return portable::layer_norm_gru_forward(input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh,
+                                            ln_ih_weight, ln_ih_bias, ln_hh_weight, ln_hh_bias,
+                                            state_mask, zoneout_h, reverse, need_workspace,
+                                            /*grad_clip: unused*/ 0.0, reset);
+  }
   const RnnShapes sh = check_layer_norm_args(kForward, kGates, input, batch_sizes, h0, nullptr,
                                              w_ih, w_hh, b_ih, b_hh, reverse);
   const Resets resets = resets_of(kForward, reset, sh.schedule);
@@ -218,6 +217,14 @@ Grads layer_norm_gru_backward(const at::Tensor& grad_output, const at::Tensor& g
                               const at::Tensor& output, const at::Tensor& workspace,
                               bool reverse, double grad_clip,
                               const std::optional<at::Tensor>& reset, bool record_norms) {
+  // GATEDRNN_ROW_WISE_PORTABLE=1: the ATen ops the CUDA build runs
+  // (common/row_wise_portable.h)
+  if (portable::enabled_on_cpu()) {
+    return portable::layer_norm_gru_backward(grad_output, grad_h_n, input, batch_sizes, h0, w_ih,
+                                             w_hh, ln_ih_weight, ln_hh_weight, state_mask,
+                                             zoneout_h, output, workspace, reverse, grad_clip,
+                                             reset, record_norms);
+  }
   const RnnShapes sh = check_layer_norm_args(kBackward, kGates, input, batch_sizes, h0, nullptr,
                                              w_ih, w_hh, std::nullopt, std::nullopt, reverse);
   const Resets resets = resets_of(kBackward, reset, sh.schedule);

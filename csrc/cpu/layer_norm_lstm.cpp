@@ -14,6 +14,7 @@
 #include <tuple>
 #include <vector>
 
+#include "../common/row_wise_portable.h"
 #include "layer_norm_rnn.h"
 
 namespace gatedrnn {
@@ -23,21 +24,7 @@ constexpr int64_t kGates = 4;
 constexpr const char* kForward = "gatedrnn.layer_norm_lstm_forward";
 constexpr const char* kBackward = "gatedrnn.layer_norm_lstm_backward";
 
-// A workspace row (what the backward reads of a step's row), with H hidden units:
-struct Layout {
-  int64_t H;
-  int64_t xhat_x() const { return 0; }           // [4H] LN_x's normalized W_ih x
-  int64_t xhat_h() const { return 4 * H; }       // [4H] LN_h's normalized W_hh m h
-  int64_t gates() const { return 8 * H; }        // [4H] s(i), s(f), tanh(g), s(o)
-  int64_t cell() const { return 12 * H; }        // [H] c~, LN_c's input
-  int64_t tanh_lc() const { return 13 * H; }     // [H] tanh(LN_c(c~))
-  int64_t c_out() const { return 14 * H; }       // [H] c', the state the next step reads
-  int64_t rstd_x() const { return 15 * H; }      // 1 / sqrt(var + eps) of W_ih x
-  int64_t rstd_h() const { return 15 * H + 1; }  // ... of W_hh m h
-  int64_t rstd_c() const { return 15 * H + 2; }  // ... of c~
-  int64_t mean_c() const { return 15 * H + 3; }  // the mean of c~
-  int64_t width() const { return 15 * H + 4; }
-};
+using Layout = LayerNormLstmLayout;
 
 // The LayerNorms: gains (ones where a LayerNorm is left out), the LN_c shift (may be null),
 // and which are there.
@@ -139,6 +126,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> layer_norm_lstm_forwa
     const std::optional<at::Tensor>& zoneout_h, const std::optional<at::Tensor>& zoneout_c,
     bool reverse, bool need_workspace, double /*grad_clip: for autograd*/,
     const std::optional<at::Tensor>& reset) {
+  // GATEDRNN_ROW_WISE_PORTABLE=1: the ATen ops the CUDA build runs
+  // (common/row_wise_portable.h)
+  if (portable::enabled_on_cpu()) {
+    return portable::layer_norm_lstm_forward(input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh,
+                                             ln_ih_weight, ln_ih_bias, ln_hh_weight, ln_hh_bias,
+                                             ln_cell_weight, ln_cell_bias, state_mask, zoneout_h,
+                                             zoneout_c, reverse, need_workspace,
+                                             /*grad_clip: unused*/ 0.0, reset);
+  }
   const RnnShapes sh = check_layer_norm_args(kForward, kGates, input, batch_sizes, h0, &c0,
                                              w_ih, w_hh, b_ih, b_hh, reverse);
   const Resets resets = resets_of(kForward, reset, sh.schedule);
@@ -289,6 +285,15 @@ Grads layer_norm_lstm_backward(
     const at::Tensor& output, const at::Tensor& workspace, bool reverse, double grad_clip,
     const std::optional<at::Tensor>& grad_cell_states, const std::optional<at::Tensor>& reset,
     bool record_norms) {
+  // GATEDRNN_ROW_WISE_PORTABLE=1: the ATen ops the CUDA build runs
+  // (common/row_wise_portable.h)
+  if (portable::enabled_on_cpu()) {
+    return portable::layer_norm_lstm_backward(grad_output, grad_h_n, grad_c_n, input, batch_sizes,
+                                              h0, c0, w_ih, w_hh, ln_ih_weight, ln_hh_weight,
+                                              ln_cell_weight, state_mask, zoneout_h, zoneout_c,
+                                              output, workspace, reverse, grad_clip,
+                                              grad_cell_states, reset, record_norms);
+  }
   const RnnShapes sh = check_layer_norm_args(kBackward, kGates, input, batch_sizes, h0, &c0,
                                              w_ih, w_hh, std::nullopt, std::nullopt, reverse);
   const Resets resets = resets_of(kBackward, reset, sh.schedule);

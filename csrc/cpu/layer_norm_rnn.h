@@ -69,6 +69,35 @@ void layer_norm_input_grad(int64_t n, const scalar_t* dy, const scalar_t* gain,
   for (int64_t j = 0; j < n; ++j) dx[j] = rstd * (dy[j] * gain[j] - m1 - xhat[j] * m2);
 }
 
+// A layer-normalized LSTM's workspace row (what the backward reads of a step's row), with H
+// hidden units (the CPU kernels' and the portable ops' alike):
+struct LayerNormLstmLayout {
+  int64_t H;
+  int64_t xhat_x() const { return 0; }           // [4H] LN_x's normalized W_ih x
+  int64_t xhat_h() const { return 4 * H; }       // [4H] LN_h's normalized W_hh m h
+  int64_t gates() const { return 8 * H; }        // [4H] s(i), s(f), tanh(g), s(o)
+  int64_t cell() const { return 12 * H; }        // [H] c~, LN_c's input
+  int64_t tanh_lc() const { return 13 * H; }     // [H] tanh(LN_c(c~))
+  int64_t c_out() const { return 14 * H; }       // [H] c', the state the next step reads
+  int64_t rstd_x() const { return 15 * H; }      // 1 / sqrt(var + eps) of W_ih x
+  int64_t rstd_h() const { return 15 * H + 1; }  // ... of W_hh m h
+  int64_t rstd_c() const { return 15 * H + 2; }  // ... of c~
+  int64_t mean_c() const { return 15 * H + 3; }  // the mean of c~
+  int64_t width() const { return 15 * H + 4; }
+};
+
+// A layer-normalized GRU's workspace row, with H hidden units:
+struct LayerNormGruLayout {
+  int64_t H;
+  int64_t xhat_x() const { return 0; }           // [3H] LN_x's normalized W_ih x
+  int64_t xhat_h() const { return 3 * H; }       // [3H] LN_h's normalized W_hh h
+  int64_t gates() const { return 6 * H; }        // [3H] r, z, n
+  int64_t hidden_n() const { return 9 * H; }     // [H] gh_n
+  int64_t rstd_x() const { return 10 * H; }      // 1 / sqrt(var + eps) of W_ih x
+  int64_t rstd_h() const { return 10 * H + 1; }  // ... of W_hh h
+  int64_t width() const { return 10 * H + 2; }
+};
+
 // The regularizers a row-wise cell applies inside its time loop; null where off.
 //   state: [N, P] multiplies h_{t-1} where it enters the recurrent GEMM (variational
 //          state dropout, Gal & Ghahramani 2016: one mask per sequence, scaled by 1/(1-p))

@@ -68,20 +68,23 @@ def _zeros(input: Tensor, batch: int, size: int) -> Tensor:
 _COMPUTED_IN_FLOAT32 = (torch.float16,)
 
 
-def _computed_in_float32(input: Tensor, bf16: bool = False) -> bool:
-    return input.device.type == "cpu" and (
+def _computed_in_float32(input: Tensor, bf16: bool = False,
+                         devices: tuple = ("cpu",)) -> bool:
+    return input.device.type in devices and (
         input.dtype in _COMPUTED_IN_FLOAT32 or (bf16 and input.dtype == torch.bfloat16))
 
 
-def _in_float32(op: str, input: Tensor, tensors: dict, bf16: bool = False):
-    """(input, tensors) as float32 copies if input is a CPU tensor of a dtype computed in
-    float32 (float16; bfloat16 too where bf16: the ReLU RNN, the layer-normalized cells),
-    else None. Every tensor must have input's dtype, as the ops require."""
-    if not _computed_in_float32(input, bf16):
+def _in_float32(op: str, input: Tensor, tensors: dict, bf16: bool = False,
+                devices: tuple = ("cpu",)):
+    """(input, tensors) as float32 copies if input is a tensor of a dtype computed in
+    float32 (float16; bfloat16 too where bf16: the ReLU RNN, the layer-normalized cells) on
+    one of `devices` (the CPU; the row-wise ops' CUDA kernels too), else None. Every tensor
+    must have input's dtype, as the ops require."""
+    if not _computed_in_float32(input, bf16, devices):
         return None
     for name, t in tensors.items():
         if t is not None and t.dtype != input.dtype:
-            if torch.is_autocast_enabled("cpu"):
+            if torch.is_autocast_enabled(input.device.type):
                 # Under autocast the ops' autocast kernels cast every argument, as torch.nn
                 # does (ops/_common.py): a stacked layer's input is then in the autocast
                 # dtype, its states and weights are not.
@@ -247,14 +250,16 @@ def rnn(input: Tensor, hx: Optional[Tensor] = None, *, w_ih: Tensor, w_hh: Tenso
 
 
 def _layer_norm_arguments(op: str, input: Tensor, tensors: dict):
-    """The row-wise ops' checks and casts, before their ops: CPU only; under
-    autocast every float tensor in the weights' dtype (their LayerNorms run in float32,
-    as torch.nn.LayerNorm does under autocast)."""
-    if input.device.type != "cpu":
+    """The row-wise ops' checks and casts, before their ops: CPU (fused kernels) or CUDA
+    (the portable ATen implementation); under autocast every float tensor in the weights'
+    dtype (their LayerNorms run in float32, as torch.nn.LayerNorm does under autocast)."""
+    if input.device.type not in ("cpu", "cuda"):
         raise RuntimeError(f"gatedrnn.{op}: input is on {input.device}; the row-wise ops (the "
-                           f"layer-normalized cells, and zoneout and variational state "
-                           f"dropout for any cell) have CPU kernels only so far")
-    if torch.is_autocast_enabled("cpu"):
+                           f"layer-normalized cells, and zoneout, variational state dropout "
+                           f"and recurrent_grad_clip for the LSTM and GRU) have CPU and CUDA "
+                           f"kernels only")
+    _check_device(input)
+    if torch.is_autocast_enabled(input.device.type):
         dtype = tensors["w_ih"].dtype
         input = input.to(dtype) if input.is_floating_point() else input
         tensors = {n: t.to(dtype) if t is not None and t.is_floating_point() else t
@@ -294,7 +299,7 @@ def layer_norm_lstm(input: Tensor, hx=None, *, w_ih: Tensor, w_hh: Tensor,
         ln_ih_weight=ln_ih_weight, ln_ih_bias=ln_ih_bias, ln_hh_weight=ln_hh_weight,
         ln_hh_bias=ln_hh_bias, ln_cell_weight=ln_cell_weight, ln_cell_bias=ln_cell_bias,
         state_mask=state_mask, zoneout_h=zoneout_h, zoneout_c=zoneout_c))
-    widened = _in_float32(op, input, a, bf16=True)
+    widened = _in_float32(op, input, a, bf16=True, devices=("cpu", "cuda"))
     if widened is not None:
         x, w = widened
         result = layer_norm_lstm(x, (w.pop("h0"), w.pop("c0")), **w, batch_sizes=batch_sizes,
@@ -333,7 +338,7 @@ def layer_norm_gru(input: Tensor, hx: Optional[Tensor] = None, *, w_ih: Tensor, 
         h0=hx, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh, ln_ih_weight=ln_ih_weight,
         ln_ih_bias=ln_ih_bias, ln_hh_weight=ln_hh_weight, ln_hh_bias=ln_hh_bias,
         state_mask=state_mask, zoneout_h=zoneout_h))
-    widened = _in_float32(op, input, a, bf16=True)
+    widened = _in_float32(op, input, a, bf16=True, devices=("cpu", "cuda"))
     if widened is not None:
         x, w = widened
         output, h_n = layer_norm_gru(x, w.pop("h0"), **w, batch_sizes=batch_sizes,
