@@ -100,10 +100,14 @@ C10_ALWAYS_INLINE void tile(int64_t k, const scalar_t* a, int64_t a_row, int64_t
 // tiles of halving height (8, 4, 2, 1). Calls f(first row, height) for each.
 template <typename F>
 C10_ALWAYS_INLINE void for_each_tile(int64_t m, const F& f) {
+  int64_t full = m / kTileRows;
+  // A remainder of 4 rows after 12-row tiles: the last 16 rows as two tiles of 8 (16
+  // accumulators each) rather than 12 + 4, whose 8 chains barely cover the FMA latency.
+  if (kTileRows == 12 && full > 0 && m % kTileRows == 4) --full;
   int64_t r = 0;
-  for (; r + kTileRows <= m; r += kTileRows) f(r, kTileRows);
+  for (; r < full * kTileRows; r += kTileRows) f(r, kTileRows);
   for (int64_t h = 8; h >= 1; h /= 2) {
-    if (h < kTileRows && r + h <= m) {
+    while (h < kTileRows && r + h <= m) {
       f(r, h);
       r += h;
     }
