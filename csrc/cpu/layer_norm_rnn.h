@@ -24,49 +24,17 @@
 
 #include "block_cache.h"
 #include "isa/activations.h"
+#include "isa/layer_norm.h"
 #include "recurrence.h"
 
 namespace gatedrnn {
 
-// torch.nn.LayerNorm's default.
-constexpr double kLayerNormEps = 1e-5;
-
-// The sum over j < n of term(j), in double, in kLanes interleaved partial sums (one chain
-// of dependent adds was the LayerNorm passes' cost): a fixed order, whatever the thread.
-template <typename Term>
-double lane_sum(int64_t n, const Term& term) {
-  constexpr int64_t kLanes = 8;
-  double acc[kLanes] = {};
-  int64_t j = 0;
-  for (; j + kLanes <= n; j += kLanes) {
-    for (int64_t u = 0; u < kLanes; ++u) acc[u] += term(j + u);
-  }
-  for (; j < n; ++j) acc[j % kLanes] += term(j);
-  double sum = 0;
-  for (int64_t u = 0; u < kLanes; ++u) sum += acc[u];
-  return sum;
-}
-
-// Mean and 1 / sqrt(biased variance + eps) of a[0:n], in double whatever scalar_t.
+// Mean and 1 / sqrt(biased variance + eps) of a[0:n] (LayerNormKernels::row_stats).
 template <typename scalar_t>
 std::pair<scalar_t, scalar_t> row_stats(const scalar_t* a, int64_t n) {
-  const double mean = lane_sum(n, [&](int64_t j) { return double(a[j]); }) / double(n);
-  const double var = lane_sum(n, [&](int64_t j) {
-    const double d = a[j] - mean;
-    return d * d;
-  }) / double(n);
-  return {scalar_t(mean), scalar_t(1.0 / std::sqrt(var + kLayerNormEps))};
-}
-
-// dx[0:n] = the gradient of LayerNorm's input from dy, that of its normalized output
-// times gain (dy * gain): rstd * (g - mean(g) - xhat * mean(g * xhat)), g = dy * gain.
-template <typename scalar_t>
-void layer_norm_input_grad(int64_t n, const scalar_t* dy, const scalar_t* gain,
-                           const scalar_t* xhat, scalar_t rstd, scalar_t* dx) {
-  const double s1 = lane_sum(n, [&](int64_t j) { return double(dy[j]) * gain[j]; });
-  const double s2 = lane_sum(n, [&](int64_t j) { return double(dy[j]) * gain[j] * xhat[j]; });
-  const scalar_t m1 = scalar_t(s1 / double(n)), m2 = scalar_t(s2 / double(n));
-  for (int64_t j = 0; j < n; ++j) dx[j] = rstd * (dy[j] * gain[j] - m1 - xhat[j] * m2);
+  scalar_t mean, rstd;
+  layer_norm_kernels<scalar_t>().row_stats(n, a, &mean, &rstd);
+  return {mean, rstd};
 }
 
 // A layer-normalized LSTM's workspace row (what the backward reads of a step's row), with H
@@ -127,13 +95,14 @@ const scalar_t* mask_data(const char* op, const at::Tensor& input,
   return keep.back().const_data_ptr<scalar_t>();
 }
 
-// dx[0:n] = the gradient of a LayerNorm's input (layer_norm_input_grad) where `normalized`,
-// else of an input the gain multiplies directly (a cell without that LayerNorm, gain 1).
+// dx[0:n] = the gradient of a LayerNorm's input (LayerNormKernels::input_grad) where
+// `normalized`, else of an input the gain multiplies directly (a cell without that
+// LayerNorm, gain 1).
 template <typename scalar_t>
 void norm_input_grad(bool normalized, int64_t n, const scalar_t* dy, const scalar_t* gain,
                      const scalar_t* xhat, scalar_t rstd, scalar_t* dx) {
   if (normalized) {
-    layer_norm_input_grad(n, dy, gain, xhat, rstd, dx);
+    layer_norm_kernels<scalar_t>().input_grad(n, dy, gain, xhat, rstd, dx);
   } else {
     for (int64_t j = 0; j < n; ++j) dx[j] = dy[j] * gain[j];
   }
@@ -363,14 +332,25 @@ LayerNormRnnGrads layer_norm_rnn_grads(const Schedule& s, const at::Tensor& x,
       {G, P, g.grad_w_hh.mutable_data_ptr<scalar_t>(), P, scalar_t(0),
        {{true, R, dgh.const_data_ptr<scalar_t>(), G, h_prev.const_data_ptr<scalar_t>(), P}}}});
   g.grad_b_hh = at::empty({G}, opts);
-  column_sums<4, scalar_t>(R, G, [&](int64_t r, int64_t j, double* v) {
-    const double dx = dxp[r * G + j], dh = dhp[r * G + j];
-    v[0] += dx;
-    v[1] += dh;
-    v[2] += dx * wsp[r * W + cols.xhat_x + j];
-    v[3] += dh * wsp[r * W + cols.xhat_h + j];
-  }, {g.grad_b_ih.mutable_data_ptr<scalar_t>(), g.grad_b_hh.mutable_data_ptr<scalar_t>(),
-      g.grad_gain_x.mutable_data_ptr<scalar_t>(), g.grad_gain_h.mutable_data_ptr<scalar_t>()});
+  // The biases' and gains' gradients: column sums over every row, blocks of columns over
+  // the threads (the sums do not depend on their number).
+  constexpr int64_t kBlock = 64;
+  const LayerNormKernels<scalar_t>& ln = layer_norm_kernels<scalar_t>();
+  at::parallel_for(0, ceil_div(G, kBlock), 1, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      const int64_t j0 = c * kBlock, len = std::min(G, j0 + kBlock) - j0;
+      double sums[4][kBlock] = {};
+      ln.column_sums(R, len, dxp + j0, G, wsp + cols.xhat_x + j0, W, sums[0], sums[2]);
+      ln.column_sums(R, len, dhp + j0, G, wsp + cols.xhat_h + j0, W, sums[1], sums[3]);
+      scalar_t* out[4] = {g.grad_b_ih.mutable_data_ptr<scalar_t>(),
+                          g.grad_b_hh.mutable_data_ptr<scalar_t>(),
+                          g.grad_gain_x.mutable_data_ptr<scalar_t>(),
+                          g.grad_gain_h.mutable_data_ptr<scalar_t>()};
+      for (int64_t k = 0; k < 4; ++k) {
+        for (int64_t j = 0; j < len; ++j) out[k][j0 + j] = scalar_t(sums[k][j]);
+      }
+    }
+  });
   return g;
 }
 

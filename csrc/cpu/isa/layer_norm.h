@@ -1,0 +1,35 @@
+#pragma once
+// The row LayerNorm's statistics and input gradient, built once per ISA
+// (isa/layer_norm.cpp): the row-wise cells (cpu/layer_norm_*.cpp, plain C++) call them for
+// every row of every step. Their sums run in double in kLayerNormLanes interleaved partial
+// sums (a fixed order, whatever the thread); compiled for the baseline ISA they were ~9% of
+// a LayerNormLSTM training step at (100, 16, 128, 128) (perf, Intel Xeon, one thread).
+#include <cstdint>
+
+#include "../capability.h"
+
+namespace gatedrnn {
+
+// torch.nn.LayerNorm's default.
+constexpr double kLayerNormEps = 1e-5;
+
+template <typename scalar_t>
+struct LayerNormKernels {
+  // *mean and *rstd = the mean and 1 / sqrt(biased variance + eps) of a[0:n], computed in
+  // double.
+  void (*row_stats)(int64_t n, const scalar_t* a, scalar_t* mean, scalar_t* rstd);
+  // dx[0:n] = the gradient of LayerNorm's input from dy, that of its normalized output
+  // xhat times gain: rstd * (g - mean(g) - xhat * mean(g * xhat)), g = dy * gain (the
+  // means in double). dx may be xhat.
+  void (*input_grad)(int64_t n, const scalar_t* dy, const scalar_t* gain, const scalar_t* xhat,
+                     scalar_t rstd, scalar_t* dx);
+  // For j < cols: sum_a[j] += the sum over r = 0, 1, ..., rows - 1 (in that order) of
+  // a[r * lda + j], and sum_aw[j] += that of a[r * lda + j] * w[r * ldw + j], in double (a
+  // bias's and a gain's gradient over every row of a sequence).
+  void (*column_sums)(int64_t rows, int64_t cols, const scalar_t* a, int64_t lda,
+                      const scalar_t* w, int64_t ldw, double* sum_a, double* sum_aw);
+};
+
+GATEDRNN_CPU_KERNELS(LayerNormKernels, layer_norm_kernels)
+
+}  // namespace gatedrnn
