@@ -287,7 +287,7 @@ def layer_norm_lstm(input: Tensor, hx=None, *, w_ih: Tensor, w_hh: Tensor,
     > 0 clamps the gradient of every step's gate pre-activations to [-grad_clip, grad_clip]
     in the backward (Graves 2013). Returns (output, (h_n, c_n)), and with
     return_cell_states the state c' after every step as lstm's. reset: per-step resets
-    (reset_rows). float16 and bfloat16 on the CPU are computed in float32."""
+    (reset_rows). float16 and bfloat16 are computed in float32 (CPU and CUDA)."""
     flags = reset_rows(reset, input)
     if hx is None:
         batch = _batch(input, batch_sizes)
@@ -329,7 +329,7 @@ def layer_norm_gru(input: Tensor, hx: Optional[Tensor] = None, *, w_ih: Tensor, 
     + b_ih, gh = LN_hh(h W_hh^T) + b_hh, each LN over all 3H gates, then torch.nn.GRU's
     r, z, n and h' from gx and gh; a LayerNorm whose gain is None is left out (both: the
     plain GRU). Masks, grad_clip and reset as layer_norm_lstm's. Returns (output, h_n).
-    float16 and bfloat16 on the CPU are computed in float32."""
+    float16 and bfloat16 are computed in float32 (CPU and CUDA)."""
     flags = reset_rows(reset, input)
     if hx is None:
         hx = _zeros(input, _batch(input, batch_sizes), w_ih.shape[0] // 3)
