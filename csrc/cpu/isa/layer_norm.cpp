@@ -1,7 +1,8 @@
-// The row LayerNorm's statistics and input gradient for one ISA: setup.py compiles this
-// file once per ISA. The sums run in double in kLanes interleaved partial sums, added in
-// lane order at the end: one vector of doubles with AVX-512, two with AVX2 (left to the
-// compiler, the three-factor sum of input_grad stayed scalar).
+// The row LayerNorm's statistics, input gradient and column sums, and the layer-normalized
+// LSTM's gate row, for one ISA: setup.py compiles this file once per ISA. The sums run in
+// double in kLanes interleaved partial sums, added in lane order at the end: one vector of
+// doubles with AVX-512, two with AVX2 (left to the compiler, the three-factor sum of
+// input_grad stayed scalar).
 #include "layer_norm.h"
 
 #include <cmath>
@@ -113,6 +114,21 @@ void input_grad(int64_t n, const scalar_t* dy, const scalar_t* gain, const scala
 }
 
 template <typename scalar_t>
+void lstm_gates(int64_t n, const scalar_t* a, scalar_t mean, scalar_t rstd,
+                const scalar_t* gain_x, const scalar_t* xhat_x, const scalar_t* gain_h,
+                const scalar_t* shift, scalar_t* xhat_h, scalar_t* gate) {
+  using V = Vec<scalar_t>;
+  const V m(mean), r(rstd);
+  for_each_chunk<scalar_t>(n, [&](int64_t j, int64_t cnt) {
+    const V xh = (load(a + j, cnt) - m) * r;
+    store(xh, xhat_h + j, cnt);
+    store(load(gain_x + j, cnt) * load(xhat_x + j, cnt) + load(gain_h + j, cnt) * xh +
+              load(shift + j, cnt),
+          gate + j, cnt);
+  });
+}
+
+template <typename scalar_t>
 void column_sums(int64_t rows, int64_t cols, const scalar_t* a, int64_t lda, const scalar_t* w,
                  int64_t ldw, double* sum_a, double* sum_aw) {
   const int64_t full = cols / kLanes * kLanes;
@@ -140,7 +156,7 @@ void column_sums(int64_t rows, int64_t cols, const scalar_t* a, int64_t lda, con
 }  // namespace
 
 GATEDRNN_CPU_KERNEL_TABLE(LayerNormKernels, layer_norm_kernels, &row_stats<scalar_t>,
-                          &input_grad<scalar_t>, &column_sums<scalar_t>)
+                          &input_grad<scalar_t>, &lstm_gates<scalar_t>, &column_sums<scalar_t>)
 
 }  // namespace CPU_CAPABILITY
 }  // namespace gatedrnn

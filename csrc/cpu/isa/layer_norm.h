@@ -1,9 +1,10 @@
 #pragma once
-// The row LayerNorm's statistics and input gradient, built once per ISA
-// (isa/layer_norm.cpp): the row-wise cells (cpu/layer_norm_*.cpp, plain C++) call them for
-// every row of every step. Their sums run in double in kLayerNormLanes interleaved partial
-// sums (a fixed order, whatever the thread); compiled for the baseline ISA they were ~9% of
-// a LayerNormLSTM training step at (100, 16, 128, 128) (perf, Intel Xeon, one thread).
+// The row LayerNorm's statistics, input gradient and column sums, and the layer-normalized
+// LSTM's gate row, built once per ISA (isa/layer_norm.cpp): the row-wise cells
+// (cpu/layer_norm_*.cpp, plain C++) call them for every row of every step. Their sums run
+// in double in 8 interleaved partial sums (a fixed order, whatever the thread); compiled
+// for the baseline ISA (one of them scalar) these passes were ~20% of a LayerNormLSTM
+// training step at (100, 16, 128, 128) (perf, Intel Xeon, one thread).
 #include <cstdint>
 
 #include "../capability.h"
@@ -23,6 +24,12 @@ struct LayerNormKernels {
   // means in double). dx may be xhat.
   void (*input_grad)(int64_t n, const scalar_t* dy, const scalar_t* gain, const scalar_t* xhat,
                      scalar_t rstd, scalar_t* dx);
+  // The layer-normalized LSTM's gate row: xhat_h[j] = (a[j] - mean) * rstd (LN_h's
+  // normalized input) and gate[j] = gain_x[j] * xhat_x[j] + gain_h[j] * xhat_h[j] +
+  // shift[j], for j < n.
+  void (*lstm_gates)(int64_t n, const scalar_t* a, scalar_t mean, scalar_t rstd,
+                     const scalar_t* gain_x, const scalar_t* xhat_x, const scalar_t* gain_h,
+                     const scalar_t* shift, scalar_t* xhat_h, scalar_t* gate);
   // For j < cols: sum_a[j] += the sum over r = 0, 1, ..., rows - 1 (in that order) of
   // a[r * lda + j], and sum_aw[j] += that of a[r * lda + j] * w[r * ldw + j], in double (a
   // bias's and a gain's gradient over every row of a sequence).
