@@ -202,6 +202,7 @@ void backward_impl(const Schedule& s, int64_t H, const scalar_t* go, const at::T
   at::Tensor dc0_reset = reg.resets.flags ? at::zeros_like(dc_state) : at::Tensor();
   scalar_t* dh0 = reg.resets.flags ? dh0_reset.mutable_data_ptr<scalar_t>() : nullptr;
   scalar_t* dc0 = reg.resets.flags ? dc0_reset.mutable_data_ptr<scalar_t>() : nullptr;
+  const LayerNormKernels<scalar_t>& ln_kernels = layer_norm_kernels<scalar_t>();
   const auto row = [&](int64_t k, int64_t b, int64_t r, const scalar_t* dh_g) {
     const scalar_t* w = wsp + r * L.width();
     const scalar_t* gate = w + L.gates();
@@ -232,35 +233,18 @@ void backward_impl(const Schedule& s, int64_t H, const scalar_t* go, const at::T
     if (grad_cs) {
       for (int64_t j = 0; j < H; ++j) dc[j] += grad_cs[r * H + j];
     }
-    for (int64_t j = 0; j < H; ++j) {
-      const scalar_t d = go[r * H + j] +
-                         (restarted ? scalar_t(0) : dh[j] + (m ? m[j] : scalar_t(1)) * dh_g[j]);
-      if (sq) sq[0] += double(d) * d;
-      const scalar_t dnew = zh ? (scalar_t(1) - zh[j]) * d : d;  // into h~
-      dh[j] = zh ? zh[j] * d : scalar_t(0);
-      const scalar_t o = gate[3 * H + j];
-      dl_r[j] = dnew * o * (scalar_t(1) - tl[j] * tl[j]);
-      dp_r[3 * H + j] = dnew * tl[j] * o * (scalar_t(1) - o);
-    }
+    // d = the gradient reaching h'_t; dl that of LN_c's output; dp_r's o columns
+    ln_kernels.lstm_output_grads(H, go + r * H, dh, m, dh_g, restarted, zh, gate, tl, sq, dl_r,
+                                 dp_r);
     // dc~ = LN_c's input gradient + what c' passes to c~ (in dp_r's i columns, free until
-    // below)
+    // the gates' gradients replace it)
     scalar_t* dcell = dp_r;
     for (int64_t j = 0; j < H; ++j) dcell[j] = (cell[j] - mean_c) * rstd_c;  // LN_c's xhat
     norm_input_grad(ln.c, H, dl_r, ln.gain_c, dcell, rstd_c, dcell);
-    for (int64_t j = 0; j < H; ++j) dcell[j] += zc ? (scalar_t(1) - zc[j]) * dc[j] : dc[j];
-    // c's entry: the gradient reaching the step's new cell value (the state, but for the
-    // part of it zoneout keeps from the previous step)
-    if (sq) {
-      for (int64_t j = 0; j < H; ++j) sq[1] += double(dcell[j]) * dcell[j];
-    }
-    for (int64_t j = 0; j < H; ++j) {
-      const scalar_t i = gate[j], f = gate[H + j], g = gate[2 * H + j], d = dcell[j];
-      const scalar_t carried = zc ? zc[j] * dc[j] : scalar_t(0);
-      dp_r[H + j] = d * c_prev[j] * f * (scalar_t(1) - f);
-      dp_r[2 * H + j] = d * i * (scalar_t(1) - g * g);
-      dp_r[j] = d * g * i * (scalar_t(1) - i);
-      dc[j] = d * f + carried;
-    }
+    // c's entry of the monitor: the gradient reaching the step's new cell value (the state,
+    // but for the part of it zoneout keeps from the previous step); then the i, f, g
+    // gradients and c_{t-1}'s
+    ln_kernels.lstm_cell_grads(H, gate, c_prev, zc, sq ? sq + 1 : nullptr, dc, dp_r);
     if (clip > 0) clamp_gradient(G, dp_r, clip);
     norm_input_grad(ln.h, G, dp_r, ln.gain_h, w + L.xhat_h(), w[L.rstd_h()], dg + r * G);
   };

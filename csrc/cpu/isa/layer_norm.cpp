@@ -128,6 +128,55 @@ void lstm_gates(int64_t n, const scalar_t* a, scalar_t mean, scalar_t rstd,
   });
 }
 
+// *sq += v[l]^2 for the count lanes of v, in double, in lane order.
+template <typename scalar_t>
+inline void add_squares(const Vec<scalar_t>& v, int64_t count, double* sq) {
+  scalar_t lanes[Vec<scalar_t>::size()];
+  store(v, lanes, count);
+  for (int64_t l = 0; l < count; ++l) *sq += double(lanes[l]) * lanes[l];
+}
+
+template <typename scalar_t>
+void lstm_output_grads(int64_t n, const scalar_t* go, scalar_t* dh, const scalar_t* m,
+                       const scalar_t* dh_g, bool restarted, const scalar_t* zh,
+                       const scalar_t* gate, const scalar_t* tl, double* sq, scalar_t* dl,
+                       scalar_t* dp) {
+  using V = Vec<scalar_t>;
+  const V one(scalar_t(1)), zero(scalar_t(0));
+  for_each_chunk<scalar_t>(n, [&](int64_t j, int64_t cnt) {
+    V d = load(go + j, cnt);
+    if (!restarted) {
+      const V via_gemm = load(dh_g + j, cnt);
+      d = d + (load(dh + j, cnt) + (m ? load(m + j, cnt) * via_gemm : via_gemm));
+    }
+    if (sq) add_squares(d, cnt, sq);
+    const V z = zh ? load(zh + j, cnt) : zero;
+    const V dnew = zh ? (one - z) * d : d;  // into h~
+    store(zh ? z * d : zero, dh + j, cnt);
+    const V o = load(gate + 3 * n + j, cnt), t = load(tl + j, cnt);
+    store(dnew * o * (one - t * t), dl + j, cnt);
+    store(dnew * t * o * (one - o), dp + 3 * n + j, cnt);
+  });
+}
+
+template <typename scalar_t>
+void lstm_cell_grads(int64_t n, const scalar_t* gate, const scalar_t* c_prev,
+                     const scalar_t* zc, double* sq, scalar_t* dc, scalar_t* dp) {
+  using V = Vec<scalar_t>;
+  const V one(scalar_t(1));
+  for_each_chunk<scalar_t>(n, [&](int64_t j, int64_t cnt) {
+    const V dcv = load(dc + j, cnt);
+    const V z = zc ? load(zc + j, cnt) : V(scalar_t(0));
+    const V d = load(dp + j, cnt) + (zc ? (one - z) * dcv : dcv);
+    if (sq) add_squares(d, cnt, sq);
+    const V i = load(gate + j, cnt), f = load(gate + n + j, cnt), g = load(gate + 2 * n + j, cnt);
+    store(d * load(c_prev + j, cnt) * f * (one - f), dp + n + j, cnt);
+    store(d * i * (one - g * g), dp + 2 * n + j, cnt);
+    store(d * g * i * (one - i), dp + j, cnt);
+    store(zc ? d * f + z * dcv : d * f, dc + j, cnt);
+  });
+}
+
 template <typename scalar_t>
 void column_sums(int64_t rows, int64_t cols, const scalar_t* a, int64_t lda, const scalar_t* w,
                  int64_t ldw, double* sum_a, double* sum_aw) {
@@ -156,7 +205,9 @@ void column_sums(int64_t rows, int64_t cols, const scalar_t* a, int64_t lda, con
 }  // namespace
 
 GATEDRNN_CPU_KERNEL_TABLE(LayerNormKernels, layer_norm_kernels, &row_stats<scalar_t>,
-                          &input_grad<scalar_t>, &lstm_gates<scalar_t>, &column_sums<scalar_t>)
+                          &input_grad<scalar_t>, &lstm_gates<scalar_t>,
+                          &lstm_output_grads<scalar_t>, &lstm_cell_grads<scalar_t>,
+                          &column_sums<scalar_t>)
 
 }  // namespace CPU_CAPABILITY
 }  // namespace gatedrnn

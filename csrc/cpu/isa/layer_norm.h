@@ -30,6 +30,20 @@ struct LayerNormKernels {
   void (*lstm_gates)(int64_t n, const scalar_t* a, scalar_t mean, scalar_t rstd,
                      const scalar_t* gain_x, const scalar_t* xhat_x, const scalar_t* gain_h,
                      const scalar_t* shift, scalar_t* xhat_h, scalar_t* gate);
+  // The layer-normalized LSTM backward's row of n units, output side: d = go + (restarted
+  // ? 0 : dh + m dh_g) (the state mask m, 1 where null), *sq += d^2 (in double, j
+  // ascending; sq may be null), then with dnew = zh ? (1 - zh) d : d: dh = zh ? zh d : 0,
+  // dl = dnew o (1 - tl^2) and dp[3n + j] = dnew tl o (1 - o), o = gate[3n + j].
+  void (*lstm_output_grads)(int64_t n, const scalar_t* go, scalar_t* dh, const scalar_t* m,
+                            const scalar_t* dh_g, bool restarted, const scalar_t* zh,
+                            const scalar_t* gate, const scalar_t* tl, double* sq, scalar_t* dl,
+                            scalar_t* dp);
+  // Its cell side, with dp[0:n] holding LN_c's input gradient: d = dp[j] + (zc ? (1 - zc)
+  // dc : dc), *sq += d^2 (as above), then the gates' pre-activation gradients dp[j] (i),
+  // dp[n + j] (f), dp[2n + j] (g) from gate's i, f, g and c_prev, and dc = d f + (zc ? zc dc
+  // : 0), the gradient c_{t-1} gets.
+  void (*lstm_cell_grads)(int64_t n, const scalar_t* gate, const scalar_t* c_prev,
+                          const scalar_t* zc, double* sq, scalar_t* dc, scalar_t* dp);
   // For j < cols: sum_a[j] += the sum over r = 0, 1, ..., rows - 1 (in that order) of
   // a[r * lda + j], and sum_aw[j] += that of a[r * lda + j] * w[r * ldw + j], in double (a
   // bias's and a gain's gradient over every row of a sequence).
