@@ -80,25 +80,14 @@ void forward_impl(const Schedule& s, int64_t H, const at::Tensor& x, const at::T
     scalar_t* cell = w + L.cell();
     scalar_t* c_out = w + L.c_out();
     const scalar_t* dc = reg.zoneout_c ? reg.zoneout_c + r * H : nullptr;
-    for (int64_t j = 0; j < H; ++j) {
-      cell[j] = gate[H + j] * c[j] + gate[j] * gate[2 * H + j];
-      c_out[j] = dc ? dc[j] * c[j] + (scalar_t(1) - dc[j]) * cell[j] : cell[j];
-      c[j] = c_out[j];
-    }
+    ln_kernels.lstm_cell_forward(H, gate, dc, c, cell, c_out);
     const auto [mean_c, rstd_c] =
         ln.c ? row_stats(cell, H) : std::pair<scalar_t, scalar_t>{0, 1};
     scalar_t* tl = w + L.tanh_lc();
-    for (int64_t j = 0; j < H; ++j) {
-      tl[j] = ln.gain_c[j] * (cell[j] - mean_c) * rstd_c + (ln.shift_c ? ln.shift_c[j] : 0);
-    }
-    act.tanh(H, tl, tl);
     const scalar_t* dh = reg.zoneout_h ? reg.zoneout_h + r * H : nullptr;
     scalar_t* h = hs + b * H;
-    for (int64_t j = 0; j < H; ++j) {
-      const scalar_t h_new = gate[3 * H + j] * tl[j];
-      h[j] = dh ? dh[j] * h[j] + (scalar_t(1) - dh[j]) * h_new : h_new;
-      outp[r * H + j] = h[j];
-    }
+    ln_kernels.lstm_hidden_forward(H, cell, mean_c, rstd_c, ln.gain_c, ln.shift_c, gate, dh, tl,
+                                   h, outp + r * H);
     // a row that restarts at the next step carries h0 and c0 into it instead (resets)
     if (reg.resets.at(s, k + 1, b)) {
       std::copy(reg.h0 + b * H, reg.h0 + (b + 1) * H, h);

@@ -128,6 +128,41 @@ void lstm_gates(int64_t n, const scalar_t* a, scalar_t mean, scalar_t rstd,
   });
 }
 
+template <typename scalar_t>
+void lstm_cell_forward(int64_t n, const scalar_t* gate, const scalar_t* zc, scalar_t* c,
+                       scalar_t* cell, scalar_t* c_out) {
+  using V = Vec<scalar_t>;
+  const V one(scalar_t(1));
+  for_each_chunk<scalar_t>(n, [&](int64_t j, int64_t cnt) {
+    const V cv = load(c + j, cnt);
+    const V next = load(gate + n + j, cnt) * cv + load(gate + j, cnt) * load(gate + 2 * n + j, cnt);
+    store(next, cell + j, cnt);
+    const V z = zc ? load(zc + j, cnt) : V(scalar_t(0));
+    const V kept = zc ? z * cv + (one - z) * next : next;
+    store(kept, c_out + j, cnt);
+    store(kept, c + j, cnt);
+  });
+}
+
+template <typename scalar_t>
+void lstm_hidden_forward(int64_t n, const scalar_t* cell, scalar_t mean, scalar_t rstd,
+                         const scalar_t* gain_c, const scalar_t* shift_c, const scalar_t* gate,
+                         const scalar_t* zh, scalar_t* tl, scalar_t* h, scalar_t* out) {
+  using V = Vec<scalar_t>;
+  const V one(scalar_t(1)), m(mean), r(rstd);
+  for_each_chunk<scalar_t>(n, [&](int64_t j, int64_t cnt) {
+    V lc = load(gain_c + j, cnt) * (load(cell + j, cnt) - m) * r;
+    lc = lc + (shift_c ? load(shift_c + j, cnt) : V(scalar_t(0)));
+    const V t = fast_tanh(lc);
+    store(t, tl + j, cnt);
+    const V h_new = load(gate + 3 * n + j, cnt) * t;
+    const V z = zh ? load(zh + j, cnt) : V(scalar_t(0));
+    const V hv = zh ? z * load(h + j, cnt) + (one - z) * h_new : h_new;
+    store(hv, h + j, cnt);
+    store(hv, out + j, cnt);
+  });
+}
+
 // *sq += v[l]^2 for the count lanes of v, in double, in lane order.
 template <typename scalar_t>
 inline void add_squares(const Vec<scalar_t>& v, int64_t count, double* sq) {
@@ -206,6 +241,7 @@ void column_sums(int64_t rows, int64_t cols, const scalar_t* a, int64_t lda, con
 
 GATEDRNN_CPU_KERNEL_TABLE(LayerNormKernels, layer_norm_kernels, &row_stats<scalar_t>,
                           &input_grad<scalar_t>, &lstm_gates<scalar_t>,
+                          &lstm_cell_forward<scalar_t>, &lstm_hidden_forward<scalar_t>,
                           &lstm_output_grads<scalar_t>, &lstm_cell_grads<scalar_t>,
                           &column_sums<scalar_t>)
 

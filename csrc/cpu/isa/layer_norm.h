@@ -30,6 +30,17 @@ struct LayerNormKernels {
   void (*lstm_gates)(int64_t n, const scalar_t* a, scalar_t mean, scalar_t rstd,
                      const scalar_t* gain_x, const scalar_t* xhat_x, const scalar_t* gain_h,
                      const scalar_t* shift, scalar_t* xhat_h, scalar_t* gate);
+  // The layer-normalized LSTM forward's row of n units after its gates' activations
+  // (gate: s(i), s(f), tanh(g), s(o) at 0, n, 2n, 3n): cell = s(f) c + s(i) tanh(g), c_out =
+  // zc ? zc c + (1 - zc) cell : cell, and c = c_out (the state).
+  void (*lstm_cell_forward)(int64_t n, const scalar_t* gate, const scalar_t* zc, scalar_t* c,
+                            scalar_t* cell, scalar_t* c_out);
+  // Then tl = tanh(gain_c (cell - mean) rstd + shift_c) (shift_c may be null), h~ = s(o) tl,
+  // h = zh ? zh h + (1 - zh) h~ : h~ (the state), out = h.
+  void (*lstm_hidden_forward)(int64_t n, const scalar_t* cell, scalar_t mean, scalar_t rstd,
+                              const scalar_t* gain_c, const scalar_t* shift_c,
+                              const scalar_t* gate, const scalar_t* zh, scalar_t* tl,
+                              scalar_t* h, scalar_t* out);
   // The layer-normalized LSTM backward's row of n units, output side: d = go + (restarted
   // ? 0 : dh + m dh_g) (the state mask m, 1 where null), *sq += d^2 (in double, j
   // ascending; sq may be null), then with dnew = zh ? (1 - zh) d : d: dh = zh ? zh d : 0,
