@@ -1,5 +1,5 @@
 // The row LayerNorm's statistics, input gradient and column sums, and the layer-normalized
-// LSTM's gate row, for one ISA: setup.py compiles this file once per ISA. The sums run in
+// LSTM's row passes, for one ISA: setup.py compiles this file once per ISA. The sums run in
 // double in kLanes interleaved partial sums, added in lane order at the end: one vector of
 // doubles with AVX-512, two with AVX2 (left to the compiler, the three-factor sum of
 // input_grad stayed scalar).
