@@ -94,6 +94,14 @@ def _in_float32(op: str, input: Tensor, tensors: dict, bf16: bool = False,
     return input.float(), {n: None if t is None else t.float() for n, t in tensors.items()}
 
 
+def in_onnx_export() -> bool:
+    """torch.onnx.is_in_onnx_export(), asked only where an exporter can be running: both
+    exporters trace (torch.jit's tracer, or torch.export, which sets is_compiling), and the
+    question itself costs ~0.9 us against ~0.1 for these two."""
+    return ((torch._C._get_tracing_state() is not None or torch.compiler.is_compiling())
+            and torch.onnx.is_in_onnx_export())
+
+
 def _needs_grad(*tensors) -> bool:
     """Whether autograd may differentiate the op: if not, the forward keeps no workspace
     (the per-step activations only a backward reads). Under torch.jit.trace always: the
@@ -456,6 +464,8 @@ def _row_masks(input: Tensor, batch_sizes, hidden: int, rates: dict, training: b
     step and row (in training drawn, 1 with probability p; in evaluation p itself) and
     the variational state dropout's per sequence (training only)."""
     masks = {}
+    if not rates:
+        return masks
     rows = input.shape[0] * input.shape[1] if input.dim() == 3 else input.shape[0]
     batch = _batch(input, batch_sizes)
     for name, rate in (("zoneout_h", rates.get("zoneout", 0.0)),
@@ -521,13 +531,18 @@ def stacked(mode: str, input: Tensor, states: Sequence[Tensor], weights, *, num_
     # (Rounded between layers, a ReLU pre-activation near 0 can change sign, and with it a
     # whole gradient entry: seen in tests/test_reduced_precision.py.)
     # The layer-normalized cells widen bfloat16 too (their ops take float32 and float64).
-    named = {f"states[{k}]": s for k, s in enumerate(states)}
-    for index, layer_weights in enumerate(weights):
-        names = ("w_ih", "w_hh", "b_ih", "b_hh", "w_hr") + _NORM_NAMES.get(mode, ())
-        flat = tuple(layer_weights[:5]) + tuple(layer_weights[5] if len(layer_weights) > 5 else ())
-        named.update({f"{name} of layer-direction {index}": w for name, w in zip(names, flat)})
-    widened = _in_float32(mode, input, named,
-                          bf16=(mode == "RNN" and nonlinearity == "relu") or mode in _NORM_NAMES)
+    bf16 = (mode == "RNN" and nonlinearity == "relu") or mode in _NORM_NAMES
+    widened = None
+    # Named only where widened: the names' strings cost ~10 us of a one-step call's ~60.
+    if _computed_in_float32(input, bf16):
+        named = {f"states[{k}]": s for k, s in enumerate(states)}
+        for index, layer_weights in enumerate(weights):
+            names = ("w_ih", "w_hh", "b_ih", "b_hh", "w_hr") + _NORM_NAMES.get(mode, ())
+            flat = tuple(layer_weights[:5]) + tuple(layer_weights[5] if len(layer_weights) > 5
+                                                    else ())
+            named.update({f"{name} of layer-direction {index}": w
+                          for name, w in zip(names, flat)})
+        widened = _in_float32(mode, input, named, bf16=bf16)
     if widened is not None:
         x, a = widened
         wide = list(a.values())
@@ -545,7 +560,7 @@ def stacked(mode: str, input: Tensor, states: Sequence[Tensor], weights, *, num_
             return_states=return_states, reset=reset)
         every = [{k: v.to(input.dtype) for k, v in e.items()} for e in every]
         return (output.to(input.dtype), tuple(f.to(input.dtype) for f in finals), *every)
-    unknown = sorted(set(regularizers or {}) - set(REGULARIZERS))
+    unknown = sorted(set(regularizers or {}) - set(REGULARIZERS)) if regularizers else ()
     if unknown:
         raise ValueError(f"unknown regularizer {unknown[0]!r}; they are {', '.join(REGULARIZERS)}")
     rates = {name: check_rate(name, p) for name, p in (regularizers or {}).items() if p}

@@ -196,7 +196,7 @@ class LSTMCell(_FusedCell, torch.nn.LSTMCell):
         return h_1, c_1
 
     def forward(self, input, hx=None):
-        if torch.onnx.is_in_onnx_export():
+        if F.in_onnx_export():
             return torch.nn.LSTMCell.forward(self, input, hx)
         if input.dim() not in (1, 2):
             raise ValueError(f"LSTMCell: Expected input to be 1D or 2D, got {input.dim()}D "
@@ -239,7 +239,7 @@ class GRUCell(_FusedCell, torch.nn.GRUCell):
         return (h_1,)
 
     def forward(self, input, hx=None):
-        if torch.onnx.is_in_onnx_export():
+        if F.in_onnx_export():
             return torch.nn.GRUCell.forward(self, input, hx)
         return _single_state_forward(self, "GRUCell", input, hx)
 
@@ -258,7 +258,7 @@ class RNNCell(_FusedCell, torch.nn.RNNCell):
         return (h_1,)
 
     def forward(self, input, hx=None):
-        if torch.onnx.is_in_onnx_export():
+        if F.in_onnx_export():
             return torch.nn.RNNCell.forward(self, input, hx)
         return _single_state_forward(self, "RNNCell", input, hx)
 
