@@ -295,6 +295,18 @@ class PackedWeight {
            int64_t ldc) const {
     tile_gemm<scalar_t>(m, n_, k_, GemmA<scalar_t>::rows(a, lda), b(), beta, c, ldc);
   }
+  // Whether W is packed for the bfloat16 kernels (then run_packed_a can run).
+  bool bf16() const { return panels_.defined() && panels_.scalar_type() == at::kBFloat16; }
+  // run with A already packed by the bfloat16 kernels' pack_a: the same bits.
+  void run_packed_a(int64_t m, const uint16_t* a, scalar_t beta, scalar_t* c,
+                    int64_t ldc) const {
+    if constexpr (std::is_same_v<scalar_t, float>) {
+      const GemmB<scalar_t> w = b();
+      gemm_bf16_kernels()->gemm_packed_a(m, n_, k_, a, w.bf16, w.bf16_panel, beta, c, ldc);
+    } else {
+      TORCH_INTERNAL_ASSERT(false, "gatedrnn: a bfloat16 GEMM of a non-float C");
+    }
+  }
 
  private:
   int64_t n_ = 0, k_ = 0;

@@ -778,7 +778,7 @@ class BackwardTeam {
           me.barrier();
           for (int64_t b = s0; b < s1; ++b) {
             // dh_state[:n, block] (+)= dgates[:n, :G] @ w_hh[:, block]   [n, G] x [G, len]
-            hidden_.run(b, n, dg, dgate_ld_, beta, dh_state + units_.begin(b), P);
+            hidden_.run(b, n, dg, dgate_ld_, beta, dh_state + units_.begin(b), P, k);
           }
         }
       });

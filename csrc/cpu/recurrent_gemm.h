@@ -55,7 +55,7 @@ class UnitBlockGemm {
   UnitBlockGemm(const at::Tensor& w, int64_t gates, int64_t gate_stride, UnitBlocks units,
                 int64_t max_m, int64_t steps, GemmPrecision precision = GemmPrecision::kNative)
       : units_(units), gates_(gates), gate_stride_(gate_stride), max_m_(max_m),
-        k_(w.size(1)) {
+        k_(w.size(1)), id_(next_id().fetch_add(1) + 1) {
     // The small-batch kernel sums differently, so it is chosen by the whole weight, not by
     // a block's part of it: blocks depend on the call's steps too (unit_blocks), and the
     // bits should not.
@@ -71,7 +71,6 @@ class UnitBlockGemm {
       // A bfloat16 W (a bfloat16 op's) is read as it is by dot, else widened, keeping
       // its layout (W^T's rows contiguous stay so).
       w_ = rows_ && !transposed_ ? w : rows_ ? widened(w) : widened(w.t()).t();
-      if (transposed_) id_ = next_id().fetch_add(1) + 1;
       return;
     }
     reverse_.assign(units.count(), 0);
@@ -144,39 +143,66 @@ class UnitBlockGemm {
       reverse_[b] = !reverse_[b];
       return;
     }
+    if (step >= 0 && packed_[b].bf16()) {
+      // The blocks a thread runs in one step share one bfloat16 copy of A: converted per
+      // block it was a tenth of a bfloat16 LSTM (100, 64, 512, 512) inference call
+      // (four blocks a thread).
+      packed_[b].run_packed_a(m, packed_a_bf16(m, a, lda, step), beta, c, ldc);
+      return;
+    }
     packed_[b].run(m, a, lda, beta, c, ldc);
   }
 
  private:
-  // A [m, k] (leading dim lda) as the panels of gemm_transposed's b, in this thread's
-  // scratch: packed again unless this thread's last packing was of this object's `step`.
-  // The key is an id no other object gets, since a later call's object may sit at the
-  // same address, with the same state buffer.
-  const scalar_t* packed_state(int64_t m, const scalar_t* a, int64_t lda, int64_t step) const {
+  // The key of a thread's copy of A (packed_state, packed_a_bf16): its object, step, data.
+  struct ScratchKey {
+    uint64_t owner = 0;
+    int64_t step = -1, m = 0;
+    const scalar_t* a = nullptr;
+    bool operator==(const ScratchKey& o) const {
+      return owner == o.owner && step == o.step && m == o.m && a == o.a;
+    }
+  };
+
+  // This thread's copy of A for `key` (size elements, written by pack(dst)): made again
+  // unless the thread's last copy at this call site was for the same key. The key's owner
+  // is an id no other object gets, since a later call's object may sit at the same
+  // address, with the same state buffer. step -1: always made again.
+  template <typename T, typename Pack>
+  static const T* scratch_copy(const ScratchKey& key, int64_t size, const Pack& pack) {
     struct Scratch {
-      uint64_t owner = 0;
-      int64_t step = -1;
-      const scalar_t* a = nullptr;
-      std::vector<scalar_t> panels;
+      ScratchKey key;
+      std::vector<T> data;
     };
     thread_local Scratch scratch;
-    if (step >= 0 && scratch.owner == id_ && scratch.step == step && scratch.a == a) {
-      return scratch.panels.data();
-    }
+    if (key.step >= 0 && scratch.key == key) return scratch.data.data();
+    if (static_cast<int64_t>(scratch.data.size()) < size) scratch.data.resize(size);
+    pack(scratch.data.data());
+    scratch.key = key;
+    return scratch.data.data();
+  }
+
+  // A [m, k] (leading dim lda) packed by the bfloat16 kernels' pack_a.
+  const uint16_t* packed_a_bf16(int64_t m, const scalar_t* a, int64_t lda, int64_t step) const {
+    return scratch_copy<uint16_t>({id_, step, m, a}, bf16_packed_a_elements(m, k_),
+                                  [&](uint16_t* dst) {
+                                    if constexpr (std::is_same_v<scalar_t, float>) {
+                                      gemm_bf16_kernels()->pack_a(a, lda, 1, m, k_, dst);
+                                    }
+                                  });
+  }
+
+  // A [m, k] (leading dim lda) as the panels of gemm_transposed's b.
+  const scalar_t* packed_state(int64_t m, const scalar_t* a, int64_t lda, int64_t step) const {
     const int64_t width = gemm_kernels<scalar_t>().width, panels = ceil_div(m, width);
-    if (static_cast<int64_t>(scratch.panels.size()) < panels * k_ * width) {
-      scratch.panels.resize(panels * k_ * width);
-    }
-    const scalar_t* rows[64];
-    for (int64_t p = 0; p < panels; ++p) {
-      const int64_t cols = std::min(width, m - p * width);
-      for (int64_t j = 0; j < cols; ++j) rows[j] = a + (p * width + j) * lda;
-      pack_panel(rows, cols, 1, k_, width, scratch.panels.data() + p * k_ * width);
-    }
-    scratch.owner = id_;
-    scratch.step = step;
-    scratch.a = a;
-    return scratch.panels.data();
+    return scratch_copy<scalar_t>({id_, step, m, a}, panels * k_ * width, [&](scalar_t* dst) {
+      const scalar_t* rows[64];
+      for (int64_t p = 0; p < panels; ++p) {
+        const int64_t cols = std::min(width, m - p * width);
+        for (int64_t j = 0; j < cols; ++j) rows[j] = a + (p * width + j) * lda;
+        pack_panel(rows, cols, 1, k_, width, dst + p * k_ * width);
+      }
+    });
   }
 
   static std::atomic<uint64_t>& next_id() {
@@ -189,7 +215,7 @@ class UnitBlockGemm {
   at::Tensor w_;       // defined: W read in place
   bool rows_ = false;  // W's rows contiguous (else W^T's)
   bool transposed_ = false;  // rows_ and steps of more rows than dot suits
-  uint64_t id_ = 0;          // of transposed_ objects, for packed_state
+  uint64_t id_ = 0;  // no other object's: the key of its scratch copies of A
   std::vector<PackedWeight<scalar_t>> packed_;  // W_b^T, per block, where not small_
   std::vector<SmallBatchGemm<scalar_t>> small_;
   // Per block, the next visiting order for SmallBatchGemm (a char: vector<bool> packs

@@ -318,49 +318,84 @@ GATEDRNN_BF16_TARGET void pack_a_rows(const float* a, int64_t a_row, int64_t a_s
   }
 }
 
-__attribute__((target("amx-tile,amx-bf16"))) void gemm_amx(
-    int64_t m, int64_t n, int64_t k, const float* a, int64_t a_row, int64_t a_step,
-    const uint16_t* b, int64_t b_panel, float beta, float* c, int64_t ldc) {
-  if (m <= 0 || n <= 0) return;
-  const int64_t kp = bf16_padded_k(k);
-  const int64_t panels = (n + kBf16PanelWidth - 1) / kBf16PanelWidth;
-  const int64_t rows = block_rows(kp, 32);
-  thread_local std::vector<uint16_t> a_buffer;
-  uint16_t* ab = scratch(a_buffer, std::min(rows, (m + 31) / 32 * 32) * kp);
-  alignas(64) float buf[4][256];
-  // Loaded at every call: the tile configuration belongs to the thread, and other code on
-  // it (oneDNN's AMX kernels, inside torch) sets its own.
+// Loaded at every call: the tile configuration belongs to the thread, and other code on
+// it (oneDNN's AMX kernels, inside torch) sets its own.
+__attribute__((target("amx-tile,amx-bf16"))) void amx_configure() {
   TileConfig cfg;
   for (int t = 0; t < 8; ++t) {
     cfg.rows[t] = 16;
     cfg.colsb[t] = 64;
   }
   _tile_loadconfig(&cfg);
+}
+
+// C[:mi, :n] of one block of rows, whose A is packed (pack_a_rows, rows kp apart), tiles
+// configured.
+__attribute__((target("amx-tile,amx-bf16"))) void amx_rows(
+    int64_t mi, int64_t n, int64_t kp, const uint16_t* ab, const uint16_t* b, int64_t b_panel,
+    float beta, float* c, int64_t ldc) {
+  const int64_t panels = (n + kBf16PanelWidth - 1) / kBf16PanelWidth;
+  alignas(64) float buf[4][256];
+  // A group of 32 rows against every panel, over all of k (chunks of k that fit L1,
+  // the sums carried through C, were no faster: 5.0-5.6 ms against 4.0 for a weight
+  // gradient (m, n, k) = (2048, 512, 1024) on one Sapphire Rapids core, and 79 us either
+  // way for a step (64, 1024, 512): the tile loads, not the caches, bound these tiles).
+  for (int64_t r0 = 0; r0 < mi; r0 += 32) {
+    const bool two = mi - r0 > 16;
+    const uint16_t* at = ab + r0 * kp;
+    for (int64_t p = 0; p < panels; ++p) {
+      const int64_t j0 = p * kBf16PanelWidth, cols = std::min(kBf16PanelWidth, n - j0);
+      CTile ct[4];
+      for (int t = 0; t < 4; ++t) {
+        const int64_t tr = r0 + (t / 2) * 16, tc = (t % 2) * 16;
+        ct[t] = {c + tr * ldc + j0 + tc, std::clamp<int64_t>(mi - tr, 0, 16),
+                 std::clamp<int64_t>(cols - tc, 0, 16)};
+      }
+      if (two) {
+        amx_panel<true>(at, kp, kp, b + p * b_panel, ct, beta, ldc, buf);
+      } else {
+        amx_panel<false>(at, kp, kp, b + p * b_panel, ct, beta, ldc, buf);
+      }
+    }
+  }
+}
+
+__attribute__((target("amx-tile,amx-bf16"))) void gemm_amx(
+    int64_t m, int64_t n, int64_t k, const float* a, int64_t a_row, int64_t a_step,
+    const uint16_t* b, int64_t b_panel, float beta, float* c, int64_t ldc) {
+  if (m <= 0 || n <= 0) return;
+  const int64_t kp = bf16_padded_k(k);
+  const int64_t rows = block_rows(kp, 32);
+  thread_local std::vector<uint16_t> a_buffer;
+  uint16_t* ab = scratch(a_buffer, std::min(rows, (m + 31) / 32 * 32) * kp);
+  amx_configure();
   for (int64_t i0 = 0; i0 < m; i0 += rows) {
     const int64_t mi = std::min(rows, m - i0), mp = (mi + 15) / 16 * 16;
     pack_a_rows(a + i0 * a_row, a_row, a_step, mi, mp, k, kp, ab);
-    // A group of 32 rows against every panel, over all of k (chunks of k that fit L1,
-    // the sums carried through C, were no faster: 5.0-5.6 ms against 4.0 for a weight
-    // gradient (m, n, k) = (2048, 512, 1024) on one Sapphire Rapids core, and 79 us either
-    // way for a step (64, 1024, 512): the tile loads, not the caches, bound these tiles).
-    for (int64_t r0 = 0; r0 < mi; r0 += 32) {
-      const bool two = mi - r0 > 16;
-      const uint16_t* at = ab + r0 * kp;
-      for (int64_t p = 0; p < panels; ++p) {
-        const int64_t j0 = p * kBf16PanelWidth, cols = std::min(kBf16PanelWidth, n - j0);
-        CTile ct[4];
-        for (int t = 0; t < 4; ++t) {
-          const int64_t tr = r0 + (t / 2) * 16, tc = (t % 2) * 16;
-          ct[t] = {c + (i0 + tr) * ldc + j0 + tc, std::clamp<int64_t>(mi - tr, 0, 16),
-                   std::clamp<int64_t>(cols - tc, 0, 16)};
-        }
-        if (two) {
-          amx_panel<true>(at, kp, kp, b + p * b_panel, ct, beta, ldc, buf);
-        } else {
-          amx_panel<false>(at, kp, kp, b + p * b_panel, ct, beta, ldc, buf);
-        }
-      }
-    }
+    amx_rows(mi, n, kp, ab, b, b_panel, beta, c + i0 * ldc, ldc);
+  }
+  _tile_release();
+}
+
+// A packed whole for gemm_packed_amx: the blocks gemm_amx packs one at a time, each at
+// its first row, so a block's rows are where gemm_amx has them.
+void pack_a_amx(const float* a, int64_t a_row, int64_t a_step, int64_t m, int64_t k,
+                uint16_t* dst) {
+  const int64_t kp = bf16_padded_k(k), rows = block_rows(kp, 32);
+  for (int64_t i0 = 0; i0 < m; i0 += rows) {
+    const int64_t mi = std::min(rows, m - i0), mp = (mi + 15) / 16 * 16;
+    pack_a_rows(a + i0 * a_row, a_row, a_step, mi, mp, k, kp, dst + i0 * kp);
+  }
+}
+
+__attribute__((target("amx-tile,amx-bf16"))) void gemm_packed_amx(
+    int64_t m, int64_t n, int64_t k, const uint16_t* a, const uint16_t* b, int64_t b_panel,
+    float beta, float* c, int64_t ldc) {
+  if (m <= 0 || n <= 0) return;
+  const int64_t kp = bf16_padded_k(k), rows = block_rows(kp, 32);
+  amx_configure();
+  for (int64_t i0 = 0; i0 < m; i0 += rows) {
+    amx_rows(std::min(rows, m - i0), n, kp, a + i0 * kp, b, b_panel, beta, c + i0 * ldc, ldc);
   }
   _tile_release();
 }
@@ -474,32 +509,69 @@ GATEDRNN_BF16_TARGET void pack_a_pairs(const float* a, int64_t a_row, int64_t a_
   }
 }
 
-__attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"))) void gemm_avx512(
-    int64_t m, int64_t n, int64_t k, const float* a, int64_t a_row, int64_t a_step,
-    const uint16_t* b, int64_t b_panel, float beta, float* c, int64_t ldc) {
+// C[:mi, :n] of one block of rows, whose A is packed (pack_a_pairs, tile by tile, the
+// tile at row r0 r0 * k2 dwords in).
+GATEDRNN_BF16_TARGET void avx512_rows(int64_t mi, int64_t n, int64_t k2, const uint32_t* ab,
+                                      const uint16_t* b, int64_t b_panel, float beta, float* c,
+                                      int64_t ldc) {
+  const int64_t panels = (n + kBf16PanelWidth - 1) / kBf16PanelWidth;
+  for (int64_t p = 0; p < panels; ++p) {
+    const int64_t j0 = p * kBf16PanelWidth, cols = std::min(kBf16PanelWidth, n - j0);
+    for_each_tile(mi, [&](int64_t r0, int64_t h) {
+      float* ct = c + r0 * ldc + j0;
+      if (cols == kBf16PanelWidth) {
+        bf16_tile_of_height<true>(h, k2, ab + r0 * k2, b + p * b_panel, cols, beta, ct, ldc);
+      } else {
+        bf16_tile_of_height<false>(h, k2, ab + r0 * k2, b + p * b_panel, cols, beta, ct, ldc);
+      }
+    });
+  }
+}
+
+// A's rows [0, mi) of a block as pairs of k, tile by tile: [k2][h] for a tile of height h.
+GATEDRNN_BF16_TARGET void pack_a_block(const float* a, int64_t a_row, int64_t a_step,
+                                       int64_t mi, int64_t k, int64_t kp, uint32_t* dst) {
+  for_each_tile(mi, [&](int64_t r0, int64_t h) {
+    pack_a_pairs(a + r0 * a_row, a_row, a_step, h, k, kp, dst + r0 * (kp / 2));
+  });
+}
+
+GATEDRNN_BF16_TARGET void gemm_avx512(int64_t m, int64_t n, int64_t k, const float* a,
+                                      int64_t a_row, int64_t a_step, const uint16_t* b,
+                                      int64_t b_panel, float beta, float* c, int64_t ldc) {
   if (m <= 0 || n <= 0) return;
   const int64_t kp = bf16_padded_k(k), k2 = kp / 2;
-  const int64_t panels = (n + kBf16PanelWidth - 1) / kBf16PanelWidth;
   const int64_t rows = block_rows(kp, kTileRows);
   thread_local std::vector<uint32_t> a_buffer;
   uint32_t* ab = scratch(a_buffer, std::min(rows, m) * k2);
   for (int64_t i0 = 0; i0 < m; i0 += rows) {
     const int64_t mi = std::min(rows, m - i0);
-    // A's block as pairs of k, tile by tile: [k2][h] for a tile of height h.
-    for_each_tile(mi, [&](int64_t r0, int64_t h) {
-      pack_a_pairs(a + (i0 + r0) * a_row, a_row, a_step, h, k, kp, ab + r0 * k2);
-    });
-    for (int64_t p = 0; p < panels; ++p) {
-      const int64_t j0 = p * kBf16PanelWidth, cols = std::min(kBf16PanelWidth, n - j0);
-      for_each_tile(mi, [&](int64_t r0, int64_t h) {
-        float* ct = c + (i0 + r0) * ldc + j0;
-        if (cols == kBf16PanelWidth) {
-          bf16_tile_of_height<true>(h, k2, ab + r0 * k2, b + p * b_panel, cols, beta, ct, ldc);
-        } else {
-          bf16_tile_of_height<false>(h, k2, ab + r0 * k2, b + p * b_panel, cols, beta, ct, ldc);
-        }
-      });
-    }
+    pack_a_block(a + i0 * a_row, a_row, a_step, mi, k, kp, ab);
+    avx512_rows(mi, n, k2, ab, b, b_panel, beta, c + i0 * ldc, ldc);
+  }
+}
+
+// A packed whole for gemm_packed_avx512: the blocks gemm_avx512 packs one at a time, each
+// at its first row (m * kp / 2 dwords in all).
+GATEDRNN_BF16_TARGET void pack_a_avx512(const float* a, int64_t a_row, int64_t a_step,
+                                        int64_t m, int64_t k, uint16_t* dst) {
+  const int64_t kp = bf16_padded_k(k), rows = block_rows(kp, kTileRows);
+  uint32_t* d = reinterpret_cast<uint32_t*>(dst);
+  for (int64_t i0 = 0; i0 < m; i0 += rows) {
+    pack_a_block(a + i0 * a_row, a_row, a_step, std::min(rows, m - i0), k, kp,
+                 d + i0 * (kp / 2));
+  }
+}
+
+GATEDRNN_BF16_TARGET void gemm_packed_avx512(int64_t m, int64_t n, int64_t k, const uint16_t* a,
+                                             const uint16_t* b, int64_t b_panel, float beta,
+                                             float* c, int64_t ldc) {
+  if (m <= 0 || n <= 0) return;
+  const int64_t kp = bf16_padded_k(k), k2 = kp / 2, rows = block_rows(kp, kTileRows);
+  const uint32_t* d = reinterpret_cast<const uint32_t*>(a);
+  for (int64_t i0 = 0; i0 < m; i0 += rows) {
+    avx512_rows(std::min(rows, m - i0), n, k2, d + i0 * k2, b, b_panel, beta, c + i0 * ldc,
+                ldc);
   }
 }
 
@@ -507,12 +579,7 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"))) void gemm_avx512
 // The peaks: the instruction alone, on operands in registers.
 
 __attribute__((target("amx-tile,amx-bf16"))) double peak_amx(int64_t iterations, float* sink) {
-  TileConfig cfg;
-  for (int t = 0; t < 8; ++t) {
-    cfg.rows[t] = 16;
-    cfg.colsb[t] = 64;
-  }
-  _tile_loadconfig(&cfg);
+  amx_configure();
   alignas(64) uint16_t ones[16 * 32];
   std::fill_n(ones, 16 * 32, uint16_t(0x3c00));  // 2^-7: the sums stay small
   alignas(64) float out[256];
@@ -551,11 +618,12 @@ GATEDRNN_BF16_TARGET double peak_avx512(int64_t iterations, float* sink) {
   return 2.0 * double(iterations) * kChains * 32;
 }
 
-constexpr GemmBf16Kernels kAmx{"amx", &gemm_amx, &pack_b_rows, &pack_b_rows_bf16,
-                               &pack_b_columns, &pack_b_columns_bf16, &peak_amx};
-constexpr GemmBf16Kernels kAvx512Bf16{"avx512_bf16", &gemm_avx512, &pack_b_rows,
-                                      &pack_b_rows_bf16, &pack_b_columns, &pack_b_columns_bf16,
-                                      &peak_avx512};
+constexpr GemmBf16Kernels kAmx{"amx",           &gemm_amx,       &pack_a_amx,
+                               &gemm_packed_amx, &pack_b_rows,    &pack_b_rows_bf16,
+                               &pack_b_columns,  &pack_b_columns_bf16, &peak_amx};
+constexpr GemmBf16Kernels kAvx512Bf16{"avx512_bf16",       &gemm_avx512,      &pack_a_avx512,
+                                      &gemm_packed_avx512, &pack_b_rows,      &pack_b_rows_bf16,
+                                      &pack_b_columns,     &pack_b_columns_bf16, &peak_avx512};
 
 }  // namespace
 

@@ -27,6 +27,11 @@ constexpr int64_t kBf16PanelWidth = 32;
 // k rounded up to a multiple of 32 (one AMX tile of A is 16 rows by 32 k).
 inline int64_t bf16_padded_k(int64_t k) { return (k + 31) / 32 * 32; }
 
+// The size of pack_a's result: m rounded up to 16 rows of k rounded up to 32.
+inline int64_t bf16_packed_a_elements(int64_t m, int64_t k) {
+  return (m + 15) / 16 * 16 * bf16_padded_k(k);
+}
+
 struct GemmBf16Kernels {
   const char* name;
   // c[:m, :n] = bf16(a) @ b + beta * c[:m, :n] (c not read when beta == 0), where
@@ -34,6 +39,14 @@ struct GemmBf16Kernels {
   //   b: the panels above, b_panel elements apart.
   void (*gemm)(int64_t m, int64_t n, int64_t k, const float* a, int64_t a_row, int64_t a_step,
                const uint16_t* b, int64_t b_panel, float beta, float* c, int64_t ldc);
+  // gemm in two parts, for an A that several calls read (a step's state, against each
+  // block of a thread's units): pack_a writes A's rows [0, m), rounded, in this kernel's
+  // own layout into dst (bf16_packed_a_elements(m, k) elements), and gemm_packed_a is
+  // gemm on them, with the same bits.
+  void (*pack_a)(const float* a, int64_t a_row, int64_t a_step, int64_t m, int64_t k,
+                 uint16_t* dst);
+  void (*gemm_packed_a)(int64_t m, int64_t n, int64_t k, const uint16_t* a, const uint16_t* b,
+                        int64_t b_panel, float beta, float* c, int64_t ldc);
   // The panels of B [k, n], rounded as A is, into dst: ceil(n / 32) panels of
   // bf16_padded_k(k) * 32 elements each. From B's rows, b(kk, j) = src[kk * ldb + j]:
   void (*pack_b_rows)(const float* src, int64_t ldb, int64_t k, int64_t n, uint16_t* dst);
