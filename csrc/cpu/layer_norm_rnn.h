@@ -287,7 +287,8 @@ struct NormColumns {
 // LN_x(W_ih x) + b_ih and of LN_h(W_hh h) + b_hh (the same for the LSTM, whose two add
 // before anything else), and dgh, that of W_hh h before LN_h.
 //   grad_input = dgx @ w_ih, grad_w_ih = dgx^T @ x, grad_w_hh = dgh^T @ h_prev, with dgx
-//   the gradient of W_ih x before LN_x, made here; grad_b_ih = the column sums of dx_pre,
+//   the gradient of W_ih x before LN_x, made here in dx_pre's place (dx_pre is overwritten;
+//   for the LSTM, dh_pre too: the same tensor); grad_b_ih = the column sums of dx_pre,
 //   grad_gain_x those of dx_pre * xhat_x (likewise the hidden side).
 //   x: [R, I], w_ih: [G, I], out: [R, P], h0: [N, P], ws: [R, cols.width];
 //   dx_pre, dh_pre, dgh: [R, G]; gain_x: [G] (normalized_x: whether LN_x is there);
@@ -299,7 +300,7 @@ template <typename scalar_t>
 LayerNormRnnGrads layer_norm_rnn_grads(const Schedule& s, const at::Tensor& x,
                                        const at::Tensor& w_ih, const at::Tensor& out,
                                        const at::Tensor& h0, const at::Tensor& ws,
-                                       const NormColumns& cols, const at::Tensor& dx_pre,
+                                       const NormColumns& cols, at::Tensor& dx_pre,
                                        const at::Tensor& dh_pre, const at::Tensor& dgh,
                                        const scalar_t* gain_x, bool normalized_x,
                                        const scalar_t* state_mask, const Resets& resets) {
@@ -309,31 +310,12 @@ LayerNormRnnGrads layer_norm_rnn_grads(const Schedule& s, const at::Tensor& x,
   const scalar_t* dxp = dx_pre.const_data_ptr<scalar_t>();
   const scalar_t* dhp = dh_pre.const_data_ptr<scalar_t>();
   const int64_t W = cols.width;
-  at::Tensor dgx = cached_empty({R, G}, opts);
-  scalar_t* gx = dgx.mutable_data_ptr<scalar_t>();
-  at::parallel_for(0, R, 16, [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
-      norm_input_grad(normalized_x, G, dxp + r * G, gain_x, wsp + r * W + cols.xhat_x,
-                      wsp[r * W + cols.rstd_x], gx + r * G);
-    }
-  });
   LayerNormRnnGrads g{cached_empty({R, I}, opts), at::empty({G, I}, opts), at::empty({G, P}, opts),
-                      at::empty({G}, opts),    at::Tensor(),             at::empty({G}, opts),
+                      at::empty({G}, opts),    at::empty({G}, opts),     at::empty({G}, opts),
                       at::empty({G}, opts)};
-  const at::Tensor h_prev = previous_states<scalar_t>(s, out, h0, state_mask, resets);
-  // As independent sums whose blocks share the threads, each B packed once for all its
-  // blocks (run_gemm_sums): LayerNormLSTM (100, 64, 512, 512) backward 540 -> 415-440 ms
-  // against three parallel_gemm calls (Intel Xeon, 2 threads).
-  run_gemm_sums<scalar_t>({
-      {R, I, g.grad_input.mutable_data_ptr<scalar_t>(), I, scalar_t(0),
-       {{false, G, gx, G, w_ih.const_data_ptr<scalar_t>(), I}}},
-      {G, I, g.grad_w_ih.mutable_data_ptr<scalar_t>(), I, scalar_t(0),
-       {{true, R, gx, G, x.const_data_ptr<scalar_t>(), I}}},
-      {G, P, g.grad_w_hh.mutable_data_ptr<scalar_t>(), P, scalar_t(0),
-       {{true, R, dgh.const_data_ptr<scalar_t>(), G, h_prev.const_data_ptr<scalar_t>(), P}}}});
-  g.grad_b_hh = at::empty({G}, opts);
   // The biases' and gains' gradients: column sums over every row, blocks of columns over
-  // the threads (the sums do not depend on their number).
+  // the threads (the sums do not depend on their number). First, while dx_pre still holds
+  // its own values.
   constexpr int64_t kBlock = 64;
   const LayerNormKernels<scalar_t>& ln = layer_norm_kernels<scalar_t>();
   at::parallel_for(0, ceil_div(G, kBlock), 1, [&](int64_t c0, int64_t c1) {
@@ -351,6 +333,26 @@ LayerNormRnnGrads layer_norm_rnn_grads(const Schedule& s, const at::Tensor& x,
       }
     }
   });
+  // dgx in dx_pre's place (each row read before it is written): a buffer of [R, G] less
+  // to write, ~3 MB at (T, N, H) = (100, 16, 128).
+  scalar_t* gx = dx_pre.mutable_data_ptr<scalar_t>();
+  at::parallel_for(0, R, 16, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      norm_input_grad(normalized_x, G, gx + r * G, gain_x, wsp + r * W + cols.xhat_x,
+                      wsp[r * W + cols.rstd_x], gx + r * G);
+    }
+  });
+  const at::Tensor h_prev = previous_states<scalar_t>(s, out, h0, state_mask, resets);
+  // As independent sums whose blocks share the threads, each B packed once for all its
+  // blocks (run_gemm_sums): LayerNormLSTM (100, 64, 512, 512) backward 540 -> 415-440 ms
+  // against three parallel_gemm calls (Intel Xeon, 2 threads).
+  run_gemm_sums<scalar_t>({
+      {R, I, g.grad_input.mutable_data_ptr<scalar_t>(), I, scalar_t(0),
+       {{false, G, gx, G, w_ih.const_data_ptr<scalar_t>(), I}}},
+      {G, I, g.grad_w_ih.mutable_data_ptr<scalar_t>(), I, scalar_t(0),
+       {{true, R, gx, G, x.const_data_ptr<scalar_t>(), I}}},
+      {G, P, g.grad_w_hh.mutable_data_ptr<scalar_t>(), P, scalar_t(0),
+       {{true, R, dgh.const_data_ptr<scalar_t>(), G, h_prev.const_data_ptr<scalar_t>(), P}}}});
   return g;
 }
 
