@@ -179,3 +179,37 @@ def test_bf16_module_at_a_batch_of_16(mode):
         e_ours = (o.double() - e).abs().max().item()
         e_nn = (t.double() - e).abs().max().item()
         assert e_ours <= 2 * e_nn + eps * max(1.0, e.abs().max().item()), (e_ours, e_nn)
+
+
+def test_outputs_round_as_torch_rounds():
+    """A bfloat16 op writes its output in bfloat16 as its steps make it (recurrence.h,
+    StepOutput): the bits torch's own rounding of the float32 result gives, for ties (to
+    even, both ways) and denormals; NaN stays NaN. A GRU with zero weights: z = 1/2 and
+    n = tanh(b_in), so h_t = n / 2 + h_{t-1} / 2; where b_in = 0 (units < 8), h0's denormals
+    are halved at every step, a tie whenever the last kept bit is odd."""
+    T, N, H = 3, 8, 40
+    torch.manual_seed(0)
+    h0 = torch.randn(1, N, H) * torch.tensor(2.0).pow(torch.randint(-140, 120, (1, N, H)))
+    h0[0, 0, :8] = torch.tensor([1, 3, 5, 7, -9, 11, 127, 0.0]) * 2.0 ** -133
+    h0[0, 1, 0] = float("nan")  # its whole row: NaN * 0 in the GEMM
+    h0 = h0.to(torch.bfloat16).float()  # values the bfloat16 run takes exactly
+    wide = gatedrnn.GRU(16, H)
+    with torch.no_grad():
+        for p in wide.parameters():
+            p.zero_()
+        wide.bias_ih_l0[2 * H + 8:] = torch.randn(H - 8).to(torch.bfloat16).float()
+    x = torch.randn(T, N, 16).to(torch.bfloat16).float()
+    narrow = gatedrnn.GRU(16, H).to(torch.bfloat16)
+    narrow.load_state_dict(wide.state_dict())
+    with torch.no_grad():
+        expected, h_expected = wide(x, h0)
+        out, h_n = narrow(x.bfloat16(), h0.bfloat16())
+    assert out.dtype == torch.bfloat16
+    low = expected[~expected.isnan()].view(torch.int32) & 0x1ffff
+    assert (low == 0x08000).any() and (low == 0x18000).any()  # ties rounding down and up
+    assert ((expected.abs() < torch.finfo(torch.float32).tiny) & (expected != 0)).any()
+    for ours, wanted in ((out, expected), (h_n, h_expected)):
+        wanted = wanted.to(torch.bfloat16)
+        nan = wanted.isnan()
+        assert nan.any() and torch.equal(ours.isnan(), nan)  # NaN's bits are not a value
+        assert torch.equal(ours[~nan].view(torch.int16), wanted[~nan].view(torch.int16))

@@ -33,10 +33,10 @@ void gru_forward_impl(const RnnShapes& sh, const at::Tensor& x, const at::Tensor
   const int64_t H = sh.hidden_size, N = s.batch, G = kGates * H;
   const UnitBlocks units = unit_blocks(H, kGates, H, N, s.steps());
   const UnitBlockGemm<scalar_t> hidden(w_hh, kGates, H, units, N, s.steps(), precision);
-  at::Tensor hg = at::empty({N, G}, x.options());
+  at::Tensor hg = at::empty({N, G}, h_state.options());
   scalar_t* hgp = hg.mutable_data_ptr<scalar_t>();
   scalar_t* wsp = ws.defined() ? ws.mutable_data_ptr<scalar_t>() : nullptr;
-  scalar_t* outp = out.mutable_data_ptr<scalar_t>();
+  const StepOutput<scalar_t> output(out);
   const scalar_t* bih = b_ih.const_data_ptr<scalar_t>();
   const scalar_t* bhh = b_hh.const_data_ptr<scalar_t>();
   const auto forward_units = gru_kernels<scalar_t>().forward_units;
@@ -46,7 +46,8 @@ void gru_forward_impl(const RnnShapes& sh, const at::Tensor& x, const at::Tensor
     // hg_b[:n] = h[:n] @ w_hh_b^T       [n, H] x [H, 3 len]
     hidden.run(b, st.n, st.cur, H, scalar_t(0), hgb, G, st.k);
     forward_units(st.n, H, u0, len, st.gates + kGates * u0, hgb, G, bih, bhh, st.cur,
-                  wsp ? wsp + st.off * 4 * H : nullptr, outp + st.off * H, st.next);
+                  wsp ? wsp + st.off * 4 * H : nullptr, output.rows(st), st.next);
+    output.finish(st, u0, len);
   };
   team.run(0, true, block, [](const TeamMember&, const TeamStep<scalar_t>&) {});
   h_state.copy_(team.final_state());
@@ -62,15 +63,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_forward(
   const Resets resets = resets_of(kForward, reset, sh.schedule);
   const Schedule& s = sh.schedule;
   const int64_t H = sh.hidden_size;
-  const at::Tensor x = cached_contiguous(widened(input)).view({s.rows, sh.input_size});
-  const auto opts = x.options();
+  // x as it is, bfloat16 too: the input projection reads it so (ForwardTeam)
+  const at::Tensor x = cached_contiguous(input).view({s.rows, sh.input_size});
+  const auto opts = x.options().dtype(workspace_dtype(input));
   const at::Tensor bih = optional_bias(widened(b_ih), kGates * H, opts);
   const at::Tensor bhh = optional_bias(widened(b_hh), kGates * H, opts);
-  at::Tensor out = cached_empty({s.rows, H}, opts);
+  at::Tensor out = step_output(input, true, s.rows, H, opts);
   at::Tensor h_state = widened(h0).contiguous().clone();
   at::Tensor ws = cached_empty({need_workspace ? s.rows : 0, 4 * H}, opts);
   at::Tensor ws_arg = need_workspace ? ws : at::Tensor();
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), kForward, [&] {
+  AT_DISPATCH_FLOATING_TYPES(workspace_dtype(input), kForward, [&] {
     gru_forward_impl<scalar_t>(sh, x, cached_contiguous(w_ih), cached_contiguous(w_hh), bih, bhh,
                                out, h_state, ws_arg, resets, precision_of(input));
   });

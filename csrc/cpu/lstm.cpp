@@ -40,10 +40,11 @@ void lstm_forward_impl(const RnnShapes& sh, const at::Tensor& x, const at::Tenso
   const UnitBlockGemm<scalar_t> projection =
       proj ? UnitBlockGemm<scalar_t>(w_hr, 1, P, proj_units, N, s.steps(), precision)
            : UnitBlockGemm<scalar_t>();
-  at::Tensor hp = proj ? at::empty({N, H}, x.options()) : at::Tensor();
+  at::Tensor hp = proj ? at::empty({N, H}, h_state.options()) : at::Tensor();
   scalar_t* wsp = ws.defined() ? ws.mutable_data_ptr<scalar_t>() : nullptr;
   scalar_t* hpp = proj ? hp.mutable_data_ptr<scalar_t>() : nullptr;
-  scalar_t* outp = out.mutable_data_ptr<scalar_t>();
+  const StepOutput<scalar_t> output(out);
+  scalar_t* outp = proj ? out.mutable_data_ptr<scalar_t>() : nullptr;
   scalar_t* cs = c_state.mutable_data_ptr<scalar_t>();
   const scalar_t* bp = bias.const_data_ptr<scalar_t>();
   const scalar_t* c0p = c0.const_data_ptr<scalar_t>();
@@ -56,8 +57,10 @@ void lstm_forward_impl(const RnnShapes& sh, const at::Tensor& x, const at::Tenso
     hidden.run(b, st.n, st.cur, P, scalar_t(1), pre, G, st.k);
     scalar_t* ws_rows = wsp ? wsp + st.off * ws_ld : nullptr;
     if (!proj) {
-      forward_units(st.n, H, u0, len, pre, G, bp, cs, ws_rows, ws_ld, outp + st.off * H, H,
-                    st.next, H);
+      scalar_t* h = output.rows(st);
+      forward_units(st.n, H, u0, len, pre, G, bp, cs, ws_rows, ws_ld, h, H,
+                    h == st.next ? nullptr : st.next, H);
+      output.finish(st, u0, len);
     } else {
       forward_units(st.n, H, u0, len, pre, G, bp, cs, ws_rows, ws_ld, hpp, H, nullptr, 0);
     }
@@ -91,21 +94,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward(
   const Resets resets = resets_of(kForward, reset, sh.schedule);
   const Schedule& s = sh.schedule;
   const int64_t H = sh.hidden_size, P = sh.state_size;
-  const at::Tensor x = cached_contiguous(widened(input)).view({s.rows, sh.input_size});
-  const auto opts = x.options();
+  // x as it is, bfloat16 too: the input projection reads it so (ForwardTeam)
+  const at::Tensor x = cached_contiguous(input).view({s.rows, sh.input_size});
+  const auto opts = x.options().dtype(workspace_dtype(input));
   // The weights as they are (bfloat16 in the bfloat16 form): the GEMMs read them so, or
   // widen them where they cannot (recurrent_gemm.h).
   const at::Tensor wih = cached_contiguous(w_ih), whh = cached_contiguous(w_hh);
   const at::Tensor whr =
       (w_hr.has_value() && w_hr->defined()) ? cached_contiguous(*w_hr) : at::Tensor();
   const at::Tensor bias = combined_bias(widened(b_ih), widened(b_hh), kGates * H, opts);
-  at::Tensor out = cached_empty({s.rows, P}, opts);
+  at::Tensor out = step_output(input, !whr.defined(), s.rows, P, opts);
   at::Tensor h_state = widened(h0).contiguous().clone();
   const at::Tensor c0c = widened(c0).contiguous();
   at::Tensor c_state = c0c.clone();
   at::Tensor ws = cached_empty({need_workspace ? s.rows : 0, 5 * H}, opts);
   at::Tensor ws_arg = need_workspace ? ws : at::Tensor();
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), kForward, [&] {
+  AT_DISPATCH_FLOATING_TYPES(workspace_dtype(input), kForward, [&] {
     lstm_forward_impl<scalar_t>(sh, x, wih, whh, bias, whr, out, h_state, c_state, c0c, ws_arg,
                                 resets, precision_of(input));
   });

@@ -93,6 +93,43 @@ struct TeamStep {
   scalar_t* next;         // [N, P] the state after it (each block writes its columns)
 };
 
+// A time loop's output [R, P]: in the loop's dtype, or, for a bfloat16 op where the
+// bfloat16 kernels run (direct), in bfloat16 as its steps make it: a block's kernel writes
+// its h to the next state only, and finish rounds those columns into the output rows,
+// still in cache (a float32 output, its pages and its copy at the end were a tenth of a
+// bfloat16 LSTM (100, 64, 512, 512) inference call). The same bits as rounding at the end.
+inline at::Tensor step_output(const at::Tensor& input, bool direct, int64_t rows, int64_t P,
+                              const at::TensorOptions& opts) {
+  if (direct && is_bf16(input) && gemm_bf16_kernels() != nullptr) {
+    return cached_empty({rows, P}, opts.dtype(at::kBFloat16));
+  }
+  return cached_empty({rows, P}, opts);
+}
+template <typename scalar_t>
+class StepOutput {
+ public:
+  explicit StepOutput(at::Tensor& out)
+      : bits_(is_bf16(out) ? reinterpret_cast<uint16_t*>(out.mutable_data_ptr()) : nullptr),
+        wide_(bits_ ? nullptr : out.mutable_data_ptr<scalar_t>()), P_(out.size(1)) {}
+  // Where a block's kernel writes the step's h (rows P apart): the output's rows, or the
+  // next state.
+  scalar_t* rows(const TeamStep<scalar_t>& st) const {
+    return bits_ ? st.next : wide_ + st.off * P_;
+  }
+  // After the block's kernel: its columns [u0, u0 + len) of the step's h into the output.
+  void finish(const TeamStep<scalar_t>& st, int64_t u0, int64_t len) const {
+    if constexpr (std::is_same_v<scalar_t, float>) {
+      if (bits_) gemm_bf16_kernels()->round_rows(st.next + u0, P_, st.n, len,
+                                                 bits_ + st.off * P_ + u0, P_);
+    }
+  }
+
+ private:
+  uint16_t* bits_;
+  scalar_t* wide_;
+  int64_t P_;
+};
+
 // The forward time loop of every cell, on a team (step_team.h). Each thread owns
 // blocks of hidden units and computes their input projection a chunk of steps ahead
 // (StepChunks), in its own columns of a small buffer that is still in its cache when
@@ -105,14 +142,14 @@ struct TeamStep {
 template <typename scalar_t>
 class ForwardTeam {
  public:
-  //   x: [R, I], w_ih: [gates * H, I] (the time loop's dtype, or bfloat16 in the bfloat16
-  //   form: read as it is where that is possible), h0: [N, P]; precision: the input
-  //   projection's
+  //   x: [R, I], w_ih: [gates * H, I] (both the time loop's dtype, or bfloat16 in the
+  //   bfloat16 form: read as they are where that is possible), h0: [N, P]; precision: the
+  //   input projection's
   //   resets: rows that restart from h0 (which must outlive the team) before a step
   ForwardTeam(const Schedule& s, const at::Tensor& x, const at::Tensor& w_ih, int64_t gates,
               const UnitBlocks& units, const at::Tensor& h0,
               GemmPrecision precision = GemmPrecision::kNative, const Resets& resets = {})
-      : s_(s), x_(x), gates_(gates), G_(w_ih.size(0)), units_(units), resets_(resets),
+      : s_(s), gates_(gates), G_(w_ih.size(0)), units_(units), resets_(resets),
         h0_(h0.const_data_ptr<scalar_t>()),
         whole_(units.count() == 1 && s.rows * w_ih.size(0) <= kWholeElements),
         direct_(whole_ && s.rows <= kDirectRows && w_ih.stride(1) == 1),
@@ -124,8 +161,13 @@ class ForwardTeam {
                       : UnitBlockGemm<scalar_t>(w_ih, gates, units.units, units,
                                                 chunks_.max_rows(), chunks_.count(),
                                                 precision)),
-        gate_buf_(cached_empty({chunks_.max_rows(), w_ih.size(0)}, x.options())),
-        h_buf_(at::empty({2, h0.size(0), h0.size(1)}, x.options())) {
+        // A bfloat16 x is read as it is by the chunks' GEMMs (the blocks of a thread share
+        // one packing of it, UnitBlockGemm::run_bf16); a float32 copy of it was a twentieth
+        // of a bfloat16 LSTM (100, 64, 512, 512) inference call with its page faults.
+        x_bf16_(is_bf16(x) && !whole_ && input_.takes_bf16()),
+        x_(x_bf16_ ? x : widened(x)),
+        gate_buf_(cached_empty({chunks_.max_rows(), w_ih.size(0)}, h0.options())),
+        h_buf_(at::empty({2, h0.size(0), h0.size(1)}, h0.options())) {
     h_buf_[0].copy_(h0);
   }
 
@@ -140,7 +182,8 @@ class ForwardTeam {
   void run(int64_t finish_blocks, bool units_write_state, const Block& block,
            const Finish& finish) {
     const int64_t N = h_buf_.size(1), P = h_buf_.size(2), I = x_.size(1);
-    const scalar_t* xp = x_.const_data_ptr<scalar_t>();
+    const scalar_t* xp = x_bf16_ ? nullptr : x_.const_data_ptr<scalar_t>();
+    const auto* x_bits = x_bf16_ ? reinterpret_cast<const uint16_t*>(x_.const_data_ptr()) : nullptr;
     scalar_t* gp = gate_buf_.mutable_data_ptr<scalar_t>();
     scalar_t* hb = h_buf_.mutable_data_ptr<scalar_t>();
     if (whole_) {
@@ -169,8 +212,13 @@ class ForwardTeam {
         if (!whole_ && chunk.first_step == k) {
           for (int64_t b = b0; b < b1; ++b) {
             // gates[chunk, block] = x[chunk] @ w_ih_b^T      [rows, I] x [I, gates len]
-            input_.run(b, chunk.rows(), xp + chunk.begin * I, I, scalar_t(0),
-                       gp + gates_ * units_.begin(b), G_, k);
+            if (x_bf16_) {
+              input_.run_bf16(b, chunk.rows(), x_bits + chunk.begin * I, I, scalar_t(0),
+                              gp + gates_ * units_.begin(b), G_, k);
+            } else {
+              input_.run(b, chunk.rows(), xp + chunk.begin * I, I, scalar_t(0),
+                         gp + gates_ * units_.begin(b), G_, k);
+            }
           }
         }
         const TeamStep<scalar_t> step{k, s_.sizes[t], s_.offsets[t],
@@ -201,7 +249,6 @@ class ForwardTeam {
 
  private:
   const Schedule& s_;
-  const at::Tensor& x_;
   int64_t gates_, G_;
   UnitBlocks units_;
   Resets resets_;
@@ -214,6 +261,8 @@ class ForwardTeam {
   at::Tensor w_ih_direct_;         // used when direct_
   StepChunks chunks_;
   UnitBlockGemm<scalar_t> input_;  // by blocks, chunk by chunk, otherwise
+  bool x_bf16_;                    // x_ in bfloat16, for input_.run_bf16
+  at::Tensor x_;                   // x, or its float32 copy
   at::Tensor gate_buf_, h_buf_;
 };
 

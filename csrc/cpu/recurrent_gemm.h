@@ -153,12 +153,33 @@ class UnitBlockGemm {
     packed_[b].run(m, a, lda, beta, c, ldc);
   }
 
+  // Whether run_bf16 can run: every block packed for the bfloat16 kernels.
+  bool takes_bf16() const {
+    if (w_.defined() || packed_.empty()) return false;
+    for (const PackedWeight<scalar_t>& p : packed_) {
+      if (!p.bf16()) return false;
+    }
+    return true;
+  }
+
+  // run with A in bfloat16 (bits, [m, k] rows lda apart): a bfloat16 op's input, read as
+  // it is. Only where takes_bf16(); the same bits as run on A widened.
+  void run_bf16(int64_t b, int64_t m, const uint16_t* a, int64_t lda, scalar_t beta, scalar_t* c,
+                int64_t ldc, int64_t step) const {
+    if (m == 0 || units_.length(b) == 0) return;
+    TORCH_INTERNAL_ASSERT(takes_bf16() && m <= max_m_, "gatedrnn: run_bf16 on this GEMM");
+    const uint16_t* packed = scratch_copy<uint16_t>(
+        {id_, step, m, a}, bf16_packed_a_elements(m, k_),
+        [&](uint16_t* dst) { gemm_bf16_kernels()->pack_a_bf16(a, lda, m, k_, dst); });
+    packed_[b].run_packed_a(m, packed, beta, c, ldc);
+  }
+
  private:
   // The key of a thread's copy of A (packed_state, packed_a_bf16): its object, step, data.
   struct ScratchKey {
     uint64_t owner = 0;
     int64_t step = -1, m = 0;
-    const scalar_t* a = nullptr;
+    const void* a = nullptr;
     bool operator==(const ScratchKey& o) const {
       return owner == o.owner && step == o.step && m == o.m && a == o.a;
     }

@@ -37,14 +37,15 @@ void rnn_forward_impl(const RnnShapes& sh, bool relu, const at::Tensor& x,
   const int64_t H = sh.hidden_size, N = s.batch;
   const UnitBlocks units = unit_blocks(H, 1, H, N, s.steps());
   const UnitBlockGemm<scalar_t> hidden(w_hh, 1, H, units, N, s.steps(), precision);
-  scalar_t* outp = out.mutable_data_ptr<scalar_t>();
+  const StepOutput<scalar_t> output(out);
   const scalar_t* bp = bias.const_data_ptr<scalar_t>();
   const auto forward_units = rnn_kernels<scalar_t>().forward_units;
   ForwardTeam<scalar_t> team(s, x, w_ih, 1, units, h_state, precision, resets);
   const auto block = [&](const TeamStep<scalar_t>& st, int64_t b, int64_t u0, int64_t len) {
     // gates[:n, block] += h[:n] @ w_hh_b^T      [n, H] x [H, len]
     hidden.run(b, st.n, st.cur, H, scalar_t(1), st.gates + u0, H, st.k);
-    forward_units(st.n, H, u0, len, relu, st.gates, bp, outp + st.off * H, st.next);
+    forward_units(st.n, H, u0, len, relu, st.gates, bp, output.rows(st), st.next);
+    output.finish(st, u0, len);
   };
   team.run(0, true, block, [](const TeamMember&, const TeamStep<scalar_t>&) {});
   h_state.copy_(team.final_state());
@@ -62,12 +63,13 @@ std::tuple<at::Tensor, at::Tensor> rnn_forward(
                                       b_ih, b_hh, std::nullopt, reverse);
   const Resets resets = resets_of(kForward, reset, sh.schedule);
   const Schedule& s = sh.schedule;
-  const at::Tensor x = cached_contiguous(widened(input)).view({s.rows, sh.input_size});
-  const auto opts = x.options();
+  // x as it is, bfloat16 too: the input projection reads it so (ForwardTeam)
+  const at::Tensor x = cached_contiguous(input).view({s.rows, sh.input_size});
+  const auto opts = x.options().dtype(workspace_dtype(input));
   const at::Tensor bias = combined_bias(widened(b_ih), widened(b_hh), sh.hidden_size, opts);
-  at::Tensor out = cached_empty({s.rows, sh.hidden_size}, opts);
+  at::Tensor out = step_output(input, true, s.rows, sh.hidden_size, opts);
   at::Tensor h_state = widened(h0).contiguous().clone();
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), kForward, [&] {
+  AT_DISPATCH_FLOATING_TYPES(workspace_dtype(input), kForward, [&] {
     rnn_forward_impl<scalar_t>(sh, relu, x, cached_contiguous(w_ih), cached_contiguous(w_hh),
                                bias, out, h_state, resets, precision_of(input));
   });

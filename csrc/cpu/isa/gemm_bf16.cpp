@@ -187,6 +187,27 @@ GATEDRNN_BF16_TARGET void pack_b_columns_bf16(const uint16_t* const* columns, in
   pack_columns(columns, k, n, dst);
 }
 
+// torch's rounding to bfloat16 (ATen's vectorized float -> bfloat16, as Tensor.to runs it)
+// on 16 floats: add 0x7fff and the lowest kept bit, keep the upper half; NaN becomes 0xffff
+// (a NaN). Not VCVTNEPS2BF16, which flushes denormals.
+GATEDRNN_BF16_TARGET void round_rows(const float* src, int64_t src_ld, int64_t rows,
+                                     int64_t cols, uint16_t* dst, int64_t dst_ld) {
+  const __m512i bias = _mm512_set1_epi32(0x7fff), one = _mm512_set1_epi32(1);
+  const __m512i nan = _mm512_set1_epi32(0xffff);
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t j = 0; j < cols; j += 16) {
+      const int64_t count = std::min<int64_t>(16, cols - j);
+      const __mmask16 mask = __mmask16((1u << count) - 1);
+      const __m512 v = _mm512_maskz_loadu_ps(mask, src + r * src_ld + j);
+      const __m512i u = _mm512_castps_si512(v);
+      const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), one);
+      __m512i rounded = _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(bias, lsb)), 16);
+      rounded = _mm512_mask_mov_epi32(rounded, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), nan);
+      _mm256_mask_storeu_epi16(dst + r * dst_ld + j, mask, _mm512_cvtepi32_epi16(rounded));
+    }
+  }
+}
+
 // ---------------------------------------------------------------------------------------
 // AMX: C in 16 x 16 float32 tiles, two by two (32 rows by one 32-column panel); A's rows
 // (16 x 32 bfloat16 a tile) from a row-major bfloat16 copy of a block of A, B's tiles
@@ -388,6 +409,17 @@ void pack_a_amx(const float* a, int64_t a_row, int64_t a_step, int64_t m, int64_
   }
 }
 
+// pack_a_amx from bfloat16 rows: each row's k copied, zeros past k and past m rows.
+void pack_a_bf16_amx(const uint16_t* a, int64_t lda, int64_t m, int64_t k, uint16_t* dst) {
+  const int64_t kp = bf16_padded_k(k), mp = (m + 15) / 16 * 16;
+  for (int64_t r = 0; r < mp; ++r) {
+    uint16_t* d = dst + r * kp;
+    const int64_t copied = r < m ? k : 0;
+    if (copied > 0) std::memcpy(d, a + r * lda, sizeof(uint16_t) * copied);
+    std::fill(d + copied, d + kp, uint16_t(0));
+  }
+}
+
 __attribute__((target("amx-tile,amx-bf16"))) void gemm_packed_amx(
     int64_t m, int64_t n, int64_t k, const uint16_t* a, const uint16_t* b, int64_t b_panel,
     float beta, float* c, int64_t ldc) {
@@ -563,6 +595,25 @@ GATEDRNN_BF16_TARGET void pack_a_avx512(const float* a, int64_t a_row, int64_t a
   }
 }
 
+// pack_a_avx512 from bfloat16 rows: a tile's pairs of k are the rows' consecutive pairs
+// of bfloat16 (the low half the even k, as the hardware reads them).
+void pack_a_bf16_avx512(const uint16_t* a, int64_t lda, int64_t m, int64_t k, uint16_t* dst) {
+  const int64_t kp = bf16_padded_k(k), k2 = kp / 2, rows = block_rows(kp, kTileRows);
+  uint32_t* d = reinterpret_cast<uint32_t*>(dst);
+  for (int64_t i0 = 0; i0 < m; i0 += rows) {
+    for_each_tile(std::min(rows, m - i0), [&](int64_t r0, int64_t h) {
+      uint32_t* tile = d + (i0 + r0) * k2;
+      for (int64_t r = 0; r < h; ++r) {
+        const uint16_t* row = a + (i0 + r0 + r) * lda;
+        for (int64_t q = 0; q < k2; ++q) {
+          const uint32_t lo = 2 * q < k ? row[2 * q] : 0, hi = 2 * q + 1 < k ? row[2 * q + 1] : 0;
+          tile[q * h + r] = lo | (hi << 16);
+        }
+      }
+    });
+  }
+}
+
 GATEDRNN_BF16_TARGET void gemm_packed_avx512(int64_t m, int64_t n, int64_t k, const uint16_t* a,
                                              const uint16_t* b, int64_t b_panel, float beta,
                                              float* c, int64_t ldc) {
@@ -618,12 +669,15 @@ GATEDRNN_BF16_TARGET double peak_avx512(int64_t iterations, float* sink) {
   return 2.0 * double(iterations) * kChains * 32;
 }
 
-constexpr GemmBf16Kernels kAmx{"amx",           &gemm_amx,       &pack_a_amx,
-                               &gemm_packed_amx, &pack_b_rows,    &pack_b_rows_bf16,
-                               &pack_b_columns,  &pack_b_columns_bf16, &peak_amx};
-constexpr GemmBf16Kernels kAvx512Bf16{"avx512_bf16",       &gemm_avx512,      &pack_a_avx512,
-                                      &gemm_packed_avx512, &pack_b_rows,      &pack_b_rows_bf16,
-                                      &pack_b_columns,     &pack_b_columns_bf16, &peak_avx512};
+constexpr GemmBf16Kernels kAmx{"amx",           &gemm_amx,        &pack_a_amx,
+                               &pack_a_bf16_amx, &gemm_packed_amx, &round_rows, &pack_b_rows,
+                               &pack_b_rows_bf16, &pack_b_columns, &pack_b_columns_bf16,
+                               &peak_amx};
+constexpr GemmBf16Kernels kAvx512Bf16{"avx512_bf16",       &gemm_avx512,
+                                      &pack_a_avx512,      &pack_a_bf16_avx512,
+                                      &gemm_packed_avx512, &round_rows,      &pack_b_rows,
+                                      &pack_b_rows_bf16,   &pack_b_columns,
+                                      &pack_b_columns_bf16, &peak_avx512};
 
 }  // namespace
 

@@ -45,8 +45,16 @@ struct GemmBf16Kernels {
   // gemm on them, with the same bits.
   void (*pack_a)(const float* a, int64_t a_row, int64_t a_step, int64_t m, int64_t k,
                  uint16_t* dst);
+  // or from bfloat16 rows (bits), a(r, kk) = a[r * lda + kk], as they are: a bfloat16
+  // op's input, not widened first.
+  void (*pack_a_bf16)(const uint16_t* a, int64_t lda, int64_t m, int64_t k, uint16_t* dst);
   void (*gemm_packed_a)(int64_t m, int64_t n, int64_t k, const uint16_t* a, const uint16_t* b,
                         int64_t b_panel, float beta, float* c, int64_t ldc);
+  // dst[r * dst_ld + j] = src[r * src_ld + j] in bfloat16 for r < rows, j < cols, rounded as
+  // torch rounds (to nearest even, denormals kept, NaN a NaN): a bfloat16 op's
+  // results written as its steps make them.
+  void (*round_rows)(const float* src, int64_t src_ld, int64_t rows, int64_t cols,
+                     uint16_t* dst, int64_t dst_ld);
   // The panels of B [k, n], rounded as A is, into dst: ceil(n / 32) panels of
   // bf16_padded_k(k) * 32 elements each. From B's rows, b(kk, j) = src[kk * ldb + j]:
   void (*pack_b_rows)(const float* src, int64_t ldb, int64_t k, int64_t n, uint16_t* dst);
