@@ -62,6 +62,19 @@ def test_reduced_precision_rows_check(dtype):
     bench.Row("lstm", "tiny", "training", dtype, torch.device("cpu")).check()
 
 
+@pytest.mark.parametrize("mode", ["inference", "training"])
+def test_layer_norm_rows_check_bf16_against_the_loop_in_float32(mode):
+    """In bfloat16 the reference loop itself parts from the exact result (it rounds every
+    step's LayerNorms): ours is checked against that loop run in float32 on the same
+    values, and a wrong reference step is still caught."""
+    row = bench.LayerNormRow("ln-lstm", "small", mode, torch.bfloat16, torch.device("cpu"))
+    row.check()
+    step = row.step_fn
+    row.step_fn = lambda *args: tuple(0.9 * t for t in step(*args))
+    with pytest.raises(RuntimeError, match="differs"):
+        row.check()
+
+
 # ---- configs and the report ----------------------------------------------------------
 
 
