@@ -136,3 +136,25 @@ def test_cell_rows_run_from_the_command_line(tmp_path):
     assert [(r["cell"], r["config"], r["mode"]) for r in rows] == [
         ("lstm", "cells-n1-h512", "inference"), ("lstm", "cells-n1-h512", "training")]
     assert "cells-n64-h512" in bench.default_configs("cpu")
+
+
+def test_a_layer_norm_row_whose_compile_fails_is_timed_without_it(tmp_path, monkeypatch):
+    """torch.compile can fail on the reference step (inductor's C++ for LayerNormLSTM large
+    training in bfloat16, torch 2.13): the row is timed against the loop alone and the
+    report says why its compiled column is empty."""
+    import json
+
+    def fails(self):
+        raise RuntimeError("C++ compile error\nmore")
+
+    monkeypatch.setattr(bench.CompiledLoop, "__call__", fails)
+    bench.main(["--configs", "small", "--cells", "ln-gru", "--modes", "inference", "--repeats",
+                "1", "--warmup", "1", "--min-time", "0", "--no-memory", "--out", str(tmp_path)])
+    result = json.loads((tmp_path / "bench.json").read_text())
+    (row,) = result["rows"]
+    assert row["compiled_ms"] is None and row["speedup_vs_compiled"] is None
+    assert row["gatedrnn_ms"] > 0 and row["torch_ms"] > 0
+    assert result["compile_failures"] == [
+        "ln-gru small inference: RuntimeError: C++ compile error"]
+    report = (tmp_path / "bench.md").read_text()
+    assert "| n/a |" in report and "torch.compile failed" in report
