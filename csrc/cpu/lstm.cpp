@@ -243,6 +243,7 @@ lstm_backward(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
   const int64_t H = sh.hidden_size, P = sh.state_size;
   check_shape(kBackward, workspace, "workspace", {s.rows, 5 * H}, "rows, 5*hidden_size");
   check_shape(kBackward, grad_output, "grad_output", output.sizes(), "the output's shape");
+  check_same_dtype(kBackward, input, output, "output");
   check_shape(kBackward, grad_h_n, "grad_h_n", h0.sizes(), "h0's shape");
   check_shape(kBackward, grad_c_n, "grad_c_n", c0.sizes(), "c0's shape");
   check_workspace_dtype(kBackward, input, workspace);
@@ -256,9 +257,11 @@ lstm_backward(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
   // widen them where they cannot (recurrent_gemm.h, ChunkedGrads).
   const at::Tensor whr = proj ? cached_contiguous(*w_hr) : at::Tensor();
   const at::Tensor ws = cached_contiguous(workspace);
-  const at::Tensor x = cached_contiguous(widened(input)).view({s.rows, sh.input_size});
-  const auto opts = x.options();
-  const at::Tensor out = cached_contiguous(widened(output)).view({s.rows, P});
+  // x and out as they are, bfloat16 too: the weight gradients' GEMMs read them so
+  // (ChunkedGrads)
+  const at::Tensor x = cached_contiguous(input).view({s.rows, sh.input_size});
+  const auto opts = x.options().dtype(workspace_dtype(input));
+  const at::Tensor out = cached_contiguous(output).view({s.rows, P});
   const at::Tensor h0c = widened(h0).contiguous(), c0c = widened(c0).contiguous();
   const at::Tensor whh = cached_contiguous(w_hh), wih = cached_contiguous(w_ih);
   at::Tensor dh_state = widened(grad_h_n).contiguous().clone();
@@ -274,7 +277,7 @@ lstm_backward(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
   StepNorms norms(record_norms, s.steps(), unit_blocks(H, kGates, P, N, s.steps()).count(), 2);
   StepNorms output_norms(record_norms && proj, s.steps(),
                          unit_blocks(P, kGates, H, N, s.steps()).count(), 1);
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), kBackward, [&] {
+  AT_DISPATCH_FLOATING_TYPES(workspace_dtype(input), kBackward, [&] {
     g = lstm_backward_impl<scalar_t>(sh, strided_rows<scalar_t>(widened(grad_output), s.rows, P),
                                      x, out, h0c, c0c, wih, whh, whr, ws, dh_state, dc_state,
                                      grad_w_hr,

@@ -535,6 +535,8 @@ struct StepChunk {
 // the whole sequence, and are still in cache when the GEMMs read them. Chunks depend on
 // the shape alone, so the sums do not depend on the thread count.
 //   x: [R, I], out: [R, P] the states after each step, h0: [N, P], w_ih: [G*H, I]
+//   (x, out and w_ih in the time loop's dtype, or bfloat16 in the bfloat16 form: read as
+//   they are by the bfloat16 kernels' packing of B, widened where there are none)
 // input_side / hidden_side: which columns of a ld-wide gate-gradient row feed the
 // gradients of w_ih, b_ih and of w_hh, b_hh (for LSTM and RNN, all of them; for GRU they
 // differ). same_sides: the two lists are equal, so the bias sums are made once.
@@ -551,20 +553,27 @@ class ChunkedGrads {
                int64_t gates_h, GemmPrecision precision = GemmPrecision::kNative,
                const Resets& resets = {})
       : s_(s), ld_(ld), input_side_(std::move(input_side)),
-        hidden_side_(std::move(hidden_side)), same_sides_(same_sides), x_(x), out_(out),
+        hidden_side_(std::move(hidden_side)), same_sides_(same_sides),
         h0_(h0), resets_(resets), I_(x.size(1)), P_(out.size(1)), precision_(precision) {
-    // w_ih in bfloat16 (a bfloat16 op's) is read as it is by the bfloat16 kernels'
-    // packing, or widened where there are none.
-    w_ih_bf16_ = is_bf16(w_ih) && bf16_kernels_for<scalar_t>(precision) != nullptr;
-    w_ih_ = w_ih_bf16_ ? w_ih : widened(w_ih);
-    plan();
-    const auto opts = x.options();
-    int64_t most = 0;
-    for (const StepChunk& c : chunks_) most = std::max(most, c.rows());
-    buffer_ = cached_empty({most, ld_}, opts);
     // With resets, rows restart from h0 anywhere: gathered too.
     uniform_ = !resets_.flags && std::all_of(s.sizes.begin(), s.sizes.end(),
                                              [&](int64_t n) { return n == s.batch; });
+    // bfloat16 operands of B (a bfloat16 op's) are packed as they are by the bfloat16
+    // kernels: float32 copies of x and out, both [R, *], were fresh pages at every call
+    // (above the block cache's 8 MiB at (100, 64, 512, 512)). out is gathered by rows
+    // where steps differ (gather_h_prev): widened then.
+    const bool bf16 = bf16_kernels_for<scalar_t>(precision) != nullptr;
+    w_ih_bf16_ = is_bf16(w_ih) && bf16;
+    w_ih_ = w_ih_bf16_ ? w_ih : widened(w_ih);
+    x_bf16_ = is_bf16(x) && bf16;
+    x_ = x_bf16_ ? x : widened(x);
+    out_bf16_ = is_bf16(out) && bf16 && uniform_;
+    out_ = out_bf16_ ? out : widened(out);
+    plan();
+    const auto opts = h0.options();
+    int64_t most = 0;
+    for (const StepChunk& c : chunks_) most = std::max(most, c.rows());
+    buffer_ = cached_empty({most, ld_}, opts);
     if (!uniform_) h_prev_ = cached_empty({most, P_}, opts);
     ones_ = at::ones({most}, opts);
     // Every row is in one chunk, whose first GEMM sets it: no need to clear it first.
@@ -644,10 +653,14 @@ class ChunkedGrads {
     sums.push_back(std::move(input));
     for (const GateColumns& g : input_side_) {
       // grad_w_ih[g.dst : g.dst+count] += dg[:, cols]^T @ x[r0 : r0+rows]
+      GemmTerm<scalar_t> term{true, rows, dg + g.src, ld_, nullptr, I};
+      if (x_bf16_) {
+        term.b_bf16 = reinterpret_cast<const uint16_t*>(x_.const_data_ptr()) + r0 * I;
+      } else {
+        term.b = x_.const_data_ptr<scalar_t>() + r0 * I;
+      }
       sums.push_back({g.count, I, g_.grad_w_ih.mutable_data_ptr<scalar_t>() + g.dst * I, I,
-                      beta,
-                      {{true, rows, dg + g.src, ld_, x_.const_data_ptr<scalar_t>() + r0 * I, I}},
-                      precision_});
+                      beta, {term}, precision_});
       sums.push_back(column_sum(g, rows, dg, ones, g_.grad_b_ih, beta));
     }
     for (const GateColumns& g : hidden_side_) {
@@ -655,7 +668,8 @@ class ChunkedGrads {
       GemmSum<scalar_t> hidden{g.count, P, g_.grad_w_hh.mutable_data_ptr<scalar_t>() + g.dst * P,
                                P, beta, {}, precision_};
       for (const PrevRun& run : runs) {
-        hidden.terms.push_back({true, run.rows, dg + run.first * ld_ + g.src, ld_, run.prev, P});
+        hidden.terms.push_back({true, run.rows, dg + run.first * ld_ + g.src, ld_, run.prev, P,
+                                run.prev_bf16});
       }
       sums.push_back(std::move(hidden));
       if (!same_sides_) sums.push_back(column_sum(g, rows, dg, ones, g_.grad_b_hh, beta));
@@ -664,10 +678,11 @@ class ChunkedGrads {
   }
 
   // Rows [first, first + rows) of a chunk (relative to its first row), whose previous
-  // states are consecutive rows from prev on.
+  // states are consecutive rows from prev on (or from prev_bf16 on: out in bfloat16).
   struct PrevRun {
     int64_t first, rows;
     const scalar_t* prev;
+    const uint16_t* prev_bf16 = nullptr;
   };
 
   // Whether the column ranges' destinations tile [0, rows) exactly.
@@ -688,22 +703,28 @@ class ChunkedGrads {
   // shrink, so their previous states are gathered into h_prev_.
   std::vector<PrevRun> previous_states(const StepChunk& c) {
     const int64_t rb = c.row_begin, re = c.row_end, N = s_.batch, R = s_.rows, P = P_;
-    const scalar_t* seq = out_.const_data_ptr<scalar_t>();
     const scalar_t* init = h0_.const_data_ptr<scalar_t>();
     if (!uniform_) {
       gather_h_prev(c);
       return {{0, c.rows(), h_prev_.const_data_ptr<scalar_t>()}};
     }
+    // A run of out's rows from row r on.
+    const auto seq = [&](int64_t first, int64_t rows, int64_t r) -> PrevRun {
+      if (out_bf16_) {
+        return {first, rows, nullptr, reinterpret_cast<const uint16_t*>(out_.const_data_ptr()) + r * P};
+      }
+      return {first, rows, out_.const_data_ptr<scalar_t>() + r * P};
+    };
     std::vector<PrevRun> runs;
     if (!s_.reverse) {
       // rows [0, N) start from h0, row r >= N from row r - N
       if (rb < N) runs.push_back({0, std::min(re, N) - rb, init + rb * P});
       const int64_t b = std::max(rb, N);
-      if (re > b) runs.push_back({b - rb, re - b, seq + (b - N) * P});
+      if (re > b) runs.push_back(seq(b - rb, re - b, b - N));
     } else {
       // rows [R - N, R) start from h0, row r < R - N from row r + N
       const int64_t e = std::min(re, R - N);
-      if (e > rb) runs.push_back({0, e - rb, seq + (rb + N) * P});
+      if (e > rb) runs.push_back(seq(0, e - rb, rb + N));
       const int64_t b = std::max(rb, R - N);
       if (re > b) runs.push_back({b - rb, re - b, init + (b - (R - N)) * P});
     }
@@ -745,10 +766,10 @@ class ChunkedGrads {
   int64_t ld_;
   std::vector<GateColumns> input_side_, hidden_side_;
   bool same_sides_;
-  const at::Tensor &x_, &out_, &h0_;
+  const at::Tensor& h0_;
   Resets resets_;
-  at::Tensor w_ih_;
-  bool w_ih_bf16_ = false;
+  at::Tensor w_ih_, x_, out_;  // as given (bfloat16 read as it is), or widened
+  bool w_ih_bf16_ = false, x_bf16_ = false, out_bf16_ = false;
   int64_t I_, P_;
   GemmPrecision precision_;
   std::vector<StepChunk> chunks_;

@@ -122,8 +122,10 @@ rnn_backward(const at::Tensor& grad_output, const at::Tensor& grad_h_n, const at
   const Schedule& s = sh.schedule;
   const int64_t H = sh.hidden_size;
   check_shape(kBackward, grad_output, "grad_output", output.sizes(), "the output's shape");
+  check_same_dtype(kBackward, input, output, "output");
   check_shape(kBackward, grad_h_n, "grad_h_n", h0.sizes(), "h0's shape");
-  const at::Tensor x = cached_contiguous(widened(input)).view({s.rows, sh.input_size});
+  // x as it is, bfloat16 too: the weight gradient's GEMM reads it so (ChunkedGrads)
+  const at::Tensor x = cached_contiguous(input).view({s.rows, sh.input_size});
   const at::Tensor out = cached_contiguous(widened(output)).view({s.rows, H});
   const at::Tensor h0c = widened(h0).contiguous();
   // The weights as they are (bfloat16 in the bfloat16 form): the GEMMs read them so, or
@@ -133,7 +135,7 @@ rnn_backward(const at::Tensor& grad_output, const at::Tensor& grad_h_n, const at
   InputAndWeightGrads g;
   at::Tensor grad_h0_reset = resets.flags ? at::zeros_like(dh_state) : at::Tensor();
   StepNorms norms(record_norms, s.steps(), unit_blocks(H, 1, H, s.batch, s.steps()).count(), 1);
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), kBackward, [&] {
+  AT_DISPATCH_FLOATING_TYPES(workspace_dtype(input), kBackward, [&] {
     g = rnn_backward_impl<scalar_t>(sh, relu,
                                     strided_rows<scalar_t>(widened(grad_output), s.rows, H), x,
                                     out, h0c, wih, whh, dh_state, scalar_t(grad_clip), resets,
