@@ -92,8 +92,6 @@ InputAndWeightGrads gru_backward_impl(const RnnShapes& sh, const Rows<scalar_t>&
                                       GemmPrecision precision) {
   const Schedule& s = sh.schedule;
   const int64_t H = sh.hidden_size;
-  const scalar_t* go = grad_out.data();
-  const int64_t go_ld = grad_out.ld;
   const scalar_t* wsp = ws.const_data_ptr<scalar_t>();
   const scalar_t* outp = out.const_data_ptr<scalar_t>();
   const scalar_t* h0p = h0.const_data_ptr<scalar_t>();
@@ -111,8 +109,9 @@ InputAndWeightGrads gru_backward_impl(const RnnShapes& sh, const Rows<scalar_t>&
            [&](int64_t k, int64_t n, int64_t off, scalar_t* dg, int64_t u0, int64_t len) {
              const PrevRows<scalar_t> h_prev = previous_rows(s, k, outp, H, h0p, H, resets);
              move_reset_columns(resets, s, k + 1, dhs, dh0, H, u0, len);
-             backward_units(n, H, u0, len, go + off * go_ld, go_ld, dhs, wsp + off * 4 * H,
-                            h_prev, dg, norms.at(s.time_at(k), u0 / units.size));
+             backward_units(n, H, u0, len, grad_out.at(off, n, u0, len), grad_out.step_ld(),
+                            dhs, wsp + off * 4 * H, h_prev, dg,
+                            norms.at(s.time_at(k), u0 / units.size));
            });
   return grads.result();
 }
@@ -146,7 +145,7 @@ gru_backward(const at::Tensor& grad_output, const at::Tensor& grad_h_n, const at
   StepNorms norms(record_norms, s.steps(), unit_blocks(H, kGates, H, s.batch, s.steps()).count(),
                   1);
   AT_DISPATCH_FLOATING_TYPES(workspace_dtype(input), kBackward, [&] {
-    g = gru_backward_impl<scalar_t>(sh, strided_rows<scalar_t>(widened(grad_output), s.rows, H),
+    g = gru_backward_impl<scalar_t>(sh, strided_rows<scalar_t>(grad_output, s.rows, H, s.batch),
                                     x, wih, whh, ws, out, h0c, dh_state, resets, grad_h0_reset,
                                     norms, precision_of(input));
   });

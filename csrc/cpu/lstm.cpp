@@ -147,8 +147,6 @@ InputAndWeightGrads lstm_backward_impl(const RnnShapes& sh, const Rows<scalar_t>
   const bool proj = w_hr.defined();
   const int64_t ws_ld = 5 * H;
   const scalar_t* wsp = ws.const_data_ptr<scalar_t>();
-  const scalar_t* go = grad_out.data();
-  const int64_t go_ld = grad_out.ld;
   const scalar_t* c0p = c0.const_data_ptr<scalar_t>();
   scalar_t* dhs = dh_state.mutable_data_ptr<scalar_t>();
   scalar_t* dcs = dc_state.mutable_data_ptr<scalar_t>();
@@ -170,8 +168,9 @@ InputAndWeightGrads lstm_backward_impl(const RnnShapes& sh, const Rows<scalar_t>
                move_reset_columns(resets, s, k + 1, dhs, dh0, H, u0, len);
                move_reset_columns(resets, s, k + 1, dcs, dc0, H, u0, len);
                if (grad_cs) add_cell_state_grads(n, H, u0, len, grad_cs + off * H, dcs);
-               backward_units(n, H, u0, len, go + off * go_ld, go_ld, dhs, wsp + off * ws_ld,
-                              ws_ld, c_prev, dcs, dg, norms.at(s.time_at(k), u0 / units.size));
+               backward_units(n, H, u0, len, grad_out.at(off, n, u0, len), grad_out.step_ld(),
+                              dhs, wsp + off * ws_ld, ws_ld, c_prev, dcs, dg,
+                              norms.at(s.time_at(k), u0 / units.size));
              });
     return grads.result();
   }
@@ -189,7 +188,8 @@ InputAndWeightGrads lstm_backward_impl(const RnnShapes& sh, const Rows<scalar_t>
     move_reset_columns(resets, s, k + 1, dhs, dh0, P, j0, len);  // h0's (resets)
     // dout[off:off+n, block] = grad_out[off:off+n, block] + dh_state[:n, block]
     scalar_t* d = doutp + (off - chunk.row_begin) * P;
-    const scalar_t* g_out = go + off * go_ld;
+    const scalar_t* g_out = grad_out.at(off, n, j0, len);
+    const int64_t go_ld = grad_out.step_ld();
     for (int64_t b = 0; b < n; ++b) {
       for (int64_t j = j0; j < j0 + len; ++j) d[b * P + j] = g_out[b * go_ld + j] + dhs[b * P + j];
     }
@@ -278,7 +278,7 @@ lstm_backward(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
   StepNorms output_norms(record_norms && proj, s.steps(),
                          unit_blocks(P, kGates, H, N, s.steps()).count(), 1);
   AT_DISPATCH_FLOATING_TYPES(workspace_dtype(input), kBackward, [&] {
-    g = lstm_backward_impl<scalar_t>(sh, strided_rows<scalar_t>(widened(grad_output), s.rows, P),
+    g = lstm_backward_impl<scalar_t>(sh, strided_rows<scalar_t>(grad_output, s.rows, P, N),
                                      x, out, h0c, c0c, wih, whh, whr, ws, dh_state, dc_state,
                                      grad_w_hr,
                                      with_cs ? grad_cs.const_data_ptr<scalar_t>() : nullptr,

@@ -863,19 +863,43 @@ class BackwardTeam {
   UnitBlockGemm<scalar_t> hidden_;
 };
 
-// A [T, N, C] or [R, C] tensor as R rows of C elements, row r at data + r * ld.
+// A [T, N, C] or [R, C] tensor as R rows of C elements, row r at keep's data + r * ld:
+// scalar_t, or bfloat16 (a bfloat16 op's gradient), read a step at a time through at().
 template <typename scalar_t>
 struct Rows {
   at::Tensor keep;  // owns the data (a view of the argument, or a copy of it)
   int64_t ld;
-  const scalar_t* data() const { return keep.const_data_ptr<scalar_t>(); }
+  at::Tensor step;  // bfloat16 rows: [N, C] float32, a step's rows widened by at()
+
+  // Rows [off, off + n) (one step's, n <= N), of which columns [j0, j0 + len) are read,
+  // at the returned pointer with leading dimension step_ld(). Bfloat16 rows are widened
+  // into `step`, the columns only: threads widen their own units' columns of a step side
+  // by side, and read back only those.
+  const scalar_t* at(int64_t off, int64_t n, int64_t j0, int64_t len) const {
+    if (!step.defined()) return keep.const_data_ptr<scalar_t>() + off * ld;
+    const auto* src = reinterpret_cast<const c10::BFloat16*>(keep.const_data_ptr()) + off * ld;
+    scalar_t* dst = step.mutable_data_ptr<scalar_t>();
+    const int64_t C = step.size(1);
+    for (int64_t b = 0; b < n; ++b) {
+      for (int64_t j = j0; j < j0 + len; ++j) dst[b * C + j] = static_cast<float>(src[b * ld + j]);
+    }
+    return dst;
+  }
+  int64_t step_ld() const { return step.defined() ? step.size(1) : ld; }
 };
 
 // The rows of t without a copy when each is contiguous and they are evenly spaced, as in
 // a column slice of a wider tensor: the gradient of one direction of a bidirectional
 // layer is one half of the concatenated output's gradient. Otherwise a contiguous copy.
+// A bfloat16 t (for a float time loop) is widened step by step (Rows::at), up to batch
+// rows at a time: a float32 copy of the whole [R, C] was fresh pages at every call.
 template <typename scalar_t>
-Rows<scalar_t> strided_rows(const at::Tensor& t, int64_t rows, int64_t cols) {
+Rows<scalar_t> strided_rows(const at::Tensor& t, int64_t rows, int64_t cols, int64_t batch) {
+  at::Tensor step;
+  if (is_bf16(t)) {
+    TORCH_INTERNAL_ASSERT((std::is_same_v<scalar_t, float>));
+    step = cached_empty({batch, cols}, t.options().dtype(at::kFloat));
+  }
   if (rows > 0 && cols > 0 && t.stride(-1) == 1) {
     int64_t ld = t.stride(0);
     bool even = true;
@@ -883,9 +907,9 @@ Rows<scalar_t> strided_rows(const at::Tensor& t, int64_t rows, int64_t cols) {
       ld = t.size(1) > 1 ? t.stride(1) : t.stride(0);
       even = t.size(0) == 1 || t.stride(0) == t.size(1) * ld;
     }
-    if (even && (rows == 1 || ld >= cols)) return {t, rows == 1 ? cols : ld};
+    if (even && (rows == 1 || ld >= cols)) return {t, rows == 1 ? cols : ld, step};
   }
-  return {cached_contiguous(t), cols};
+  return {cached_contiguous(t), cols, step};
 }
 
 // The output laid out like the input: [T, N, P] when padded, [R, P] when packed.

@@ -88,8 +88,6 @@ InputAndWeightGrads rnn_backward_impl(const RnnShapes& sh, bool relu,
                                       GemmPrecision precision) {
   const Schedule& s = sh.schedule;
   const int64_t H = sh.hidden_size;
-  const scalar_t* go = grad_out.data();
-  const int64_t go_ld = grad_out.ld;
   const scalar_t* op = out.const_data_ptr<scalar_t>();
   scalar_t* dhs = dh_state.mutable_data_ptr<scalar_t>();
   const auto backward_units = rnn_kernels<scalar_t>().backward_units;
@@ -102,8 +100,9 @@ InputAndWeightGrads rnn_backward_impl(const RnnShapes& sh, bool relu,
   team.run(grads, dhs, scalar_t(0),
            [&](int64_t k, int64_t n, int64_t off, scalar_t* dg, int64_t u0, int64_t len) {
              move_reset_columns(resets, s, k + 1, dhs, dh0, H, u0, len);
-             backward_units(n, H, u0, len, relu, op + off * H, go + off * go_ld, go_ld, dhs, dg,
-                            clip, norms.at(s.time_at(k), u0 / units.size));
+             backward_units(n, H, u0, len, relu, op + off * H, grad_out.at(off, n, u0, len),
+                            grad_out.step_ld(), dhs, dg, clip,
+                            norms.at(s.time_at(k), u0 / units.size));
            });
   return grads.result();
 }
@@ -137,7 +136,7 @@ rnn_backward(const at::Tensor& grad_output, const at::Tensor& grad_h_n, const at
   StepNorms norms(record_norms, s.steps(), unit_blocks(H, 1, H, s.batch, s.steps()).count(), 1);
   AT_DISPATCH_FLOATING_TYPES(workspace_dtype(input), kBackward, [&] {
     g = rnn_backward_impl<scalar_t>(sh, relu,
-                                    strided_rows<scalar_t>(widened(grad_output), s.rows, H), x,
+                                    strided_rows<scalar_t>(grad_output, s.rows, H, s.batch), x,
                                     out, h0c, wih, whh, dh_state, scalar_t(grad_clip), resets,
                                     grad_h0_reset, norms, precision_of(input));
   });
