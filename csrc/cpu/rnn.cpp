@@ -88,7 +88,9 @@ InputAndWeightGrads rnn_backward_impl(const RnnShapes& sh, bool relu,
                                       GemmPrecision precision) {
   const Schedule& s = sh.schedule;
   const int64_t H = sh.hidden_size;
-  const scalar_t* op = out.const_data_ptr<scalar_t>();
+  // The step's h, read by the pointwise pass: out's rows, a bfloat16 out's widened step by
+  // step as the output's gradient is (Rows::at).
+  const Rows<scalar_t> h_rows = strided_rows<scalar_t>(out, s.rows, H, s.batch);
   scalar_t* dhs = dh_state.mutable_data_ptr<scalar_t>();
   const auto backward_units = rnn_kernels<scalar_t>().backward_units;
   ChunkedGrads<scalar_t> grads(s, H, {{0, 0, H}}, {{0, 0, H}}, true, x, out, h0, w_ih, H,
@@ -100,8 +102,8 @@ InputAndWeightGrads rnn_backward_impl(const RnnShapes& sh, bool relu,
   team.run(grads, dhs, scalar_t(0),
            [&](int64_t k, int64_t n, int64_t off, scalar_t* dg, int64_t u0, int64_t len) {
              move_reset_columns(resets, s, k + 1, dhs, dh0, H, u0, len);
-             backward_units(n, H, u0, len, relu, op + off * H, grad_out.at(off, n, u0, len),
-                            grad_out.step_ld(), dhs, dg, clip,
+             backward_units(n, H, u0, len, relu, h_rows.at(off, n, u0, len),
+                            grad_out.at(off, n, u0, len), grad_out.step_ld(), dhs, dg, clip,
                             norms.at(s.time_at(k), u0 / units.size));
            });
   return grads.result();
@@ -123,9 +125,9 @@ rnn_backward(const at::Tensor& grad_output, const at::Tensor& grad_h_n, const at
   check_shape(kBackward, grad_output, "grad_output", output.sizes(), "the output's shape");
   check_same_dtype(kBackward, input, output, "output");
   check_shape(kBackward, grad_h_n, "grad_h_n", h0.sizes(), "h0's shape");
-  // x as it is, bfloat16 too: the weight gradient's GEMM reads it so (ChunkedGrads)
   const at::Tensor x = cached_contiguous(input).view({s.rows, sh.input_size});
-  const at::Tensor out = cached_contiguous(widened(output)).view({s.rows, H});
+  // x and out as they are, bfloat16 too (ChunkedGrads, Rows::at)
+  const at::Tensor out = cached_contiguous(output).view({s.rows, H});
   const at::Tensor h0c = widened(h0).contiguous();
   // The weights as they are (bfloat16 in the bfloat16 form): the GEMMs read them so, or
   // widen them where they cannot (recurrent_gemm.h, ChunkedGrads).
