@@ -93,7 +93,9 @@ InputAndWeightGrads gru_backward_impl(const RnnShapes& sh, const Rows<scalar_t>&
   const Schedule& s = sh.schedule;
   const int64_t H = sh.hidden_size;
   const scalar_t* wsp = ws.const_data_ptr<scalar_t>();
-  const scalar_t* outp = out.const_data_ptr<scalar_t>();
+  // The previous states, read by the pointwise pass: out's rows, a bfloat16 out's widened
+  // step by step (Rows::at).
+  const Rows<scalar_t> out_rows = strided_rows<scalar_t>(out, s.rows, H, s.batch);
   const scalar_t* h0p = h0.const_data_ptr<scalar_t>();
   scalar_t* dhs = dh_state.mutable_data_ptr<scalar_t>();
   const auto backward_units = gru_kernels<scalar_t>().backward_units;
@@ -107,7 +109,8 @@ InputAndWeightGrads gru_backward_impl(const RnnShapes& sh, const Rows<scalar_t>&
   // dh_state[:n] = dh * z + dgates[:, 0:3H] @ w_hh      [n, 3H] x [3H, H]
   team.run(grads, dhs, scalar_t(1),
            [&](int64_t k, int64_t n, int64_t off, scalar_t* dg, int64_t u0, int64_t len) {
-             const PrevRows<scalar_t> h_prev = previous_rows(s, k, outp, H, h0p, H, resets);
+             const PrevRows<scalar_t> h_prev =
+                 previous_rows(s, k, out_rows, u0, len, h0p, H, resets);
              move_reset_columns(resets, s, k + 1, dhs, dh0, H, u0, len);
              backward_units(n, H, u0, len, grad_out.at(off, n, u0, len), grad_out.step_ld(),
                             dhs, wsp + off * 4 * H, h_prev, dg,
@@ -132,9 +135,9 @@ gru_backward(const at::Tensor& grad_output, const at::Tensor& grad_h_n, const at
   check_same_dtype(kBackward, input, output, "output");
   check_shape(kBackward, grad_h_n, "grad_h_n", h0.sizes(), "h0's shape");
   check_workspace_dtype(kBackward, input, workspace);
-  // x as it is, bfloat16 too: the weight gradient's GEMM reads it so (ChunkedGrads)
+  // x and out as they are, bfloat16 too (ChunkedGrads, Rows::at)
   const at::Tensor x = cached_contiguous(input).view({s.rows, sh.input_size});
-  const at::Tensor out = cached_contiguous(widened(output)).view({s.rows, H});
+  const at::Tensor out = cached_contiguous(output).view({s.rows, H});
   const at::Tensor ws = cached_contiguous(workspace), h0c = widened(h0).contiguous();
   // The weights as they are (bfloat16 in the bfloat16 form): the GEMMs read them so, or
   // widen them where they cannot (recurrent_gemm.h, ChunkedGrads).

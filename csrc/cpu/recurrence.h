@@ -912,6 +912,20 @@ Rows<scalar_t> strided_rows(const at::Tensor& t, int64_t rows, int64_t cols, int
   return {cached_contiguous(t), cols, step};
 }
 
+// previous_rows with the previous step's rows from seq, [R, C], of which columns
+// [j0, j0 + len) are read (Rows::at: a bfloat16 seq's widened).
+template <typename scalar_t>
+PrevRows<scalar_t> previous_rows(const Schedule& s, int64_t k, const Rows<scalar_t>& seq,
+                                 int64_t j0, int64_t len, const scalar_t* init, int64_t init_ld,
+                                 const Resets& resets = {}) {
+  PrevRows<scalar_t> p = previous_rows<scalar_t>(s, k, nullptr, 0, init, init_ld, resets);
+  if (k > 0) {
+    p.seq = seq.at(s.offsets[s.time_at(k - 1)], p.from_seq, j0, len);
+    p.seq_ld = seq.step_ld();
+  }
+  return p;
+}
+
 // The output laid out like the input: [T, N, P] when padded, [R, P] when packed.
 inline at::Tensor shaped_like_input(const at::Tensor& flat, const at::Tensor& input) {
   if (input.dim() == 3) return flat.view({input.size(0), input.size(1), flat.size(1)});
