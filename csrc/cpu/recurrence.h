@@ -711,7 +711,8 @@ class ChunkedGrads {
     // A run of out's rows from row r on.
     const auto seq = [&](int64_t first, int64_t rows, int64_t r) -> PrevRun {
       if (out_bf16_) {
-        return {first, rows, nullptr, reinterpret_cast<const uint16_t*>(out_.const_data_ptr()) + r * P};
+        const auto* bits = reinterpret_cast<const uint16_t*>(out_.const_data_ptr());
+        return {first, rows, nullptr, bits + r * P};
       }
       return {first, rows, out_.const_data_ptr<scalar_t>() + r * P};
     };
@@ -864,7 +865,8 @@ class BackwardTeam {
 };
 
 // A [T, N, C] or [R, C] tensor as R rows of C elements, row r at keep's data + r * ld:
-// scalar_t, or bfloat16 (a bfloat16 op's gradient), read a step at a time through at().
+// scalar_t, or bfloat16 (a bfloat16 op's output or its gradient), read a step at a time
+// through at().
 template <typename scalar_t>
 struct Rows {
   at::Tensor keep;  // owns the data (a view of the argument, or a copy of it)
@@ -881,7 +883,9 @@ struct Rows {
     scalar_t* dst = step.mutable_data_ptr<scalar_t>();
     const int64_t C = step.size(1);
     for (int64_t b = 0; b < n; ++b) {
-      for (int64_t j = j0; j < j0 + len; ++j) dst[b * C + j] = static_cast<float>(src[b * ld + j]);
+      for (int64_t j = j0; j < j0 + len; ++j) {
+        dst[b * C + j] = static_cast<float>(src[b * ld + j]);
+      }
     }
     return dst;
   }
