@@ -563,12 +563,9 @@ class ChunkedGrads {
     // (above the block cache's 8 MiB at (100, 64, 512, 512)). out is gathered by rows
     // where steps differ (gather_h_prev): widened then.
     const bool bf16 = bf16_kernels_for<scalar_t>(precision) != nullptr;
-    w_ih_bf16_ = is_bf16(w_ih) && bf16;
-    w_ih_ = w_ih_bf16_ ? w_ih : widened(w_ih);
-    x_bf16_ = is_bf16(x) && bf16;
-    x_ = x_bf16_ ? x : widened(x);
-    out_bf16_ = is_bf16(out) && bf16 && uniform_;
-    out_ = out_bf16_ ? out : widened(out);
+    w_ih_ = bf16 ? w_ih : widened(w_ih);
+    x_ = bf16 ? x : widened(x);
+    out_ = bf16 && uniform_ ? out : widened(out);
     plan();
     const auto opts = h0.options();
     int64_t most = 0;
@@ -642,25 +639,13 @@ class ChunkedGrads {
     GemmSum<scalar_t> input{rows, I, g_.grad_input.mutable_data_ptr<scalar_t>() + r0 * I, I,
                             scalar_t(0), {}, precision_};
     for (const GateColumns& g : input_side_) {
-      if (w_ih_bf16_) {
-        const auto* bits = reinterpret_cast<const uint16_t*>(w_ih_.const_data_ptr());
-        input.terms.push_back({false, g.count, dg + g.src, ld_, nullptr, I, bits + g.dst * I});
-      } else {
-        input.terms.push_back({false, g.count, dg + g.src, ld_,
-                               w_ih_.const_data_ptr<scalar_t>() + g.dst * I, I});
-      }
+      input.terms.push_back(term(false, g.count, dg + g.src, b_rows(w_ih_, g.dst * I), I));
     }
     sums.push_back(std::move(input));
     for (const GateColumns& g : input_side_) {
       // grad_w_ih[g.dst : g.dst+count] += dg[:, cols]^T @ x[r0 : r0+rows]
-      GemmTerm<scalar_t> term{true, rows, dg + g.src, ld_, nullptr, I};
-      if (x_bf16_) {
-        term.b_bf16 = reinterpret_cast<const uint16_t*>(x_.const_data_ptr()) + r0 * I;
-      } else {
-        term.b = x_.const_data_ptr<scalar_t>() + r0 * I;
-      }
       sums.push_back({g.count, I, g_.grad_w_ih.mutable_data_ptr<scalar_t>() + g.dst * I, I,
-                      beta, {term}, precision_});
+                      beta, {term(true, rows, dg + g.src, b_rows(x_, r0 * I), I)}, precision_});
       sums.push_back(column_sum(g, rows, dg, ones, g_.grad_b_ih, beta));
     }
     for (const GateColumns& g : hidden_side_) {
@@ -668,8 +653,7 @@ class ChunkedGrads {
       GemmSum<scalar_t> hidden{g.count, P, g_.grad_w_hh.mutable_data_ptr<scalar_t>() + g.dst * P,
                                P, beta, {}, precision_};
       for (const PrevRun& run : runs) {
-        hidden.terms.push_back({true, run.rows, dg + run.first * ld_ + g.src, ld_, run.prev, P,
-                                run.prev_bf16});
+        hidden.terms.push_back(term(true, run.rows, dg + run.first * ld_ + g.src, run.prev, P));
       }
       sums.push_back(std::move(hidden));
       if (!same_sides_) sums.push_back(column_sum(g, rows, dg, ones, g_.grad_b_hh, beta));
@@ -677,12 +661,30 @@ class ChunkedGrads {
     run_gemm_sums(sums);
   }
 
+  // A GEMM operand B from an element of a tensor on: as scalar_t, or as bfloat16 bits
+  // (one of the two null).
+  struct BRows {
+    const scalar_t* data = nullptr;
+    const uint16_t* bf16 = nullptr;
+  };
+  // B from element `offset` of t, which is scalar_t or bfloat16 (read as it is).
+  static BRows b_rows(const at::Tensor& t, int64_t offset) {
+    if (is_bf16(t)) {
+      return {nullptr, reinterpret_cast<const uint16_t*>(t.const_data_ptr()) + offset};
+    }
+    return {t.const_data_ptr<scalar_t>() + offset};
+  }
+  // The term op(A) @ B of a sum, A's rows (or columns) ld_ apart: a gate-gradient buffer's.
+  GemmTerm<scalar_t> term(bool trans_a, int64_t k, const scalar_t* a, const BRows& b,
+                          int64_t ldb) const {
+    return {trans_a, k, a, ld_, b.data, ldb, b.bf16};
+  }
+
   // Rows [first, first + rows) of a chunk (relative to its first row), whose previous
-  // states are consecutive rows from prev on (or from prev_bf16 on: out in bfloat16).
+  // states are consecutive rows from prev on.
   struct PrevRun {
     int64_t first, rows;
-    const scalar_t* prev;
-    const uint16_t* prev_bf16 = nullptr;
+    BRows prev;
   };
 
   // Whether the column ranges' destinations tile [0, rows) exactly.
@@ -706,28 +708,20 @@ class ChunkedGrads {
     const scalar_t* init = h0_.const_data_ptr<scalar_t>();
     if (!uniform_) {
       gather_h_prev(c);
-      return {{0, c.rows(), h_prev_.const_data_ptr<scalar_t>()}};
+      return {{0, c.rows(), b_rows(h_prev_, 0)}};
     }
-    // A run of out's rows from row r on.
-    const auto seq = [&](int64_t first, int64_t rows, int64_t r) -> PrevRun {
-      if (out_bf16_) {
-        const auto* bits = reinterpret_cast<const uint16_t*>(out_.const_data_ptr());
-        return {first, rows, nullptr, bits + r * P};
-      }
-      return {first, rows, out_.const_data_ptr<scalar_t>() + r * P};
-    };
     std::vector<PrevRun> runs;
     if (!s_.reverse) {
       // rows [0, N) start from h0, row r >= N from row r - N
-      if (rb < N) runs.push_back({0, std::min(re, N) - rb, init + rb * P});
+      if (rb < N) runs.push_back({0, std::min(re, N) - rb, {init + rb * P}});
       const int64_t b = std::max(rb, N);
-      if (re > b) runs.push_back(seq(b - rb, re - b, b - N));
+      if (re > b) runs.push_back({b - rb, re - b, b_rows(out_, (b - N) * P)});
     } else {
       // rows [R - N, R) start from h0, row r < R - N from row r + N
       const int64_t e = std::min(re, R - N);
-      if (e > rb) runs.push_back(seq(0, e - rb, rb + N));
+      if (e > rb) runs.push_back({0, e - rb, b_rows(out_, (rb + N) * P)});
       const int64_t b = std::max(rb, R - N);
-      if (re > b) runs.push_back({b - rb, re - b, init + (b - (R - N)) * P});
+      if (re > b) runs.push_back({b - rb, re - b, {init + (b - (R - N)) * P}});
     }
     return runs;
   }
@@ -770,7 +764,6 @@ class ChunkedGrads {
   const at::Tensor& h0_;
   Resets resets_;
   at::Tensor w_ih_, x_, out_;  // as given (bfloat16 read as it is), or widened
-  bool w_ih_bf16_ = false, x_bf16_ = false, out_bf16_ = false;
   int64_t I_, P_;
   GemmPrecision precision_;
   std::vector<StepChunk> chunks_;
