@@ -30,6 +30,39 @@ inline Vec<scalar_t> exp_nonpositive(const Vec<scalar_t>& x) {
   return x.exp();
 }
 
+#if defined(CPU_CAPABILITY_AVX512)
+// The steps of exp_nonpositive<float> below, in AVX-512 instructions, with the same
+// bits: Vectorized's maximum (NaN-propagating: a compare and an or more), its compares
+// (a mask widened to a vector, then narrowed back for a blend) and 2^n built from
+// exponent bits (convert, add, shift, multiply) were about half the instructions of an
+// LSTM step's pointwise pass. Here max takes NaN from its second operand, compares give
+// mask registers, and vscalefps multiplies by 2^n (exact, as the multiply was wherever
+// the result is kept). A standalone copy of the LSTM's forward pass at (N, units) = (16,
+// 64), one thread: 40 -> 25.5 ns per vector of 16 units, with for_each_chunk's full
+// chunks inlined; LSTM (100, 16, 128, 128), 2 threads, back to back: inference 1.97-2.14
+// -> 1.91-2.02 ms, training 6.57-7.07 -> 6.50-6.66 (Intel Xeon, family 6 model 167).
+C10_ALWAYS_INLINE __m512 exp_nonpositive_avx512(__m512 x) {
+  const __m512 n = _mm512_roundscale_ps(
+      _mm512_mul_ps(_mm512_max_ps(_mm512_set1_ps(-88.0f), x), _mm512_set1_ps(1.44269504f)),
+      _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m512 r = _mm512_fmadd_ps(n, _mm512_set1_ps(2.12194440e-4f),
+                                   _mm512_fmadd_ps(n, _mm512_set1_ps(-0.693359375f), x));
+  __m512 p = _mm512_set1_ps(1.0f / 5040);
+  for (const float c : {1.0f / 720, 1.0f / 120, 1.0f / 24, 1.0f / 6, 0.5f, 1.0f, 1.0f}) {
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
+  }
+  // Zero below -87.33, as below; "not less than" is true for NaN, which stays NaN.
+  const __mmask16 kept = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.33f), _CMP_NLT_UQ);
+  return _mm512_maskz_scalef_ps(kept, p, n);
+}
+
+C10_ALWAYS_INLINE __m512 abs_avx512(__m512 x) {
+  return _mm512_castsi512_ps(
+      _mm512_and_si512(_mm512_castps_si512(x), _mm512_set1_epi32(0x7fffffff)));
+}
+
+#endif
+
 // Inline float version, written once over Vectorized (AVX-512, AVX2 or the portable
 // fallback): SLEEF's exp is an out-of-line call, ~10% of a small LSTM step.
 // exp(x) = 2^n * exp(r), n = round(x / ln 2), r = x - n ln 2 in [-ln2/2, ln2/2] (ln 2 in
@@ -37,6 +70,9 @@ inline Vec<scalar_t> exp_nonpositive(const Vec<scalar_t>& x) {
 // 1e-8 relative). Below ln(FLT_MIN) the result is 0; NaN stays NaN.
 template <>
 inline Vec<float> exp_nonpositive(const Vec<float>& x) {
+#if defined(CPU_CAPABILITY_AVX512)
+  return exp_nonpositive_avx512(x);
+#else
   using at::vec::fmadd;
   using V = Vec<float>;
   using Vi = Vec<int32_t>;
@@ -51,6 +87,7 @@ inline Vec<float> exp_nonpositive(const Vec<float>& x) {
   const Vi bits = (at::vec::convert_to_int_of_same_size(n) + Vi(127)) << Vi(23);
   const V y = p * at::vec::cast<float>(bits);
   return V::blendv(y, V(0.0f), x < V(-87.33f));
+#endif
 }
 
 // 1 / (1 + exp(-x)), written as e / (1 + e) for x < 0 with e = exp(-|x|) in (0, 1], so
@@ -61,6 +98,17 @@ inline Vec<scalar_t> sigmoid(const Vec<scalar_t>& x) {
   const Vec<scalar_t> e = exp_nonpositive(x.abs().neg());
   return Vec<scalar_t>::blendv(e, one, x >= Vec<scalar_t>(scalar_t(0))) / (one + e);
 }
+
+#if defined(CPU_CAPABILITY_AVX512)
+// The same as above, the same bits (see exp_nonpositive_avx512).
+template <>
+inline Vec<float> sigmoid(const Vec<float>& x) {
+  const __m512 one = _mm512_set1_ps(1.0f);
+  const __m512 e = exp_nonpositive_avx512(_mm512_xor_ps(abs_avx512(x), _mm512_set1_ps(-0.0f)));
+  const __mmask16 nonnegative = _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_GE_OQ);
+  return _mm512_div_ps(_mm512_mask_blend_ps(nonnegative, e, one), _mm512_add_ps(one, e));
+}
+#endif
 
 // tanh(x) = sign(x) * (1 - e) / (1 + e) with e = exp(-2|x|) in (0, 1]: no overflow,
 // saturates to +-1 and propagates NaN. An exp is several times cheaper than SLEEF's
@@ -74,6 +122,17 @@ inline Vec<scalar_t> fast_tanh(const Vec<scalar_t>& x) {
   // out-of-line SLEEF call).
   return ((one - e) / (one + e)) | (x & Vec<scalar_t>(scalar_t(-0.0)));
 }
+
+#if defined(CPU_CAPABILITY_AVX512)
+// The same as above, the same bits (see exp_nonpositive_avx512).
+template <>
+inline Vec<float> fast_tanh(const Vec<float>& x) {
+  const __m512 one = _mm512_set1_ps(1.0f);
+  const __m512 e = exp_nonpositive_avx512(_mm512_mul_ps(abs_avx512(x), _mm512_set1_ps(-2.0f)));
+  const __m512 t = _mm512_div_ps(_mm512_sub_ps(one, e), _mm512_add_ps(one, e));
+  return _mm512_or_ps(t, _mm512_and_ps(x, _mm512_set1_ps(-0.0f)));
+}
+#endif
 
 template <typename scalar_t>
 inline Vec<scalar_t> load(const scalar_t* p, int64_t count) {
@@ -101,11 +160,15 @@ inline double sum_lanes(const Vec<scalar_t>& v) {
 }
 
 // Calls body(j, count) over [0, H) in vector-width chunks; the last chunk may
-// be partial (count < Vec::size()).
+// be partial (count < Vec::size()). The full chunks get their own inlined copy of body,
+// where count is the constant Vec::size(): load's and store's tests on it fold away (an
+// LSTM pass, with sigmoid and tanh as in AVX-512 above: 33.5 -> 25.5 ns per vector).
 template <typename scalar_t, typename F>
-inline void for_each_chunk(int64_t H, const F& body) {
+C10_ALWAYS_INLINE void for_each_chunk(int64_t H, const F& body) {
   constexpr int64_t W = Vec<scalar_t>::size();
-  for (int64_t j = 0; j < H; j += W) body(j, std::min<int64_t>(W, H - j));
+  int64_t j = 0;
+  for (; j + W <= H; j += W) body(j, W);
+  if (j < H) body(j, H - j);
 }
 
 }  // namespace CPU_CAPABILITY
