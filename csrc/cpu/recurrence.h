@@ -574,7 +574,15 @@ class ChunkedGrads {
     if (!uniform_) h_prev_ = cached_empty({most, P_}, opts);
     ones_ = at::ones({most}, opts);
     // Every row is in one chunk, whose first GEMM sets it: no need to clear it first.
-    g_.grad_input = cached_empty({s.rows, I_}, opts);
+    // A bfloat16 op's, rounded to bfloat16 a chunk at a time, from a float32 buffer of one
+    // chunk's rows (as torch rounds, gemm_bf16.cpp's round_rows): a float32 [R, I] rounded
+    // at the end was the bfloat16 backward's largest buffer after the workspace.
+    if (is_bf16(x) && gemm_bf16_kernels() != nullptr && std::is_same_v<scalar_t, float>) {
+      g_.grad_input = cached_empty({s.rows, I_}, x.options());
+      input_rows_ = cached_empty({most, I_}, opts);
+    } else {
+      g_.grad_input = cached_empty({s.rows, I_}, opts);
+    }
     // Likewise the weight and bias gradients when the column lists cover every row: the
     // first chunk's sums set them (beta = 0). Clearing them first cost a pass over each
     // weight per call, most of a one-step backward: GRU, hidden size 500, batch 1.
@@ -636,8 +644,10 @@ class ChunkedGrads {
     std::vector<GemmSum<scalar_t>> sums;
     // grad_input[r0 : r0+rows] = sum over the input side of
     //                            dg[:, cols] @ w_ih[g.dst : g.dst+count]
-    GemmSum<scalar_t> input{rows, I, g_.grad_input.mutable_data_ptr<scalar_t>() + r0 * I, I,
-                            scalar_t(0), {}, precision_};
+    scalar_t* grad_input = input_rows_.defined()
+                               ? input_rows_.mutable_data_ptr<scalar_t>()
+                               : g_.grad_input.mutable_data_ptr<scalar_t>() + r0 * I;
+    GemmSum<scalar_t> input{rows, I, grad_input, I, scalar_t(0), {}, precision_};
     for (const GateColumns& g : input_side_) {
       input.terms.push_back(term(false, g.count, dg + g.src, b_rows(w_ih_, g.dst * I), I));
     }
@@ -659,6 +669,20 @@ class ChunkedGrads {
       if (!same_sides_) sums.push_back(column_sum(g, rows, dg, ones, g_.grad_b_hh, beta));
     }
     run_gemm_sums(sums);
+    if (input_rows_.defined()) round_input_rows(r0, rows);
+  }
+
+  // grad_input[r0 : r0+rows] (bfloat16) = input_rows_[:rows] rounded, rows split over
+  // the threads.
+  void round_input_rows(int64_t r0, int64_t rows) {
+    if constexpr (std::is_same_v<scalar_t, float>) {
+      const float* src = input_rows_.const_data_ptr<float>();
+      auto* dst = reinterpret_cast<uint16_t*>(g_.grad_input.mutable_data_ptr()) + r0 * I_;
+      const int64_t grain = std::max<int64_t>(1, (int64_t(16) << 10) / std::max<int64_t>(1, I_));
+      at::parallel_for(0, rows, grain, [&](int64_t b0, int64_t b1) {
+        gemm_bf16_kernels()->round_rows(src + b0 * I_, I_, b1 - b0, I_, dst + b0 * I_, I_);
+      });
+    }
   }
 
   // A GEMM operand B from an element of a tensor on: as scalar_t, or as bfloat16 bits
@@ -771,6 +795,7 @@ class ChunkedGrads {
   bool uniform_ = false;  // every step has all N rows
   bool first_sets_ = false;  // the first chunk's sums set the weight gradients
   at::Tensor buffer_, h_prev_, ones_;
+  at::Tensor input_rows_;  // defined: a chunk's float32 input gradient, for a bfloat16 one
   InputAndWeightGrads g_;
 };
 
