@@ -36,7 +36,7 @@ void gru_forward_impl(const RnnShapes& sh, const at::Tensor& x, const at::Tensor
   at::Tensor hg = at::empty({N, G}, h_state.options());
   scalar_t* hgp = hg.mutable_data_ptr<scalar_t>();
   scalar_t* wsp = ws.defined() ? ws.mutable_data_ptr<scalar_t>() : nullptr;
-  const StepOutput<scalar_t> output(out);
+  const StepOutput<scalar_t> output(out, s, resets);
   const scalar_t* bih = b_ih.const_data_ptr<scalar_t>();
   const scalar_t* bhh = b_hh.const_data_ptr<scalar_t>();
   const auto forward_units = gru_kernels<scalar_t>().forward_units;
@@ -44,7 +44,7 @@ void gru_forward_impl(const RnnShapes& sh, const at::Tensor& x, const at::Tensor
   const auto block = [&](const TeamStep<scalar_t>& st, int64_t b, int64_t u0, int64_t len) {
     scalar_t* hgb = hgp + kGates * u0;
     // hg_b[:n] = h[:n] @ w_hh_b^T       [n, H] x [H, 3 len]
-    hidden.run(b, st.n, st.cur, H, scalar_t(0), hgb, G, st.k);
+    output.recurrent(hidden, b, st, scalar_t(0), hgb, G);
     forward_units(st.n, H, u0, len, st.gates + kGates * u0, hgb, G, bih, bhh, st.cur,
                   wsp ? wsp + st.off * 4 * H : nullptr, output.rows(st), st.next);
     output.finish(st, u0, len);

@@ -43,7 +43,7 @@ void lstm_forward_impl(const RnnShapes& sh, const at::Tensor& x, const at::Tenso
   at::Tensor hp = proj ? at::empty({N, H}, h_state.options()) : at::Tensor();
   scalar_t* wsp = ws.defined() ? ws.mutable_data_ptr<scalar_t>() : nullptr;
   scalar_t* hpp = proj ? hp.mutable_data_ptr<scalar_t>() : nullptr;
-  const StepOutput<scalar_t> output(out);
+  const StepOutput<scalar_t> output(out, s, resets);
   scalar_t* outp = proj ? out.mutable_data_ptr<scalar_t>() : nullptr;
   scalar_t* cs = c_state.mutable_data_ptr<scalar_t>();
   const scalar_t* bp = bias.const_data_ptr<scalar_t>();
@@ -54,7 +54,7 @@ void lstm_forward_impl(const RnnShapes& sh, const at::Tensor& x, const at::Tenso
   const auto block = [&](const TeamStep<scalar_t>& st, int64_t b, int64_t u0, int64_t len) {
     scalar_t* pre = st.gates + kGates * u0;
     // pre[:n] += h[:n] @ w_hh_b^T       [n, P] x [P, 4 len]
-    hidden.run(b, st.n, st.cur, P, scalar_t(1), pre, G, st.k);
+    output.recurrent(hidden, b, st, scalar_t(1), pre, G);
     scalar_t* ws_rows = wsp ? wsp + st.off * ws_ld : nullptr;
     if (!proj) {
       scalar_t* h = output.rows(st);

@@ -180,9 +180,13 @@ class UnitBlockGemm {
                 int64_t ldc, int64_t step) const {
     if (m == 0 || units_.length(b) == 0) return;
     TORCH_INTERNAL_ASSERT(takes_bf16() && m <= max_m_, "gatedrnn: run_bf16 on this GEMM");
-    const uint16_t* packed = scratch_copy<uint16_t>(
-        {id_, step, m, a}, bf16_packed_a_elements(m, k_),
-        [&](uint16_t* dst) { gemm_bf16_kernels()->pack_a_bf16(a, lda, m, k_, dst); });
+    const GemmBf16Kernels* kernels = gemm_bf16_kernels();
+    const bool in_place =
+        kernels->packed_a_is_rows && lda == k_ && bf16_padded_k(k_) == k_ && m % 16 == 0;
+    const uint16_t* packed =
+        in_place ? a
+                 : scratch_copy<uint16_t>({id_, step, m, a}, bf16_packed_a_elements(m, k_),
+                                          [&](uint16_t* dst) { kernels->pack_a_bf16(a, lda, m, k_, dst); });
     packed_[b].run_packed_a(m, packed, beta, c, ldc);
   }
 

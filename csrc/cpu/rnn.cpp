@@ -37,13 +37,13 @@ void rnn_forward_impl(const RnnShapes& sh, bool relu, const at::Tensor& x,
   const int64_t H = sh.hidden_size, N = s.batch;
   const UnitBlocks units = unit_blocks(H, 1, H, N, s.steps());
   const UnitBlockGemm<scalar_t> hidden(w_hh, 1, H, units, N, s.steps(), precision);
-  const StepOutput<scalar_t> output(out);
+  const StepOutput<scalar_t> output(out, s, resets);
   const scalar_t* bp = bias.const_data_ptr<scalar_t>();
   const auto forward_units = rnn_kernels<scalar_t>().forward_units;
   ForwardTeam<scalar_t> team(s, x, w_ih, 1, units, h_state, precision, resets);
   const auto block = [&](const TeamStep<scalar_t>& st, int64_t b, int64_t u0, int64_t len) {
     // gates[:n, block] += h[:n] @ w_hh_b^T      [n, H] x [H, len]
-    hidden.run(b, st.n, st.cur, H, scalar_t(1), st.gates + u0, H, st.k);
+    output.recurrent(hidden, b, st, scalar_t(1), st.gates + u0, H);
     forward_units(st.n, H, u0, len, relu, st.gates, bp, output.rows(st), st.next);
     output.finish(st, u0, len);
   };

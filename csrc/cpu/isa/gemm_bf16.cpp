@@ -672,12 +672,13 @@ GATEDRNN_BF16_TARGET double peak_avx512(int64_t iterations, float* sink) {
 constexpr GemmBf16Kernels kAmx{"amx",           &gemm_amx,        &pack_a_amx,
                                &pack_a_bf16_amx, &gemm_packed_amx, &round_rows, &pack_b_rows,
                                &pack_b_rows_bf16, &pack_b_columns, &pack_b_columns_bf16,
-                               &peak_amx};
+                               &peak_amx,       true};
 constexpr GemmBf16Kernels kAvx512Bf16{"avx512_bf16",       &gemm_avx512,
                                       &pack_a_avx512,      &pack_a_bf16_avx512,
                                       &gemm_packed_avx512, &round_rows,      &pack_b_rows,
                                       &pack_b_rows_bf16,   &pack_b_columns,
-                                      &pack_b_columns_bf16, &peak_avx512};
+                                      &pack_b_columns_bf16, &peak_avx512,
+                                      false};
 
 }  // namespace
 

@@ -70,6 +70,10 @@ struct GemmBf16Kernels {
   // as isa/fma_peak.h is float32's): `iterations` rounds; returns the floating-point
   // operations done (2 per multiply-add) and writes a result to *sink.
   double (*peak)(int64_t iterations, float* sink);
+  // Whether pack_a's (and pack_a_bf16's) layout is A's rows as they are, bf16_padded_k(k)
+  // apart: then bfloat16 rows k apart, with k a multiple of 32 and m of 16, need no
+  // packing (a step's state read from the previous step's output rows; a chunk of x).
+  bool packed_a_is_rows;
 };
 
 // Which bfloat16 kernels run: the best this CPU (and operating system) supports, or the
