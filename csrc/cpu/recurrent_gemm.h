@@ -183,10 +183,10 @@ class UnitBlockGemm {
     const GemmBf16Kernels* kernels = gemm_bf16_kernels();
     const bool in_place =
         kernels->packed_a_is_rows && lda == k_ && bf16_padded_k(k_) == k_ && m % 16 == 0;
+    const auto pack = [&](uint16_t* dst) { kernels->pack_a_bf16(a, lda, m, k_, dst); };
     const uint16_t* packed =
         in_place ? a
-                 : scratch_copy<uint16_t>({id_, step, m, a}, bf16_packed_a_elements(m, k_),
-                                          [&](uint16_t* dst) { kernels->pack_a_bf16(a, lda, m, k_, dst); });
+                 : scratch_copy<uint16_t>({id_, step, m, a}, bf16_packed_a_elements(m, k_), pack);
     packed_[b].run_packed_a(m, packed, beta, c, ldc);
   }
 
