@@ -98,16 +98,19 @@ class UnitBlockGemm {
     };
     if (units.count() == 1) {  // packed by every thread (pack_panels)
       pack_block(0);
-      return;
+    } else {
+      // Several blocks in one parallel region, each thread a contiguous share of them as
+      // in a team (TeamMember::share), so that a block is packed into the cache of the
+      // thread that reads it. Each block split over the threads by pack_panels instead
+      // left the blocks at hidden size 128 to one thread each (too few panels to split):
+      // 2-3% of an LSTM (100, 16, 128, 128) call, one thread packing while the other
+      // waited.
+      at::parallel_for(0, units.count(), 1, [&](int64_t b0, int64_t b1) {
+        for (int64_t b = b0; b < b1; ++b) pack_block(b);
+      });
     }
-    // Several blocks in one parallel region, each thread a contiguous share of them as in
-    // a team (TeamMember::share), so that a block is packed into the cache of the thread
-    // that reads it. Each block split over the threads by pack_panels instead left the
-    // blocks at hidden size 128 to one thread each (too few panels to split): 2-3% of an
-    // LSTM (100, 16, 128, 128) call, one thread packing while the other waited.
-    at::parallel_for(0, units.count(), 1, [&](int64_t b0, int64_t b1) {
-      for (int64_t b = b0; b < b1; ++b) pack_block(b);
-    });
+    const auto packed_bf16 = [](const PackedWeight<scalar_t>& p) { return p.bf16(); };
+    bf16_ = !packed_.empty() && std::all_of(packed_.begin(), packed_.end(), packed_bf16);
   }
 
   // C_b[:m] = A[:m] @ W_b^T + beta * C_b[:m]; c points at C_b's first column.
@@ -165,14 +168,9 @@ class UnitBlockGemm {
     packed_[b].run(m, a, lda, beta, c, ldc);
   }
 
-  // Whether run_bf16 can run: every block packed for the bfloat16 kernels.
-  bool takes_bf16() const {
-    if (w_.defined() || packed_.empty()) return false;
-    for (const PackedWeight<scalar_t>& p : packed_) {
-      if (!p.bf16()) return false;
-    }
-    return true;
-  }
+  // Whether run_bf16 can run: every block packed for the bfloat16 kernels (decided once,
+  // when packed: it is asked per block and step).
+  bool takes_bf16() const { return bf16_; }
 
   // run with A in bfloat16 (bits, [m, k] rows lda apart): a bfloat16 op's input, read as
   // it is. Only where takes_bf16(); the same bits as run on A widened.
@@ -251,6 +249,7 @@ class UnitBlockGemm {
   int64_t gates_ = 0, gate_stride_ = 0, max_m_ = 0, k_ = 0;
   at::Tensor w_;       // defined: W read in place
   bool rows_ = false;  // W's rows contiguous (else W^T's)
+  bool bf16_ = false;  // every block packed for the bfloat16 kernels (takes_bf16)
   bool transposed_ = false;  // rows_ and steps of more rows than dot suits
   uint64_t id_ = 0;  // no other object's: the key of its scratch copies of A
   std::vector<PackedWeight<scalar_t>> packed_;  // W_b^T, per block, where not small_
