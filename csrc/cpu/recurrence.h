@@ -698,8 +698,7 @@ class ChunkedGrads {
     if constexpr (std::is_same_v<scalar_t, float>) {
       const float* src = input_rows_.const_data_ptr<float>();
       auto* dst = reinterpret_cast<uint16_t*>(g_.grad_input.mutable_data_ptr()) + r0 * I_;
-      const int64_t grain = std::max<int64_t>(1, (int64_t(16) << 10) / std::max<int64_t>(1, I_));
-      at::parallel_for(0, rows, grain, [&](int64_t b0, int64_t b1) {
+      at::parallel_for(0, rows, copy_grain(I_), [&](int64_t b0, int64_t b1) {
         gemm_bf16_kernels()->round_rows(src + b0 * I_, I_, b1 - b0, I_, dst + b0 * I_, I_);
       });
     }
