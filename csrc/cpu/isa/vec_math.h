@@ -56,11 +56,6 @@ C10_ALWAYS_INLINE __m512 exp_nonpositive_avx512(__m512 x) {
   return _mm512_maskz_scalef_ps(kept, p, n);
 }
 
-C10_ALWAYS_INLINE __m512 abs_avx512(__m512 x) {
-  return _mm512_castsi512_ps(
-      _mm512_and_si512(_mm512_castps_si512(x), _mm512_set1_epi32(0x7fffffff)));
-}
-
 #endif
 
 // Inline float version, written once over Vectorized (AVX-512, AVX2 or the portable
@@ -104,7 +99,7 @@ inline Vec<scalar_t> sigmoid(const Vec<scalar_t>& x) {
 template <>
 inline Vec<float> sigmoid(const Vec<float>& x) {
   const __m512 one = _mm512_set1_ps(1.0f);
-  const __m512 e = exp_nonpositive_avx512(_mm512_xor_ps(abs_avx512(x), _mm512_set1_ps(-0.0f)));
+  const __m512 e = exp_nonpositive_avx512(x.abs().neg());  // one andnot, one xor
   const __mmask16 nonnegative = _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_GE_OQ);
   return _mm512_div_ps(_mm512_mask_blend_ps(nonnegative, e, one), _mm512_add_ps(one, e));
 }
@@ -128,7 +123,7 @@ inline Vec<scalar_t> fast_tanh(const Vec<scalar_t>& x) {
 template <>
 inline Vec<float> fast_tanh(const Vec<float>& x) {
   const __m512 one = _mm512_set1_ps(1.0f);
-  const __m512 e = exp_nonpositive_avx512(_mm512_mul_ps(abs_avx512(x), _mm512_set1_ps(-2.0f)));
+  const __m512 e = exp_nonpositive_avx512(x.abs() * Vec<float>(-2.0f));
   const __m512 t = _mm512_div_ps(_mm512_sub_ps(one, e), _mm512_add_ps(one, e));
   return _mm512_or_ps(t, _mm512_and_ps(x, _mm512_set1_ps(-0.0f)));
 }
