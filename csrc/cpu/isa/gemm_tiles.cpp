@@ -150,6 +150,30 @@ scalar_t* scratch(std::vector<scalar_t>& buffer, int64_t size) {
   return buffer.data();
 }
 
+// A block of m rows of a transposed A whose rows are consecutive (row r, step kk at
+// a[r + kk * a_step]: a weight gradient's dg^T) into dst as [tile][k][height]. Step by
+// step over the whole block, so that each line of a step's m elements is read once; a
+// tile's elements are one masked load and store. The copy a tile at a time, element by
+// element, reread a line per step and tile, and was 6.4% of the LSTM (100, 16, 128, 128)
+// training step; with this one that step went 6.86-6.99 -> 6.59-6.77 ms, GRU 5.68-5.75
+// -> 5.51-5.77, RNN 2.16-2.35 -> 2.11-2.24 (2 threads, Intel Xeon with AMX).
+template <typename scalar_t>
+void pack_transposed_rows(int64_t m, int64_t k, const scalar_t* a, int64_t a_step,
+                          scalar_t* dst) {
+  using V = Vec<scalar_t>;
+  constexpr int64_t L = V::size();
+  for (int64_t kk = 0; kk < k; ++kk) {
+    const scalar_t* src = a + kk * a_step;
+    for_each_tile(m, [&](int64_t r0, int64_t h) {
+      scalar_t* out = dst + r0 * k + kk * h;
+      for (int64_t j = 0; j < h; j += L) {
+        const int64_t n = std::min(L, h - j);
+        V::loadu(src + r0 + j, n).store(out + j, n);
+      }
+    });
+  }
+}
+
 // Rows in cache blocks (block_rows), and within a block panel after panel: a panel is
 // read once per block, and then from L1/L2 by every tile.
 //
@@ -196,7 +220,9 @@ void gemm(int64_t m, int64_t n, int64_t k, const scalar_t* a, int64_t a_row, int
     const int64_t mi = std::min(rows, m - i0);
     const scalar_t* ai = a + i0 * a_row;
     scalar_t* ci = c + i0 * ldc;
-    if (pack_a) {
+    if (pack_a && a_row == 1) {
+      pack_transposed_rows(mi, k, ai, a_step, a_packed);
+    } else if (pack_a) {
       for_each_tile(mi, [&](int64_t r0, int64_t h) {
         scalar_t* dst = a_packed + r0 * k;
         const scalar_t* src = ai + r0 * a_row;
