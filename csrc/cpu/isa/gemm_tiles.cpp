@@ -174,6 +174,21 @@ void pack_transposed_rows(int64_t m, int64_t k, const scalar_t* a, int64_t a_ste
   }
 }
 
+// m rows of a transposed A, a(r, kk) = a[r * a_row + kk * a_step], into dst as
+// [tile][k][height] (the tiles of for_each_tile).
+template <typename scalar_t>
+void pack_a_block(int64_t m, int64_t k, const scalar_t* a, int64_t a_row, int64_t a_step,
+                  scalar_t* dst) {
+  if (a_row == 1) return pack_transposed_rows(m, k, a, a_step, dst);
+  for_each_tile(m, [&](int64_t r0, int64_t h) {
+    scalar_t* out = dst + r0 * k;
+    const scalar_t* src = a + r0 * a_row;
+    for (int64_t kk = 0; kk < k; ++kk) {
+      for (int64_t r = 0; r < h; ++r) out[kk * h + r] = src[r * a_row + kk * a_step];
+    }
+  });
+}
+
 // Rows in cache blocks (block_rows), and within a block panel after panel: a panel is
 // read once per block, and then from L1/L2 by every tile.
 //
@@ -188,18 +203,22 @@ void pack_transposed_rows(int64_t m, int64_t k, const scalar_t* a, int64_t a_ste
 // saved: LSTM (100, 64, 512, 512) on the Intel Xeon with AMX, 2 threads, inference
 // 103-107 -> 93-94 ms, training 399-404 -> 365-376 ms. The copies move data only: the bits
 // are those of the operands read in place.
+//
+// prepacked: A packed already (pack_a), which a and its strides are then not; else null.
 template <typename scalar_t>
-void gemm(int64_t m, int64_t n, int64_t k, const scalar_t* a, int64_t a_row, int64_t a_step,
-          const scalar_t* b, int64_t b_ld, int64_t b_panel, scalar_t beta, scalar_t* c,
-          int64_t ldc) {
+void gemm_of(int64_t m, int64_t n, int64_t k, const scalar_t* a, int64_t a_row, int64_t a_step,
+             const scalar_t* prepacked, const scalar_t* b, int64_t b_ld, int64_t b_panel,
+             scalar_t beta, scalar_t* c, int64_t ldc) {
   constexpr int64_t width = 2 * Vec<scalar_t>::size();
   if (m <= 0 || n <= 0) return;
   thread_local std::vector<scalar_t> a_buffer, b_buffer;
   const int64_t panels = (n + width - 1) / width;
   const int64_t rows = block_rows<scalar_t>(k);
-  const bool pack_a = panels > 1 && k > 0 && a_step != 1;  // a transposed A
+  // a transposed A, or one packed already
+  const bool pack_a = prepacked != nullptr || (panels > 1 && k > 0 && a_step != 1);
   const bool pack_b = b_panel == width && b_ld != width && m > kTileRows && k > 0;
-  scalar_t* a_packed = pack_a ? scratch(a_buffer, std::min(rows, m) * k) : nullptr;
+  scalar_t* a_scratch =
+      pack_a && prepacked == nullptr ? scratch(a_buffer, std::min(rows, m) * k) : nullptr;
   if (pack_b) {
     // Once for all the blocks of rows: packing a panel per block was a third of the time
     // of a [1024, 2048] x [2048, 512] product (B from L3, its rows 2 KiB apart).
@@ -220,17 +239,8 @@ void gemm(int64_t m, int64_t n, int64_t k, const scalar_t* a, int64_t a_row, int
     const int64_t mi = std::min(rows, m - i0);
     const scalar_t* ai = a + i0 * a_row;
     scalar_t* ci = c + i0 * ldc;
-    if (pack_a && a_row == 1) {
-      pack_transposed_rows(mi, k, ai, a_step, a_packed);
-    } else if (pack_a) {
-      for_each_tile(mi, [&](int64_t r0, int64_t h) {
-        scalar_t* dst = a_packed + r0 * k;
-        const scalar_t* src = ai + r0 * a_row;
-        for (int64_t kk = 0; kk < k; ++kk) {
-          for (int64_t r = 0; r < h; ++r) dst[kk * h + r] = src[r * a_row + kk * a_step];
-        }
-      });
-    }
+    const scalar_t* a_packed = prepacked != nullptr ? prepacked + i0 * k : a_scratch;
+    if (a_scratch != nullptr) pack_a_block(mi, k, ai, a_row, a_step, a_scratch);
     for (int64_t p = 0; p < panels; ++p) {
       const int64_t cols = std::min(width, n - p * width);
       const scalar_t* bp = b + p * b_panel;
@@ -247,6 +257,29 @@ void gemm(int64_t m, int64_t n, int64_t k, const scalar_t* a, int64_t a_row, int
       });
     }
   }
+}
+
+template <typename scalar_t>
+void gemm(int64_t m, int64_t n, int64_t k, const scalar_t* a, int64_t a_row, int64_t a_step,
+          const scalar_t* b, int64_t b_ld, int64_t b_panel, scalar_t beta, scalar_t* c,
+          int64_t ldc) {
+  gemm_of<scalar_t>(m, n, k, a, a_row, a_step, nullptr, b, b_ld, b_panel, beta, c, ldc);
+}
+
+// A's rows [0, m) as gemm packs them, its cache blocks one after another (m * k elements).
+template <typename scalar_t>
+void pack_a(int64_t m, int64_t k, const scalar_t* a, int64_t a_row, int64_t a_step,
+            scalar_t* dst) {
+  const int64_t rows = block_rows<scalar_t>(k);
+  for (int64_t i0 = 0; i0 < m; i0 += rows) {
+    pack_a_block(std::min(rows, m - i0), k, a + i0 * a_row, a_row, a_step, dst + i0 * k);
+  }
+}
+
+template <typename scalar_t>
+void gemm_packed_a(int64_t m, int64_t n, int64_t k, const scalar_t* a, const scalar_t* b,
+                   int64_t b_ld, int64_t b_panel, scalar_t beta, scalar_t* c, int64_t ldc) {
+  gemm_of<scalar_t>(m, n, k, nullptr, 0, 0, a, b, b_ld, b_panel, beta, c, ldc);
 }
 
 // The product stored transposed: c[j * ldc + i] = (a @ b)[i, j] + beta * c[j * ldc + i],
@@ -424,7 +457,8 @@ void dot_bf16(int64_t m, int64_t n, int64_t k, const scalar_t* a, int64_t lda,
 }  // namespace
 
 GATEDRNN_CPU_KERNEL_TABLE(GemmKernels, gemm_kernels, 2 * Vec<scalar_t>::size(), &gemm<scalar_t>,
-                          &gemm_transposed<scalar_t>, &dot<scalar_t>, &dot_bf16<scalar_t>)
+                          &pack_a<scalar_t>, &gemm_packed_a<scalar_t>, &gemm_transposed<scalar_t>,
+                          &dot<scalar_t>, &dot_bf16<scalar_t>)
 
 }  // namespace CPU_CAPABILITY
 }  // namespace gatedrnn

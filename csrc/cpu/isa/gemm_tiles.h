@@ -25,6 +25,14 @@ struct GemmKernels {
   void (*gemm)(int64_t m, int64_t n, int64_t k, const scalar_t* a, int64_t a_row,
                int64_t a_step, const scalar_t* b, int64_t b_ld, int64_t b_panel, scalar_t beta,
                scalar_t* c, int64_t ldc);
+  // gemm in two parts, for an A that several calls read (a weight gradient's dg^T, which
+  // the gradients of w_ih and w_hh share, and the column blocks of each): pack_a writes
+  // A's rows [0, m) in the layout gemm copies a transposed A into (m * k elements), and
+  // gemm_packed_a is gemm on them, with the same bits.
+  void (*pack_a)(int64_t m, int64_t k, const scalar_t* a, int64_t a_row, int64_t a_step,
+                 scalar_t* dst);
+  void (*gemm_packed_a)(int64_t m, int64_t n, int64_t k, const scalar_t* a, const scalar_t* b,
+                        int64_t b_ld, int64_t b_panel, scalar_t beta, scalar_t* c, int64_t ldc);
   // The same product stored transposed: c[j * ldc + i] = (a @ b)[i, j] + beta * c[j * ldc
   // + i], for a row-major a [m, k] (leading dim lda) and a packed b ([panels, k, width]).
   // Each output is the chain gemm makes of it, so a weight's rows as a here, against a
