@@ -477,8 +477,7 @@ void run_shared_a(const std::vector<GemmSum<scalar_t>>& sums, const std::vector<
       for (size_t i : item) {
         const GemmSum<scalar_t>& g = sums[blocks[i].sum];
         const GemmBlocks::Block& bl = blocks[i].c;
-        const GemmB<scalar_t> b = b_of(i, 0).from_column(bl.j0);
-        TORCH_INTERNAL_ASSERT(b.bf16 != nullptr, "gatedrnn: a bfloat16 sum's B not packed");
+        const GemmB<scalar_t> b = b_of(i, 0).from_column(bl.j0);  // packed (run_gemm_sums)
         bf16->gemm_packed_a(bl.mi, bl.ni, t.k, packed.data(), b.bf16, b.bf16_panel, g.beta,
                             g.c + bl.i0 * g.ldc + bl.j0, g.ldc);
       }
@@ -588,6 +587,10 @@ void run_gemm_sums(const std::vector<GemmSum<scalar_t>>& sums) {
       TORCH_INTERNAL_ASSERT(t.b_bf16 == nullptr || !packed[s].empty() || sums[s].m == 0 ||
                                 sums[s].n == 0,
                             "gatedrnn: a bfloat16 GEMM operand without the bfloat16 kernels");
+      // run_shared_a reads a bfloat16 sum's B packed
+      TORCH_INTERNAL_ASSERT(bf16_kernels_for<scalar_t>(sums[s].precision) == nullptr ||
+                                !packed[s].empty() || sums[s].m == 0 || sums[s].n == 0,
+                            "gatedrnn: a bfloat16 sum's B not packed");
     }
   }
   // A block's B: in place, or packed above.
