@@ -9,6 +9,8 @@
 // Each output is one chain: it starts from beta * c (from zero when beta == 0, from c
 // itself when beta == 1) and adds a[r, kk] * b[kk, j] for kk = 0, 1, ..., k - 1 by fused
 // multiply-adds, in registers throughout: its bits do not depend on the blocking.
+// A few rows against a B read in place stream B row by row instead (stream_tile).
+//
 // k is not cut into chunks that fit L1, as GEMMs usually do (exactly possible: a chunk's
 // chain would continue from the value the previous one stored): measured interleaved on
 // one Zen 3 core, chunks of 256 made the weight-gradient products 2-6% faster and the
@@ -35,6 +37,17 @@ constexpr int64_t kTileRows = 6;
 constexpr int64_t kTileRows = 4;
 #endif
 
+// R vectors, not constructed: Vectorized's default constructor zeroes its value, and GCC
+// kept that zeroing of a tile's accumulator arrays, as two `rep stos` of 768 bytes into
+// stack slots the tile never reads (it keeps the accumulators in registers) per 12-row
+// tile. With k = 1 (the weight gradients of a one-step call at batch 1) they were 42% of
+// the tile's time.
+template <typename V, int64_t R>
+union Vectors {
+  Vectors() {}
+  V v[R];
+};
+
 // Rows of A per cache block: the block (rows x k) is reread for every panel of B, so it
 // should stay in L2 (512 KiB to 2 MiB per core on the machines this runs on).
 constexpr int64_t kBlockBytes = int64_t(256) << 10;
@@ -55,7 +68,9 @@ C10_ALWAYS_INLINE void tile(int64_t k, const scalar_t* a, int64_t a_row, int64_t
   constexpr int64_t L = V::size();
   const int64_t cols0 = full ? L : std::min<int64_t>(L, cols);
   const int64_t cols1 = full ? L : std::max<int64_t>(0, cols - L);
-  V acc0[R], acc1[R];
+  Vectors<V, R> a0, a1;
+  V(&acc0)[R] = a0.v;
+  V(&acc1)[R] = a1.v;
 #pragma GCC unroll 16
   for (int64_t r = 0; r < R; ++r) {
     if (beta == scalar_t(0)) {
@@ -143,6 +158,108 @@ C10_ALWAYS_INLINE void tile_of_height(int64_t h, int64_t k, const scalar_t* a, i
   }
 }
 
+// A few rows of A against a B read in place, row after row of B: R rows by NV vectors of
+// columns, over the whole of k. full: NV whole vectors; else NV == 1 and `tail` (fewer
+// than a vector's) columns. Each output is the chain tile() makes (the same bits).
+template <typename scalar_t, int64_t R, int64_t NV, bool full>
+C10_ALWAYS_INLINE void stream_tile(int64_t k, const scalar_t* a, int64_t a_row, int64_t a_step,
+                                   const scalar_t* b, int64_t b_ld, int64_t tail, scalar_t beta,
+                                   scalar_t* c, int64_t ldc) {
+  using V = Vec<scalar_t>;
+  constexpr int64_t L = V::size();
+  const int64_t last = full ? L : tail;
+  Vectors<V, R * NV> accumulators;
+  V(&acc)[R * NV] = accumulators.v;
+#pragma GCC unroll 16
+  for (int64_t r = 0; r < R; ++r) {
+#pragma GCC unroll 16
+    for (int64_t v = 0; v < NV; ++v) {
+      V& x = acc[r * NV + v];
+      if (beta == scalar_t(0)) {
+        x = V(scalar_t(0));
+      } else {
+        const scalar_t* out = c + r * ldc + v * L;
+        x = full ? V::loadu(out) : V::loadu(out, last);
+        if (beta != scalar_t(1)) x = x * V(beta);
+      }
+    }
+  }
+#pragma GCC unroll 2
+  for (int64_t kk = 0; kk < k; ++kk) {
+    const scalar_t* bk = b + kk * b_ld;
+    Vectors<V, NV> row;
+#pragma GCC unroll 16
+    for (int64_t v = 0; v < NV; ++v) row.v[v] = full ? V::loadu(bk + v * L) : V::loadu(bk, last);
+    const scalar_t* ak = a + kk * a_step;
+#pragma GCC unroll 16
+    for (int64_t r = 0; r < R; ++r) {
+      const V av(ak[r * a_row]);
+#pragma GCC unroll 16
+      for (int64_t v = 0; v < NV; ++v) {
+        acc[r * NV + v] = at::vec::fmadd(av, row.v[v], acc[r * NV + v]);
+      }
+    }
+  }
+#pragma GCC unroll 16
+  for (int64_t r = 0; r < R; ++r) {
+#pragma GCC unroll 16
+    for (int64_t v = 0; v < NV; ++v) {
+      scalar_t* out = c + r * ldc + v * L;
+      if (full) {
+        acc[r * NV + v].store(out);
+      } else {
+        acc[r * NV + v].store(out, last);
+      }
+    }
+  }
+}
+
+// Accumulators of a streaming tile: as many as the tiles' own less a few, so that a
+// row's NV vectors of B stay in registers beside them.
+#if defined(CPU_CAPABILITY_AVX512)
+constexpr int64_t kStreamAccumulators = 16;
+#else
+constexpr int64_t kStreamAccumulators = 8;
+#endif
+// A B of at most this many bytes is run against a tile's rows panel after panel (gemm_of).
+constexpr int64_t kSmallB = int64_t(16) << 10;
+// A at most this high, against a B in place, is streamed (gemm_of).
+constexpr int64_t kStreamRows = 4;
+
+// Columns [j, n) of R rows: NV vectors at a time, then NV / 2, ..., 1, then the last
+// partial vector.
+template <typename scalar_t, int64_t R, int64_t NV>
+C10_ALWAYS_INLINE void stream_rows(int64_t n, int64_t j, int64_t k, const scalar_t* a,
+                                   int64_t a_row, int64_t a_step, const scalar_t* b,
+                                   int64_t b_ld, scalar_t beta, scalar_t* c, int64_t ldc) {
+  constexpr int64_t L = Vec<scalar_t>::size();
+  for (; j + NV * L <= n; j += NV * L) {
+    stream_tile<scalar_t, R, NV, true>(k, a, a_row, a_step, b + j, b_ld, 0, beta, c + j, ldc);
+  }
+  if constexpr (NV > 1) {
+    stream_rows<scalar_t, R, NV / 2>(n, j, k, a, a_row, a_step, b, b_ld, beta, c, ldc);
+  } else if (j < n) {
+    stream_tile<scalar_t, R, 1, false>(k, a, a_row, a_step, b + j, b_ld, n - j, beta, c + j,
+                                       ldc);
+  }
+}
+
+// h (<= kStreamRows, one of for_each_tile's heights) rows of A against all n columns.
+template <typename scalar_t>
+void stream_tile_of_height(int64_t h, int64_t n, int64_t k, const scalar_t* a, int64_t a_row,
+                           int64_t a_step, const scalar_t* b, int64_t b_ld, scalar_t beta,
+                           scalar_t* c, int64_t ldc) {
+  constexpr int64_t A = kStreamAccumulators;
+  switch (h) {
+    case 4:
+      return stream_rows<scalar_t, 4, A / 4>(n, 0, k, a, a_row, a_step, b, b_ld, beta, c, ldc);
+    case 2:
+      return stream_rows<scalar_t, 2, A / 2>(n, 0, k, a, a_row, a_step, b, b_ld, beta, c, ldc);
+    default:
+      return stream_rows<scalar_t, 1, A>(n, 0, k, a, a_row, a_step, b, b_ld, beta, c, ldc);
+  }
+}
+
 // Per-thread scratch for the packed copies of A and B (grown, never shrunk).
 template <typename scalar_t>
 scalar_t* scratch(std::vector<scalar_t>& buffer, int64_t size) {
@@ -211,8 +328,23 @@ void gemm_of(int64_t m, int64_t n, int64_t k, const scalar_t* a, int64_t a_row, 
              scalar_t beta, scalar_t* c, int64_t ldc) {
   constexpr int64_t width = 2 * Vec<scalar_t>::size();
   if (m <= 0 || n <= 0) return;
-  thread_local std::vector<scalar_t> a_buffer, b_buffer;
   const int64_t panels = (n + width - 1) / width;
+  // A few rows against a B in place (a one-step call's input gradient at batch 1, a bias
+  // gradient's column sums): B row after row, a run of up to 16 vectors of each row at a
+  // time. Panel after panel, each row of B was two lines of a panel, 2 KiB or more from
+  // the previous row's, which the prefetchers do not follow. With the accumulators'
+  // zeroing gone (Vectors), GRU backward op, (T, N, H) = (1, 1, 512), one thread: 923 ->
+  // 789 us.
+  if (m <= kStreamRows && b_panel == width && panels > 1) {
+    for_each_tile(m, [&](int64_t r0, int64_t h) {
+      const bool packed = prepacked != nullptr;
+      stream_tile_of_height<scalar_t>(h, n, k, packed ? prepacked + r0 * k : a + r0 * a_row,
+                                      packed ? 1 : a_row, packed ? h : a_step, b, b_ld, beta,
+                                      c + r0 * ldc, ldc);
+    });
+    return;
+  }
+  thread_local std::vector<scalar_t> a_buffer, b_buffer;
   const int64_t rows = block_rows<scalar_t>(k);
   // a transposed A, or one packed already
   const bool pack_a = prepacked != nullptr || (panels > 1 && k > 0 && a_step != 1);
@@ -235,26 +367,39 @@ void gemm_of(int64_t m, int64_t n, int64_t k, const scalar_t* a, int64_t a_row, 
     b_ld = width;
     b_panel = k * width;
   }
+  // With a B of a few KiB (k small: a one-step call's weight gradient, k = the batch),
+  // writing C is most of the work: tile after tile, each writing its rows across every
+  // panel, rather than panel after panel, which wrote 128 bytes of each row in turn, each
+  // 2 KiB or more from the last (n = 512). GRU backward op, (T, N, H) = (1, 1, 512): one
+  // thread 808 -> 664 us, two 465 -> 414; B of 256 KiB (batch 64) was no faster.
+  const bool tiles_outer = k * n * int64_t(sizeof(scalar_t)) <= kSmallB;
   for (int64_t i0 = 0; i0 < m; i0 += rows) {
     const int64_t mi = std::min(rows, m - i0);
     const scalar_t* ai = a + i0 * a_row;
     scalar_t* ci = c + i0 * ldc;
     const scalar_t* a_packed = prepacked != nullptr ? prepacked + i0 * k : a_scratch;
     if (a_scratch != nullptr) pack_a_block(mi, k, ai, a_row, a_step, a_scratch);
-    for (int64_t p = 0; p < panels; ++p) {
+    const auto run_tile = [&](int64_t p, int64_t r0, int64_t h) {
       const int64_t cols = std::min(width, n - p * width);
       const scalar_t* bp = b + p * b_panel;
+      const scalar_t* at = pack_a ? a_packed + r0 * k : ai + r0 * a_row;
+      const int64_t at_row = pack_a ? 1 : a_row, at_step = pack_a ? h : a_step;
+      scalar_t* ct = ci + r0 * ldc + p * width;
+      if (cols == width) {
+        tile_of_height<scalar_t, true>(h, k, at, at_row, at_step, bp, b_ld, cols, beta, ct, ldc);
+      } else {
+        tile_of_height<scalar_t, false>(h, k, at, at_row, at_step, bp, b_ld, cols, beta, ct,
+                                        ldc);
+      }
+    };
+    if (tiles_outer) {
       for_each_tile(mi, [&](int64_t r0, int64_t h) {
-        const scalar_t* at = pack_a ? a_packed + r0 * k : ai + r0 * a_row;
-        const int64_t at_row = pack_a ? 1 : a_row, at_step = pack_a ? h : a_step;
-        scalar_t* ct = ci + r0 * ldc + p * width;
-        if (cols == width) {
-          tile_of_height<scalar_t, true>(h, k, at, at_row, at_step, bp, b_ld, cols, beta, ct, ldc);
-        } else {
-          tile_of_height<scalar_t, false>(h, k, at, at_row, at_step, bp, b_ld, cols, beta, ct,
-                                          ldc);
-        }
+        for (int64_t p = 0; p < panels; ++p) run_tile(p, r0, h);
       });
+    } else {
+      for (int64_t p = 0; p < panels; ++p) {
+        for_each_tile(mi, [&](int64_t r0, int64_t h) { run_tile(p, r0, h); });
+      }
     }
   }
 }
@@ -400,7 +545,9 @@ C10_ALWAYS_INLINE void dot_rows(int64_t k, const scalar_t* a, const w_t* w, int6
                                 scalar_t beta, scalar_t* c) {
   using V = Vec<scalar_t>;
   constexpr int64_t L = V::size();
-  V acc0[J], acc1[J];
+  Vectors<V, J> a0, a1;
+  V(&acc0)[J] = a0.v;
+  V(&acc1)[J] = a1.v;
 #pragma GCC unroll 8
   for (int64_t j = 0; j < J; ++j) acc0[j] = acc1[j] = V(scalar_t(0));
   int64_t kk = 0;
