@@ -986,10 +986,8 @@ class BackwardTeam {
             point(k, n, off, dg, point_units.begin(b), point_units.length(b));
           }
           me.barrier();
-          for (int64_t b = s0; b < s1; ++b) {
-            // dh_state[:n, block] (+)= dgates[:n, :G] @ w_hh[:, block]   [n, G] x [G, len]
-            hidden_.run(b, n, dg, dgate_ld_, beta, dh_state + units_.begin(b), P, k);
-          }
+          // dh_state[:n, block] (+)= dgates[:n, :G] @ w_hh[:, block]   [n, G] x [G, len]
+          hidden_.run_blocks(s0, s1, n, dg, dgate_ld_, beta, dh_state, P, k);
         }
       });
       grads.finish_chunk();

@@ -168,6 +168,25 @@ class UnitBlockGemm {
     packed_[b].run(m, a, lda, beta, c, ldc);
   }
 
+  // run for the blocks [b0, b1), C_b at c + begin(b). Where W^T is read in place (the
+  // backward's dh = dg @ w_hh, one gate) their columns are consecutive, and one product
+  // over all of them reads each row of W^T in one run (the same sums: a column's chain
+  // does not depend on its neighbours); a block at a time, each row of w_hh was 64
+  // columns, 256 bytes, 2 KiB from the previous row's. GRU backward op, (T, N, H) =
+  // (1, 1, 512), 2 threads, alternating builds: 374-380 -> 352-354 us.
+  void run_blocks(int64_t b0, int64_t b1, int64_t m, const scalar_t* a, int64_t lda,
+                  scalar_t beta, scalar_t* c, int64_t ldc, int64_t step = -1) const {
+    if (b1 - b0 > 1 && w_.defined() && !rows_ && gates_ == 1 && m > 0) {
+      const int64_t j0 = units_.begin(b0), j1 = units_.begin(b1 - 1) + units_.length(b1 - 1);
+      tile_gemm<scalar_t>(m, j1 - j0, k_, GemmA<scalar_t>::rows(a, lda),
+                          GemmB<scalar_t>::rows(w_.template const_data_ptr<scalar_t>() +
+                                                    j0 * w_.stride(0), w_.stride(1)),
+                          beta, c + j0, ldc);
+      return;
+    }
+    for (int64_t b = b0; b < b1; ++b) run(b, m, a, lda, beta, c + units_.begin(b), ldc, step);
+  }
+
   // Whether run_bf16 can run: every block packed for the bfloat16 kernels (decided once,
   // when packed: it is asked per block and step).
   bool takes_bf16() const { return bf16_; }
