@@ -300,9 +300,25 @@ inline std::optional<at::Tensor> widened(const std::optional<at::Tensor>& t) {
   if (!t.has_value() || !t->defined()) return t;
   return widened(*t);
 }
-// A result in the op's dtype (that of input).
+// A result in the op's dtype (that of input). A float32 result of a bfloat16 op is rounded
+// as Tensor.to rounds (gemm_bf16.cpp's round_rows), rows split over the threads, into a
+// block of the cache: through Tensor.to, a one-step call's weight gradients were rounded
+// on one thread into fresh pages, a quarter of the GRU backward op at (T, N, H) = (1, 1,
+// 512) (2 threads: 1432 -> 742 us, the bits unchanged).
 inline at::Tensor narrowed(const at::Tensor& t, const at::Tensor& input) {
-  return t.scalar_type() == input.scalar_type() ? t : t.to(input.scalar_type());
+  if (t.scalar_type() == input.scalar_type()) return t;
+  const GemmBf16Kernels* bf16 = gemm_bf16_kernels();
+  if (!is_bf16(input) || t.scalar_type() != at::kFloat || !t.is_contiguous() || bf16 == nullptr) {
+    return t.to(input.scalar_type());
+  }
+  at::Tensor result = cached_empty(t.sizes(), t.options().dtype(at::kBFloat16));
+  const int64_t cols = t.dim() == 0 ? 1 : t.size(-1), rows = cols == 0 ? 0 : t.numel() / cols;
+  const float* src = t.const_data_ptr<float>();
+  auto* dst = reinterpret_cast<uint16_t*>(result.mutable_data_ptr());
+  at::parallel_for(0, rows, copy_grain(cols), [&](int64_t r0, int64_t r1) {
+    bf16->round_rows(src + r0 * cols, cols, r1 - r0, cols, dst + r0 * cols, cols);
+  });
+  return result;
 }
 // The workspace's dtype for this input: float32 in the bfloat16 form, else input's.
 inline at::ScalarType workspace_dtype(const at::Tensor& input) {
