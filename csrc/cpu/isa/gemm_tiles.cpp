@@ -158,12 +158,34 @@ C10_ALWAYS_INLINE void tile_of_height(int64_t h, int64_t k, const scalar_t* a, i
   }
 }
 
+// count (<= one vector's) elements of w as a vector of scalar_t, zeros past count: as
+// they are, or a bfloat16 weight's widened (exactly: its bits are a float's top half).
+template <typename scalar_t>
+C10_ALWAYS_INLINE Vec<scalar_t> load_w(const scalar_t* w, int64_t count) {
+  return count == Vec<scalar_t>::size() ? Vec<scalar_t>::loadu(w)
+                                        : Vec<scalar_t>::loadu(w, count);
+}
+template <typename scalar_t>
+C10_ALWAYS_INLINE Vec<scalar_t> load_w(const c10::BFloat16* w, int64_t count) {
+  constexpr int64_t L = Vec<scalar_t>::size();
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    if (count == L) {
+      Vec<float> v;
+      at::vec::load_fp32_from_bf16(w, v);
+      return v;
+    }
+  }
+  alignas(64) scalar_t values[L] = {};
+  for (int64_t l = 0; l < count; ++l) values[l] = static_cast<scalar_t>(static_cast<float>(w[l]));
+  return Vec<scalar_t>::loadu(values);
+}
+
 // A few rows of A against a B read in place, row after row of B: R rows by NV vectors of
 // columns, over the whole of k. full: NV whole vectors; else NV == 1 and `tail` (fewer
 // than a vector's) columns. Each output is the chain tile() makes (the same bits).
-template <typename scalar_t, int64_t R, int64_t NV, bool full>
+template <typename scalar_t, typename b_t, int64_t R, int64_t NV, bool full>
 C10_ALWAYS_INLINE void stream_tile(int64_t k, const scalar_t* a, int64_t a_row, int64_t a_step,
-                                   const scalar_t* b, int64_t b_ld, int64_t tail, scalar_t beta,
+                                   const b_t* b, int64_t b_ld, int64_t tail, scalar_t beta,
                                    scalar_t* c, int64_t ldc) {
   using V = Vec<scalar_t>;
   constexpr int64_t L = V::size();
@@ -186,10 +208,10 @@ C10_ALWAYS_INLINE void stream_tile(int64_t k, const scalar_t* a, int64_t a_row, 
   }
 #pragma GCC unroll 2
   for (int64_t kk = 0; kk < k; ++kk) {
-    const scalar_t* bk = b + kk * b_ld;
+    const b_t* bk = b + kk * b_ld;
     Vectors<V, NV> row;
 #pragma GCC unroll 16
-    for (int64_t v = 0; v < NV; ++v) row.v[v] = full ? V::loadu(bk + v * L) : V::loadu(bk, last);
+    for (int64_t v = 0; v < NV; ++v) row.v[v] = load_w<scalar_t>(bk + v * L, full ? L : last);
     const scalar_t* ak = a + kk * a_step;
 #pragma GCC unroll 16
     for (int64_t r = 0; r < R; ++r) {
@@ -228,35 +250,53 @@ constexpr int64_t kStreamRows = 4;
 
 // Columns [j, n) of R rows: NV vectors at a time, then NV / 2, ..., 1, then the last
 // partial vector.
-template <typename scalar_t, int64_t R, int64_t NV>
+template <typename scalar_t, typename b_t, int64_t R, int64_t NV>
 C10_ALWAYS_INLINE void stream_rows(int64_t n, int64_t j, int64_t k, const scalar_t* a,
-                                   int64_t a_row, int64_t a_step, const scalar_t* b,
-                                   int64_t b_ld, scalar_t beta, scalar_t* c, int64_t ldc) {
+                                   int64_t a_row, int64_t a_step, const b_t* b, int64_t b_ld,
+                                   scalar_t beta, scalar_t* c, int64_t ldc) {
   constexpr int64_t L = Vec<scalar_t>::size();
   for (; j + NV * L <= n; j += NV * L) {
-    stream_tile<scalar_t, R, NV, true>(k, a, a_row, a_step, b + j, b_ld, 0, beta, c + j, ldc);
+    stream_tile<scalar_t, b_t, R, NV, true>(k, a, a_row, a_step, b + j, b_ld, 0, beta, c + j,
+                                            ldc);
   }
   if constexpr (NV > 1) {
-    stream_rows<scalar_t, R, NV / 2>(n, j, k, a, a_row, a_step, b, b_ld, beta, c, ldc);
+    stream_rows<scalar_t, b_t, R, NV / 2>(n, j, k, a, a_row, a_step, b, b_ld, beta, c, ldc);
   } else if (j < n) {
-    stream_tile<scalar_t, R, 1, false>(k, a, a_row, a_step, b + j, b_ld, n - j, beta, c + j,
-                                       ldc);
+    stream_tile<scalar_t, b_t, R, 1, false>(k, a, a_row, a_step, b + j, b_ld, n - j, beta,
+                                            c + j, ldc);
   }
 }
 
 // h (<= kStreamRows, one of for_each_tile's heights) rows of A against all n columns.
-template <typename scalar_t>
+template <typename scalar_t, typename b_t>
 void stream_tile_of_height(int64_t h, int64_t n, int64_t k, const scalar_t* a, int64_t a_row,
-                           int64_t a_step, const scalar_t* b, int64_t b_ld, scalar_t beta,
+                           int64_t a_step, const b_t* b, int64_t b_ld, scalar_t beta,
                            scalar_t* c, int64_t ldc) {
   constexpr int64_t A = kStreamAccumulators;
   switch (h) {
     case 4:
-      return stream_rows<scalar_t, 4, A / 4>(n, 0, k, a, a_row, a_step, b, b_ld, beta, c, ldc);
+      return stream_rows<scalar_t, b_t, 4, A / 4>(n, 0, k, a, a_row, a_step, b, b_ld, beta, c,
+                                                  ldc);
     case 2:
-      return stream_rows<scalar_t, 2, A / 2>(n, 0, k, a, a_row, a_step, b, b_ld, beta, c, ldc);
+      return stream_rows<scalar_t, b_t, 2, A / 2>(n, 0, k, a, a_row, a_step, b, b_ld, beta, c,
+                                                  ldc);
     default:
-      return stream_rows<scalar_t, 1, A>(n, 0, k, a, a_row, a_step, b, b_ld, beta, c, ldc);
+      return stream_rows<scalar_t, b_t, 1, A>(n, 0, k, a, a_row, a_step, b, b_ld, beta, c, ldc);
+  }
+}
+
+// Rows [0, m) of A (a(r, kk) as gemm_of reads it) streamed against B, kStreamRows at a
+// time.
+template <typename scalar_t, typename b_t>
+void stream_few_rows(int64_t m, int64_t n, int64_t k, const scalar_t* a, int64_t a_row,
+                     int64_t a_step, const b_t* b, int64_t b_ld, scalar_t beta, scalar_t* c,
+                     int64_t ldc) {
+  for (int64_t i0 = 0; i0 < m; i0 += kStreamRows) {
+    for_each_tile(std::min(kStreamRows, m - i0), [&](int64_t r0, int64_t h) {
+      const int64_t r = i0 + r0;
+      stream_tile_of_height<scalar_t, b_t>(h, n, k, a + r * a_row, a_row, a_step, b, b_ld, beta,
+                                           c + r * ldc, ldc);
+    });
   }
 }
 
@@ -338,9 +378,10 @@ void gemm_of(int64_t m, int64_t n, int64_t k, const scalar_t* a, int64_t a_row, 
   if (m <= kStreamRows && b_panel == width && panels > 1) {
     for_each_tile(m, [&](int64_t r0, int64_t h) {
       const bool packed = prepacked != nullptr;
-      stream_tile_of_height<scalar_t>(h, n, k, packed ? prepacked + r0 * k : a + r0 * a_row,
-                                      packed ? 1 : a_row, packed ? h : a_step, b, b_ld, beta,
-                                      c + r0 * ldc, ldc);
+      stream_tile_of_height<scalar_t, scalar_t>(h, n, k,
+                                                packed ? prepacked + r0 * k : a + r0 * a_row,
+                                                packed ? 1 : a_row, packed ? h : a_step, b, b_ld,
+                                                beta, c + r0 * ldc, ldc);
     });
     return;
   }
@@ -469,28 +510,6 @@ void gemm_transposed(int64_t m, int64_t n, int64_t k, const scalar_t* a, int64_t
   });
 }
 
-// count (<= one vector's) elements of w as a vector of scalar_t, zeros past count: as
-// they are, or a bfloat16 weight's widened (exactly: its bits are a float's top half).
-template <typename scalar_t>
-C10_ALWAYS_INLINE Vec<scalar_t> load_w(const scalar_t* w, int64_t count) {
-  return count == Vec<scalar_t>::size() ? Vec<scalar_t>::loadu(w)
-                                        : Vec<scalar_t>::loadu(w, count);
-}
-template <typename scalar_t>
-C10_ALWAYS_INLINE Vec<scalar_t> load_w(const c10::BFloat16* w, int64_t count) {
-  constexpr int64_t L = Vec<scalar_t>::size();
-  if constexpr (std::is_same_v<scalar_t, float>) {
-    if (count == L) {
-      Vec<float> v;
-      at::vec::load_fp32_from_bf16(w, v);
-      return v;
-    }
-  }
-  alignas(64) scalar_t values[L] = {};
-  for (int64_t l = 0; l < count; ++l) values[l] = static_cast<scalar_t>(static_cast<float>(w[l]));
-  return Vec<scalar_t>::loadu(values);
-}
-
 // The sum of v's lanes, in a fixed order. With AVX-512 and AVX2 as a tree (lane l plus
 // lane l + w, for w halving down to 1): one chain of 16 adds, 4 cycles each, per output
 // was most of a step at (T, N, I, H) = (200, 1, 64, 64), whose products are all dot's.
@@ -595,6 +614,16 @@ void dot(int64_t m, int64_t n, int64_t k, const scalar_t* a, int64_t lda, const 
 }
 
 template <typename scalar_t>
+void gemm_few_rows_bf16(int64_t m, int64_t n, int64_t k, const scalar_t* a, int64_t a_row,
+                        int64_t a_step, const uint16_t* b, int64_t b_ld, scalar_t beta,
+                        scalar_t* c, int64_t ldc) {
+  if (m <= 0 || n <= 0) return;
+  stream_few_rows<scalar_t, c10::BFloat16>(m, n, k, a, a_row, a_step,
+                                           reinterpret_cast<const c10::BFloat16*>(b), b_ld,
+                                           beta, c, ldc);
+}
+
+template <typename scalar_t>
 void dot_bf16(int64_t m, int64_t n, int64_t k, const scalar_t* a, int64_t lda,
               const uint16_t* w, int64_t ldw, scalar_t beta, scalar_t* c, int64_t ldc) {
   dot_of<scalar_t, c10::BFloat16>(m, n, k, a, lda, reinterpret_cast<const c10::BFloat16*>(w),
@@ -605,7 +634,7 @@ void dot_bf16(int64_t m, int64_t n, int64_t k, const scalar_t* a, int64_t lda,
 
 GATEDRNN_CPU_KERNEL_TABLE(GemmKernels, gemm_kernels, 2 * Vec<scalar_t>::size(), &gemm<scalar_t>,
                           &pack_a<scalar_t>, &gemm_packed_a<scalar_t>, &gemm_transposed<scalar_t>,
-                          &dot<scalar_t>, &dot_bf16<scalar_t>)
+                          &dot<scalar_t>, &dot_bf16<scalar_t>, &gemm_few_rows_bf16<scalar_t>)
 
 }  // namespace CPU_CAPABILITY
 }  // namespace gatedrnn

@@ -51,6 +51,13 @@ struct GemmKernels {
   // gives on a float copy of w, reading half the bytes.
   void (*dot_bf16)(int64_t m, int64_t n, int64_t k, const scalar_t* a, int64_t lda,
                    const uint16_t* w, int64_t ldw, scalar_t beta, scalar_t* c, int64_t ldc);
+  // gemm for a few rows of a (a(r, kk) as for gemm) against a row-major bfloat16 B [k, n]
+  // (bits, leading dim b_ld), widened exactly as it is read: the bits gemm gives on a float
+  // copy of B, reading half the bytes and copying nothing. B is streamed row after row,
+  // 4 rows of a at a time: for a one-step call's few rows, not for many.
+  void (*gemm_few_rows_bf16)(int64_t m, int64_t n, int64_t k, const scalar_t* a, int64_t a_row,
+                             int64_t a_step, const uint16_t* b, int64_t b_ld, scalar_t beta,
+                             scalar_t* c, int64_t ldc);
 };
 
 GATEDRNN_CPU_KERNELS(GemmKernels, gemm_kernels)
