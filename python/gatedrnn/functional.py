@@ -170,6 +170,34 @@ def _cell_states(workspace: Tensor, output: Tensor, columns) -> Tensor:
     return states.to(output.dtype)
 
 
+# The op calls of one layer-direction, written once for lstm() / gru() / rnn() and for
+# stacked()'s plain path. weights: (w_ih, w_hh, b_ih, b_hh[, w_hr]); flags: reset_rows'.
+def _lstm_call(input, batch_sizes, h0, c0, weights, reverse, needs_grad, keep_workspace,
+               flags):
+    w_ih, w_hh, b_ih, b_hh, w_hr = weights[:5]
+    return _call(torch.ops.gatedrnn.lstm_forward, needs_grad, batch_sizes, input, batch_sizes,
+                 h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, keep_workspace,
+                 *_given(flags))
+
+
+def _gru_call(input, batch_sizes, h0, weights, reverse, needs_grad, flags):
+    w_ih, w_hh, b_ih, b_hh = weights[:4]
+    return _call(torch.ops.gatedrnn.gru_forward, needs_grad, batch_sizes, input, batch_sizes,
+                 h0, w_ih, w_hh, b_ih, b_hh, reverse, needs_grad, *_given(flags))
+
+
+def _rnn_call(input, batch_sizes, h0, weights, nonlinearity, reverse, needs_grad, grad_clip,
+              flags):
+    # grad_clip only when set, and None by default: under torch.compile(dynamic=True) a
+    # float default or argument becomes a symbol, for which Dynamo restarts its analysis
+    # (another frame).
+    w_ih, w_hh, b_ih, b_hh = weights[:4]
+    return _call(torch.ops.gatedrnn.rnn_forward, needs_grad, batch_sizes, input, batch_sizes,
+                 h0, w_ih, w_hh, b_ih, b_hh, nonlinearity, reverse,
+                 *((float(grad_clip or 0.0),) if grad_clip or flags is not None else ()),
+                 *_given(flags))
+
+
 def lstm(input: Tensor, hx=None, *, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor] = None,
          b_hh: Optional[Tensor] = None, w_hr: Optional[Tensor] = None,
          batch_sizes: Optional[Tensor] = None, reverse: bool = False,
@@ -194,10 +222,9 @@ def lstm(input: Tensor, hx=None, *, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[T
                       reset=reset)
         return _narrowed(result, input.dtype)
     needs_grad = _needs_grad(input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
-    output, h_n, c_n, workspace = _call(
-        torch.ops.gatedrnn.lstm_forward, needs_grad, batch_sizes, input, batch_sizes, h0, c0,
-        w_ih, w_hh, b_ih, b_hh, w_hr, reverse, needs_grad or return_cell_states,
-        *_given(flags))
+    output, h_n, c_n, workspace = _lstm_call(input, batch_sizes, h0, c0,
+                                             (w_ih, w_hh, b_ih, b_hh, w_hr), reverse, needs_grad,
+                                             needs_grad or return_cell_states, flags)
     if return_cell_states:
         return output, (h_n, c_n), _cell_states(workspace, output, LSTM_CELL_COLUMNS(w_hh))
     return output, (h_n, c_n)
@@ -220,10 +247,8 @@ def gru(input: Tensor, hx: Optional[Tensor] = None, *, w_ih: Tensor, w_hh: Tenso
         output, h_n = gru(x, a.pop("h0"), **a, batch_sizes=batch_sizes, reverse=reverse,
                           reset=reset)
         return output.to(input.dtype), h_n.to(input.dtype)
-    needs_grad = _needs_grad(input, hx, w_ih, w_hh, b_ih, b_hh)
-    output, h_n, _ = _call(torch.ops.gatedrnn.gru_forward, needs_grad, batch_sizes, input,
-                           batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, reverse, needs_grad,
-                           *_given(flags))
+    output, h_n, _ = _gru_call(input, batch_sizes, hx, (w_ih, w_hh, b_ih, b_hh), reverse,
+                               _needs_grad(input, hx, w_ih, w_hh, b_ih, b_hh), flags)
     return output, h_n
 
 
@@ -247,14 +272,8 @@ def rnn(input: Tensor, hx: Optional[Tensor] = None, *, w_ih: Tensor, w_hh: Tenso
                           batch_sizes=batch_sizes, reverse=reverse, grad_clip=grad_clip,
                           reset=reset)
         return output.to(input.dtype), h_n.to(input.dtype)
-    # grad_clip only when set, and None by default: under torch.compile(dynamic=True) a
-    # float default or argument becomes a symbol, for which Dynamo restarts its analysis
-    # (another frame).
-    return _call(torch.ops.gatedrnn.rnn_forward,
-                 _needs_grad(input, hx, w_ih, w_hh, b_ih, b_hh), batch_sizes,
-                 input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, nonlinearity, reverse,
-                 *((float(grad_clip or 0.0),) if grad_clip or flags is not None else ()),
-                 *_given(flags))
+    return _rnn_call(input, batch_sizes, hx, (w_ih, w_hh, b_ih, b_hh), nonlinearity, reverse,
+                     _needs_grad(input, hx, w_ih, w_hh, b_ih, b_hh), grad_clip, flags)
 
 
 def _layer_norm_arguments(op: str, input: Tensor, tensors: dict):
@@ -488,41 +507,19 @@ def _is_zero(value) -> bool:
     return type(value) in (int, float) and value == 0
 
 
-def _lstm_layer(input, states, weights, reverse, needs_grad, nonlinearity):
-    w_ih, w_hh, b_ih, b_hh, w_hr = weights[:5]
-    output, h_n, c_n, _ = _call(torch.ops.gatedrnn.lstm_forward, needs_grad, None, input, None,
-                                states[0], states[1], w_ih, w_hh, b_ih, b_hh, w_hr, reverse,
-                                needs_grad)
-    return output, (h_n, c_n)
-
-
-def _gru_layer(input, states, weights, reverse, needs_grad, nonlinearity):
-    w_ih, w_hh, b_ih, b_hh = weights[:4]
-    output, h_n, _ = _call(torch.ops.gatedrnn.gru_forward, needs_grad, None, input, None,
-                           states[0], w_ih, w_hh, b_ih, b_hh, reverse, needs_grad)
-    return output, (h_n,)
-
-
-def _rnn_layer(input, states, weights, reverse, needs_grad, nonlinearity):
-    w_ih, w_hh, b_ih, b_hh = weights[:4]
-    output, h_n = _call(torch.ops.gatedrnn.rnn_forward, needs_grad, None, input, None,
-                        states[0], w_ih, w_hh, b_ih, b_hh, nonlinearity, reverse)
-    return output, (h_n,)
-
-
-_PLAIN_OPS = {"LSTM": _lstm_layer, "GRU": _gru_layer, "RNN": _rnn_layer}
+_PLAIN_MODES = ("LSTM", "GRU", "RNN")
 
 
 def _plain_stacked(mode, input, states, weights, num_layers, bidirectional, dropout, training,
                    nonlinearity):
     """stacked() of padded input with none of its options beyond torch.nn's (no
     regularizer, clipping, residual, resets or states of every step), after any widening:
-    each layer-direction's op called as lstm() / gru() / rnn() call it, without their
-    per-call checks of what cannot occur here (resets, a dtype computed in float32, a
-    missing state). A one-step call of a 2-layer GRU at hidden size 8, under no_grad: the
-    stacked() call 37.9 -> 31.9 us, the module call 54.1 -> 43.5 (torch.nn 45.2)."""
+    each layer-direction's op called through the calls lstm() / gru() / rnn() make
+    (_lstm_call, _gru_call, _rnn_call), without their per-call checks of what cannot occur
+    here (resets, a dtype computed in float32, a missing state). A one-step call of a
+    2-layer GRU at hidden size 8, under no_grad: the stacked() call 37.9 -> 31.9 us, the
+    module call 54.1 -> 43.5 (torch.nn 45.2)."""
     _check_device(input)
-    layer_op = _PLAIN_OPS[mode]
     directions = 2 if bidirectional else 1
     finals = [[] for _ in states]
     layer_input = input
@@ -534,8 +531,19 @@ def _plain_stacked(mode, input, states, weights, num_layers, bidirectional, drop
             layer_weights = weights[index]
             monitor.at_slot(index)
             needs_grad = _needs_grad(layer_input, *layer_states, *layer_weights[:5])
-            out, final = layer_op(layer_input, layer_states, layer_weights, direction == 1,
-                                  needs_grad, nonlinearity)
+            reverse = direction == 1
+            if mode == "LSTM":
+                out, h_n, c_n, _ = _lstm_call(layer_input, None, *layer_states, layer_weights,
+                                              reverse, needs_grad, needs_grad, None)
+                final = (h_n, c_n)
+            elif mode == "GRU":
+                out, h_n, _ = _gru_call(layer_input, None, layer_states[0], layer_weights,
+                                        reverse, needs_grad, None)
+                final = (h_n,)
+            else:
+                out, h_n = _rnn_call(layer_input, None, layer_states[0], layer_weights,
+                                     nonlinearity, reverse, needs_grad, None, None)
+                final = (h_n,)
             outputs.append(out)
             for kind, state in enumerate(final):
                 finals[kind].append(state)
@@ -625,7 +633,7 @@ def stacked(mode: str, input: Tensor, states: Sequence[Tensor], weights, *, num_
             return_states=return_states, reset=reset)
         every = [{k: v.to(input.dtype) for k, v in e.items()} for e in every]
         return (output.to(input.dtype), tuple(f.to(input.dtype) for f in finals), *every)
-    if (mode in _PLAIN_OPS and batch_sizes is None and reset is None and not residual
+    if (mode in _PLAIN_MODES and batch_sizes is None and reset is None and not residual
             and not return_states and _is_zero(recurrent_grad_clip)
             and (not regularizers or (not any(regularizers.values())
                                       and regularizers.keys() <= _REGULARIZER_NAMES))):
