@@ -124,7 +124,7 @@ def test_a_bad_cache_size_is_an_error_naming_the_variable(bad):
 
 
 _FORK_WHILE_ANOTHER_THREAD_ALLOCATES = """
-import os, threading, time, torch, gatedrnn
+import os, shutil, subprocess, threading, time, torch, gatedrnn
 torch.manual_seed(0)
 x, h0 = torch.randn(20, 8, 64), torch.zeros(8, 64)
 w_ih, w_hh = torch.randn(192, 64), torch.randn(192, 64)
@@ -141,14 +141,22 @@ for _ in range(50):
         torch.set_num_threads(1)
         torch.ops.gatedrnn.gru_forward(x, None, h0, w_ih, w_hh, None, None, False, True)
         os._exit(0)
-    deadline = time.monotonic() + 10
+    # A child needs milliseconds; 60 s leaves room for a machine busy with other work.
+    deadline = time.monotonic() + 60
     while os.waitpid(pid, os.WNOHANG) == (0, 0):
         if time.monotonic() > deadline:
+            hung += 1
+            # Where it hangs, for the failure's message.
+            if shutil.which("gdb"):
+                where = subprocess.run(["gdb", "-p", str(pid), "-batch", "-ex", "bt"],
+                                       capture_output=True, text=True, timeout=120).stdout
+                print(where)
             os.kill(pid, 9)
             os.waitpid(pid, 0)
-            hung += 1
             break
         time.sleep(0.001)
+    if hung:
+        break
 stop = True
 thread.join()
 print("hung", hung)
@@ -168,4 +176,4 @@ def test_forked_children_get_a_working_cache_while_another_thread_allocates():
     hangs)."""
     done = _child(_FORK_WHILE_ANOTHER_THREAD_ALLOCATES, "")
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split()[-2:] == ["hung", "0"]
+    assert done.stdout.split()[-2:] == ["hung", "0"], done.stdout
