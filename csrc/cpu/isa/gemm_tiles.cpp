@@ -247,6 +247,9 @@ constexpr int64_t kStreamAccumulators = 8;
 constexpr int64_t kSmallB = int64_t(16) << 10;
 // A at most this high, against a B in place, is streamed (gemm_of).
 constexpr int64_t kStreamRows = 4;
+// An A of at most this many bytes, read in place, is run against each panel of B whole
+// (gemm_of).
+constexpr int64_t kInPlaceA = int64_t(512) << 10;
 
 // Columns [j, n) of R rows: NV vectors at a time, then NV / 2, ..., 1, then the last
 // partial vector.
@@ -351,7 +354,8 @@ void pack_a_block(int64_t m, int64_t k, const scalar_t* a, int64_t a_row, int64_
 //
 // Operands are copied first into the order the tiles read them, where they are reused: a
 // block of a transposed A as [tile][k][height] when there are several panels; a B given
-// in place as panels [panel][k][width], once per call, when there are several tiles. In
+// in place as panels [panel][k][width], once per call, when there are several tiles (a
+// panel at a time, just before its tiles, where A is read in place and fits L2). In
 // place, a weight-gradient GEMM reads A transposed, a tile's rows 8 KiB apart at
 // (T, N, I, H) = (100, 64, 512, 512), and B's rows 2 KiB apart: strides that map to a few
 // sets of L1, which then held almost nothing (the LSTM training step there took 1.7 s
@@ -392,28 +396,69 @@ void gemm_of(int64_t m, int64_t n, int64_t k, const scalar_t* a, int64_t a_row, 
   const bool pack_b = b_panel == width && b_ld != width && m > kTileRows && k > 0;
   scalar_t* a_scratch =
       pack_a && prepacked == nullptr ? scratch(a_buffer, std::min(rows, m) * k) : nullptr;
-  if (pack_b) {
-    // Once for all the blocks of rows: packing a panel per block was a third of the time
-    // of a [1024, 2048] x [2048, 512] product (B from L3, its rows 2 KiB apart).
-    scalar_t* packed = scratch(b_buffer, panels * k * width);
-    for (int64_t p = 0; p < panels; ++p) {
-      const int64_t cols = std::min(width, n - p * width);
-      const scalar_t* src = b + p * b_panel;
-      scalar_t* dst = packed + p * k * width;
-      for (int64_t kk = 0; kk < k; ++kk) {
-        std::copy(src + kk * b_ld, src + kk * b_ld + cols, dst + kk * width);
+  // B's panel p (its `cols` columns) into dst as [k][width]. Its rows are b_ld apart
+  // (2 KiB and more), which the prefetchers do not follow: each row's lines are asked for
+  // kPrefetchRows rows ahead, and copied by vector loads and stores, not a memmove call
+  // per row (with the panel-at-a-time packing below: GRU, 2 layers, (N, H) = (64, 512),
+  // one-step training call, medians of alternating builds, 6.10-6.35 -> 5.93-5.99 ms).
+  const auto pack_b_panel = [&](int64_t p, scalar_t* dst) {
+    using V = Vec<scalar_t>;
+    constexpr int64_t L = V::size(), kPrefetchRows = 16;
+    const int64_t cols = std::min(width, n - p * width);
+    const scalar_t* src = b + p * b_panel;
+    for (int64_t kk = 0; kk < k; ++kk) {
+      const scalar_t* row = src + kk * b_ld;
+      if (kk + kPrefetchRows < k) {
+        __builtin_prefetch(row + kPrefetchRows * b_ld);
+        __builtin_prefetch(row + kPrefetchRows * b_ld + cols - 1);
+      }
+      for (int64_t j = 0; j < cols; j += L) {
+        const int64_t count = std::min(L, cols - j);
+        V::loadu(row + j, count).store(dst + kk * width + j, count);
       }
     }
-    b = packed;
-    b_ld = width;
-    b_panel = k * width;
-  }
+  };
+  // R rows of A (at, read as the tiles read it) against the panel bp of `cols` columns.
+  const auto tile_at = [&](int64_t h, const scalar_t* at, int64_t at_row, int64_t at_step,
+                           const scalar_t* bp, int64_t bp_ld, int64_t cols, scalar_t* ct) {
+    if (cols == width) {
+      tile_of_height<scalar_t, true>(h, k, at, at_row, at_step, bp, bp_ld, cols, beta, ct, ldc);
+    } else {
+      tile_of_height<scalar_t, false>(h, k, at, at_row, at_step, bp, bp_ld, cols, beta, ct,
+                                      ldc);
+    }
+  };
   // With a B of a few KiB (k small: a one-step call's weight gradient, k = the batch),
   // writing C is most of the work: tile after tile, each writing its rows across every
   // panel, rather than panel after panel, which wrote 128 bytes of each row in turn, each
   // 2 KiB or more from the last (n = 512). GRU backward op, (T, N, H) = (1, 1, 512): one
   // thread 808 -> 664 us, two 465 -> 414; B of 256 KiB (batch 64) was no faster.
   const bool tiles_outer = k * n * int64_t(sizeof(scalar_t)) <= kSmallB;
+  // An A read in place that stays in L2 beside a panel (a one-step call's dx = dg @ w_ih
+  // and dh = dg @ w_hh at batch 64): panel after panel, each packed just before its tiles
+  // into a buffer that stays in L2, every row of A against it. Packed whole first, B went
+  // to memory and came back once per block of rows (that call 6.10-6.35 -> 6.05-6.15 ms
+  // alone).
+  if (pack_b && !pack_a && !tiles_outer && m * k * int64_t(sizeof(scalar_t)) <= kInPlaceA) {
+    scalar_t* panel = scratch(b_buffer, k * width);
+    for (int64_t p = 0; p < panels; ++p) {
+      pack_b_panel(p, panel);
+      const int64_t cols = std::min(width, n - p * width);
+      for_each_tile(m, [&](int64_t r0, int64_t h) {
+        tile_at(h, a + r0 * a_row, a_row, a_step, panel, width, cols, c + r0 * ldc + p * width);
+      });
+    }
+    return;
+  }
+  if (pack_b) {
+    // Once for all the blocks of rows: packing a panel per block was a third of the time
+    // of a [1024, 2048] x [2048, 512] product (B from L3, its rows 2 KiB apart).
+    scalar_t* packed = scratch(b_buffer, panels * k * width);
+    for (int64_t p = 0; p < panels; ++p) pack_b_panel(p, packed + p * k * width);
+    b = packed;
+    b_ld = width;
+    b_panel = k * width;
+  }
   for (int64_t i0 = 0; i0 < m; i0 += rows) {
     const int64_t mi = std::min(rows, m - i0);
     const scalar_t* ai = a + i0 * a_row;
@@ -425,13 +470,7 @@ void gemm_of(int64_t m, int64_t n, int64_t k, const scalar_t* a, int64_t a_row, 
       const scalar_t* bp = b + p * b_panel;
       const scalar_t* at = pack_a ? a_packed + r0 * k : ai + r0 * a_row;
       const int64_t at_row = pack_a ? 1 : a_row, at_step = pack_a ? h : a_step;
-      scalar_t* ct = ci + r0 * ldc + p * width;
-      if (cols == width) {
-        tile_of_height<scalar_t, true>(h, k, at, at_row, at_step, bp, b_ld, cols, beta, ct, ldc);
-      } else {
-        tile_of_height<scalar_t, false>(h, k, at, at_row, at_step, bp, b_ld, cols, beta, ct,
-                                        ldc);
-      }
+      tile_at(h, at, at_row, at_step, bp, b_ld, cols, ci + r0 * ldc + p * width);
     };
     if (tiles_outer) {
       for_each_tile(mi, [&](int64_t r0, int64_t h) {
