@@ -529,10 +529,12 @@ void gemm_transposed(int64_t m, int64_t n, int64_t k, const scalar_t* a, int64_t
     for (int64_t p = 0; p < panels; ++p) {
       const int64_t j0 = p * width, cols = std::min(width, n - j0);
       scalar_t* ct = c + j0 * ldc + r0;
+      // Through ATen's transposition (16 x 16 blocks in AVX-512 registers), not element
+      // by element: LSTM, 2 layers, (N, H) = (64, 256), one-step call under no_grad,
+      // medians of alternating builds, 749-770 -> 715-738 us.
       if (beta != scalar_t(0)) {
-        for (int64_t j = 0; j < cols; ++j) {
-          for (int64_t r = 0; r < h; ++r) tile_c[r * width + j] = ct[j * ldc + r];
-        }
+        at::vec::transpose_mxn<scalar_t>(ct, ldc, tile_c, width, static_cast<int>(cols),
+                                         static_cast<int>(h));
       }
       const scalar_t* bp = b + p * k * width;
       if (cols == width) {
@@ -542,9 +544,8 @@ void gemm_transposed(int64_t m, int64_t n, int64_t k, const scalar_t* a, int64_t
         tile_of_height<scalar_t, false>(h, k, a + r0 * lda, lda, 1, bp, width, cols, beta,
                                         tile_c, width);
       }
-      for (int64_t j = 0; j < cols; ++j) {
-        for (int64_t r = 0; r < h; ++r) ct[j * ldc + r] = tile_c[r * width + j];
-      }
+      at::vec::transpose_mxn<scalar_t>(tile_c, width, ct, ldc, static_cast<int>(h),
+                                       static_cast<int>(cols));
     }
   });
 }
