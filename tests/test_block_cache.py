@@ -129,9 +129,10 @@ torch.manual_seed(0)
 x, h0 = torch.randn(20, 8, 64), torch.zeros(8, 64)
 w_ih, w_hh = torch.randn(192, 64), torch.randn(192, 64)
 # A first call here, before the thread starts: a fork while the thread is in its first call,
-# initializing a function-local static (the cache itself, the kernel tables), would leave
-# the child waiting on that static's guard for good, a hazard of every C++ library and not
-# the one tested here (CI saw 1 child of 50 hang once, under load).
+# initializing a function-local static (the cache itself, the kernel tables), leaves the
+# child waiting on that static's guard for good (__cxa_guard_acquire in
+# BlockCache::instance, seen with the cache's construction slowed down on purpose), a hazard
+# of C++ libraries' statics, not the one tested here. CI saw 1 child of 50 hang once.
 torch.ops.gatedrnn.gru_forward(x, None, h0, w_ih, w_hh, None, None, False, True)
 stop = False
 def allocate():  # the ops release the GIL, so this thread may hold the cache's lock at a fork
