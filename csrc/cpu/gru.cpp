@@ -50,7 +50,7 @@ void gru_forward_impl(const RnnShapes& sh, const at::Tensor& x, const at::Tensor
     output.finish(st, u0, len);
   };
   team.run(0, true, block, [](const TeamMember&, const TeamStep<scalar_t>&) {});
-  h_state.copy_(team.final_state());
+  h_state = team.final_state();  // a view of the team's two-state buffer, not a copy
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_forward(
@@ -69,7 +69,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_forward(
   const at::Tensor bih = optional_bias(widened(b_ih), kGates * H, opts);
   const at::Tensor bhh = optional_bias(widened(b_hh), kGates * H, opts);
   at::Tensor out = step_output(input, true, s.rows, H, opts);
-  at::Tensor h_state = widened(h0).contiguous().clone();
+  at::Tensor h_state = widened(h0).contiguous();  // read only: the team copies it
   at::Tensor ws = cached_empty({need_workspace ? s.rows : 0, 4 * H}, opts);
   at::Tensor ws_arg = need_workspace ? ws : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES(workspace_dtype(input), kForward, [&] {

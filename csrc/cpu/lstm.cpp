@@ -80,7 +80,7 @@ void lstm_forward_impl(const RnnShapes& sh, const at::Tensor& x, const at::Tenso
     }
   };
   team.run(proj_units.count(), !proj, block, project);
-  h_state.copy_(team.final_state());
+  h_state = team.final_state();  // a view of the team's two-state buffer, not a copy
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward(
@@ -104,7 +104,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward(
       (w_hr.has_value() && w_hr->defined()) ? cached_contiguous(*w_hr) : at::Tensor();
   const at::Tensor bias = combined_bias(widened(b_ih), widened(b_hh), kGates * H, opts);
   at::Tensor out = step_output(input, !whr.defined(), s.rows, P, opts);
-  at::Tensor h_state = widened(h0).contiguous().clone();
+  at::Tensor h_state = widened(h0).contiguous();  // read only: the team copies it
   const at::Tensor c0c = widened(c0).contiguous();
   at::Tensor c_state = c0c.clone();
   at::Tensor ws = cached_empty({need_workspace ? s.rows : 0, 5 * H}, opts);

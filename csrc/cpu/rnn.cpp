@@ -48,7 +48,7 @@ void rnn_forward_impl(const RnnShapes& sh, bool relu, const at::Tensor& x,
     output.finish(st, u0, len);
   };
   team.run(0, true, block, [](const TeamMember&, const TeamStep<scalar_t>&) {});
-  h_state.copy_(team.final_state());
+  h_state = team.final_state();  // a view of the team's two-state buffer, not a copy
 }
 
 std::tuple<at::Tensor, at::Tensor> rnn_forward(
@@ -68,7 +68,7 @@ std::tuple<at::Tensor, at::Tensor> rnn_forward(
   const auto opts = x.options().dtype(workspace_dtype(input));
   const at::Tensor bias = combined_bias(widened(b_ih), widened(b_hh), sh.hidden_size, opts);
   at::Tensor out = step_output(input, true, s.rows, sh.hidden_size, opts);
-  at::Tensor h_state = widened(h0).contiguous().clone();
+  at::Tensor h_state = widened(h0).contiguous();  // read only: the team copies it
   AT_DISPATCH_FLOATING_TYPES(workspace_dtype(input), kForward, [&] {
     rnn_forward_impl<scalar_t>(sh, relu, x, cached_contiguous(w_ih), cached_contiguous(w_hh),
                                bias, out, h_state, resets, precision_of(input));
