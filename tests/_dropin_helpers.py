@@ -278,5 +278,9 @@ def ddp_worker(rank, world_size, port, out_dir):
                     "types": {n: type(m).__module__ + "." + type(m).__name__
                               for n, m in model.named_children()}},
                    os.path.join(out_dir, f"rank{rank}.pt"))
+        # Neither rank tears its connections down while the other may still use them: CI
+        # once saw rank 1 abort in gloo ("terminate called without an active exception")
+        # after both had their gradients, on a machine busy installing a second venv.
+        dist.barrier()
     finally:
         dist.destroy_process_group()
