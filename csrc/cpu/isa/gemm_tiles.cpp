@@ -158,6 +158,19 @@ C10_ALWAYS_INLINE void tile_of_height(int64_t h, int64_t k, const scalar_t* a, i
   }
 }
 
+// One tile of height h against a panel of `cols` columns: the whole-panel form where it
+// has all of them (gemm_of, gemm_transposed).
+template <typename scalar_t>
+C10_ALWAYS_INLINE void tile_of_panel(int64_t h, int64_t k, const scalar_t* a, int64_t a_row,
+                                     int64_t a_step, const scalar_t* b, int64_t b_ld,
+                                     int64_t cols, scalar_t beta, scalar_t* c, int64_t ldc) {
+  if (cols == 2 * Vec<scalar_t>::size()) {
+    tile_of_height<scalar_t, true>(h, k, a, a_row, a_step, b, b_ld, cols, beta, c, ldc);
+  } else {
+    tile_of_height<scalar_t, false>(h, k, a, a_row, a_step, b, b_ld, cols, beta, c, ldc);
+  }
+}
+
 // count (<= one vector's) elements of w as a vector of scalar_t, zeros past count: as
 // they are, or a bfloat16 weight's widened (exactly: its bits are a float's top half).
 template <typename scalar_t>
@@ -418,16 +431,6 @@ void gemm_of(int64_t m, int64_t n, int64_t k, const scalar_t* a, int64_t a_row, 
       }
     }
   };
-  // R rows of A (at, read as the tiles read it) against the panel bp of `cols` columns.
-  const auto tile_at = [&](int64_t h, const scalar_t* at, int64_t at_row, int64_t at_step,
-                           const scalar_t* bp, int64_t bp_ld, int64_t cols, scalar_t* ct) {
-    if (cols == width) {
-      tile_of_height<scalar_t, true>(h, k, at, at_row, at_step, bp, bp_ld, cols, beta, ct, ldc);
-    } else {
-      tile_of_height<scalar_t, false>(h, k, at, at_row, at_step, bp, bp_ld, cols, beta, ct,
-                                      ldc);
-    }
-  };
   // With a B of a few KiB (k small: a one-step call's weight gradient, k = the batch),
   // writing C is most of the work: tile after tile, each writing its rows across every
   // panel, rather than panel after panel, which wrote 128 bytes of each row in turn, each
@@ -445,7 +448,8 @@ void gemm_of(int64_t m, int64_t n, int64_t k, const scalar_t* a, int64_t a_row, 
       pack_b_panel(p, panel);
       const int64_t cols = std::min(width, n - p * width);
       for_each_tile(m, [&](int64_t r0, int64_t h) {
-        tile_at(h, a + r0 * a_row, a_row, a_step, panel, width, cols, c + r0 * ldc + p * width);
+        tile_of_panel(h, k, a + r0 * a_row, a_row, a_step, panel, width, cols, beta,
+                      c + r0 * ldc + p * width, ldc);
       });
     }
     return;
@@ -470,7 +474,8 @@ void gemm_of(int64_t m, int64_t n, int64_t k, const scalar_t* a, int64_t a_row, 
       const scalar_t* bp = b + p * b_panel;
       const scalar_t* at = pack_a ? a_packed + r0 * k : ai + r0 * a_row;
       const int64_t at_row = pack_a ? 1 : a_row, at_step = pack_a ? h : a_step;
-      tile_at(h, at, at_row, at_step, bp, b_ld, cols, ci + r0 * ldc + p * width);
+      tile_of_panel(h, k, at, at_row, at_step, bp, b_ld, cols, beta, ci + r0 * ldc + p * width,
+                    ldc);
     };
     if (tiles_outer) {
       for_each_tile(mi, [&](int64_t r0, int64_t h) {
@@ -537,13 +542,7 @@ void gemm_transposed(int64_t m, int64_t n, int64_t k, const scalar_t* a, int64_t
                                          static_cast<int>(h));
       }
       const scalar_t* bp = b + p * k * width;
-      if (cols == width) {
-        tile_of_height<scalar_t, true>(h, k, a + r0 * lda, lda, 1, bp, width, cols, beta, tile_c,
-                                       width);
-      } else {
-        tile_of_height<scalar_t, false>(h, k, a + r0 * lda, lda, 1, bp, width, cols, beta,
-                                        tile_c, width);
-      }
+      tile_of_panel(h, k, a + r0 * lda, lda, 1, bp, width, cols, beta, tile_c, width);
       at::vec::transpose_mxn<scalar_t>(tile_c, width, ct, ldc, static_cast<int>(h),
                                        static_cast<int>(cols));
     }
