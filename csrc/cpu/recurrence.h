@@ -468,6 +468,35 @@ void finish_block(const GemmSum<scalar_t>& g, const GemmBlocks::Block& bl,
   }
 }
 
+// A kBf16 sum of products too few to pay for packing its B for the bfloat16 kernels: one
+// or two rows of A (a one-step call's input gradient at batch 1 or 2, against a whole
+// weight) or one or two steps of k (that call's weight gradients, outer products). Run on
+// B in place instead, in float32 (a bfloat16 B widened as it is read), as the recurrent
+// GEMM runs steps of one or two rows (UnitBlockGemm): exact products of the bfloat16 B
+// and the float32 A, unrounded. bfloat16 GRU backward op, (T, N, H) = (1, 1, 512), 2
+// threads: w_ih packed (1.5 MiB) at every call for its one row of input gradient.
+template <typename scalar_t>
+bool in_place_bf16_sum(const GemmSum<scalar_t>& g) {
+  if (bf16_kernels_for<scalar_t>(g.precision) == nullptr) return false;
+  int64_t k = 0;
+  for (const GemmTerm<scalar_t>& t : g.terms) k += t.k;
+  return g.m <= kDirectRows || k <= kDirectRows;
+}
+
+// One term of an in_place_bf16_sum on block bl, into c.
+template <typename scalar_t>
+void in_place_term(const GemmTerm<scalar_t>& t, const GemmBlocks::Block& bl, scalar_t beta,
+                   scalar_t* c, int64_t ldc) {
+  const GemmA<scalar_t> a = t.op_a().from_row(bl.i0);
+  if (t.b_bf16 != nullptr) {
+    gemm_kernels<scalar_t>().gemm_few_rows_bf16(bl.mi, bl.ni, t.k, a.data, a.row, a.step,
+                                                t.b_bf16 + bl.j0, t.ldb, beta, c, ldc);
+  } else {
+    tile_gemm<scalar_t>(bl.mi, bl.ni, t.k, a, GemmB<scalar_t>::rows(t.b, t.ldb).from_column(bl.j0),
+                        beta, c, ldc);
+  }
+}
+
 // run_gemm_sums' blocks in work items, largest first: alone, or grouped with the others
 // that read the same rows of the same A, where the kernels would pack that A for each
 // (a transposed A, or any A of a bfloat16 sum) and the blocks have one term each: then
@@ -490,7 +519,8 @@ std::vector<std::vector<size_t>> shared_a_items(const std::vector<GemmSum<scalar
   for (size_t i = 0; i < blocks.size(); ++i) {
     const GemmSum<scalar_t>& g = sums[blocks[i].sum];
     const bool bf16 = bf16_kernels_for<scalar_t>(g.precision) != nullptr;
-    if (g.terms.size() == 1 && g.terms[0].k > 0 && (g.terms[0].trans_a || bf16)) {
+    if (g.terms.size() == 1 && g.terms[0].k > 0 && (g.terms[0].trans_a || bf16) &&
+        !in_place_bf16_sum(g)) {
       const GemmTerm<scalar_t>& t = g.terms[0];
       const Key key{t.a, t.lda, t.k, blocks[i].c.i0, blocks[i].c.mi, t.trans_a, bf16};
       const auto [it, fresh] = group.try_emplace(key, items.size());
@@ -589,7 +619,7 @@ void run_gemm_sums(const std::vector<GemmSum<scalar_t>>& sums) {
   for (size_t s = 0; s < sums.size(); ++s) {
     const GemmSum<scalar_t>& g = sums[s];
     const GemmBf16Kernels* bf16 = bf16_kernels_for<scalar_t>(g.precision);
-    if (bf16 == nullptr || g.m == 0 || g.n == 0) continue;
+    if (bf16 == nullptr || g.m == 0 || g.n == 0 || in_place_bf16_sum(g)) continue;
     for (const GemmTerm<scalar_t>& t : g.terms) {
       const int64_t panel = bf16_panel_elements(t.k), panels = ceil_div(g.n, kBf16PanelWidth);
       at::Tensor p = cached_empty({panels, panel}, at::TensorOptions().dtype(at::kBFloat16));
@@ -618,7 +648,7 @@ void run_gemm_sums(const std::vector<GemmSum<scalar_t>>& sums) {
   const int64_t width = gemm_kernels<scalar_t>().width;
   for (size_t s = 0; s < sums.size(); ++s) {
     const GemmSum<scalar_t>& g = sums[s];
-    if (!packed[s].empty() || g.m == 0 || g.n == 0) continue;
+    if (!packed[s].empty() || g.m == 0 || g.n == 0 || in_place_bf16_sum(g)) continue;
     int64_t k = 0;
     for (const GemmTerm<scalar_t>& t : g.terms) k += t.k;
     if (gemm_blocks(g.m, g.n, k).rows() <= 1) continue;
@@ -645,11 +675,12 @@ void run_gemm_sums(const std::vector<GemmSum<scalar_t>>& sums) {
                           "gatedrnn: a bfloat16 GEMM output added to");
     for (const GemmTerm<scalar_t>& t : sums[s].terms) {
       TORCH_INTERNAL_ASSERT(t.b_bf16 == nullptr || !packed[s].empty() || sums[s].m == 0 ||
-                                sums[s].n == 0,
+                                sums[s].n == 0 || in_place_bf16_sum(sums[s]),
                             "gatedrnn: a bfloat16 GEMM operand without the bfloat16 kernels");
       // run_shared_a reads a bfloat16 sum's B packed
       TORCH_INTERNAL_ASSERT(bf16_kernels_for<scalar_t>(sums[s].precision) == nullptr ||
-                                !packed[s].empty() || sums[s].m == 0 || sums[s].n == 0,
+                                !packed[s].empty() || sums[s].m == 0 || sums[s].n == 0 ||
+                                in_place_bf16_sum(sums[s]),
                             "gatedrnn: a bfloat16 sum's B not packed");
     }
   }
@@ -679,6 +710,7 @@ void run_gemm_sums(const std::vector<GemmSum<scalar_t>>& sums) {
       const GemmBlocks::Block& bl = blocks[i].c;
       const GemmSum<scalar_t>& g = sums[blocks[i].sum];
       const BlockOutput<scalar_t> out = block_output(g, bl);
+      const bool in_place = in_place_bf16_sum(g);
       scalar_t beta = g.beta;
       if (g.terms.empty()) {  // a sum of nothing: C = beta * C
         tile_gemm<scalar_t>(bl.mi, bl.ni, 0, GemmA<scalar_t>::rows(nullptr, 0),
@@ -686,8 +718,12 @@ void run_gemm_sums(const std::vector<GemmSum<scalar_t>>& sums) {
       }
       for (size_t ti = 0; ti < g.terms.size(); ++ti) {
         const GemmTerm<scalar_t>& t = g.terms[ti];
-        tile_gemm<scalar_t>(bl.mi, bl.ni, t.k, t.op_a().from_row(bl.i0),
-                            b_of(i, ti).from_column(bl.j0), beta, out.c, out.ldc, g.precision);
+        if (in_place) {
+          in_place_term(t, bl, beta, out.c, out.ldc);
+        } else {
+          tile_gemm<scalar_t>(bl.mi, bl.ni, t.k, t.op_a().from_row(bl.i0),
+                              b_of(i, ti).from_column(bl.j0), beta, out.c, out.ldc, g.precision);
+        }
         beta = scalar_t(1);
       }
       finish_block(g, bl, out);
