@@ -429,7 +429,7 @@ struct GemmTerm {
 
 // C[m, n] = beta * C + the terms, added in their order, with the products of precision.
 // c_bf16 set (c null, beta 0, scalar_t float): C is bfloat16, each block made in float32
-// in a thread's scratch and rounded into it (block_output, finish_block).
+// in a scratch block and rounded into it (block_output, finish_block).
 template <typename scalar_t>
 struct GemmSum {
   int64_t m, n;
@@ -441,22 +441,33 @@ struct GemmSum {
   uint16_t* c_bf16 = nullptr;
 };
 
-// Where a block of a sum is made: in C, or, for a sum rounded into bfloat16, in this
-// thread's float32 scratch (a block of at most 1/8 of the sum, kept in L2), which
-// finish_block rounds into C as narrowed() rounds a whole result. A bfloat16 op's
-// one-step weight gradients went to memory in float32, whole, and were rounded from there:
-// 6 MiB written and read back per GRU layer at hidden size 512, a fifth of the backward.
+// Where a block of a sum is made: in C, or, for a sum rounded into bfloat16, in float32
+// scratch the size of the block, which finish_block rounds into C as narrowed() rounds a
+// whole result. A bfloat16 op's one-step weight gradients went to memory in float32,
+// whole, and were rounded from there: 6 MiB written and read back per GRU layer at hidden
+// size 512, a fifth of the backward. The scratch is the thread's own for blocks of up to
+// kThreadScratch bytes (384 KiB for that GRU's, reused while it is in L2; a block of the
+// cache for each instead: GRU backward op at (T, N, H) = (1, 64, 512) 1.17 -> 1.29 ms),
+// larger blocks' from the cache, so that no thread keeps a large one.
+constexpr int64_t kThreadScratch = int64_t(1) << 20;
 template <typename scalar_t>
 struct BlockOutput {
   scalar_t* c;
   int64_t ldc;
+  at::Tensor scratch;  // defined: holds c
 };
 template <typename scalar_t>
 BlockOutput<scalar_t> block_output(const GemmSum<scalar_t>& g, const GemmBlocks::Block& bl) {
-  if (g.c_bf16 == nullptr) return {g.c + bl.i0 * g.ldc + bl.j0, g.ldc};
-  thread_local std::vector<scalar_t> scratch;
-  scratch.resize(std::max<size_t>(scratch.size(), bl.mi * bl.ni));
-  return {scratch.data(), bl.ni};
+  if (g.c_bf16 == nullptr) return {g.c + bl.i0 * g.ldc + bl.j0, g.ldc, at::Tensor()};
+  const int64_t elements = bl.mi * bl.ni;
+  if (elements * int64_t(sizeof(scalar_t)) <= kThreadScratch) {
+    thread_local std::vector<scalar_t> scratch;
+    scratch.resize(std::max<size_t>(scratch.size(), elements));
+    return {scratch.data(), bl.ni, at::Tensor()};
+  }
+  const auto dtype = c10::CppTypeToScalarType<scalar_t>::value;
+  at::Tensor scratch = cached_empty({bl.mi, bl.ni}, at::TensorOptions().dtype(dtype));
+  return {scratch.mutable_data_ptr<scalar_t>(), bl.ni, scratch};
 }
 template <typename scalar_t>
 void finish_block(const GemmSum<scalar_t>& g, const GemmBlocks::Block& bl,
