@@ -803,17 +803,11 @@ class ChunkedGrads {
     if (!uniform_) h_prev_ = cached_empty({most, P_}, opts);
     ones_ = at::ones({most}, opts);
     // Every row is in one chunk, whose first GEMM sets it: no need to clear it first.
-    // A bfloat16 op's, rounded to bfloat16 a chunk at a time, from a float32 buffer of one
-    // chunk's rows (as torch rounds, gemm_bf16.cpp's round_rows): a float32 [R, I] rounded
-    // at the end was the bfloat16 backward's largest buffer after the workspace.
-    const bool x_bf16_rounding =
-        is_bf16(x) && gemm_bf16_kernels() != nullptr && std::is_same_v<scalar_t, float>;
-    if (x_bf16_rounding) {
-      g_.grad_input = cached_empty({s.rows, I_}, x.options());
-      input_rows_ = cached_empty({most, I_}, opts);
-    } else {
-      g_.grad_input = cached_empty({s.rows, I_}, opts);
-    }
+    // A bfloat16 op's in bfloat16, each GEMM block rounded as it is made (GemmSum::c_bf16,
+    // as torch rounds: gemm_bf16.cpp's round_rows): a float32 [R, I] rounded at the end
+    // was the bfloat16 backward's largest buffer after the workspace.
+    input_bf16_ = is_bf16(x) && gemm_bf16_kernels() != nullptr && std::is_same_v<scalar_t, float>;
+    g_.grad_input = cached_empty({s.rows, I_}, input_bf16_ ? x.options() : opts);
     // Likewise the weight and bias gradients when the column lists cover every row: the
     // first chunk's sums set them (beta = 0). Clearing them first cost a pass over each
     // weight per call, most of a one-step backward: GRU, hidden size 500, batch 1.
@@ -825,7 +819,7 @@ class ChunkedGrads {
     // rounded a block at a time (GemmSum::c_bf16) as narrowed() would round them whole.
     // bfloat16 GRU training call of one step, 2 layers, (N, H) = (1, 512): the peak
     // resident set grew by 16.8 MiB over the call, torch.nn's by 7.6.
-    weights_bf16_ = x_bf16_rounding && first_sets_ && chunks_.size() == 1;
+    weights_bf16_ = input_bf16_ && first_sets_ && chunks_.size() == 1;
     const auto make_weight = [&](at::IntArrayRef size) {
       return weights_bf16_ ? cached_empty(size, x.options()) : make(size);
     };
@@ -883,24 +877,22 @@ class ChunkedGrads {
     std::vector<GemmSum<scalar_t>> sums;
     // grad_input[r0 : r0+rows] = sum over the input side of
     //                            dg[:, cols] @ w_ih[g.dst : g.dst+count]
-    scalar_t* grad_input = input_rows_.defined()
-                               ? input_rows_.mutable_data_ptr<scalar_t>()
-                               : g_.grad_input.mutable_data_ptr<scalar_t>() + r0 * I;
-    GemmSum<scalar_t> input{rows, I, grad_input, I, scalar_t(0), {}, precision_};
+    GemmSum<scalar_t> input = output_rows(g_.grad_input, r0, rows, input_bf16_, scalar_t(0));
     for (const GateColumns& g : input_side_) {
       input.terms.push_back(term(false, g.count, dg + g.src, b_rows(w_ih_, g.dst * I), I));
     }
     sums.push_back(std::move(input));
     for (const GateColumns& g : input_side_) {
       // grad_w_ih[g.dst : g.dst+count] += dg[:, cols]^T @ x[r0 : r0+rows]
-      GemmSum<scalar_t> input_weight = weight_rows(g_.grad_w_ih, g, beta);
+      GemmSum<scalar_t> input_weight =
+          output_rows(g_.grad_w_ih, g.dst, g.count, weights_bf16_, beta);
       input_weight.terms.push_back(term(true, rows, dg + g.src, b_rows(x_, r0 * I), I));
       sums.push_back(std::move(input_weight));
       sums.push_back(column_sum(g, rows, dg, ones, g_.grad_b_ih, beta));
     }
     for (const GateColumns& g : hidden_side_) {
       // grad_w_hh[g.dst : g.dst+count] += sum over the runs of dg[run, cols]^T @ h_prev[run]
-      GemmSum<scalar_t> hidden = weight_rows(g_.grad_w_hh, g, beta);
+      GemmSum<scalar_t> hidden = output_rows(g_.grad_w_hh, g.dst, g.count, weights_bf16_, beta);
       for (const PrevRun& run : runs) {
         hidden.terms.push_back(term(true, run.rows, dg + run.first * ld_ + g.src, run.prev, P));
       }
@@ -908,19 +900,6 @@ class ChunkedGrads {
       if (!same_sides_) sums.push_back(column_sum(g, rows, dg, ones, g_.grad_b_hh, beta));
     }
     run_gemm_sums(sums);
-    if (input_rows_.defined()) round_input_rows(r0, rows);
-  }
-
-  // grad_input[r0 : r0+rows] (bfloat16) = input_rows_[:rows] rounded, rows split over
-  // the threads.
-  void round_input_rows(int64_t r0, int64_t rows) {
-    if constexpr (std::is_same_v<scalar_t, float>) {
-      const float* src = input_rows_.const_data_ptr<float>();
-      auto* dst = reinterpret_cast<uint16_t*>(g_.grad_input.mutable_data_ptr()) + r0 * I_;
-      at::parallel_for(0, rows, copy_grain(I_), [&](int64_t b0, int64_t b1) {
-        gemm_bf16_kernels()->round_rows(src + b0 * I_, I_, b1 - b0, I_, dst + b0 * I_, I_);
-      });
-    }
   }
 
   // A GEMM operand B from an element of a tensor on: as scalar_t, or as bfloat16 bits
@@ -988,15 +967,16 @@ class ChunkedGrads {
     return runs;
   }
 
-  // The sum of grad's rows [g.dst, g.dst + count) (a weight gradient), its terms to come:
-  // in float32, or bfloat16 (weights_bf16_).
-  GemmSum<scalar_t> weight_rows(at::Tensor& grad, const GateColumns& g, scalar_t beta) const {
-    const int64_t cols = grad.size(1);
-    GemmSum<scalar_t> sum{g.count, cols, nullptr, cols, beta, {}, precision_};
-    if (weights_bf16_) {
-      sum.c_bf16 = reinterpret_cast<uint16_t*>(grad.mutable_data_ptr()) + g.dst * cols;
+  // The sum of rows [row, row + count) of a gradient t, its terms to come: in scalar_t, or
+  // in bfloat16 (bf16, and t bfloat16).
+  GemmSum<scalar_t> output_rows(at::Tensor& t, int64_t row, int64_t count, bool bf16,
+                                scalar_t beta) const {
+    const int64_t cols = t.size(1);
+    GemmSum<scalar_t> sum{count, cols, nullptr, cols, beta, {}, precision_};
+    if (bf16) {
+      sum.c_bf16 = reinterpret_cast<uint16_t*>(t.mutable_data_ptr()) + row * cols;
     } else {
-      sum.c = grad.mutable_data_ptr<scalar_t>() + g.dst * cols;
+      sum.c = t.mutable_data_ptr<scalar_t>() + row * cols;
     }
     return sum;
   }
@@ -1045,9 +1025,9 @@ class ChunkedGrads {
   size_t current_ = 0;
   bool uniform_ = false;  // every step has all N rows
   bool first_sets_ = false;  // the first chunk's sums set the weight gradients
-  bool weights_bf16_ = false;  // the weight gradients made in bfloat16 (a bfloat16 op's)
+  bool input_bf16_ = false;  // the input gradient made in bfloat16 (a bfloat16 op's)
+  bool weights_bf16_ = false;  // the weight gradients too
   at::Tensor buffer_, h_prev_, ones_;
-  at::Tensor input_rows_;  // defined: a chunk's float32 input gradient, for a bfloat16 one
   InputAndWeightGrads g_;
 };
 
