@@ -31,8 +31,10 @@ def op_forward_plain(cell, tensors, batch_sizes, reverse):
     return op_forward(cell, tensors["input"], batch_sizes, tensors["h0"], tensors.get("c0"),
                       tensors, reverse)
 
-# (T, N, I, H): T=1, N=1, H=1, H=33 (not a multiple of 8/32), N=3, and one
-# moderately sized case that exercises full vector widths.
+# (T, N, I, H): T=1, N=1, H=1, H=33 (not a multiple of 8/32), N=3, one moderately sized
+# case that exercises full vector widths, and one of 630 rows: several chunks of a backward
+# whose steps are too small for two threads to share (its time loop on one thread beside
+# the chunks' GEMMs: BackwardTeam::run_pipelined).
 SHAPES = [
     (1, 1, 1, 1),
     (5, 3, 4, 33),
@@ -40,6 +42,7 @@ SHAPES = [
     (3, 4, 5, 1),
     (4, 3, 2, 5),
     (6, 8, 16, 64),
+    (90, 7, 5, 12),
 ]
 # (T, N, I, H, P) for LSTM with projections (P < H).
 PROJ_SHAPES = [
@@ -47,6 +50,7 @@ PROJ_SHAPES = [
     (5, 3, 4, 8, 3),
     (7, 1, 3, 33, 5),
     (3, 4, 5, 2, 1),
+    (90, 7, 5, 12, 4),
 ]
 
 

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstring>
+#include <exception>
 #include <map>
 #include <memory>
 #include <tuple>
@@ -602,143 +603,171 @@ void run_shared_a(const std::vector<GemmSum<scalar_t>>& sums, const std::vector<
 // threads idle (the RNN backward at (T, N, I, H) = (100, 16, 128, 128) has an 8-block
 // input gradient and two single-block weight gradients per chunk). A block is the same
 // kernel calls whichever thread runs it, so results do not depend on the thread count.
+//
+// GemmSumsRun prepares the sums (their blocks, B packed where it is shared, the work
+// items) and runs one item at a time, on any thread (the pipelined backward's threads
+// take a chunk's items as they come free); run_gemm_sums runs them all on a team.
 template <typename scalar_t>
-void run_gemm_sums(const std::vector<GemmSum<scalar_t>>& sums) {
+class GemmSumsRun {
+ public:
+  // sums: must outlive the run.
+  explicit GemmSumsRun(const std::vector<GemmSum<scalar_t>>& sums) : sums_(sums) {
+    for (size_t s = 0; s < sums.size(); ++s) {
+      const GemmSum<scalar_t>& g = sums[s];
+      int64_t k = 0;
+      for (const GemmTerm<scalar_t>& t : g.terms) k += t.k;
+      if (g.m == 0 || g.n == 0) continue;
+      const GemmBlocks gb = gemm_blocks(g.m, g.n, k);
+      for (int64_t id = 0; id < gb.count(); ++id) {
+        const GemmBlocks::Block c = gb.block(id);
+        blocks_.push_back({s, c, gemm_work(c.mi, c.ni, k)});
+      }
+    }
+    std::stable_sort(blocks_.begin(), blocks_.end(),
+                     [](const Block& x, const Block& y) { return x.work > y.work; });
+    // The bfloat16 kernels' B of every term of a kBf16 sum, packed once here for all the
+    // sum's blocks: a weight gradient's blocks split its rows, each needing the whole B,
+    // and packing it per block was 8 times the work (the LSTM bfloat16 training step).
+    packed_.resize(sums.size());
+    for (size_t s = 0; s < sums.size(); ++s) {
+      const GemmSum<scalar_t>& g = sums[s];
+      const GemmBf16Kernels* bf16 = bf16_kernels_for<scalar_t>(g.precision);
+      if (bf16 == nullptr || g.m == 0 || g.n == 0 || in_place_bf16_sum(g)) continue;
+      for (const GemmTerm<scalar_t>& t : g.terms) {
+        const int64_t panel = bf16_panel_elements(t.k), panels = ceil_div(g.n, kBf16PanelWidth);
+        at::Tensor p = cached_empty({panels, panel}, at::TensorOptions().dtype(at::kBFloat16));
+        uint16_t* dst = reinterpret_cast<uint16_t*>(p.mutable_data_ptr());
+        at::parallel_for(0, panels, 1, [&](int64_t p0, int64_t p1) {
+          for (int64_t q = p0; q < p1; ++q) {
+            const int64_t j0 = q * kBf16PanelWidth, cols = std::min(kBf16PanelWidth, g.n - j0);
+            if (t.b_bf16 != nullptr) {
+              bf16->pack_b_rows_bf16(t.b_bf16 + j0, t.ldb, t.k, cols, dst + q * panel);
+            } else {
+              bf16->pack_b_rows(reinterpret_cast<const float*>(t.b) + j0, t.ldb, t.k, cols,
+                                dst + q * panel);
+            }
+          }
+        });
+        packed_[s].push_back(p);
+      }
+    }
+    // Likewise a native sum cut into several row blocks: each block's GEMM would copy the B
+    // columns it reads into panels, the same columns once per row block (4 times for a
+    // weight gradient of the LSTM training step at (100, 64, 512, 512)). Training step,
+    // medians of 9, same build with and without (Intel Xeon with AMX, 2 threads): LSTM
+    // (100, 64, 512, 512) 373-377 -> 343-361 ms, GRU 283-291 -> 267-275, LSTM (1000, 8,
+    // 256, 256) 140-144 -> 134-138, LSTM (100, 16, 128, 128) 7.5-7.9 -> 7.4-7.7.
+    native_.resize(sums.size());
+    const int64_t width = gemm_kernels<scalar_t>().width;
+    for (size_t s = 0; s < sums.size(); ++s) {
+      const GemmSum<scalar_t>& g = sums[s];
+      if (!packed_[s].empty() || g.m == 0 || g.n == 0 || in_place_bf16_sum(g)) continue;
+      int64_t k = 0;
+      for (const GemmTerm<scalar_t>& t : g.terms) k += t.k;
+      if (gemm_blocks(g.m, g.n, k).rows() <= 1) continue;
+      for (const GemmTerm<scalar_t>& t : g.terms) {
+        const int64_t panels = ceil_div(g.n, width);
+        const auto dtype = c10::CppTypeToScalarType<scalar_t>::value;
+        at::Tensor p = cached_empty({panels, t.k, width}, at::TensorOptions().dtype(dtype));
+        scalar_t* dst = p.template mutable_data_ptr<scalar_t>();
+        at::parallel_for(0, panels, 1, [&](int64_t p0, int64_t p1) {
+          for (int64_t q = p0; q < p1; ++q) {
+            const int64_t j0 = q * width, cols = std::min(width, g.n - j0);
+            for (int64_t kk = 0; kk < t.k; ++kk) {
+              const scalar_t* row = t.b + kk * t.ldb + j0;
+              std::copy(row, row + cols, dst + (q * t.k + kk) * width);
+            }
+          }
+        });
+        native_[s].push_back(p);
+      }
+    }
+    for (size_t s = 0; s < sums.size(); ++s) {
+      // a bfloat16 C is not read: its sum sets it
+      TORCH_INTERNAL_ASSERT(sums[s].c_bf16 == nullptr || sums[s].beta == scalar_t(0),
+                            "gatedrnn: a bfloat16 GEMM output added to");
+      for (const GemmTerm<scalar_t>& t : sums[s].terms) {
+        TORCH_INTERNAL_ASSERT(t.b_bf16 == nullptr || !packed_[s].empty() || sums[s].m == 0 ||
+                                  sums[s].n == 0 || in_place_bf16_sum(sums[s]),
+                              "gatedrnn: a bfloat16 GEMM operand without the bfloat16 kernels");
+        // run_shared_a reads a bfloat16 sum's B packed
+        TORCH_INTERNAL_ASSERT(bf16_kernels_for<scalar_t>(sums[s].precision) == nullptr ||
+                                  !packed_[s].empty() || sums[s].m == 0 || sums[s].n == 0 ||
+                                  in_place_bf16_sum(sums[s]),
+                              "gatedrnn: a bfloat16 sum's B not packed");
+      }
+    }
+    items_ = shared_a_items(sums, blocks_);
+  }
+
+  size_t items() const { return items_.size(); }
+
+  // Work item q (< items()): its blocks, on this thread.
+  void run_item(size_t q) const {
+    const std::vector<GemmSum<scalar_t>>& sums = sums_;
+    const auto b_of = [&](size_t i, size_t ti) { return b_of_block(i, ti); };
+    if (items_[q].size() > 1) {
+      run_shared_a(sums, blocks_, items_[q], b_of);
+      return;
+    }
+    const size_t i = items_[q][0];
+    const GemmBlocks::Block& bl = blocks_[i].c;
+    const GemmSum<scalar_t>& g = sums[blocks_[i].sum];
+    const BlockOutput<scalar_t> out = block_output(g, bl);
+    const bool in_place = in_place_bf16_sum(g);
+    scalar_t beta = g.beta;
+    if (g.terms.empty()) {  // a sum of nothing: C = beta * C
+      tile_gemm<scalar_t>(bl.mi, bl.ni, 0, GemmA<scalar_t>::rows(nullptr, 0),
+                          GemmB<scalar_t>::rows(nullptr, 0), beta, out.c, out.ldc);
+    }
+    for (size_t ti = 0; ti < g.terms.size(); ++ti) {
+      const GemmTerm<scalar_t>& t = g.terms[ti];
+      if (in_place) {
+        in_place_term(t, bl, beta, out.c, out.ldc);
+      } else {
+        tile_gemm<scalar_t>(bl.mi, bl.ni, t.k, t.op_a().from_row(bl.i0),
+                            b_of(i, ti).from_column(bl.j0), beta, out.c, out.ldc, g.precision);
+      }
+      beta = scalar_t(1);
+    }
+    finish_block(g, bl, out);
+  }
+
+ private:
   struct Block {
     size_t sum;
     GemmBlocks::Block c;
     double work;
   };
-  std::vector<Block> blocks;
-  for (size_t s = 0; s < sums.size(); ++s) {
-    const GemmSum<scalar_t>& g = sums[s];
-    int64_t k = 0;
-    for (const GemmTerm<scalar_t>& t : g.terms) k += t.k;
-    if (g.m == 0 || g.n == 0) continue;
-    const GemmBlocks gb = gemm_blocks(g.m, g.n, k);
-    for (int64_t id = 0; id < gb.count(); ++id) {
-      const GemmBlocks::Block c = gb.block(id);
-      blocks.push_back({s, c, gemm_work(c.mi, c.ni, k)});
-    }
-  }
-  std::stable_sort(blocks.begin(), blocks.end(),
-                   [](const Block& x, const Block& y) { return x.work > y.work; });
-  // The bfloat16 kernels' B of every term of a kBf16 sum, packed once here for all the
-  // sum's blocks: a weight gradient's blocks split its rows, each needing the whole B,
-  // and packing it per block was 8 times the work (the LSTM bfloat16 training step).
-  std::vector<std::vector<at::Tensor>> packed(sums.size());
-  for (size_t s = 0; s < sums.size(); ++s) {
-    const GemmSum<scalar_t>& g = sums[s];
-    const GemmBf16Kernels* bf16 = bf16_kernels_for<scalar_t>(g.precision);
-    if (bf16 == nullptr || g.m == 0 || g.n == 0 || in_place_bf16_sum(g)) continue;
-    for (const GemmTerm<scalar_t>& t : g.terms) {
-      const int64_t panel = bf16_panel_elements(t.k), panels = ceil_div(g.n, kBf16PanelWidth);
-      at::Tensor p = cached_empty({panels, panel}, at::TensorOptions().dtype(at::kBFloat16));
-      uint16_t* dst = reinterpret_cast<uint16_t*>(p.mutable_data_ptr());
-      at::parallel_for(0, panels, 1, [&](int64_t p0, int64_t p1) {
-        for (int64_t q = p0; q < p1; ++q) {
-          const int64_t j0 = q * kBf16PanelWidth, cols = std::min(kBf16PanelWidth, g.n - j0);
-          if (t.b_bf16 != nullptr) {
-            bf16->pack_b_rows_bf16(t.b_bf16 + j0, t.ldb, t.k, cols, dst + q * panel);
-          } else {
-            bf16->pack_b_rows(reinterpret_cast<const float*>(t.b) + j0, t.ldb, t.k, cols,
-                              dst + q * panel);
-          }
-        }
-      });
-      packed[s].push_back(p);
-    }
-  }
-  // Likewise a native sum cut into several row blocks: each block's GEMM would copy the B
-  // columns it reads into panels, the same columns once per row block (4 times for a
-  // weight gradient of the LSTM training step at (100, 64, 512, 512)). Training step,
-  // medians of 9, same build with and without (Intel Xeon with AMX, 2 threads): LSTM
-  // (100, 64, 512, 512) 373-377 -> 343-361 ms, GRU 283-291 -> 267-275, LSTM (1000, 8,
-  // 256, 256) 140-144 -> 134-138, LSTM (100, 16, 128, 128) 7.5-7.9 -> 7.4-7.7.
-  std::vector<std::vector<at::Tensor>> native(sums.size());
-  const int64_t width = gemm_kernels<scalar_t>().width;
-  for (size_t s = 0; s < sums.size(); ++s) {
-    const GemmSum<scalar_t>& g = sums[s];
-    if (!packed[s].empty() || g.m == 0 || g.n == 0 || in_place_bf16_sum(g)) continue;
-    int64_t k = 0;
-    for (const GemmTerm<scalar_t>& t : g.terms) k += t.k;
-    if (gemm_blocks(g.m, g.n, k).rows() <= 1) continue;
-    for (const GemmTerm<scalar_t>& t : g.terms) {
-      const int64_t panels = ceil_div(g.n, width);
-      at::Tensor p = cached_empty({panels, t.k, width},
-                                  at::TensorOptions().dtype(c10::CppTypeToScalarType<scalar_t>::value));
-      scalar_t* dst = p.template mutable_data_ptr<scalar_t>();
-      at::parallel_for(0, panels, 1, [&](int64_t p0, int64_t p1) {
-        for (int64_t q = p0; q < p1; ++q) {
-          const int64_t j0 = q * width, cols = std::min(width, g.n - j0);
-          for (int64_t kk = 0; kk < t.k; ++kk) {
-            const scalar_t* row = t.b + kk * t.ldb + j0;
-            std::copy(row, row + cols, dst + (q * t.k + kk) * width);
-          }
-        }
-      });
-      native[s].push_back(p);
-    }
-  }
-  for (size_t s = 0; s < sums.size(); ++s) {
-    // a bfloat16 C is not read: its sum sets it
-    TORCH_INTERNAL_ASSERT(sums[s].c_bf16 == nullptr || sums[s].beta == scalar_t(0),
-                          "gatedrnn: a bfloat16 GEMM output added to");
-    for (const GemmTerm<scalar_t>& t : sums[s].terms) {
-      TORCH_INTERNAL_ASSERT(t.b_bf16 == nullptr || !packed[s].empty() || sums[s].m == 0 ||
-                                sums[s].n == 0 || in_place_bf16_sum(sums[s]),
-                            "gatedrnn: a bfloat16 GEMM operand without the bfloat16 kernels");
-      // run_shared_a reads a bfloat16 sum's B packed
-      TORCH_INTERNAL_ASSERT(bf16_kernels_for<scalar_t>(sums[s].precision) == nullptr ||
-                                !packed[s].empty() || sums[s].m == 0 || sums[s].n == 0 ||
-                                in_place_bf16_sum(sums[s]),
-                            "gatedrnn: a bfloat16 sum's B not packed");
-    }
-  }
-  // A block's B: in place, or packed above.
-  const auto b_of = [&](size_t i, size_t ti) {
-    const GemmTerm<scalar_t>& t = sums[blocks[i].sum].terms[ti];
-    if (!packed[blocks[i].sum].empty()) {
-      const at::Tensor& p = packed[blocks[i].sum][ti];
+
+  // Block i's B of term ti: in place, or packed by the constructor.
+  GemmB<scalar_t> b_of_block(size_t i, size_t ti) const {
+    const GemmTerm<scalar_t>& t = sums_[blocks_[i].sum].terms[ti];
+    if (!packed_[blocks_[i].sum].empty()) {
+      const at::Tensor& p = packed_[blocks_[i].sum][ti];
       const auto* bits = reinterpret_cast<const uint16_t*>(p.const_data_ptr());
       return GemmB<scalar_t>{nullptr, 0, 0, 0, bits, bf16_panel_elements(t.k)};
     }
-    if (!native[blocks[i].sum].empty()) {
-      return GemmB<scalar_t>{native[blocks[i].sum][ti].template const_data_ptr<scalar_t>(), width,
-                             t.k * width, width};
+    if (!native_[blocks_[i].sum].empty()) {
+      const int64_t width = gemm_kernels<scalar_t>().width;
+      return GemmB<scalar_t>{native_[blocks_[i].sum][ti].template const_data_ptr<scalar_t>(),
+                             width, t.k * width, width};
     }
     return GemmB<scalar_t>::rows(t.b, t.ldb);
-  };
-  const std::vector<std::vector<size_t>> items = shared_a_items(sums, blocks);
+  }
+
+  const std::vector<GemmSum<scalar_t>>& sums_;
+  std::vector<Block> blocks_;
+  std::vector<std::vector<at::Tensor>> packed_, native_;
+  std::vector<std::vector<size_t>> items_;
+};
+
+template <typename scalar_t>
+void run_gemm_sums(const std::vector<GemmSum<scalar_t>>& sums) {
+  const GemmSumsRun<scalar_t> run(sums);
   std::atomic<size_t> next{0};
-  run_team(static_cast<int64_t>(items.size()), [&](const TeamMember&) {
-    for (size_t q = next.fetch_add(1); q < items.size(); q = next.fetch_add(1)) {
-      if (items[q].size() > 1) {
-        run_shared_a(sums, blocks, items[q], b_of);
-        continue;
-      }
-      const size_t i = items[q][0];
-      const GemmBlocks::Block& bl = blocks[i].c;
-      const GemmSum<scalar_t>& g = sums[blocks[i].sum];
-      const BlockOutput<scalar_t> out = block_output(g, bl);
-      const bool in_place = in_place_bf16_sum(g);
-      scalar_t beta = g.beta;
-      if (g.terms.empty()) {  // a sum of nothing: C = beta * C
-        tile_gemm<scalar_t>(bl.mi, bl.ni, 0, GemmA<scalar_t>::rows(nullptr, 0),
-                            GemmB<scalar_t>::rows(nullptr, 0), beta, out.c, out.ldc);
-      }
-      for (size_t ti = 0; ti < g.terms.size(); ++ti) {
-        const GemmTerm<scalar_t>& t = g.terms[ti];
-        if (in_place) {
-          in_place_term(t, bl, beta, out.c, out.ldc);
-        } else {
-          tile_gemm<scalar_t>(bl.mi, bl.ni, t.k, t.op_a().from_row(bl.i0),
-                              b_of(i, ti).from_column(bl.j0), beta, out.c, out.ldc, g.precision);
-        }
-        beta = scalar_t(1);
-      }
-      finish_block(g, bl, out);
-    }
+  run_team(static_cast<int64_t>(run.items()), [&](const TeamMember&) {
+    for (size_t q = next.fetch_add(1); q < run.items(); q = next.fetch_add(1)) run.run_item(q);
   });
 }
 
@@ -773,6 +802,13 @@ template <typename scalar_t>
 class ChunkedGrads {
  public:
   static constexpr int64_t kRows = 1024;
+  // A step of at most kSmallStep multiply-adds in its dh GEMM ([N, G] x [G, P]) is too
+  // small for two threads to share: BackwardTeam then runs the time loop on one thread
+  // while the others make the chunks' GEMMs (LSTM (100, 16, 128, 128): the loop took
+  // 1.70 ms a call on one thread and 1.67-1.97 on two). Its chunks are kSmallStepRows
+  // rows, kSlots of them in flight, so that the GEMMs start early. A function of the shape
+  // alone, as the chunks must be: they set the order of the weight gradients' sums.
+  static constexpr int64_t kSmallStep = int64_t(1) << 20, kSmallStepRows = 256, kSlots = 4;
 
   // precision: that of the input and weight gradients' products (the bias gradients,
   // plain sums, are made in float32 whatever it is).
@@ -795,13 +831,14 @@ class ChunkedGrads {
     w_ih_ = bf16 ? w_ih : widened(w_ih);
     x_ = bf16 ? x : widened(x);
     out_ = bf16 && uniform_ ? out : widened(out);
-    plan();
+    small_step_ = double(s.batch) * double(gates_h) * double(P_) <= double(kSmallStep);
+    plan(small_step_ ? kSmallStepRows : kRows);
     const auto opts = h0.options();
-    int64_t most = 0;
-    for (const StepChunk& c : chunks_) most = std::max(most, c.rows());
-    buffer_ = cached_empty({most, ld_}, opts);
-    if (!uniform_) h_prev_ = cached_empty({most, P_}, opts);
-    ones_ = at::ones({most}, opts);
+    for (const StepChunk& c : chunks_) most_ = std::max(most_, c.rows());
+    slots_ = small_step_ ? std::min<int64_t>(kSlots, chunks_.size()) : 1;
+    buffer_ = cached_empty({slots_ * most_, ld_}, opts);
+    if (!uniform_) h_prev_ = cached_empty({most_, P_}, opts);
+    ones_ = at::ones({most_}, opts);
     // Every row is in one chunk, whose first GEMM sets it: no need to clear it first.
     // A bfloat16 op's in bfloat16, each GEMM block rounded as it is made (GemmSum::c_bf16,
     // as torch rounds: gemm_bf16.cpp's round_rows): a float32 [R, I] rounded at the end
@@ -830,48 +867,38 @@ class ChunkedGrads {
   }
 
   // The gate-gradient row of flat row r, which must be in the current chunk.
-  scalar_t* row(int64_t r) {
-    return buffer_.mutable_data_ptr<scalar_t>() + (r - chunk().row_begin) * ld_;
-  }
+  scalar_t* row(int64_t r) { return rows_of(current_) + (r - chunk().row_begin) * ld_; }
   const StepChunk& chunk() const { return chunks_[current_]; }
   bool chunks_left() const { return current_ < chunks_.size(); }
-  int64_t max_rows() const { return buffer_.size(0); }
+  int64_t max_rows() const { return most_; }
 
   // After the backward steps of the current chunk have written their rows: runs the
   // chunk's GEMMs and moves on to the next chunk.
   void finish_chunk() {
-    accumulate(chunk());
+    const std::vector<GemmSum<scalar_t>> sums = sums_of(current_);
+    run_gemm_sums(sums);
     ++current_;
   }
 
-  InputAndWeightGrads result() {
-    if (same_sides_) g_.grad_b_hh = g_.grad_b_ih.clone();
-    return g_;
+  // The pipelined form (BackwardTeam): chunk i's gate-gradient rows are rows_of(i) (the
+  // buffer of slot i % slots()), and its GEMMs are sums_of(i), to be run after those of
+  // chunk i - 1 and before the loop reuses the slot; done() after the last.
+  bool small_step() const { return small_step_; }
+  size_t chunk_count() const { return chunks_.size(); }
+  const StepChunk& chunk_at(size_t i) const { return chunks_[i]; }
+  int64_t slots() const { return slots_; }
+  scalar_t* rows_of(size_t i) {
+    return buffer_.mutable_data_ptr<scalar_t>() + int64_t(i) % slots_ * most_ * ld_;
   }
+  void done() { current_ = chunks_.size(); }
 
- private:
-  void plan() {
-    for (int64_t k = s_.steps() - 1; k >= 0;) {
-      StepChunk c{k, k, 0, 0};
-      int64_t rows = 0;
-      while (k >= 0 && (rows == 0 || rows + s_.sizes[s_.time_at(k)] <= kRows)) {
-        rows += s_.sizes[s_.time_at(k)];
-        c.k_last = k--;
-      }
-      const int64_t t0 = std::min(s_.time_at(c.k_first), s_.time_at(c.k_last));
-      const int64_t t1 = std::max(s_.time_at(c.k_first), s_.time_at(c.k_last));
-      c.row_begin = s_.offsets[t0];
-      c.row_end = s_.offsets[t1] + s_.sizes[t1];
-      chunks_.push_back(c);
-    }
-  }
-
-  // The chunk's GEMMs: grad_input, and grad_w_ih, b_ih, grad_w_hh and b_hh per column
-  // range, as independent sums (run_gemm_sums) whose blocks share the threads.
-  void accumulate(const StepChunk& c) {
+  // Chunk i's GEMMs: grad_input, and grad_w_ih, b_ih, grad_w_hh and b_hh per column
+  // range, as independent sums (GemmSumsRun) whose blocks share the threads.
+  std::vector<GemmSum<scalar_t>> sums_of(size_t i) {
+    const StepChunk& c = chunks_[i];
     const int64_t r0 = c.row_begin, rows = c.rows(), I = I_, P = P_;
-    const scalar_t beta = first_sets_ && current_ == 0 ? scalar_t(0) : scalar_t(1);
-    const scalar_t* dg = buffer_.const_data_ptr<scalar_t>();
+    const scalar_t beta = first_sets_ && i == 0 ? scalar_t(0) : scalar_t(1);
+    const scalar_t* dg = rows_of(i);
     const scalar_t* ones = ones_.const_data_ptr<scalar_t>();
     const std::vector<PrevRun> runs = previous_states(c);
     std::vector<GemmSum<scalar_t>> sums;
@@ -899,7 +926,29 @@ class ChunkedGrads {
       sums.push_back(std::move(hidden));
       if (!same_sides_) sums.push_back(column_sum(g, rows, dg, ones, g_.grad_b_hh, beta));
     }
-    run_gemm_sums(sums);
+    return sums;
+  }
+
+  InputAndWeightGrads result() {
+    if (same_sides_) g_.grad_b_hh = g_.grad_b_ih.clone();
+    return g_;
+  }
+
+ private:
+  void plan(int64_t most) {
+    for (int64_t k = s_.steps() - 1; k >= 0;) {
+      StepChunk c{k, k, 0, 0};
+      int64_t rows = 0;
+      while (k >= 0 && (rows == 0 || rows + s_.sizes[s_.time_at(k)] <= most)) {
+        rows += s_.sizes[s_.time_at(k)];
+        c.k_last = k--;
+      }
+      const int64_t t0 = std::min(s_.time_at(c.k_first), s_.time_at(c.k_last));
+      const int64_t t1 = std::max(s_.time_at(c.k_first), s_.time_at(c.k_last));
+      c.row_begin = s_.offsets[t0];
+      c.row_end = s_.offsets[t1] + s_.sizes[t1];
+      chunks_.push_back(c);
+    }
   }
 
   // A GEMM operand B from an element of a tensor on: as scalar_t, or as bfloat16 bits
@@ -1024,12 +1073,21 @@ class ChunkedGrads {
   std::vector<StepChunk> chunks_;
   size_t current_ = 0;
   bool uniform_ = false;  // every step has all N rows
+  bool small_step_ = false;  // a step's dh GEMM too small to share (kSmallStep)
+  int64_t most_ = 0, slots_ = 1;  // the most rows of a chunk; chunk buffers
   bool first_sets_ = false;  // the first chunk's sums set the weight gradients
   bool input_bf16_ = false;  // the input gradient made in bfloat16 (a bfloat16 op's)
   bool weights_bf16_ = false;  // the weight gradients too
   at::Tensor buffer_, h_prev_, ones_;
   InputAndWeightGrads g_;
 };
+
+// A pause in a spin-wait loop.
+inline void spin_pause() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#endif
+}
 
 // The backward time loop of every cell, on a team: one parallel region per ChunkedGrads
 // chunk, whose input and weight gradients are then made between regions, by
@@ -1059,6 +1117,11 @@ class BackwardTeam {
   template <typename Point>
   void run(ChunkedGrads<scalar_t>& grads, scalar_t* dh_state, scalar_t beta,
            const Point& point) {
+    if (grads.small_step() && grads.chunk_count() > 1 && at::get_num_threads() > 1 &&
+        !at::in_parallel_region()) {
+      run_pipelined(grads, dh_state, beta, point);
+      return;
+    }
     run_phases(grads, dh_state, beta, units_, point, false,
                [](int64_t, int64_t, int64_t, int64_t, int64_t) {},
                [](const StepChunk&) {});
@@ -1104,6 +1167,94 @@ class BackwardTeam {
       grads.finish_chunk();
       after_chunk(c);
     }
+  }
+
+  // The time loop on one thread (member 0) while the others make the GEMMs of the chunks
+  // whose steps it has finished, chunk after chunk, a chunk's work items taken by whoever
+  // is free: member 0 too, while it waits for a free gate-gradient buffer and after its
+  // last step. Chunk i's GEMMs start after all of chunk i - 1's (the weight gradients'
+  // sums go on from one chunk to the next). The same blocks, kernel calls and order of
+  // every sum as run_phases on the same chunks, so the same bits.
+  template <typename Point>
+  void run_pipelined(ChunkedGrads<scalar_t>& grads, scalar_t* dh_state, scalar_t beta,
+                     const Point& point) {
+    const int64_t P = units_.units;
+    const size_t chunks = grads.chunk_count(), slots = static_cast<size_t>(grads.slots());
+    struct ChunkWork {
+      std::vector<GemmSum<scalar_t>> sums;
+      std::unique_ptr<GemmSumsRun<scalar_t>> run;
+      size_t items = 0;
+      std::atomic<int> state{0};  // 0: not prepared, 1: being prepared, 2: ready
+      std::atomic<size_t> next{0}, finished{0};
+    };
+    std::vector<ChunkWork> work(chunks);
+    std::atomic<size_t> looped{0}, summed{0};  // chunks whose steps, whose GEMMs are done
+    // A chunk's preparation allocates (its packed B): an exception must not leave the
+    // parallel region. It ends the GEMMs (summed jumps to the end) and is rethrown after.
+    std::exception_ptr error;
+    // The current chunk's GEMMs, as far as this thread can take them; false if there was
+    // nothing to take (its steps not done yet, or another thread preparing it).
+    const auto gemm_pass = [&]() {
+      const size_t i = summed.load(std::memory_order_acquire);
+      if (i >= chunks || looped.load(std::memory_order_acquire) <= i) return false;
+      ChunkWork& w = work[i];
+      int idle = 0;
+      if (w.state.compare_exchange_strong(idle, 1, std::memory_order_acq_rel)) {
+        if (i > 0) {  // every item of chunk i - 1 is done: no thread reads its run now
+          work[i - 1].run.reset();
+          work[i - 1].sums = {};
+        }
+        try {
+          w.sums = grads.sums_of(i);
+          w.run = std::make_unique<GemmSumsRun<scalar_t>>(w.sums);
+          w.items = w.run->items();
+        } catch (...) {
+          error = std::current_exception();
+          w.items = 0;
+          w.state.store(2, std::memory_order_release);
+          summed.store(chunks, std::memory_order_release);
+          return true;
+        }
+        if (w.items == 0) summed.store(i + 1, std::memory_order_release);
+        w.state.store(2, std::memory_order_release);
+      } else if (w.state.load(std::memory_order_acquire) != 2) {
+        return false;
+      }
+      for (size_t q = w.next.fetch_add(1); q < w.items; q = w.next.fetch_add(1)) {
+        w.run->run_item(q);
+        if (w.finished.fetch_add(1, std::memory_order_acq_rel) + 1 == w.items) {
+          summed.store(i + 1, std::memory_order_release);
+        }
+      }
+      return true;
+    };
+    const auto work_until = [&](const auto& ready) {
+      while (!ready()) {
+        if (!gemm_pass()) spin_pause();
+      }
+    };
+    run_team(2, [&](const TeamMember& me) {
+      if (me.id() == 0) {
+        for (size_t i = 0; i < chunks; ++i) {
+          work_until([&] { return i < summed.load(std::memory_order_acquire) + slots; });
+          const StepChunk& c = grads.chunk_at(i);
+          scalar_t* rows = grads.rows_of(i);
+          for (int64_t k = c.k_first; k >= c.k_last; --k) {
+            const int64_t t = s_.time_at(k), n = s_.sizes[t], off = s_.offsets[t];
+            scalar_t* dg = rows + (off - c.row_begin) * dgate_ld_;
+            for (int64_t b = 0; b < units_.count(); ++b) {
+              point(k, n, off, dg, units_.begin(b), units_.length(b));
+            }
+            // dh_state[:n] (+)= dgates[:n, :G] @ w_hh   [n, G] x [G, P]
+            hidden_.run_blocks(0, units_.count(), n, dg, dgate_ld_, beta, dh_state, P, k);
+          }
+          looped.store(i + 1, std::memory_order_release);
+        }
+      }
+      work_until([&] { return summed.load(std::memory_order_acquire) >= chunks; });
+    });
+    if (error) std::rethrow_exception(error);
+    grads.done();
   }
 
   const Schedule& s_;
