@@ -1100,6 +1100,9 @@ inline void spin_pause() {
 // With an LSTM projection the state (P wide) and the hidden units (H) differ: a first
 // phase on the state's blocks turns dh into the gradient of each step's output, which
 // the pointwise passes (on blocks of hidden units) all read, so a barrier follows it.
+//
+// Steps too small to share (ChunkedGrads::small_step) run on one thread instead, beside
+// the chunks' GEMMs on the other (run_pipelined).
 template <typename scalar_t>
 class BackwardTeam {
  public:
