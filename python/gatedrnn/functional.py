@@ -11,6 +11,7 @@ stacked() runs several layers and both directions over the same ops; the
 modules build on it.
 """
 import contextlib
+import functools
 import math
 import numbers
 from typing import Optional, Sequence
@@ -38,7 +39,7 @@ def _batch(input: Tensor, batch_sizes: Optional[Tensor]) -> int:
     return input.shape[1]
 
 
-def _check_device(input: Tensor) -> None:
+def check_device(input: Tensor) -> None:
     """A build without the CUDA kernels says why, rather than the dispatcher's list of
     backends (a build on a machine without a matching CUDA toolkit makes only the CPU ones)."""
     if input.device.type == "cuda" and not _build_info.cuda:
@@ -66,6 +67,9 @@ def _zeros(input: Tensor, batch: int, size: int) -> Tensor:
 # within it); computed in float32 it flips only where torch.nn's own rounding would.
 # The CUDA kernels take both dtypes themselves.
 _COMPUTED_IN_FLOAT32 = (torch.float16,)
+# The dtypes that may be (_computed_in_float32 says whether they are)
+_NOT_AS_THEY_ARE = (torch.float16, torch.bfloat16)
+_OPS = torch.ops.gatedrnn
 
 
 def _computed_in_float32(input: Tensor, bf16: bool = False,
@@ -207,7 +211,7 @@ def lstm(input: Tensor, hx=None, *, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[T
     differentiable view of the op's workspace): (output, (h_n, c_n), cell_states).
     reset: per-step resets (reset_rows)."""
     flags = reset_rows(reset, input)
-    _check_device(input)
+    check_device(input)
     if hx is None:
         batch = _batch(input, batch_sizes)
         hidden = w_ih.shape[0] // 4
@@ -237,7 +241,7 @@ def gru(input: Tensor, hx: Optional[Tensor] = None, *, w_ih: Tensor, w_hh: Tenso
     """One GRU layer in one direction. Returns (output, h_n). reset: per-step resets
     (reset_rows)."""
     flags = reset_rows(reset, input)
-    _check_device(input)
+    check_device(input)
     if hx is None:
         hx = _zeros(input, _batch(input, batch_sizes), w_hh.shape[1])
     widened = _in_float32("gru_forward", input, dict(h0=hx, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih,
@@ -261,7 +265,7 @@ def rnn(input: Tensor, hx: Optional[Tensor] = None, *, w_ih: Tensor, w_hh: Tenso
     > 0 clamps the gradient of every step's pre-activations to [-grad_clip, grad_clip] in
     the backward (Graves 2013); None or 0: off. reset: per-step resets (reset_rows)."""
     flags = reset_rows(reset, input)
-    _check_device(input)
+    check_device(input)
     if hx is None:
         hx = _zeros(input, _batch(input, batch_sizes), w_hh.shape[1])
     widened = _in_float32("rnn_forward", input, dict(h0=hx, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih,
@@ -285,7 +289,7 @@ def _layer_norm_arguments(op: str, input: Tensor, tensors: dict):
                            f"layer-normalized cells, and zoneout, variational state dropout "
                            f"and recurrent_grad_clip for the LSTM and GRU) have CPU and CUDA "
                            f"kernels only")
-    _check_device(input)
+    check_device(input)
     if torch.is_autocast_enabled(input.device.type):
         dtype = tensors["w_ih"].dtype
         input = input.to(dtype) if input.is_floating_point() else input
@@ -510,6 +514,62 @@ def _is_zero(value) -> bool:
 _PLAIN_MODES = ("LSTM", "GRU", "RNN")
 
 
+def _plain_layer(mode, input, states, weights, reverse, nonlinearity):
+    """One layer-direction's op, called as lstm() / gru() / rnn() call it (_lstm_call,
+    _gru_call, _rnn_call), without their checks of what their callers here cannot pass
+    (resets, batch_sizes, a dtype computed in float32, a missing state): states (h, and c
+    for the LSTM) [N, *], weights (w_ih, w_hh, b_ih, b_hh[, w_hr]). Returns (output,
+    final states)."""
+    needs_grad = _needs_grad(input, *states, *weights[:5])
+    if mode == "LSTM":
+        out, h_n, c_n, _ = _lstm_call(input, None, *states, weights, reverse, needs_grad,
+                                      needs_grad, None)
+        return out, (h_n, c_n)
+    if mode == "GRU":
+        out, h_n, _ = _gru_call(input, None, states[0], weights, reverse, needs_grad, None)
+        return out, (h_n,)
+    out, h_n = _rnn_call(input, None, states[0], weights, nonlinearity, reverse, needs_grad,
+                         None, None)
+    return out, (h_n,)
+
+
+def cell_step(mode: str, input: Tensor, states: Sequence[Tensor], weights,
+              nonlinearity: str = "tanh"):
+    """One step of a cell (modules/cell.py): input [N, I], states (h, and c for the LSTM)
+    [N, H], weights (w_ih, w_hh, b_ih, b_hh). Returns the new states. lstm() / gru() /
+    rnn() with T = 1 in as few Python steps as can do it, since a small cell's call is
+    mostly Python, each step of it 1-2 us in a model's loop (RNNCell at hidden size 8 under
+    no_grad, loops of calls: 30-35 -> 24 us a call with the cells' own changes, torch.nn's
+    18-20; Intel Xeon). A dtype computed in
+    float32 goes through those functions; the device, dtype and size checks are the op's
+    (the cells check again, for torch.nn's messages, only once the op has refused)."""
+    x = input.unsqueeze(0)
+    relu = mode == "RNN" and nonlinearity == "relu"
+    if x.dtype in _NOT_AS_THEY_ARE and _computed_in_float32(x, bf16=relu):
+        w_ih, w_hh, b_ih, b_hh = weights
+        if mode == "LSTM":
+            return lstm(x, tuple(states), w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh)[1]
+        single = gru if mode == "GRU" else functools.partial(rnn, nonlinearity=nonlinearity)
+        return (single(x, states[0], w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh)[1],)
+    # _call's and _needs_grad's tests, in one expression for the common case (no_grad)
+    plain = not (torch.is_grad_enabled() or torch._C._get_tracing_state() is not None
+                 or torch.compiler.is_compiling()
+                 or torch._C._are_functorch_transforms_active())
+    needs_grad = not plain and _needs_grad(x, *states, *weights)
+    if mode == "LSTM":
+        op, args = _OPS.lstm_forward, (x, None, *states, *weights, None, False, needs_grad)
+    elif mode == "GRU":
+        op, args = _OPS.gru_forward, (x, None, states[0], *weights, False, needs_grad)
+    else:
+        op, args = _OPS.rnn_forward, (x, None, states[0], *weights, nonlinearity, False)
+    if plain:
+        with torch._C._AutoDispatchBelowAutograd():
+            result = op.default(*args)
+    else:
+        result = _call(op, needs_grad, None, *args)
+    return (result[1], result[2]) if mode == "LSTM" else (result[1],)
+
+
 def _plain_stacked(mode, input, states, weights, num_layers, bidirectional, dropout, training,
                    nonlinearity):
     """stacked() of padded input with none of its options beyond torch.nn's (no
@@ -519,7 +579,7 @@ def _plain_stacked(mode, input, states, weights, num_layers, bidirectional, drop
     here (resets, a dtype computed in float32, a missing state). A one-step call of a
     2-layer GRU at hidden size 8, under no_grad: the stacked() call 37.9 -> 31.9 us, the
     module call 54.1 -> 43.5 (torch.nn 45.2)."""
-    _check_device(input)
+    check_device(input)
     directions = 2 if bidirectional else 1
     finals = [[] for _ in states]
     layer_input = input
@@ -527,23 +587,9 @@ def _plain_stacked(mode, input, states, weights, num_layers, bidirectional, drop
         outputs = []
         for direction in range(directions):
             index = layer * directions + direction
-            layer_states = tuple(s[index] for s in states)
-            layer_weights = weights[index]
             monitor.at_slot(index)
-            needs_grad = _needs_grad(layer_input, *layer_states, *layer_weights[:5])
-            reverse = direction == 1
-            if mode == "LSTM":
-                out, h_n, c_n, _ = _lstm_call(layer_input, None, *layer_states, layer_weights,
-                                              reverse, needs_grad, needs_grad, None)
-                final = (h_n, c_n)
-            elif mode == "GRU":
-                out, h_n, _ = _gru_call(layer_input, None, layer_states[0], layer_weights,
-                                        reverse, needs_grad, None)
-                final = (h_n,)
-            else:
-                out, h_n = _rnn_call(layer_input, None, layer_states[0], layer_weights,
-                                     nonlinearity, reverse, needs_grad, None, None)
-                final = (h_n,)
+            out, final = _plain_layer(mode, layer_input, tuple(s[index] for s in states),
+                                      weights[index], direction == 1, nonlinearity)
             outputs.append(out)
             for kind, state in enumerate(final):
                 finals[kind].append(state)

@@ -105,11 +105,21 @@ class _FusedCell:
     def _step(self, input, states):
         """Checks, then one fused step; autocast as torch.nn's cells (_autocast_step)."""
         weights = self._weights()
-        _check_sizes(input, states, weights[0], weights[1])
-        autocast = _autocast_device(input)
+        # _is_any_autocast_enabled first: a third of _autocast_device's cost
+        autocast = _autocast_device(input) if torch._C._is_any_autocast_enabled() else None
         if autocast is not None:
+            _check_sizes(input, states, weights[0], weights[1])
             return self._autocast_step(autocast, input, states, weights)
-        return self._fused(input, states, *weights)
+        # The op checks every size too, so torch.nn's checks run only once it has refused
+        # the call, to raise torch.nn's error where it has one: ahead of the op, they were
+        # a fifth of a small step's Python.
+        try:
+            return self._fused(input, states, *weights)
+        except (RuntimeError, ValueError, IndexError, TypeError, NotImplementedError) as error:
+            failure = error
+        F.check_device(input)
+        _check_sizes(input, states, weights[0], weights[1])
+        raise failure
 
     def _autocast_step(self, device, input, states, weights):
         """Under torch.autocast, the dtypes torch.nn's cells give, by the casts they make.
@@ -191,9 +201,7 @@ class LSTMCell(_FusedCell, torch.nn.LSTMCell):
         h, c = states
         if c.dtype != input.dtype:
             c = c.to(input.dtype)  # as gatedrnn.LSTM; torch.nn promotes instead
-        _, (h_1, c_1) = F.lstm(input.unsqueeze(0), (h, c), w_ih=w_ih, w_hh=w_hh, b_ih=b_ih,
-                               b_hh=b_hh)
-        return h_1, c_1
+        return F.cell_step("LSTM", input, (h, c), (w_ih, w_hh, b_ih, b_hh))
 
     def forward(self, input, hx=None):
         if F.in_onnx_export():
@@ -234,9 +242,7 @@ class GRUCell(_FusedCell, torch.nn.GRUCell):
     _torch_nn = torch.nn.GRUCell
 
     def _fused(self, input, states, w_ih, w_hh, b_ih, b_hh):
-        _, h_1 = F.gru(input.unsqueeze(0), states[0], w_ih=w_ih, w_hh=w_hh, b_ih=b_ih,
-                       b_hh=b_hh)
-        return (h_1,)
+        return F.cell_step("GRU", input, states, (w_ih, w_hh, b_ih, b_hh))
 
     def forward(self, input, hx=None):
         if F.in_onnx_export():
@@ -253,9 +259,7 @@ class RNNCell(_FusedCell, torch.nn.RNNCell):
     _torch_nn = torch.nn.RNNCell
 
     def _fused(self, input, states, w_ih, w_hh, b_ih, b_hh):
-        _, h_1 = F.rnn(input.unsqueeze(0), states[0], w_ih=w_ih, w_hh=w_hh, b_ih=b_ih,
-                       b_hh=b_hh, nonlinearity=self.nonlinearity)
-        return (h_1,)
+        return F.cell_step("RNN", input, states, (w_ih, w_hh, b_ih, b_hh), self.nonlinearity)
 
     def forward(self, input, hx=None):
         if F.in_onnx_export():
@@ -265,19 +269,16 @@ class RNNCell(_FusedCell, torch.nn.RNNCell):
 
 def _single_state_forward(cell, name, input, hx):
     """GRUCell's and RNNCell's forward: torch.nn's argument handling, one fused step."""
-    if input.dim() not in (1, 2):
-        raise ValueError(f"{name}: Expected input to be 1D or 2D, got {input.dim()}D instead")
+    dims = input.dim()
+    if dims != 2 and dims != 1:
+        raise ValueError(f"{name}: Expected input to be 1D or 2D, got {dims}D instead")
     if hx is not None and hx.dim() not in (1, 2):
         raise ValueError(f"{name}: Expected hidden to be 1D or 2D, got {hx.dim()}D instead")
-    batched = input.dim() == 2
-    if not batched:
-        input = input.unsqueeze(0)
-    if hx is None:
-        hx = cell._zeros(input)
-    elif not batched:
-        hx = hx.unsqueeze(0)
     # torch.nn's RNNCell checks its nonlinearity here, in forward, not in its constructor.
     if name == "RNNCell" and cell.nonlinearity not in ("tanh", "relu"):
         raise RuntimeError(f"Unknown nonlinearity: {cell.nonlinearity}")
-    (h_1,) = _squeezed(cell._step(input, (hx,)), batched)
-    return h_1
+    if dims == 2:
+        return cell._step(input, (cell._zeros(input) if hx is None else hx,))[0]
+    input = input.unsqueeze(0)
+    hx = cell._zeros(input) if hx is None else hx.unsqueeze(0)
+    return cell._step(input, (hx,))[0].squeeze(0)
