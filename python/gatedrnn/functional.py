@@ -514,23 +514,34 @@ def _is_zero(value) -> bool:
 _PLAIN_MODES = ("LSTM", "GRU", "RNN")
 
 
-def _plain_layer(mode, input, states, weights, reverse, nonlinearity):
-    """One layer-direction's op, called as lstm() / gru() / rnn() call it (_lstm_call,
-    _gru_call, _rnn_call), without their checks of what their callers here cannot pass
-    (resets, batch_sizes, a dtype computed in float32, a missing state): states (h, and c
-    for the LSTM) [N, *], weights (w_ih, w_hh, b_ih, b_hh[, w_hr]). Returns (output,
-    final states)."""
-    needs_grad = _needs_grad(input, *states, *weights[:5])
+def _below_autograd() -> bool:
+    """Whether the ops may be called below their Autograd kernel without asking their
+    tensors (_call, _needs_grad): gradients off, and nothing tracing or transforming."""
+    return not (torch.is_grad_enabled() or torch._C._get_tracing_state() is not None
+                or torch.compiler.is_compiling()
+                or torch._C._are_functorch_transforms_active())
+
+
+def _plain_layer(mode, input, states, weights, reverse, nonlinearity, below):
+    """One layer-direction's op on padded input, as lstm() / gru() / rnn() call it, without
+    their checks of what their callers here cannot pass (resets, batch_sizes, a dtype
+    computed in float32, a missing state): states (h, and c for the LSTM) [N, *], weights
+    (w_ih, w_hh, b_ih, b_hh[, w_hr]). below: _below_autograd(), the caller having entered
+    _AutoDispatchBelowAutograd. Returns (output, final states)."""
+    needs_grad = not below and _needs_grad(input, *states, *weights[:5])
+    w_ih, w_hh, b_ih, b_hh = weights[:4]
     if mode == "LSTM":
-        out, h_n, c_n, _ = _lstm_call(input, None, *states, weights, reverse, needs_grad,
-                                      needs_grad, None)
-        return out, (h_n, c_n)
-    if mode == "GRU":
-        out, h_n, _ = _gru_call(input, None, states[0], weights, reverse, needs_grad, None)
-        return out, (h_n,)
-    out, h_n = _rnn_call(input, None, states[0], weights, nonlinearity, reverse, needs_grad,
-                         None, None)
-    return out, (h_n,)
+        w_hr = weights[4] if len(weights) > 4 else None
+        op, args = _OPS.lstm_forward, (input, None, *states, w_ih, w_hh, b_ih, b_hh, w_hr,
+                                       reverse, needs_grad)
+    elif mode == "GRU":
+        op, args = _OPS.gru_forward, (input, None, states[0], w_ih, w_hh, b_ih, b_hh, reverse,
+                                      needs_grad)
+    else:
+        op, args = _OPS.rnn_forward, (input, None, states[0], w_ih, w_hh, b_ih, b_hh,
+                                      nonlinearity, reverse)
+    result = op(*args) if below else _call(op, needs_grad, None, *args)
+    return result[0], ((result[1], result[2]) if mode == "LSTM" else (result[1],))
 
 
 def cell_step(mode: str, input: Tensor, states: Sequence[Tensor], weights,
@@ -540,56 +551,56 @@ def cell_step(mode: str, input: Tensor, states: Sequence[Tensor], weights,
     rnn() with T = 1 in as few Python steps as can do it, since a small cell's call is
     mostly Python, each step of it 1-2 us in a model's loop (RNNCell at hidden size 8 under
     no_grad, loops of calls: 30-35 -> 24 us a call with the cells' own changes, torch.nn's
-    18-20; Intel Xeon). A dtype computed in
-    float32 goes through those functions; the device, dtype and size checks are the op's
-    (the cells check again, for torch.nn's messages, only once the op has refused)."""
+    18-20; Intel Xeon). A dtype computed in float32 goes through those functions; the
+    device, dtype and size checks are the op's (the cells check again, for torch.nn's
+    messages, only once the op has refused)."""
     x = input.unsqueeze(0)
-    relu = mode == "RNN" and nonlinearity == "relu"
-    if x.dtype in _NOT_AS_THEY_ARE and _computed_in_float32(x, bf16=relu):
+    if x.dtype in _NOT_AS_THEY_ARE and _computed_in_float32(
+            x, bf16=mode == "RNN" and nonlinearity == "relu"):
         w_ih, w_hh, b_ih, b_hh = weights
         if mode == "LSTM":
             return lstm(x, tuple(states), w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh)[1]
         single = gru if mode == "GRU" else functools.partial(rnn, nonlinearity=nonlinearity)
         return (single(x, states[0], w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh)[1],)
-    # _call's and _needs_grad's tests, in one expression for the common case (no_grad)
-    plain = not (torch.is_grad_enabled() or torch._C._get_tracing_state() is not None
-                 or torch.compiler.is_compiling()
-                 or torch._C._are_functorch_transforms_active())
-    needs_grad = not plain and _needs_grad(x, *states, *weights)
-    if mode == "LSTM":
-        op, args = _OPS.lstm_forward, (x, None, *states, *weights, None, False, needs_grad)
-    elif mode == "GRU":
-        op, args = _OPS.gru_forward, (x, None, states[0], *weights, False, needs_grad)
-    else:
-        op, args = _OPS.rnn_forward, (x, None, states[0], *weights, nonlinearity, False)
-    if plain:
+    if _below_autograd():
         with torch._C._AutoDispatchBelowAutograd():
-            result = op.default(*args)
-    else:
-        result = _call(op, needs_grad, None, *args)
-    return (result[1], result[2]) if mode == "LSTM" else (result[1],)
+            return _plain_layer(mode, x, states, weights, False, nonlinearity, True)[1]
+    return _plain_layer(mode, x, states, weights, False, nonlinearity, False)[1]
 
 
-def _plain_stacked(mode, input, states, weights, num_layers, bidirectional, dropout, training,
+def plain_stacked(mode, input, states, weights, num_layers, bidirectional, dropout, training,
                    nonlinearity):
     """stacked() of padded input with none of its options beyond torch.nn's (no
     regularizer, clipping, residual, resets or states of every step), after any widening:
-    each layer-direction's op called through the calls lstm() / gru() / rnn() make
-    (_lstm_call, _gru_call, _rnn_call), without their per-call checks of what cannot occur
-    here (resets, a dtype computed in float32, a missing state). A one-step call of a
-    2-layer GRU at hidden size 8, under no_grad: the stacked() call 37.9 -> 31.9 us, the
-    module call 54.1 -> 43.5 (torch.nn 45.2)."""
+    each layer-direction's op called as lstm() / gru() / rnn() call it (_plain_layer). With
+    gradients off, every op below its Autograd kernel in one go and no monitor tags (no
+    backward will read them). A one-step call of a 2-layer GRU at hidden size 8, under
+    no_grad: the stacked() call 37.9 -> 31.9 us, the module call 54.1 -> 43.5 (torch.nn
+    45.2); loops of such calls, this form and the module's (_base.py, _plain_forward): the
+    module call 89-97 -> ~50 us (torch.nn 80-91) (Intel Xeon)."""
     check_device(input)
+    if _below_autograd():
+        with torch._C._AutoDispatchBelowAutograd():
+            return _plain_layers(mode, input, states, weights, num_layers, bidirectional,
+                                 dropout, training, nonlinearity, True)
+    return _plain_layers(mode, input, states, weights, num_layers, bidirectional, dropout,
+                         training, nonlinearity, False)
+
+
+def _plain_layers(mode, input, states, weights, num_layers, bidirectional, dropout, training,
+                  nonlinearity, below):
     directions = 2 if bidirectional else 1
+    per_slot = [s.unbind(0) for s in states]  # one op per kind of state, not one per slot
     finals = [[] for _ in states]
     layer_input = input
     for layer in range(num_layers):
         outputs = []
         for direction in range(directions):
             index = layer * directions + direction
-            monitor.at_slot(index)
-            out, final = _plain_layer(mode, layer_input, tuple(s[index] for s in states),
-                                      weights[index], direction == 1, nonlinearity)
+            if not below:
+                monitor.at_slot(index)
+            out, final = _plain_layer(mode, layer_input, tuple(s[index] for s in per_slot),
+                                      weights[index], direction == 1, nonlinearity, below)
             outputs.append(out)
             for kind, state in enumerate(final):
                 finals[kind].append(state)
@@ -597,6 +608,12 @@ def _plain_stacked(mode, input, states, weights, num_layers, bidirectional, drop
         if dropout > 0 and training and layer < num_layers - 1:
             layer_input = torch.nn.functional.dropout(layer_input, p=dropout, training=True)
     return layer_input, tuple(torch.stack(f, 0) for f in finals)
+
+
+def as_it_is(mode: str, input: Tensor, nonlinearity: str = "tanh") -> bool:
+    """Whether stacked() runs input's dtype as it is, rather than widened to float32."""
+    return input.dtype not in _NOT_AS_THEY_ARE or not _computed_in_float32(
+        input, (mode == "RNN" and nonlinearity == "relu") or mode in _NORM_NAMES)
 
 
 def stacked(mode: str, input: Tensor, states: Sequence[Tensor], weights, *, num_layers: int,
@@ -650,10 +667,10 @@ def stacked(mode: str, input: Tensor, states: Sequence[Tensor], weights, *, num_
     # (Rounded between layers, a ReLU pre-activation near 0 can change sign, and with it a
     # whole gradient entry: seen in tests/test_reduced_precision.py.)
     # The layer-normalized cells widen bfloat16 too (their ops take float32 and float64).
-    bf16 = (mode == "RNN" and nonlinearity == "relu") or mode in _NORM_NAMES
     widened = None
     # Named only where widened: the names' strings cost ~10 us of a one-step call's ~60.
-    if _computed_in_float32(input, bf16):
+    if not as_it_is(mode, input, nonlinearity):
+        bf16 = (mode == "RNN" and nonlinearity == "relu") or mode in _NORM_NAMES
         named = {f"states[{k}]": s for k, s in enumerate(states)}
         for index, layer_weights in enumerate(weights):
             names = ("w_ih", "w_hh", "b_ih", "b_hh", "w_hr") + _NORM_NAMES.get(mode, ())
@@ -683,7 +700,7 @@ def stacked(mode: str, input: Tensor, states: Sequence[Tensor], weights, *, num_
             and not return_states and _is_zero(recurrent_grad_clip)
             and (not regularizers or (not any(regularizers.values())
                                       and regularizers.keys() <= _REGULARIZER_NAMES))):
-        return _plain_stacked(mode, input, states, weights, num_layers, bidirectional,
+        return plain_stacked(mode, input, states, weights, num_layers, bidirectional,
                               dropout, training, nonlinearity)
     unknown = sorted(set(regularizers or {}) - set(REGULARIZERS)) if regularizers else ()
     if unknown:

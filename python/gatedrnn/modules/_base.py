@@ -183,6 +183,10 @@ class FusedRNNMixin:
         own order): where set, that sequence's state restarts from its initial state (hx,
         or zeros) before step t, in every layer (episode boundaries in reinforcement
         learning). Unidirectional modules only."""
+        if reset is None and type(input) is torch.Tensor:
+            result = self._plain_forward(input, hx)
+            if result is not None:
+                return result
         if F.in_onnx_export():
             if reset is not None:
                 raise RuntimeError("ONNX export: per-step resets (reset=...) have no ONNX "
@@ -279,6 +283,57 @@ class FusedRNNMixin:
         return output, hidden, {k: self._states_like_output(v, batch_sizes, sorted_indices,
                                                             unsorted_indices, batched)
                                 for k, v in every[0].items()}
+
+    def _plain_forward(self, input, hx):
+        """forward() of a padded batch (3-D input) for a module with none of gatedrnn's
+        options, straight to functional's plain form: a decoder's one-step calls are mostly
+        Python (a 2-layer GRU at hidden size 8 under no_grad, loops of calls: 89-97 -> ~50
+        us a call, torch.nn's 80-91; Intel Xeon). Returns None where it does not apply, and
+        where an op refuses the call: forward's full form then runs, with torch.nn's checks
+        and errors (the ops check every size, dtype and device themselves; torch.nn's checks
+        of what they cannot see are made here: the states' layer count, an empty
+        sequence)."""
+        if (self._stacked_mode or input.dim() != 3 or torch._C._get_tracing_state() is not None
+                or torch.compiler.is_compiling() or getattr(self, "return_states", False)
+                or getattr(self, "residual", False) or getattr(self, "recurrent_grad_clip", 0.0)):
+            return None
+        for name in self._regularizers:
+            if getattr(self, name, 0):
+                return None
+        data = input.transpose(0, 1) if self.batch_first else input
+        nonlinearity = getattr(self, "nonlinearity", "tanh")
+        if data.shape[0] == 0 or not F.as_it_is(self._mode, data, nonlinearity):
+            return None
+        lstm = self._mode == "LSTM"
+        slots = self.num_layers * (2 if self.bidirectional else 1)
+        if hx is None:
+            states = self._zero_states(data, data.shape[1])
+        elif lstm:
+            if not isinstance(hx, (tuple, list)) or len(hx) != 2 or hx[1].dtype != data.dtype:
+                return None
+            states = (hx[0], hx[1])
+        elif type(hx) is torch.Tensor:
+            states = (hx,)
+        else:
+            return None
+        for state in states:
+            if state.dim() != 3 or state.shape[0] != slots:
+                return None
+        # The ops' backwards file their norms under this call (forward's full form); with
+        # gradients off there will be none.
+        tagged = torch.is_grad_enabled()
+        outer = monitor.begin(self, slots) if tagged else None
+        try:
+            output, finals = F.plain_stacked(
+                self._mode, data, states, self._layer_weights(), self.num_layers,
+                self.bidirectional, self.dropout, self.training, nonlinearity)
+        except (RuntimeError, ValueError, IndexError, TypeError, NotImplementedError):
+            return None
+        finally:
+            if tagged:
+                monitor.end(outer)
+        return (output.transpose(0, 1) if self.batch_first else output,
+                finals if lstm else finals[0])
 
     def _reset_rows(self, reset, data, batch_sizes, sorted_indices, batched):
         """forward's reset mask as functional.stacked takes it: [T, N] for padded data, a
