@@ -210,6 +210,42 @@ def test_a_50_step_loop_equals_our_sequence_module(cell, bias):
         torch.testing.assert_close(a, b, **TOL)
 
 
+def _bytes_saved_for_backward(module, x, hx, steps):
+    """Bytes of the storages a loop of `steps` calls of a cell keeps for its backward,
+    beyond the parameters, input and initial state it was given."""
+    given = {t.untyped_storage().data_ptr() for t in (*module.parameters(), x, *flat(hx))}
+    saved = {}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in given:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        state = hx
+        for t in range(steps):
+            state = module(x[t], state)
+    return sum(saved.values())
+
+
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_a_loop_of_cells_keeps_no_more_for_the_backward_than_torch_nns(cell):
+    """In a model's loop of cells, the new state of each step is what the next step's
+    backward reads: our cells hand on the op's output itself, so a training loop keeps
+    one [N, H] a step for it (the state is not a second copy beside the output the op
+    saves), as torch.nn's cells do. The LSTM's op saves its output, which torch.nn's
+    LSTMCell saves only as the next step's input: one [N, H] more, the last step's."""
+    n, h = 5, 32
+    ref, ours = make_pair(cell, 16, h, dtype=torch.float32)
+    x = torch.randn(8, n, 16, requires_grad=True)
+    hx = make_hx(cell, n=n, h=h, dtype=torch.float32)
+    hx = (tuple(s.requires_grad_() for s in hx) if is_lstm(cell) else hx.requires_grad_())
+    last_output = n * h * 4 if is_lstm(cell) else 0
+    assert (_bytes_saved_for_backward(ours, x, hx, 8)
+            <= _bytes_saved_for_backward(ref, x, hx, 8) + last_output)
+
+
 # ---------------------------------------------------------------------------
 # constructor, parameters, state_dict, convert
 # ---------------------------------------------------------------------------
