@@ -78,6 +78,33 @@ def test_freed_results_return_to_the_cache_and_empty_releases_them():
     assert gatedrnn.cpu_cache_bytes() == 0
 
 
+def _held_after_calls(shapes):
+    """cpu_cache_bytes() after a forward op call on each LSTM shape in turn, from an
+    empty cache, each call's results freed before the next call."""
+    gatedrnn.empty_cpu_cache()
+    for shape in shapes:
+        _, tensors, batch_sizes = build_case("lstm", *shape)
+        op, args = op_and_args("lstm", tensors, batch_sizes, False)
+        with torch.no_grad():
+            results = op(*args, True)
+        del results
+    held = gatedrnn.cpu_cache_bytes()
+    gatedrnn.empty_cpu_cache()
+    return held
+
+
+def test_a_fresh_block_is_taken_only_after_releasing_held_ones():
+    """Blocks held for later calls must not sit beside fresh ones: a call whose sizes
+    the held blocks cannot serve gets its blocks after the cache released at least as
+    much, so the ops' own peak is no higher than without the cache (block_cache.cpp).
+    Here every block of the second shape is more than twice any of the first's."""
+    small, large = (32, 8, 40, 48), (256, 8, 320, 192)
+    held_small = _held_after_calls([small])
+    held_large = _held_after_calls([large])
+    assert held_small > 0 and held_large > 0
+    assert _held_after_calls([small, large]) <= held_large
+
+
 def test_results_from_the_cache_are_ordinary_tensors():
     _, tensors, batch_sizes = build_case("gru", 32, 8, 40, 48)
     op, args = op_and_args("gru", tensors, batch_sizes, False)

@@ -10,10 +10,10 @@
 // the time loop where the other threads wait at the barrier. torch.nn's per-step
 // allocations are small and never trimmed, and took none.
 //
-// The cache keeps freed blocks of 32 KiB to 8 MiB (larger ones cost torch's allocations
-// more memory than their page faults cost time; see block_cache.cpp) and hands them out
-// again, up to a total held size: GATEDRNN_CPU_CACHE_MB, default 256; 0 turns the cache
-// off. Like torch's CUDA caching allocator, it holds that memory until empty_cpu_cache().
+// The cache keeps freed blocks of 32 KiB and more and hands them out again, up to a total
+// held size: GATEDRNN_CPU_CACHE_MB, default 256; 0 turns the cache off. Before taking a
+// fresh block it releases held ones of at least that size (block_cache.cpp). Like torch's
+// CUDA caching allocator, it holds that memory until empty_cpu_cache().
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
