@@ -230,20 +230,38 @@ def _bytes_saved_for_backward(module, x, hx, steps):
 
 
 @pytest.mark.parametrize("cell", list(CELLS))
-def test_a_loop_of_cells_keeps_no_more_for_the_backward_than_torch_nns(cell):
-    """In a model's loop of cells, the new state of each step is what the next step's
-    backward reads: our cells hand on the op's output itself, so a training loop keeps
-    one [N, H] a step for it (the state is not a second copy beside the output the op
-    saves), as torch.nn's cells do. The LSTM's op saves its output, which torch.nn's
-    LSTMCell saves only as the next step's input: one [N, H] more, the last step's."""
-    n, h = 5, 32
+def test_a_loop_of_cells_keeps_at_most_one_state_a_step_more_than_torch_nns(cell):
+    """In a model's loop of cells, each step's new state is kept for the next step's
+    backward. Ours is its own [N, H] (the op's final state, apart from the output the op
+    saves, so that it can be modified in place as torch.nn's LSTMCell's and GRUCell's
+    can): at most one [N, H] a step more than torch.nn keeps, where the state used to
+    keep a second, spent [N, H] alive beside it (one buffer of two)."""
+    n, h, steps = 5, 32, 8
     ref, ours = make_pair(cell, 16, h, dtype=torch.float32)
-    x = torch.randn(8, n, 16, requires_grad=True)
+    x = torch.randn(steps, n, 16, requires_grad=True)
     hx = make_hx(cell, n=n, h=h, dtype=torch.float32)
     hx = (tuple(s.requires_grad_() for s in hx) if is_lstm(cell) else hx.requires_grad_())
-    last_output = n * h * 4 if is_lstm(cell) else 0
-    assert (_bytes_saved_for_backward(ours, x, hx, 8)
-            <= _bytes_saved_for_backward(ref, x, hx, 8) + last_output)
+    assert (_bytes_saved_for_backward(ours, x, hx, steps)
+            <= _bytes_saved_for_backward(ref, x, hx, steps) + steps * n * h * 4)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_the_new_state_can_be_modified_in_place_as_torch_nns(cell):
+    """torch.nn's LSTMCell and GRUCell keep nothing of their new h for their own backward,
+    so a model may scale or mask it in place before the next step; so may ours, with the
+    same gradients. (torch.nn's RNNCell keeps its output for its activation's derivative
+    and refuses such a backward.)"""
+    results = []
+    for module in make_pair(cell):
+        x = make_x().requires_grad_()
+        state = module(x, make_hx(cell))
+        h = state[0] if is_lstm(cell) else state
+        h.mul_(0.5)
+        state = module(x, state)
+        loss = sum(s.sin().sum() for s in flat(state))
+        results.append(torch.autograd.grad(loss, [x, *module.parameters()]))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, **TOL)
 
 
 # ---------------------------------------------------------------------------

@@ -50,7 +50,7 @@ void gru_forward_impl(const RnnShapes& sh, const at::Tensor& x, const at::Tensor
     output.finish(st, u0, len);
   };
   team.run(0, true, block, [](const TeamMember&, const TeamStep<scalar_t>&) {});
-  h_state = team.final_state();  // a view of the team's two-state buffer, not a copy
+  h_state = team.final_state();  // one of the team's two state buffers, not a copy
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_forward(

@@ -80,7 +80,7 @@ void lstm_forward_impl(const RnnShapes& sh, const at::Tensor& x, const at::Tenso
     }
   };
   team.run(proj_units.count(), !proj, block, project);
-  h_state = team.final_state();  // a view of the team's two-state buffer, not a copy
+  h_state = team.final_state();  // one of the team's two state buffers, not a copy
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward(

@@ -190,8 +190,9 @@ class ForwardTeam {
         x_bf16_(is_bf16(x) && !whole_ && input_.takes_bf16()),
         x_(x_bf16_ ? x : widened(x)),
         gate_buf_(cached_empty({chunks_.max_rows(), w_ih.size(0)}, h0.options())),
-        h_buf_(at::empty({2, h0.size(0), h0.size(1)}, h0.options())) {
-    h_buf_[slot(0)].copy_(h0);
+        h_bufs_{at::empty({h0.size(0), h0.size(1)}, h0.options()),
+                at::empty({h0.size(0), h0.size(1)}, h0.options())} {
+    h_bufs_[slot(0)].copy_(h0);
   }
 
   // For each step, on every thread: block(step, b, u0, len) for each block b the thread
@@ -204,11 +205,12 @@ class ForwardTeam {
   template <typename Block, typename Finish>
   void run(int64_t finish_blocks, bool units_write_state, const Block& block,
            const Finish& finish) {
-    const int64_t N = h_buf_.size(1), P = h_buf_.size(2), I = x_.size(1);
+    const int64_t N = h_bufs_[0].size(0), P = h_bufs_[0].size(1), I = x_.size(1);
     const scalar_t* xp = x_bf16_ ? nullptr : x_.const_data_ptr<scalar_t>();
     const auto* x_bits = x_bf16_ ? reinterpret_cast<const uint16_t*>(x_.const_data_ptr()) : nullptr;
     scalar_t* gp = gate_buf_.mutable_data_ptr<scalar_t>();
-    scalar_t* hb = h_buf_.mutable_data_ptr<scalar_t>();
+    scalar_t* const hb[2] = {h_bufs_[0].mutable_data_ptr<scalar_t>(),
+                             h_bufs_[1].mutable_data_ptr<scalar_t>()};
     if (whole_) {
       // gates[R, G] = x @ w_ih^T: the one block's columns are w_ih's rows in order.
       if (direct_) {
@@ -246,7 +248,7 @@ class ForwardTeam {
         }
         const TeamStep<scalar_t> step{k, s_.sizes[t], s_.offsets[t],
                                       gp + (s_.offsets[t] - chunk.begin) * G_,
-                                      hb + slot(k) * N * P, hb + slot(k + 1) * N * P};
+                                      hb[slot(k)], hb[slot(k + 1)]};
         for (int64_t b = b0; b < b1; ++b) {
           const int64_t u0 = units_.begin(b), len = units_.length(b);
           block(step, b, u0, len);
@@ -261,15 +263,20 @@ class ForwardTeam {
     });
   }
 
-  // The state after the last step: the first of the two, so that the ops return it as it
-  // is (at storage offset 0, as their fake kernels say). Copying it out, with the op's
-  // clone of h0 for the state it replaced, took 3-4% of a one-step call: LSTM, 2 layers,
-  // (N, H) = (64, 256), under no_grad, medians of alternating builds, 676-720 -> 649-676 us.
-  at::Tensor final_state() const { return h_buf_[slot(s_.steps())]; }
+  // The state after the last step: the first of the two, which the ops return as it is.
+  // Copying it out, with the op's clone of h0 for the state it replaced, took 3-4% of a
+  // one-step call: LSTM, 2 layers, (N, H) = (64, 256), under no_grad, medians of
+  // alternating builds, 676-720 -> 649-676 us. The two are separate allocations, so the
+  // state keeps only its own alive: as two halves of one [2, N, P] tensor, a model's loop
+  // of cells, which hands each step's state on to the next step (whose backward keeps it),
+  // kept both (bench.py's cells-n64-h512 training peak, RNNCell, 28.3 -> 23.8 MiB), and,
+  // the state being a view, autograd refused to let it be modified in place, which
+  // torch.nn's LSTMCell and GRUCell allow.
+  at::Tensor final_state() const { return h_bufs_[slot(s_.steps())]; }
 
   // next[b, j0:j0+len] = h0[b, j0:j0+len] for the rows b that restart at the step after.
   void reset_next(const TeamStep<scalar_t>& step, int64_t j0, int64_t len) const {
-    const int64_t P = h_buf_.size(2);
+    const int64_t P = h_bufs_[0].size(1);
     reset_columns(resets_, s_, step.k + 1, h0_, P, step.next, P, j0, len);
   }
 
@@ -281,7 +288,7 @@ class ForwardTeam {
   const scalar_t* h0_;
   static constexpr int64_t kWholeElements = int64_t(1) << 20;
 
-  // Which of h_buf_'s two states holds the state before step k: they alternate, and the
+  // Which of h_bufs_' two states holds the state before step k: they alternate, and the
   // state after the last step is the first.
   int64_t slot(int64_t k) const { return (k + s_.steps()) % 2; }
 
@@ -293,7 +300,8 @@ class ForwardTeam {
   UnitBlockGemm<scalar_t> input_;  // by blocks, chunk by chunk, otherwise
   bool x_bf16_;                    // x_ in bfloat16, for input_.run_bf16
   at::Tensor x_;                   // x, or its float32 copy
-  at::Tensor gate_buf_, h_buf_;
+  at::Tensor gate_buf_;
+  at::Tensor h_bufs_[2];
 };
 
 // The ops' bfloat16 form. Arguments and results in bfloat16 (the workspace, read only by

@@ -48,7 +48,7 @@ void rnn_forward_impl(const RnnShapes& sh, bool relu, const at::Tensor& x,
     output.finish(st, u0, len);
   };
   team.run(0, true, block, [](const TeamMember&, const TeamStep<scalar_t>&) {});
-  h_state = team.final_state();  // a view of the team's two-state buffer, not a copy
+  h_state = team.final_state();  // one of the team's two state buffers, not a copy
 }
 
 std::tuple<at::Tensor, at::Tensor> rnn_forward(
