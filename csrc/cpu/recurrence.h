@@ -833,7 +833,7 @@ class ChunkedGrads {
                                              [&](int64_t n) { return n == s.batch; });
     // bfloat16 operands of B (a bfloat16 op's) are packed as they are by the bfloat16
     // kernels: float32 copies of x and out, both [R, *], were fresh pages at every call
-    // (above the block cache's 8 MiB at (100, 64, 512, 512)). out is gathered by rows
+    // (above the block cache's 8 MiB of then, at (100, 64, 512, 512)). out is gathered by rows
     // where steps differ (gather_h_prev): widened then.
     const bool bf16 = bf16_kernels_for<scalar_t>(precision) != nullptr;
     w_ih_ = bf16 ? w_ih : widened(w_ih);
