@@ -17,10 +17,12 @@ class SleepRow:
         time.sleep(0.001)
 
 
-def test_short_rows_get_enough_rounds_for_min_time():
+def test_short_rows_get_enough_rounds_for_min_time(monkeypatch):
+    # Every step timed at 1.5 ms (a real sleep's time moves with the scheduler: one
+    # warm-up step of over 3 ms failed the former bounds of this test once).
+    monkeypatch.setattr(bench, "_timed", lambda fn, device: 0.0015)
     _, rounds = bench.time_row(SleepRow(), torch.device("cpu"), 3, 1, min_time=0.03)
-    # ceil(0.03 s / the slowest warm-up step, a bit over 1 ms): 30 or a few fewer.
-    assert 10 <= rounds <= 30
+    assert rounds == 20  # ceil(0.03 s / the slowest warm-up step)
 
 
 def test_repeats_is_a_floor_and_min_time_zero_keeps_it():
@@ -45,6 +47,74 @@ def test_a_peer_is_timed_in_the_same_rounds():
     medians, rounds = bench.time_row(ThreeSleepRow(), torch.device("cpu"), 3, 1, min_time=0.0)
     assert rounds == 3
     assert set(medians) == {"torch", "gatedrnn", "onnxruntime"}
+
+
+class ThreadCountRow(SleepRow):
+    """Records torch's thread count at each step of each side."""
+    def __init__(self):
+        self.seen = {"torch": set(), "gatedrnn": set()}
+
+    def step(self, module):
+        self.seen[module].add(torch.get_num_threads())
+
+
+def test_one_and_all_threads_are_timed_in_the_same_rounds():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        row = ThreadCountRow()
+        medians, rounds = bench.time_row(row, torch.device("cpu"), 3, 1, min_time=0.0,
+                                         one_thread=True)
+        assert rounds == 3
+        assert set(medians) == {"torch", "gatedrnn", "one_thread", "all_threads"}
+        # ours ran on 2 threads and on 1 ("one_thread"); torch.nn only on 2
+        assert row.seen == {"torch": {2}, "gatedrnn": {1, 2}}
+        assert torch.get_num_threads() == 2  # set back after every one-thread step
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_thread_count_step_is_timed_between_untimed_steps_after_each_switch(threads):
+    """The first call after a thread-count switch pays for waking or parking OpenMP's
+    worker: neither the timed call nor the next contender's may be that call."""
+    class Calls(SleepRow):
+        log = []
+
+        def step(self, module):
+            self.log.append(torch.get_num_threads())
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        contender = bench._OnThreads(Calls(), threads)
+        contender.before()
+        timed_from = len(Calls.log)
+        contender()
+        timed_to = len(Calls.log)
+        contender.after()
+        assert Calls.log[:timed_from] == [threads] and Calls.log[timed_from:timed_to] == [threads]
+        assert Calls.log[timed_to:] == [2] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_one_thread_rows_run_from_the_command_line(tmp_path):
+    """`python -m gatedrnn.bench --one-thread ...`: one_thread_ms and all_threads_ms per row,
+    and their table."""
+    import json
+
+    bench.main(["--configs", "tiny", "--cells", "rnn", "--modes", "inference", "--repeats",
+                "1", "--warmup", "1", "--min-time", "0", "--no-memory", "--no-onnxruntime",
+                "--one-thread", "--out", str(tmp_path)])
+    result = json.loads((tmp_path / "bench.json").read_text())
+    [row] = result["rows"]
+    assert row["one_thread_ms"] > 0 and row["all_threads_ms"] > 0
+    assert result["threads"] == torch.get_num_threads()
+    report = (tmp_path / "bench.md").read_text()
+    table = report.split("(`--one-thread`)")[1]
+    assert f"| {result['threads']} threads ms | one thread ms | ratio |" in table
+    assert "| rnn | tiny (200, 1, 64, 64) | inference |" in table
 
 
 def test_onnxruntime_peer_agrees_with_torch_nn():

@@ -26,6 +26,9 @@ no torch.nn counterpart: their rows time LayerNormLSTM / LayerNormGRU against wh
 would otherwise run, reference.py's Python loop over the steps, and against that loop with
 its step compiled by torch.compile; they get a table of their own.
 
+--one-thread (CPU) adds ours on one thread and on all of torch's threads to every row's
+rounds, and a table of the ratio.
+
 Writes a Markdown table to stdout and, under --out, bench.md, bench.json and bench.png.
 """
 import argparse
@@ -490,26 +493,70 @@ def _with_grad_norms(row):
     return step
 
 
-def time_row(row, device, repeats, warmup, min_time=0.0, grad_norms=False):
+class _OnThreads:
+    """Our step on `threads` threads (a contender of time_row), each timed call preceded
+    by an untimed one at that count and followed by an untimed one at the count before.
+    The first call after a switch wakes or parks OpenMP's worker: switched around the
+    timed call itself, it cost RNN tiny training calls up to 0.3 ms of their 0.4. And a
+    call right after torch.nn's ran slower than one after our own (RNN tiny inference
+    133-220 us against 89-153; torch.nn's per-step tensors go through the caches), so
+    the one-thread and the all-threads times are both taken this way, alike, not the
+    one against the gatedrnn column, whose call follows torch.nn's in two rounds of
+    three."""
+
+    def __init__(self, row, threads):
+        self.row, self.threads, self.before_threads = row, threads, None
+
+    def before(self):
+        self.before_threads = torch.get_num_threads()
+        torch.set_num_threads(self.threads)
+        self.row.step(self.row.ours)
+
+    def __call__(self):
+        self.row.step(self.row.ours)
+
+    def after(self):
+        torch.set_num_threads(self.before_threads)
+        self.row.step(self.row.ours)
+
+
+def _timed_contender(fn, device):
+    """_timed, between the contender's untimed before() and after() where it has them."""
+    if hasattr(fn, "before"):
+        fn.before()
+    try:
+        return _timed(fn, device)
+    finally:
+        if hasattr(fn, "after"):
+            fn.after()
+
+
+def time_row(row, device, repeats, warmup, min_time=0.0, grad_norms=False, one_thread=False):
     """Medians of interleaved timings, and the number of rounds: at least `repeats`, and
     enough for each side to run about `min_time` seconds (a sub-millisecond row's median
     over 15 rounds moves with every scheduler hiccup), at most MAX_REPEATS. grad_norms:
-    also ours with the gradient-norm monitor on ("grad_norms")."""
+    also ours with the gradient-norm monitor on ("grad_norms"); one_thread: also ours on
+    one thread and on all of torch's ("one_thread", "all_threads", timed alike: _OnThreads),
+    the same rounds making them comparable on a machine whose speed drifts from minute to
+    minute."""
     contenders = [("torch", lambda: row.step(row.ref)), ("gatedrnn", lambda: row.step(row.ours))]
     if getattr(row, "peer", None) is not None:
         contenders.append((getattr(row.peer, "name", "onnxruntime"), row.peer))
     if grad_norms:
         contenders.append(("grad_norms", _with_grad_norms(row)))
+    if one_thread:
+        contenders += [("one_thread", _OnThreads(row, 1)),
+                       ("all_threads", _OnThreads(row, torch.get_num_threads()))]
     slowest = 0.0
     for _ in range(warmup):
-        slowest = max([slowest] + [_timed(fn, device) for _, fn in contenders])
+        slowest = max([slowest] + [_timed_contender(fn, device) for _, fn in contenders])
     if slowest > 0 and min_time > 0:
         repeats = max(repeats, min(MAX_REPEATS, math.ceil(min_time / slowest)))
     times = {name: [] for name, _ in contenders}
     for k in range(repeats):
         first = k % len(contenders)  # each goes first in turn
         for name, fn in contenders[first:] + contenders[:first]:
-            times[name].append(_timed(fn, device))
+            times[name].append(_timed_contender(fn, device))
     return {name: statistics.median(ts) for name, ts in times.items()}, repeats
 
 
@@ -686,6 +733,18 @@ def markdown(result):
             lines.append(f"| {r['cell']} | {r['config']} ({T}, {N}, {I}, {H}) | "
                          f"{r['gatedrnn_ms']:.2f} | {r['grad_norms_ms']:.2f} | "
                          f"**{100 * (r['grad_norms_ms'] / r['gatedrnn_ms'] - 1):+.1f}%** |")
+    alone = [r for r in result["rows"] if r.get("one_thread_ms") is not None]
+    if alone:
+        lines += ["", f"Ours on {result['threads']} threads and on one (`--one-thread`), timed "
+                  "alike in the same rounds, each call after an untimed one at its thread "
+                  "count (ratio: the threads' time over one thread's):", "",
+                  f"| cell | config (T, N, I, H) | mode | {result['threads']} threads ms | "
+                  "one thread ms | ratio |", "|---|---|---|---:|---:|---:|"]
+        for r in alone:
+            T, N, I, H = CONFIGS[r["config"]][:4]
+            lines.append(f"| {r['cell']} | {r['config']} ({T}, {N}, {I}, {H}) | {r['mode']} | "
+                         f"{r['all_threads_ms']:.2f} | {r['one_thread_ms']:.2f} | "
+                         f"**{r['all_threads_ms'] / r['one_thread_ms']:.2f}** |")
     for failure in result.get("compile_failures", []):
         lines += ["", f"torch.compile failed (the row timed without it): {failure}"]
     if not plain:  # only layer-normalized rows: no table against torch.nn
@@ -741,7 +800,8 @@ def run(args):
               "cpu": dict(zip(("vendor", "model", "family"), cpu_identity())),
               "dtype": args.dtype, "tf32": args.tf32, "repeats": args.repeats,
               "min_time": args.min_time, "peak_gflops": peak, "peak_source": source,
-              "library_gemm_gflops": libraries, "command": " ".join(sys.argv), "rows": []}
+              "library_gemm_gflops": libraries, "command": " ".join(sys.argv),
+              "threads": torch.get_num_threads(), "rows": []}
     plan = [(c, s, m) for c in args.cells for s in args.configs for m in args.modes
             if (c in DECODE_CELLS or not s.startswith("decode"))
             and (c not in LAYER_NORM_CELLS or (s in LAYER_NORM_CONFIGS and device.type == "cpu"))]
@@ -764,7 +824,8 @@ def run(args):
                 row.peer = None
         row.check()
         monitored = args.grad_norms and row.training and row.calls == 1
-        t, rounds = time_row(row, device, args.repeats, args.warmup, args.min_time, monitored)
+        t, rounds = time_row(row, device, args.repeats, args.warmup, args.min_time, monitored,
+                             args.one_thread and device.type == "cpu")
         t = {name: value / row.calls for name, value in t.items()}  # per call
         paths = cuda_paths(row) if device.type == "cuda" else None
         mem = {} if args.no_memory or cell in LAYER_NORM_CELLS else {
@@ -785,7 +846,9 @@ def run(args):
             "compiled_ms": 1e3 * t["torch.compile"] if "torch.compile" in t else None,
             "speedup_vs_compiled": (t["torch.compile"] / t["gatedrnn"]
                                     if "torch.compile" in t else None),
-            "grad_norms_ms": 1e3 * t["grad_norms"] if "grad_norms" in t else None})
+            "grad_norms_ms": 1e3 * t["grad_norms"] if "grad_norms" in t else None,
+            "one_thread_ms": 1e3 * t["one_thread"] if "one_thread" in t else None,
+            "all_threads_ms": 1e3 * t["all_threads"] if "all_threads" in t else None})
     _progress(len(plan), len(plan), "done")
     return result
 
@@ -812,6 +875,9 @@ def main(argv=None):
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
     p.add_argument("--grad-norms", action="store_true",
                    help="training rows: also time ours with the gradient-norm monitor on")
+    p.add_argument("--one-thread", action="store_true",
+                   help="CPU: also time ours on one thread and on all threads, alike, in "
+                        "the same rounds (the table's ratio: all threads / one thread)")
     p.add_argument("--no-onnxruntime", dest="onnxruntime", action="store_false",
                    help="no onnxruntime column (default: on float32 CPU inference rows, "
                         "when onnxruntime is installed)")
