@@ -213,3 +213,21 @@ def test_outputs_round_as_torch_rounds():
         nan = wanted.isnan()
         assert nan.any() and torch.equal(ours.isnan(), nan)  # NaN's bits are not a value
         assert torch.equal(ours[~nan].view(torch.int16), wanted[~nan].view(torch.int16))
+
+
+@pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN"])
+@pytest.mark.parametrize("input_size", [7, 33])
+def test_input_rows_read_up_to_their_width(mode, input_size):
+    """x's rows as a view into wider rows whose next column is NaN: the bfloat16 kernels
+    pack an odd k's last pair with a zero high half and read nothing past a row's width
+    (isa/gemm_bf16.cpp, pack_a_bf16), so the output is finite and has the bits of a
+    contiguous x's. 13 rows a step: tiles of 12 and 1."""
+    torch.manual_seed(0)
+    m = getattr(gatedrnn, mode)(input_size, 40, num_layers=2).to(torch.bfloat16)
+    wide = torch.randn(5, 13, input_size + 1).to(torch.bfloat16)
+    wide[..., input_size] = float("nan")
+    x = wide[..., :input_size]
+    with torch.no_grad():
+        out, contiguous = m(x)[0], m(x.contiguous())[0]
+    assert out.isfinite().all()
+    assert torch.equal(out.view(torch.int16), contiguous.view(torch.int16))
