@@ -530,16 +530,16 @@ GATEDRNN_BF16_TARGET void pack_a_pairs(const float* a, int64_t a_row, int64_t a_
     return;
   }
   if (a_step == 1) {
-    // 32 k of each row at a time, rounded into 16 pairs and transposed in registers: a
-    // row at a time through a line buffer, then a pair at a time into the tile, this
-    // packing (every step's state) was 4% of a bfloat16 LSTM (100, 16, 128, 128) training
-    // step (AMD Zen 4).
+    // 32 k of each row at a time, rounded into 16 pairs and transposed in registers.
+    // Made a row at a time through a line buffer, then a pair at a time into the tile,
+    // this packing (every step's state) was 4% of a bfloat16 LSTM (100, 16, 128, 128)
+    // training step (AMD Zen 4).
     for (int64_t kk = 0; kk < kp; kk += 32) {
       __m512i v[16];
       for (int64_t r = 0; r < 16; ++r) {
-        const float* row = a + r * a_row + kk;
-        v[r] = r < h ? (__m512i)_mm512_cvtne2ps_pbh(load_or_zero(row + 16, k - kk - 16),
-                                                    load_or_zero(row, k - kk))
+        v[r] = r < h ? (__m512i)_mm512_cvtne2ps_pbh(
+                           load_or_zero(a + r * a_row + kk + 16, k - kk - 16),
+                           load_or_zero(a + r * a_row + kk, k - kk))
                      : _mm512_setzero_si512();
       }
       store_tile_pairs(v, h, dst + (kk / 2) * h);
