@@ -136,8 +136,8 @@ GATEDRNN_BF16_TARGET void pack_b_rows_bf16(const uint16_t* src, int64_t ldb, int
   pack_rows(src, ldb, k, n, dst);
 }
 
-// 32 consecutive k of a column from col on (zeros past `count` of them), as 16 pairs of
-// bfloat16 in dwords: float32 rounded, or bfloat16 as it is.
+// 32 consecutive k of a column of B (or a row of A) from col on (zeros past `count` of
+// them), as 16 pairs of bfloat16 in dwords: float32 rounded, or bfloat16 as it is.
 GATEDRNN_BF16_TARGET inline __m512i column_pairs(const float* col, int64_t count) {
   return (__m512i)_mm512_cvtne2ps_pbh(load_or_zero(col + 16, count - 16), load_or_zero(col, count));
 }
@@ -537,10 +537,7 @@ GATEDRNN_BF16_TARGET void pack_a_pairs(const float* a, int64_t a_row, int64_t a_
     for (int64_t kk = 0; kk < kp; kk += 32) {
       __m512i v[16];
       for (int64_t r = 0; r < 16; ++r) {
-        v[r] = r < h ? (__m512i)_mm512_cvtne2ps_pbh(
-                           load_or_zero(a + r * a_row + kk + 16, k - kk - 16),
-                           load_or_zero(a + r * a_row + kk, k - kk))
-                     : _mm512_setzero_si512();
+        v[r] = r < h ? column_pairs(a + r * a_row + kk, k - kk) : _mm512_setzero_si512();
       }
       store_tile_pairs(v, h, dst + (kk / 2) * h);
     }
@@ -629,11 +626,9 @@ GATEDRNN_BF16_TARGET void pack_a_bf16_avx512(const uint16_t* a, int64_t lda, int
       uint32_t* tile = d + (i0 + r0) * k2;
       const uint16_t* first = a + (i0 + r0) * lda;
       for (int64_t q0 = 0; q0 < k2; q0 += 16) {
-        const int64_t left = std::clamp<int64_t>(k - 2 * q0, 0, 32);
-        const __mmask32 in_k = left == 32 ? ~__mmask32(0) : __mmask32((1u << left) - 1);
         __m512i v[16];
         for (int64_t r = 0; r < 16; ++r) {
-          v[r] = r < h ? _mm512_maskz_loadu_epi16(in_k, first + r * lda + 2 * q0)
+          v[r] = r < h ? column_pairs(first + r * lda + 2 * q0, k - 2 * q0)
                        : _mm512_setzero_si512();
         }
         store_tile_pairs(v, h, tile + q0 * h);
