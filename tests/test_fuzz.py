@@ -1192,19 +1192,20 @@ def backward_args(cell, t, bs, reverse, grads):
             grad_c_n=grads["grad_c_n"], input=t["input"], batch_sizes=bs, h0=t["h0"],
             c0=t["c0"], w_ih=t["w_ih"], w_hh=t["w_hh"], w_hr=t.get("w_hr"), output=out,
             workspace=ws, reverse=reverse, grad_cell_states=None, reset=None,
-            record_norms=False)
+            record_norms=False, output_mask=[True, True, True])
     if cell == "gru":
         out, h_n, ws = ops.gru_forward(*op_and_args(cell, t, bs, reverse)[1])
         return ops.gru_backward, dict(
             grad_output=grads["grad_output"], grad_h_n=grads["grad_h_n"], input=t["input"],
             batch_sizes=bs, h0=t["h0"], w_ih=t["w_ih"], w_hh=t["w_hh"], output=out,
-            workspace=ws, reverse=reverse, reset=None, record_norms=False)
+            workspace=ws, reverse=reverse, reset=None, record_norms=False,
+            output_mask=[True, True, True])
     out, h_n = ops.rnn_forward(*op_and_args(cell, t, bs, reverse)[1])
     return ops.rnn_backward, dict(
         grad_output=grads["grad_output"], grad_h_n=grads["grad_h_n"], input=t["input"],
         batch_sizes=bs, h0=t["h0"], w_ih=t["w_ih"], w_hh=t["w_hh"], output=out,
         nonlinearity=nonlinearity(cell), reverse=reverse, grad_clip=0.0, reset=None,
-        record_norms=False)
+        record_norms=False, output_mask=[True, True, True])
 
 
 def _backward_cases_for(fault):

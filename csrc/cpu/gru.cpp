@@ -89,7 +89,7 @@ InputAndWeightGrads gru_backward_impl(const RnnShapes& sh, const Rows<scalar_t>&
                                       const at::Tensor& out, const at::Tensor& h0,
                                       at::Tensor& dh_state, const Resets& resets,
                                       at::Tensor& grad_h0_reset, StepNorms& norms,
-                                      GemmPrecision precision) {
+                                      GemmPrecision precision, const GradsWanted& wanted) {
   const Schedule& s = sh.schedule;
   const int64_t H = sh.hidden_size;
   const scalar_t* wsp = ws.const_data_ptr<scalar_t>();
@@ -101,11 +101,11 @@ InputAndWeightGrads gru_backward_impl(const RnnShapes& sh, const Rows<scalar_t>&
   const auto backward_units = gru_kernels<scalar_t>().backward_units;
   ChunkedGrads<scalar_t> grads(s, kGruGradCols * H, {{0, 0, 2 * H}, {3 * H, 2 * H, H}},
                                {{0, 0, kGates * H}}, false, x, out, h0, w_ih, kGates * H,
-                               precision, resets);
+                               precision, resets, wanted);
   // what reaches h0 through the rows that restarted from it (resets)
   scalar_t* dh0 = resets.flags ? grad_h0_reset.mutable_data_ptr<scalar_t>() : nullptr;
   const UnitBlocks units = unit_blocks(H, kGates, H, s.batch, s.steps());
-  BackwardTeam<scalar_t> team(s, w_hh, kGruGradCols * H, units, precision);
+  BackwardTeam<scalar_t> team(s, w_hh, kGruGradCols * H, units, precision, wanted.states);
   // dh_state[:n] = dh * z + dgates[:, 0:3H] @ w_hh      [n, 3H] x [3H, H]
   team.run(grads, dhs, scalar_t(1),
            [&](int64_t k, int64_t n, int64_t off, scalar_t* dg, int64_t u0, int64_t len) {
@@ -124,7 +124,8 @@ gru_backward(const at::Tensor& grad_output, const at::Tensor& grad_h_n, const at
              const std::optional<at::Tensor>& batch_sizes, const at::Tensor& h0,
              const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& output,
              const at::Tensor& workspace, bool reverse, const std::optional<at::Tensor>& reset,
-             bool record_norms) {
+             bool record_norms, std::array<bool, 3> output_mask) {
+  const GradsWanted wanted = GradsWanted::of(output_mask);
   const RnnShapes sh = check_rnn_args(kBackward, kGates, input, batch_sizes, h0, nullptr, w_ih,
                                       w_hh, std::nullopt, std::nullopt, std::nullopt, reverse);
   const Resets resets = resets_of(kBackward, reset, sh.schedule);
@@ -150,9 +151,10 @@ gru_backward(const at::Tensor& grad_output, const at::Tensor& grad_h_n, const at
   AT_DISPATCH_FLOATING_TYPES(workspace_dtype(input), kBackward, [&] {
     g = gru_backward_impl<scalar_t>(sh, strided_rows<scalar_t>(grad_output, s.rows, H, s.batch),
                                     x, wih, whh, ws, out, h0c, dh_state, resets, grad_h0_reset,
-                                    norms, precision_of(input));
+                                    norms, precision_of(input), wanted);
   });
   if (resets.flags) dh_state.add_(grad_h0_reset);
+  if (!wanted.states) dh_state = at::Tensor();
   const auto result = [&](const at::Tensor& t) { return narrowed(t, input); };
   return {shaped_like_input(result(g.grad_input), input), result(dh_state), result(g.grad_w_ih),
           result(g.grad_w_hh), result(g.grad_b_ih), result(g.grad_b_hh), norms.result()};

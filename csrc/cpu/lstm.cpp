@@ -141,7 +141,8 @@ InputAndWeightGrads lstm_backward_impl(const RnnShapes& sh, const Rows<scalar_t>
                                        at::Tensor& grad_w_hr, const scalar_t* grad_cs,
                                        const Resets& resets, at::Tensor& grad_h0_reset,
                                        at::Tensor& grad_c0_reset, StepNorms& norms,
-                                       StepNorms& output_norms, GemmPrecision precision) {
+                                       StepNorms& output_norms, GemmPrecision precision,
+                                       const GradsWanted& wanted) {
   const Schedule& s = sh.schedule;
   const int64_t H = sh.hidden_size, P = sh.state_size, N = s.batch, G = kGates * H;
   const bool proj = w_hr.defined();
@@ -155,10 +156,10 @@ InputAndWeightGrads lstm_backward_impl(const RnnShapes& sh, const Rows<scalar_t>
   scalar_t* dc0 = resets.flags ? grad_c0_reset.mutable_data_ptr<scalar_t>() : nullptr;
   const auto backward_units = lstm_kernels<scalar_t>().backward_units;
   ChunkedGrads<scalar_t> grads(s, G, {{0, 0, G}}, {{0, 0, G}}, true, x, out, h0, w_ih, G,
-                               precision, resets);
+                               precision, resets, wanted);
   const UnitBlocks units = unit_blocks(H, kGates, P, N, s.steps());
   if (!proj) {
-    BackwardTeam<scalar_t> team(s, w_hh, G, units, precision);
+    BackwardTeam<scalar_t> team(s, w_hh, G, units, precision, wanted.states);
     team.run(grads, dhs, scalar_t(0),
              [&](int64_t k, int64_t n, int64_t off, scalar_t* dg, int64_t u0, int64_t len) {
                const PrevRows<scalar_t> c_prev =
@@ -176,7 +177,7 @@ InputAndWeightGrads lstm_backward_impl(const RnnShapes& sh, const Rows<scalar_t>
   }
 
   const UnitBlocks state_units = unit_blocks(P, kGates, H, N, s.steps());
-  BackwardTeam<scalar_t> team(s, w_hh, G, state_units, precision);
+  BackwardTeam<scalar_t> team(s, w_hh, G, state_units, precision, wanted.states);
   const UnitBlockGemm<scalar_t> proj_gemm(w_hr.t(), 1, H, units, N, s.steps(), precision);
   at::Tensor dh_step = at::empty({N, H}, ws.options());
   at::Tensor dout = cached_empty({grads.max_rows(), P}, ws.options());
@@ -215,11 +216,13 @@ InputAndWeightGrads lstm_backward_impl(const RnnShapes& sh, const Rows<scalar_t>
   const auto grad_w_hr_of_chunk = [&](const StepChunk& c) {
     // grad_w_hr += dout^T @ (o * tanh(c)) over the chunk's rows; o * tanh(c), the
     // unprojected h, is recomputed from the workspace rather than stored.
-    const at::Tensor rows = ws.narrow(0, c.row_begin, c.rows());
-    const at::Tensor hp = rows.narrow(1, 3 * H, H) * rows.narrow(1, 4 * H, H).tanh();
-    parallel_gemm<scalar_t>(P, H, c.rows(), GemmA<scalar_t>::transposed(doutp, P),
-                            GemmB<scalar_t>::rows(hp.const_data_ptr<scalar_t>(), H), scalar_t(1),
-                            grad_w_hr.mutable_data_ptr<scalar_t>(), H, precision);
+    if (wanted.weights) {
+      const at::Tensor rows = ws.narrow(0, c.row_begin, c.rows());
+      const at::Tensor hp = rows.narrow(1, 3 * H, H) * rows.narrow(1, 4 * H, H).tanh();
+      parallel_gemm<scalar_t>(P, H, c.rows(), GemmA<scalar_t>::transposed(doutp, P),
+                              GemmB<scalar_t>::rows(hp.const_data_ptr<scalar_t>(), H),
+                              scalar_t(1), grad_w_hr.mutable_data_ptr<scalar_t>(), H, precision);
+    }
     if (grads.chunks_left()) chunk = grads.chunk();
   };
   team.run_projected(grads, dhs, units, point, output_grad, grad_w_hr_of_chunk);
@@ -235,7 +238,9 @@ lstm_backward(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
               const std::optional<at::Tensor>& w_hr, const at::Tensor& output,
               const at::Tensor& workspace, bool reverse,
               const std::optional<at::Tensor>& grad_cell_states,
-              const std::optional<at::Tensor>& reset, bool record_norms) {
+              const std::optional<at::Tensor>& reset, bool record_norms,
+              std::array<bool, 3> output_mask) {
+  const GradsWanted wanted = GradsWanted::of(output_mask);
   const RnnShapes sh = check_rnn_args(kBackward, kGates, input, batch_sizes, h0, &c0, w_ih,
                                       w_hh, std::nullopt, std::nullopt, w_hr, reverse);
   const Resets resets = resets_of(kBackward, reset, sh.schedule);
@@ -266,7 +271,7 @@ lstm_backward(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
   const at::Tensor whh = cached_contiguous(w_hh), wih = cached_contiguous(w_ih);
   at::Tensor dh_state = widened(grad_h_n).contiguous().clone();
   at::Tensor dc_state = widened(grad_c_n).contiguous().clone();
-  at::Tensor grad_w_hr = proj ? cached_zeros({P, H}, opts) : at::empty({0}, opts);
+  at::Tensor grad_w_hr = proj && wanted.weights ? cached_zeros({P, H}, opts) : at::Tensor();
   const at::Tensor grad_cs = with_cs ? grad_cell_states->to(opts).contiguous() : at::Tensor();
   at::Tensor grad_h0_reset = resets.flags ? at::zeros_like(dh_state) : at::Tensor();
   at::Tensor grad_c0_reset = resets.flags ? at::zeros_like(dc_state) : at::Tensor();
@@ -283,7 +288,7 @@ lstm_backward(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
                                      grad_w_hr,
                                      with_cs ? grad_cs.const_data_ptr<scalar_t>() : nullptr,
                                      resets, grad_h0_reset, grad_c0_reset, norms, output_norms,
-                                     precision_of(input));
+                                     precision_of(input), wanted);
   });
   if (resets.flags) {
     dh_state.add_(grad_h0_reset);
@@ -294,6 +299,7 @@ lstm_backward(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
     step_norms = at::cat({output_norms.result(), step_norms.narrow(1, 1, 1)}, 1);
   }
   const auto result = [&](const at::Tensor& t) { return narrowed(t, input); };
+  if (!wanted.states) dh_state = dc_state = at::Tensor();
   return {shaped_like_input(result(g.grad_input), input), result(dh_state), result(dc_state),
           result(g.grad_w_ih), result(g.grad_w_hh), result(g.grad_b_ih), result(g.grad_b_hh),
           result(grad_w_hr), step_norms};

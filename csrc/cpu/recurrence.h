@@ -6,6 +6,7 @@
 #include <ATen/ATen.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <cstring>
 #include <exception>
@@ -304,6 +305,22 @@ class ForwardTeam {
   at::Tensor h_bufs_[2];
 };
 
+// Which gradients a backward op makes: a plain op's output_mask (the input's; the initial
+// states'; the weights' and biases'), which autograd sets from what needs one. The others
+// are not computed and come back as [0] tensors. A decoder step whose state is detached
+// needs no grad_h0: its product dh0 = dgates @ w_hh was a quarter of a one-step backward's
+// products. A first layer over data, or frozen weights, need no grad_input or weight
+// gradients.
+struct GradsWanted {
+  bool input = true, states = true, weights = true;
+  static GradsWanted of(const std::array<bool, 3>& output_mask) {
+    return {output_mask[0], output_mask[1], output_mask[2]};
+  }
+};
+
+// What a backward op returns for a gradient not asked for (GradsWanted).
+inline at::Tensor not_wanted(const at::Tensor& input) { return at::empty({0}, input.options()); }
+
 // The ops' bfloat16 form. Arguments and results in bfloat16 (the workspace, read only by
 // the backward op, in float32); inside, the float32 time loops on float32 copies of the
 // arguments, whose GEMMs round their operands to bfloat16 and accumulate in float32
@@ -321,7 +338,9 @@ inline std::optional<at::Tensor> widened(const std::optional<at::Tensor>& t) {
 // block of the cache: through Tensor.to, a one-step call's weight gradients were rounded
 // on one thread into fresh pages, a quarter of the GRU backward op at (T, N, H) = (1, 1,
 // 512) (2 threads: 1432 -> 742 us, the bits unchanged).
+// An undefined t (a gradient not wanted): not_wanted.
 inline at::Tensor narrowed(const at::Tensor& t, const at::Tensor& input) {
+  if (!t.defined()) return not_wanted(input);
   if (t.scalar_type() == input.scalar_type()) return t;
   const GemmBf16Kernels* bf16 = gemm_bf16_kernels();
   if (!is_bf16(input) || t.scalar_type() != at::kFloat || !t.is_contiguous() || bf16 == nullptr) {
@@ -824,10 +843,11 @@ class ChunkedGrads {
                std::vector<GateColumns> hidden_side, bool same_sides, const at::Tensor& x,
                const at::Tensor& out, const at::Tensor& h0, const at::Tensor& w_ih,
                int64_t gates_h, GemmPrecision precision = GemmPrecision::kNative,
-               const Resets& resets = {})
+               const Resets& resets = {}, const GradsWanted& wanted = {})
       : s_(s), ld_(ld), input_side_(std::move(input_side)),
         hidden_side_(std::move(hidden_side)), same_sides_(same_sides),
-        h0_(h0), resets_(resets), I_(x.size(1)), P_(out.size(1)), precision_(precision) {
+        h0_(h0), resets_(resets), I_(x.size(1)), P_(out.size(1)), precision_(precision),
+        wanted_(wanted) {
     // With resets, rows restart from h0 anywhere: gathered too.
     uniform_ = !resets_.flags && std::all_of(s.sizes.begin(), s.sizes.end(),
                                              [&](int64_t n) { return n == s.batch; });
@@ -852,7 +872,9 @@ class ChunkedGrads {
     // as torch rounds: gemm_bf16.cpp's round_rows): a float32 [R, I] rounded at the end
     // was the bfloat16 backward's largest buffer after the workspace.
     input_bf16_ = is_bf16(x) && gemm_bf16_kernels() != nullptr && std::is_same_v<scalar_t, float>;
-    g_.grad_input = cached_empty({s.rows, I_}, input_bf16_ ? x.options() : opts);
+    g_.grad_input = wanted_.input
+                        ? cached_empty({s.rows, I_}, input_bf16_ ? x.options() : opts)
+                        : at::Tensor();
     // Likewise the weight and bias gradients when the column lists cover every row: the
     // first chunk's sums set them (beta = 0). Clearing them first cost a pass over each
     // weight per call, most of a one-step backward: GRU, hidden size 500, batch 1.
@@ -868,10 +890,12 @@ class ChunkedGrads {
     const auto make_weight = [&](at::IntArrayRef size) {
       return weights_bf16_ ? cached_empty(size, x.options()) : make(size);
     };
-    g_.grad_w_ih = make_weight({gates_h, I_});
-    g_.grad_w_hh = make_weight({gates_h, P_});
-    g_.grad_b_ih = make({gates_h});
-    g_.grad_b_hh = make({gates_h});
+    if (wanted_.weights) {
+      g_.grad_w_ih = make_weight({gates_h, I_});
+      g_.grad_w_hh = make_weight({gates_h, P_});
+      g_.grad_b_ih = make({gates_h});
+      g_.grad_b_hh = make({gates_h});
+    }
   }
 
   // The gate-gradient row of flat row r, which must be in the current chunk.
@@ -908,15 +932,18 @@ class ChunkedGrads {
     const scalar_t beta = first_sets_ && i == 0 ? scalar_t(0) : scalar_t(1);
     const scalar_t* dg = rows_of(i);
     const scalar_t* ones = ones_.const_data_ptr<scalar_t>();
-    const std::vector<PrevRun> runs = previous_states(c);
     std::vector<GemmSum<scalar_t>> sums;
-    // grad_input[r0 : r0+rows] = sum over the input side of
-    //                            dg[:, cols] @ w_ih[g.dst : g.dst+count]
-    GemmSum<scalar_t> input = output_rows(g_.grad_input, r0, rows, input_bf16_, scalar_t(0));
-    for (const GateColumns& g : input_side_) {
-      input.terms.push_back(term(false, g.count, dg + g.src, b_rows(w_ih_, g.dst * I), I));
+    if (wanted_.input) {
+      // grad_input[r0 : r0+rows] = sum over the input side of
+      //                            dg[:, cols] @ w_ih[g.dst : g.dst+count]
+      GemmSum<scalar_t> input = output_rows(g_.grad_input, r0, rows, input_bf16_, scalar_t(0));
+      for (const GateColumns& g : input_side_) {
+        input.terms.push_back(term(false, g.count, dg + g.src, b_rows(w_ih_, g.dst * I), I));
+      }
+      sums.push_back(std::move(input));
     }
-    sums.push_back(std::move(input));
+    if (!wanted_.weights) return sums;
+    const std::vector<PrevRun> runs = previous_states(c);
     for (const GateColumns& g : input_side_) {
       // grad_w_ih[g.dst : g.dst+count] += dg[:, cols]^T @ x[r0 : r0+rows]
       GemmSum<scalar_t> input_weight =
@@ -937,10 +964,12 @@ class ChunkedGrads {
     return sums;
   }
 
+  // The gradients, undefined where not wanted.
   InputAndWeightGrads result() {
-    if (same_sides_) g_.grad_b_hh = g_.grad_b_ih.clone();
+    if (same_sides_ && wanted_.weights) g_.grad_b_hh = g_.grad_b_ih.clone();
     return g_;
   }
+  const GradsWanted& wanted() const { return wanted_; }
 
  private:
   void plan(int64_t most) {
@@ -1078,6 +1107,7 @@ class ChunkedGrads {
   at::Tensor w_ih_, x_, out_;  // as given (bfloat16 read as it is), or widened
   int64_t I_, P_;
   GemmPrecision precision_;
+  GradsWanted wanted_;
   std::vector<StepChunk> chunks_;
   size_t current_ = 0;
   bool uniform_ = false;  // every step has all N rows
@@ -1116,11 +1146,19 @@ class BackwardTeam {
  public:
   //   w_hh: [G, P], the recurrent weight; dgate_ld: the row length of the gate gradients,
   //   of which the first G columns multiply w_hh; state_units: blocks of the P columns of
-  //   dh (and, without a projection, of the pointwise passes); precision: dh's products
+  //   dh (and, without a projection, of the pointwise passes); precision: dh's products;
+  //   grad_h0: whether dh_state is wanted after the last step (GradsWanted::states): if
+  //   not, that step's product is left out, and with it a one-step call's use of w_hh
   BackwardTeam(const Schedule& s, const at::Tensor& w_hh, int64_t dgate_ld,
-               const UnitBlocks& state_units, GemmPrecision precision = GemmPrecision::kNative)
-      : s_(s), dgate_ld_(dgate_ld), units_(state_units),
-        hidden_(w_hh.t(), 1, w_hh.size(1), state_units, s.batch, s.steps(), precision) {}
+               const UnitBlocks& state_units, GemmPrecision precision = GemmPrecision::kNative,
+               bool grad_h0 = true)
+      : s_(s), dgate_ld_(dgate_ld), units_(state_units), grad_h0_(grad_h0) {
+    const int64_t products = s.steps() - (grad_h0 ? 0 : 1);
+    if (products > 0) {
+      hidden_ = UnitBlockGemm<scalar_t>(w_hh.t(), 1, w_hh.size(1), state_units, s.batch,
+                                        products, precision);
+    }
+  }
 
   // point(k, n, off, dgates, u0, len): step k's pointwise pass over rows [0, n) and units
   // [u0, u0 + len), dgates being the step's [n, dgate_ld] gate-gradient rows. Then
@@ -1172,7 +1210,9 @@ class BackwardTeam {
           }
           me.barrier();
           // dh_state[:n, block] (+)= dgates[:n, :G] @ w_hh[:, block]   [n, G] x [G, len]
-          hidden_.run_blocks(s0, s1, n, dg, dgate_ld_, beta, dh_state, P, k);
+          if (k > 0 || grad_h0_) {
+            hidden_.run_blocks(s0, s1, n, dg, dgate_ld_, beta, dh_state, P, k);
+          }
         }
       });
       grads.finish_chunk();
@@ -1257,7 +1297,9 @@ class BackwardTeam {
               point(k, n, off, dg, units_.begin(b), units_.length(b));
             }
             // dh_state[:n] (+)= dgates[:n, :G] @ w_hh   [n, G] x [G, P]
-            hidden_.run_blocks(0, units_.count(), n, dg, dgate_ld_, beta, dh_state, P, k);
+            if (k > 0 || grad_h0_) {
+              hidden_.run_blocks(0, units_.count(), n, dg, dgate_ld_, beta, dh_state, P, k);
+            }
           }
           looped.store(i + 1, std::memory_order_release);
         }
@@ -1271,7 +1313,8 @@ class BackwardTeam {
   const Schedule& s_;
   int64_t dgate_ld_;
   UnitBlocks units_;
-  UnitBlockGemm<scalar_t> hidden_;
+  bool grad_h0_;
+  UnitBlockGemm<scalar_t> hidden_;  // made only where some step runs it
 };
 
 // A [T, N, C] or [R, C] tensor as R rows of C elements, row r at keep's data + r * ld:
@@ -1340,9 +1383,12 @@ PrevRows<scalar_t> previous_rows(const Schedule& s, int64_t k, const Rows<scalar
   return p;
 }
 
-// The output laid out like the input: [T, N, P] when padded, [R, P] when packed.
+// The output laid out like the input: [T, N, P] when padded, [R, P] when packed. A
+// gradient not wanted (not_wanted's [0]) stays as it is.
 inline at::Tensor shaped_like_input(const at::Tensor& flat, const at::Tensor& input) {
-  if (input.dim() == 3) return flat.view({input.size(0), input.size(1), flat.size(1)});
+  if (input.dim() == 3 && flat.dim() == 2) {
+    return flat.view({input.size(0), input.size(1), flat.size(1)});
+  }
   return flat;
 }
 

@@ -85,7 +85,7 @@ InputAndWeightGrads rnn_backward_impl(const RnnShapes& sh, bool relu,
                                       const at::Tensor& w_hh, at::Tensor& dh_state,
                                       scalar_t clip, const Resets& resets,
                                       at::Tensor& grad_h0_reset, StepNorms& norms,
-                                      GemmPrecision precision) {
+                                      GemmPrecision precision, const GradsWanted& wanted) {
   const Schedule& s = sh.schedule;
   const int64_t H = sh.hidden_size;
   // The step's h, read by the pointwise pass: out's rows, a bfloat16 out's widened step by
@@ -94,11 +94,11 @@ InputAndWeightGrads rnn_backward_impl(const RnnShapes& sh, bool relu,
   scalar_t* dhs = dh_state.mutable_data_ptr<scalar_t>();
   const auto backward_units = rnn_kernels<scalar_t>().backward_units;
   ChunkedGrads<scalar_t> grads(s, H, {{0, 0, H}}, {{0, 0, H}}, true, x, out, h0, w_ih, H,
-                               precision, resets);
+                               precision, resets, wanted);
   // what reaches h0 through the rows that restarted from it (resets)
   scalar_t* dh0 = resets.flags ? grad_h0_reset.mutable_data_ptr<scalar_t>() : nullptr;
   const UnitBlocks units = unit_blocks(H, 1, H, s.batch, s.steps());
-  BackwardTeam<scalar_t> team(s, w_hh, H, units, precision);
+  BackwardTeam<scalar_t> team(s, w_hh, H, units, precision, wanted.states);
   team.run(grads, dhs, scalar_t(0),
            [&](int64_t k, int64_t n, int64_t off, scalar_t* dg, int64_t u0, int64_t len) {
              move_reset_columns(resets, s, k + 1, dhs, dh0, H, u0, len);
@@ -114,7 +114,9 @@ rnn_backward(const at::Tensor& grad_output, const at::Tensor& grad_h_n, const at
              const std::optional<at::Tensor>& batch_sizes, const at::Tensor& h0,
              const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& output,
              c10::string_view nonlinearity, bool reverse, double grad_clip,
-             const std::optional<at::Tensor>& reset, bool record_norms) {
+             const std::optional<at::Tensor>& reset, bool record_norms,
+             std::array<bool, 3> output_mask) {
+  const GradsWanted wanted = GradsWanted::of(output_mask);
   const bool relu = is_relu(kBackward, nonlinearity);
   check_grad_clip(kBackward, grad_clip);
   const RnnShapes sh = check_rnn_args(kBackward, 1, input, batch_sizes, h0, nullptr, w_ih, w_hh,
@@ -140,9 +142,10 @@ rnn_backward(const at::Tensor& grad_output, const at::Tensor& grad_h_n, const at
     g = rnn_backward_impl<scalar_t>(sh, relu,
                                     strided_rows<scalar_t>(grad_output, s.rows, H, s.batch), x,
                                     out, h0c, wih, whh, dh_state, scalar_t(grad_clip), resets,
-                                    grad_h0_reset, norms, precision_of(input));
+                                    grad_h0_reset, norms, precision_of(input), wanted);
   });
   if (resets.flags) dh_state.add_(grad_h0_reset);
+  if (!wanted.states) dh_state = at::Tensor();
   const auto result = [&](const at::Tensor& t) { return narrowed(t, input); };
   return {shaped_like_input(result(g.grad_input), input), result(dh_state), result(g.grad_w_ih),
           result(g.grad_w_hh), result(g.grad_b_ih), result(g.grad_b_hh), norms.result()};

@@ -73,11 +73,12 @@ gru_backward(const at::Tensor& grad_output, const at::Tensor& grad_h_n, const at
              const std::optional<at::Tensor>& batch_sizes, const at::Tensor& h0,
              const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& output,
              const at::Tensor& workspace, bool reverse,
-             const std::optional<at::Tensor>& reset, bool record_norms) {
+             const std::optional<at::Tensor>& reset, bool record_norms,
+             std::array<bool, 3> output_mask) {
   const BackwardResult r = recurrent_backward<Gru>(
       {grad_output, grad_h_n, nullptr, input, batch_sizes, h0, nullptr, w_ih, w_hh,
        std::nullopt, output, &workspace, reverse, /*relu=*/false, record_norms, nullptr,
-       /*grad_clip=*/0, &reset});
+       /*grad_clip=*/0, &reset, output_mask});
   return {r.grad_input, r.grad_h0,   r.grad_w_ih,  r.grad_w_hh,
           r.grad_b_ih,  r.grad_b_hh, r.step_norms};
 }

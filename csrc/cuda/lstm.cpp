@@ -81,11 +81,12 @@ lstm_backward(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
               const std::optional<at::Tensor>& w_hr, const at::Tensor& output,
               const at::Tensor& workspace, bool reverse,
               const std::optional<at::Tensor>& grad_cell_states,
-              const std::optional<at::Tensor>& reset, bool record_norms) {
+              const std::optional<at::Tensor>& reset, bool record_norms,
+              std::array<bool, 3> output_mask) {
   const BackwardResult r = recurrent_backward<Lstm>(
       {grad_output, grad_h_n, &grad_c_n, input, batch_sizes, h0, &c0, w_ih, w_hh, w_hr, output,
        &workspace, reverse, /*relu=*/false, record_norms, &grad_cell_states,
-       /*grad_clip=*/0, &reset});
+       /*grad_clip=*/0, &reset, output_mask});
   return {r.grad_input, r.grad_h0,   r.grad_c0,   r.grad_w_ih,  r.grad_w_hh,
           r.grad_b_ih,  r.grad_b_hh, r.grad_w_hr, r.step_norms};
 }

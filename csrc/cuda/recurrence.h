@@ -34,6 +34,8 @@
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 
+#include <array>
+
 #include "glue.h"
 
 namespace gatedrnn {
@@ -178,6 +180,8 @@ ForwardResult recurrent_forward(const ForwardArgs& a) {
       const at::Tensor sched = device_schedule(s, is_packed(a.batch_sizes), a.input);
       const at::Tensor h0c = a.h0.contiguous();
       const at::Tensor c0c = Cell::kCellState ? a.c0->contiguous() : at::Tensor();
+  const bool want_input = a.output_mask[0], want_states = a.output_mask[1],
+             want_weights = a.output_mask[2];
       r.h_n = at::empty({N, H}, opts);
       if (Cell::kCellState) r.c_n = at::empty({N, H}, opts);
       kernels::PersistentParams<T> p;
@@ -277,6 +281,9 @@ struct BackwardArgs {
   const std::optional<at::Tensor>* grad_cell_states;  // LSTM: [R, H] or none
   double grad_clip = 0;  // the RNN's recurrent_grad_clip (0: off)
   const std::optional<at::Tensor>* reset = nullptr;  // the forward's per-step resets
+  // which of grad_input, the initial states' and the weights' gradients to make; the
+  // others come back as [0] tensors (registration.cpp)
+  std::array<bool, 3> output_mask = {true, true, true};
 };
 
 struct BackwardResult {
@@ -321,6 +328,8 @@ BackwardResult recurrent_backward(const BackwardArgs& a) {
   const at::Tensor x = a.input.contiguous().view({R, I});
   const at::Tensor h0c = a.h0.contiguous();
   const at::Tensor c0c = Cell::kCellState ? a.c0->contiguous() : at::Tensor();
+  const bool want_input = a.output_mask[0], want_states = a.output_mask[1],
+             want_weights = a.output_mask[2];
 
   // dL/dh and dL/dc between steps in the math dtype (fp32 for the half types). The GRU
   // keeps dL/dh as two parts: dh_state (bypassing w_hh, written by its kernel) and dh_mm
@@ -448,17 +457,32 @@ BackwardResult recurrent_backward(const BackwardArgs& a) {
         TORCH_INTERNAL_ASSERT(!Cell::kSplitGateGrads);
         dgx.narrow(0, off, n).clamp_(-a.grad_clip, a.grad_clip);
       }
-      // dh[:n] = dgates_h rows @ w_hh      [n, G*H] x [G*H, P]
+      // dh[:n] = dgates_h rows @ w_hh      [n, G*H] x [G*H, P]; after the last step,
+      // h0's, only if wanted
+      if (k == 0 && !want_states) break;
       at::Tensor dh_n = dh_gemm.narrow(0, 0, n);
       mm_acc_out(dh_n, dgh.narrow(0, off, n), whh);
     }
   });
 
-  // The large GEMMs after the loop.
+  // The large GEMMs after the loop, those wanted.
   BackwardResult r;
-  r.grad_input = at::empty({R, I}, opts);
-  at::mm_out(r.grad_input, dgx, wih);
-  r.grad_input = shaped_like_input(r.grad_input, a.input);
+  const at::Tensor not_wanted = at::empty({0}, opts);
+  r.grad_input = r.grad_h0 = r.grad_c0 = r.grad_w_ih = r.grad_w_hh = r.grad_b_ih = r.grad_b_hh =
+      r.grad_w_hr = not_wanted;
+  r.step_norms = step_norms;
+  if (want_input) {
+    r.grad_input = at::empty({R, I}, opts);
+    at::mm_out(r.grad_input, dgx, wih);
+    r.grad_input = shaped_like_input(r.grad_input, a.input);
+  }
+  if (want_states) {
+    if (resets.defined()) dh_state.add_(reset_dh0);
+    if (resets.defined() && Cell::kCellState) dc_state.add_(reset_dc0);
+    r.grad_h0 = as_dtype(Cell::kSplitGateGrads ? dh_state.add_(dh_mm) : dh_state, dtype);
+    if (Cell::kCellState) r.grad_c0 = as_dtype(dc_state, dtype);
+  }
+  if (!want_weights) return r;
   r.grad_w_ih = weight_grad(dgx.t(), x);
   r.grad_w_hh = weight_grad(dgh.t(), h_prev);
   r.grad_b_ih = at::empty({G * H}, opts);
@@ -469,19 +493,12 @@ BackwardResult recurrent_backward(const BackwardArgs& a) {
   } else {
     r.grad_b_hh = r.grad_b_ih.clone();
   }
-  if (resets.defined()) dh_state.add_(reset_dh0);
-  if (resets.defined() && Cell::kCellState) dc_state.add_(reset_dc0);
-  r.grad_h0 = as_dtype(Cell::kSplitGateGrads ? dh_state.add_(dh_mm) : dh_state, dtype);
-  if (Cell::kCellState) r.grad_c0 = as_dtype(dc_state, dtype);
   if (proj) {
     // The projection's input o * tanh(c), recomputed from the LSTM workspace (i, f, g,
     // o, c) rather than stored.
     const at::Tensor o = ws.narrow(1, 3 * H, H), c = ws.narrow(1, 4 * H, H);
     r.grad_w_hr = weight_grad(dout.t(), o * c.tanh());
-  } else {
-    r.grad_w_hr = at::empty({0}, opts);
   }
-  r.step_norms = step_norms;
   return r;
 }
 

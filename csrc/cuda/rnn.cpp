@@ -82,13 +82,14 @@ rnn_backward(const at::Tensor& grad_output, const at::Tensor& grad_h_n, const at
              const std::optional<at::Tensor>& batch_sizes, const at::Tensor& h0,
              const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& output,
              c10::string_view nonlinearity, bool reverse, double grad_clip,
-             const std::optional<at::Tensor>& reset, bool record_norms) {
+             const std::optional<at::Tensor>& reset, bool record_norms,
+             std::array<bool, 3> output_mask) {
   const bool relu = is_relu(Rnn::kBackward, nonlinearity);
   check_grad_clip(Rnn::kBackward, grad_clip);
   const BackwardResult r = recurrent_backward<Rnn>(
       {grad_output, grad_h_n, nullptr, input, batch_sizes, h0, nullptr, w_ih, w_hh,
        std::nullopt, output, nullptr, reverse, relu, record_norms, nullptr, grad_clip,
-       &reset});
+       &reset, output_mask});
   return {r.grad_input, r.grad_h0,   r.grad_w_ih,  r.grad_w_hh,
           r.grad_b_ih,  r.grad_b_hh, r.step_norms};
 }

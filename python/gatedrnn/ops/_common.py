@@ -33,15 +33,42 @@ def grad_if(given, grad):
     return grad if given is not None else None
 
 
-def fake_backward_grads(input, states, w_ih, w_hh):
+def fake_backward_grads(input, states, w_ih, w_hh, output_mask=(True, True, True)):
     """Fake results common to the *_backward ops: grad_input, one grad per initial state,
-    grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh (LSTM appends grad_w_hr)."""
+    grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh (LSTM appends grad_w_hr); [0] where the
+    output_mask (the plain ops') leaves them out."""
     gates = w_ih.shape[0]
-    grads = [torch.empty_like(input, memory_format=torch.contiguous_format)]
-    grads += [torch.empty_like(s, memory_format=torch.contiguous_format) for s in states]
-    grads += [w_ih.new_empty(w_ih.shape), w_hh.new_empty(w_hh.shape),
-              w_ih.new_empty((gates,)), w_ih.new_empty((gates,))]
+    want_input, want_states, want_weights = output_mask
+    grads = [torch.empty_like(input, memory_format=torch.contiguous_format)
+             if want_input else not_made(input)]
+    grads += [torch.empty_like(s, memory_format=torch.contiguous_format)
+              if want_states else not_made(input) for s in states]
+    if want_weights:
+        grads += [w_ih.new_empty(w_ih.shape), w_hh.new_empty(w_hh.shape),
+                  w_ih.new_empty((gates,)), w_ih.new_empty((gates,))]
+    else:
+        grads += [not_made(input) for _ in range(4)]  # four tensors, as the real kernels'
     return grads
+
+
+def not_made(input):
+    """What a backward op returns for a gradient its output_mask left out: [0]."""
+    return input.new_empty((0,))
+
+
+def output_mask(ctx, states, weights):
+    """A plain backward op's output_mask (registration.cpp) from what autograd needs: the
+    gradient of the input (the forward op's argument 0), of the initial states (the
+    arguments at indices states) and of the weights and biases (at indices weights). A
+    decoder step with its state detached needs no grad_h0, a first layer over data no
+    grad_input, frozen weights none of theirs: the op then leaves out their products."""
+    needs = ctx.needs_input_grad[1:]  # the first: register_autograd's keyset
+    return [needs[0], any(needs[i] for i in states), any(needs[i] for i in weights)]
+
+
+def kept(grad, wanted: bool):
+    """A backward op's gradient, or None where its output_mask left it out."""
+    return grad if wanted else None
 
 
 def step_norms_like(input, batch_sizes, record_norms: bool, kinds: int) -> torch.Tensor:

@@ -3,8 +3,8 @@ import torch
 
 from .. import monitor, reference
 from ._common import (cell_state_grads, check_devices, check_workspace_kept,
-                      differentiable_grads, fake_backward_grads, flat_rows, grad_if,
-                      output_like, refuse_cell_state_double_backward,
+                      differentiable_grads, fake_backward_grads, flat_rows, grad_if, kept,
+                      output_like, output_mask, refuse_cell_state_double_backward,
                       refuse_reset_double_backward, register_autocast,
                       register_autograd, register_first_order, step_norms_like, workspace_like,
                       zeros_if_none)
@@ -39,13 +39,13 @@ def _lstm_forward_fake(input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
 @torch.library.register_fake("gatedrnn::lstm_backward")
 def _lstm_backward_fake(grad_output, grad_h_n, grad_c_n, input, batch_sizes, h0, c0, w_ih, w_hh,
                         w_hr, output, workspace, reverse, grad_cell_states=None, reset=None,
-                        record_norms=False):
+                        record_norms=False, output_mask=(True, True, True)):
     check_devices("gatedrnn.lstm_backward", input, batch_sizes, grad_output=grad_output,
                   grad_h_n=grad_h_n, grad_c_n=grad_c_n, h0=h0, c0=c0, w_ih=w_ih, w_hh=w_hh,
                   w_hr=w_hr, output=output, workspace=workspace,
                   grad_cell_states=grad_cell_states)
-    grad_w_hr = w_ih.new_empty(w_hr.shape if w_hr is not None else (0,))
-    return (*fake_backward_grads(input, (h0, c0), w_ih, w_hh), grad_w_hr,
+    grad_w_hr = w_ih.new_empty(w_hr.shape if w_hr is not None and output_mask[2] else (0,))
+    return (*fake_backward_grads(input, (h0, c0), w_ih, w_hh, output_mask), grad_w_hr,
             step_norms_like(input, batch_sizes, record_norms, 2))
 
 
@@ -72,16 +72,20 @@ def _backward(ctx, grad_output, grad_h_n, grad_c_n, grad_workspace):
         return (*grads, None, None)
     check_workspace_kept("gatedrnn.lstm_forward", input, workspace)
     record = monitor.recording(ctx)
+    mask = output_mask(ctx, states=(2, 3), weights=range(4, 9))
     grads = torch.ops.gatedrnn.lstm_backward(
         zeros_if_none(grad_output, out), zeros_if_none(grad_h_n, h0),
         zeros_if_none(grad_c_n, c0), input, batch_sizes, h0, c0, w_ih, w_hh, w_hr, out,
         workspace, ctx.reverse, cell_state_grads(grad_workspace, *CELL_STATE_COLUMNS(w_hh)),
-        reset, record)
+        reset, record, mask)
     d_input, d_h0, d_c0, d_w_ih, d_w_hh, d_b_ih, d_b_hh, d_w_hr, step_norms = grads
     if record:
         monitor.deposit(ctx, step_norms)
-    return (d_input, None, d_h0, d_c0, d_w_ih, d_w_hh, grad_if(b_ih, d_b_ih),
-            grad_if(b_hh, d_b_hh), grad_if(w_hr, d_w_hr), None, None, None)
+    states, weights = mask[1:]
+    return (kept(d_input, mask[0]), None, kept(d_h0, states), kept(d_c0, states),
+            kept(d_w_ih, weights), kept(d_w_hh, weights), kept(grad_if(b_ih, d_b_ih), weights),
+            kept(grad_if(b_hh, d_b_hh), weights), kept(grad_if(w_hr, d_w_hr), weights), None,
+            None, None)
 
 
 register_autograd("lstm_forward", _backward, _setup_context)

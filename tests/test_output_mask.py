@@ -1,0 +1,140 @@
+"""A backward makes only the gradients autograd needs (the plain backward ops'
+output_mask: input, initial states, weights), and those it makes are the ones it makes
+when everything needs a gradient: bit for bit at the op, and torch.nn's through the
+modules (float64), eager and compiled."""
+
+import itertools
+
+import pytest
+import torch
+import torch._dynamo
+
+import gatedrnn
+from conftest import CELLS, as_leaves, build_case, is_lstm, loss_and_grads
+from test_opcheck_compile import _backward_call, _call, _functional_fn
+
+MASKS = list(itertools.product([True, False], repeat=3))
+
+
+def _mask_id(mask):
+    names = ("input", "states", "weights")
+    wanted = [n for n, w in zip(names, mask) if w]
+    return "+".join(wanted) or "none"
+
+
+def _groups(cell):
+    """The output_mask entry of each of the backward op's gradients, in order."""
+    if is_lstm(cell):
+        return [0, 1, 1, 2, 2, 2, 2, 2]  # input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr
+    return [0, 1, 2, 2, 2, 2]
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16],
+                         ids=["f64", "f32", "bf16"])
+@pytest.mark.parametrize("T", [1, 4])
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+def test_op_makes_the_wanted_gradients_bit_for_bit(cell, dtype, T, packed):
+    _, tensors, batch_sizes = build_case(cell, T, 3, 4, 5, 3, dtype=dtype, packed=packed)
+    op, args = _backward_call(cell, tensors, batch_sizes, reverse=False)
+    *full, _ = op(*args)
+    for mask in MASKS:
+        *grads, step_norms = op(*args, output_mask=list(mask))
+        assert step_norms.shape[0] == 0
+        for i, (got, whole, group) in enumerate(zip(grads, full, _groups(cell))):
+            if mask[group]:
+                assert torch.equal(got, whole), (mask, i)
+            else:
+                assert got.shape == (0,) and got.dtype == tensors["input"].dtype, (mask, i)
+
+
+@pytest.mark.parametrize("cell", ["lstm_proj", "gru", "rnn_tanh"])
+@pytest.mark.parametrize("mask", [(True, False, True), (False, True, False),
+                                  (False, False, True)], ids=_mask_id)
+def test_opcheck_backward_with_output_mask(cell, mask):
+    """The fake kernels give the real ones' [0] results (torch.compile, export)."""
+    _, tensors, batch_sizes = build_case(cell, 3, 3, 4, 5, 3, dtype=torch.float64)
+    op, args = _backward_call(cell, tensors, batch_sizes, reverse=False)
+    kwargs = {"output_mask": list(mask)}
+    torch.library.opcheck(op, args, kwargs,
+                          test_utils=("test_schema", "test_faketensor",
+                                      "test_aot_dispatch_dynamic"))
+
+
+MODULES = {
+    "lstm": lambda: (torch.nn.LSTM(4, 6, num_layers=2), gatedrnn.LSTM(4, 6, num_layers=2)),
+    "lstm_proj": lambda: (torch.nn.LSTM(4, 6, num_layers=2, proj_size=3),
+                          gatedrnn.LSTM(4, 6, num_layers=2, proj_size=3)),
+    "gru": lambda: (torch.nn.GRU(4, 6, num_layers=2, bidirectional=True),
+                    gatedrnn.GRU(4, 6, num_layers=2, bidirectional=True)),
+    "rnn": lambda: (torch.nn.RNN(4, 6, num_layers=2), gatedrnn.RNN(4, 6, num_layers=2)),
+}
+
+
+def _module_grads(module, x, state, frozen):
+    """Output, and the gradients of x, the state and every parameter (None where none)."""
+    for p in module.parameters():
+        p.requires_grad_(not frozen)
+    out, _ = module(x, state)
+    out.sum().backward() if out.requires_grad else None
+    states = state if isinstance(state, tuple) else (state,) if state is not None else ()
+    return [out.detach(), x.grad, *[s.grad for s in states],
+            *[p.grad for p in module.parameters()]]
+
+
+@pytest.mark.parametrize("name", list(MODULES))
+@pytest.mark.parametrize("T", [1, 5])
+@pytest.mark.parametrize("x_grad", [True, False], ids=["x-grad", "x-data"])
+@pytest.mark.parametrize("state", ["none", "detached", "grad"])
+@pytest.mark.parametrize("frozen", [False, True], ids=["trained", "frozen"])
+def test_module_gradients_as_torch_nn(name, T, x_grad, state, frozen):
+    """Every combination of what needs a gradient (the input, the initial state: none
+    given, given without a gradient as a decoder's detached state, given with one; the
+    weights trained or frozen) gives torch.nn's gradients, and None where torch.nn has
+    none."""
+    torch.manual_seed(0)
+    ref, ours = (m.double() for m in MODULES[name]())
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(T, 3, 4, dtype=torch.float64)
+    layers = 2 * (2 if ref.bidirectional else 1)
+    proj = getattr(ref, "proj_size", 0) or ref.hidden_size
+    h0 = torch.randn(layers, 3, proj, dtype=torch.float64)
+    c0 = torch.randn(layers, 3, ref.hidden_size, dtype=torch.float64)
+
+    def args():
+        xs = x.clone().requires_grad_(x_grad)
+        if state == "none":
+            return xs, None
+        hs = [h0.clone().requires_grad_(state == "grad")]
+        if isinstance(ref, torch.nn.LSTM):
+            hs.append(c0.clone().requires_grad_(state == "grad"))
+        return xs, tuple(hs) if len(hs) > 1 else hs[0]
+
+    expected = _module_grads(ref, *args(), frozen)
+    got = _module_grads(ours, *args(), frozen)
+    assert len(got) == len(expected)
+    for i, (g, e) in enumerate(zip(got, expected)):
+        assert (g is None) == (e is None), i
+        if e is not None:
+            torch.testing.assert_close(g, e, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_compiled_backward_without_input_and_state_gradients(cell):
+    """torch.compile (fullgraph, aot_eager) of a call whose input and initial state need
+    no gradient, only the weights: the traced backward passes the same output_mask."""
+    torch._dynamo.reset()
+    _, tensors, batch_sizes = build_case(cell, 4, 3, 4, 5, dtype=torch.float64)
+    f = _functional_fn(cell, False, with_hx=True)
+    compiled = torch.compile(f, backend="aot_eager", fullgraph=True)
+    results = []
+    for fn in (f, compiled):
+        leaves = {k: v.detach().clone() for k, v in tensors.items()}
+        weights = as_leaves({k: v for k, v in leaves.items() if k.startswith(("w_", "b_"))})
+        leaves.update(weights)
+        results.append(loss_and_grads(_call(fn, leaves, batch_sizes), weights))
+    eager, got = results
+    assert set(got) == set(eager)
+    for k in eager:
+        torch.testing.assert_close(got[k], eager[k], rtol=1e-12, atol=1e-12)
+    torch._dynamo.reset()
