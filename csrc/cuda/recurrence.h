@@ -180,8 +180,6 @@ ForwardResult recurrent_forward(const ForwardArgs& a) {
       const at::Tensor sched = device_schedule(s, is_packed(a.batch_sizes), a.input);
       const at::Tensor h0c = a.h0.contiguous();
       const at::Tensor c0c = Cell::kCellState ? a.c0->contiguous() : at::Tensor();
-  const bool want_input = a.output_mask[0], want_states = a.output_mask[1],
-             want_weights = a.output_mask[2];
       r.h_n = at::empty({N, H}, opts);
       if (Cell::kCellState) r.c_n = at::empty({N, H}, opts);
       kernels::PersistentParams<T> p;
