@@ -138,3 +138,40 @@ def test_compiled_backward_without_input_and_state_gradients(cell):
     for k in eager:
         torch.testing.assert_close(got[k], eager[k], rtol=1e-12, atol=1e-12)
     torch._dynamo.reset()
+
+
+# per-step resets are for unidirectional modules
+UNIDIRECTIONAL = dict(MODULES, gru=lambda: (torch.nn.GRU(4, 6, num_layers=2),
+                                            gatedrnn.GRU(4, 6, num_layers=2)))
+
+
+@pytest.mark.parametrize("name", list(UNIDIRECTIONAL))
+@pytest.mark.parametrize("T", [1, 6])
+def test_resets_and_monitor_unchanged_without_state_gradients(name, T):
+    """With per-step resets (rows restart from h0 inside the kernels) and the gradient-norm
+    monitor on, an initial state without a gradient leaves the input and weight gradients
+    and the recorded norms bit for bit what they are when it has one."""
+    torch.manual_seed(0)
+    _, ours = (m.double() for m in UNIDIRECTIONAL[name]())
+    x = torch.randn(T, 3, 4, dtype=torch.float64)
+    reset = torch.rand(T, 3) < 0.4
+    proj = getattr(ours, "proj_size", 0) or ours.hidden_size
+    h0 = torch.randn(2, 3, proj, dtype=torch.float64)
+    c0 = torch.randn(2, 3, ours.hidden_size, dtype=torch.float64)
+    results = []
+    for state_grad in (True, False):
+        ours.zero_grad()
+        xs = x.clone().requires_grad_()
+        hs = [h0.clone().requires_grad_(state_grad)]
+        if isinstance(ours, gatedrnn.LSTM):
+            hs.append(c0.clone().requires_grad_(state_grad))
+        out, _ = ours(xs, tuple(hs) if len(hs) > 1 else hs[0], reset=reset)
+        with gatedrnn.grad_norms() as rec:
+            (out * torch.linspace(-1, 1, out.shape[-1], dtype=out.dtype)).sum().backward()
+        assert all(h.grad is None for h in hs) != state_grad
+        results.append((xs.grad, [p.grad for p in ours.parameters()], rec[ours]))
+    (x_a, params_a, rec_a), (x_b, params_b, rec_b) = results
+    assert torch.equal(x_a, x_b)
+    assert all(torch.equal(a, b) for a, b in zip(params_a, params_b))
+    assert sorted(rec_a) == sorted(rec_b)
+    assert all(torch.equal(rec_a[k], rec_b[k]) for k in rec_a)
