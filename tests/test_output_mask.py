@@ -32,10 +32,13 @@ def _groups(cell):
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16],
                          ids=["f64", "f32", "bf16"])
-@pytest.mark.parametrize("T", [1, 4])
+# (T, N) = (9, 6): nine recurrent products with grad_h0, eight without, on either side of
+# the number of steps up to which a float w_hh is read in place rather than packed
+# (kInPlaceSteps; batches of 3 or 4 rows take the small-batch kernel either way)
+@pytest.mark.parametrize("T, N", [(1, 3), (4, 3), (1, 6), (9, 6)])
 @pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
-def test_op_makes_the_wanted_gradients_bit_for_bit(cell, dtype, T, packed):
-    _, tensors, batch_sizes = build_case(cell, T, 3, 4, 5, 3, dtype=dtype, packed=packed)
+def test_op_makes_the_wanted_gradients_bit_for_bit(cell, dtype, T, N, packed):
+    _, tensors, batch_sizes = build_case(cell, T, N, 4, 5, 3, dtype=dtype, packed=packed)
     op, args = _backward_call(cell, tensors, batch_sizes, reverse=False)
     *full, _ = op(*args)
     for mask in MASKS:
