@@ -15,11 +15,11 @@
 // of the total gradient reaching the step's state h_t (from the output at t and from step
 // t + 1; packed input: the step's live rows), and for the LSTMs of c_t's in column 1;
 // otherwise step_norms is [0, kinds].
-// output_mask (the plain cells' backward ops), as ATen's backward ops take it: which of
-// grad_input, the initial states' gradients (grad_h0, and the LSTM's grad_c0) and the
-// weights' and biases' (grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh, the LSTM's grad_w_hr)
-// to compute; the others are returned as empty [0] tensors. The Autograd kernels set it
-// from what needs a gradient.
+// output_mask (every backward op), as ATen's backward ops take it: which of grad_input,
+// the initial states' gradients (grad_h0, and the LSTMs' grad_c0) and the parameters'
+// (grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh, the LSTM's grad_w_hr, the LayerNorms'
+// gains and shifts) to compute; the others are returned as empty [0] tensors. The Autograd
+// kernels set it from what needs a gradient.
 // grad_cell_states [rows, hidden] (the LSTMs' backward, optional): the gradient w.r.t. the
 // cell state of every step as the workspace holds it (the modules' return_states), added
 // to what reaches c_t from step t + 1. A workspace is differentiable in those columns only:
@@ -87,7 +87,7 @@ TORCH_LIBRARY(gatedrnn, m) {
       "Tensor? ln_ih_weight, Tensor? ln_hh_weight, Tensor? ln_cell_weight, "
       "Tensor? state_mask, Tensor? zoneout_h, Tensor? zoneout_c, Tensor output, "
       "Tensor workspace, bool reverse, float grad_clip=0.0, Tensor? grad_cell_states=None, "
-      "Tensor? reset=None, bool record_norms=False) "
+      "Tensor? reset=None, bool record_norms=False, bool[3] output_mask=[True, True, True]) "
       "-> (Tensor grad_input, Tensor grad_h0, Tensor grad_c0, Tensor grad_w_ih, "
       "Tensor grad_w_hh, Tensor grad_b_ih, Tensor grad_b_hh, Tensor grad_ln_ih_weight, "
       "Tensor grad_ln_ih_bias, Tensor grad_ln_hh_weight, Tensor grad_ln_hh_bias, "
@@ -103,7 +103,7 @@ TORCH_LIBRARY(gatedrnn, m) {
       "Tensor? batch_sizes, Tensor h0, Tensor w_ih, Tensor w_hh, Tensor? ln_ih_weight, "
       "Tensor? ln_hh_weight, Tensor? state_mask, Tensor? zoneout_h, Tensor output, "
       "Tensor workspace, bool reverse, float grad_clip=0.0, Tensor? reset=None, "
-      "bool record_norms=False) "
+      "bool record_norms=False, bool[3] output_mask=[True, True, True]) "
       "-> (Tensor grad_input, Tensor grad_h0, Tensor grad_w_ih, Tensor grad_w_hh, "
       "Tensor grad_b_ih, Tensor grad_b_hh, Tensor grad_ln_ih_weight, Tensor grad_ln_ih_bias, "
       "Tensor grad_ln_hh_weight, Tensor grad_ln_hh_bias, Tensor step_norms)");

@@ -250,8 +250,9 @@ layer_norm_lstm_backward(
     const optional<Tensor>& state_mask, const optional<Tensor>& zoneout_h,
     const optional<Tensor>& zoneout_c, const Tensor& output, const Tensor& workspace,
     bool reverse, double grad_clip, const optional<Tensor>& grad_cell_states,
-    const optional<Tensor>& reset, bool record_norms) {
+    const optional<Tensor>& reset, bool record_norms, std::array<bool, 3> output_mask) {
   const char* op = kLstmBackward;
+  const GradsWanted wanted = GradsWanted::of(output_mask);
   const RnnShapes sh = check_layer_norm_args(op, 4, input, batch_sizes, h0, &c0, w_ih, w_hh,
                                              std::nullopt, std::nullopt, reverse);
   const c10::OptionalDeviceGuard guard(at::device_of(input));
@@ -336,8 +337,9 @@ layer_norm_lstm_backward(
     dpre.narrow(0, off, n).copy_(dp);
     dgh.narrow(0, off, n).copy_(dg);
     dlc.narrow(0, off, n).copy_(dl);
-    // dh_gemm[:n] = dgh[rows] @ w_hh      [n, G] x [G, H]
-    dh_gemm.narrow(0, 0, n).copy_(at::mm(dg, w_hh));
+    // dh_gemm[:n] = dgh[rows] @ w_hh      [n, G] x [G, H]; after the last step, h0's, only
+    // if wanted
+    if (k > 0 || wanted.states) dh_gemm.narrow(0, 0, n).copy_(at::mm(dg, w_hh));
   }
   dh.add_(mask.defined() ? dh_gemm * mask : dh_gemm);
   if (resets.flags) {
@@ -346,11 +348,26 @@ layer_norm_lstm_backward(
   }
   const Tensor xhat_x = ws.narrow(1, L.xhat_x(), G);
   const Tensor dgx = norm_input_grad(ln_x, dpre, gx, xhat_x, ws.narrow(1, L.rstd_x(), 1));
+  const Tensor grad_input =
+      wanted.input ? shaped_like_input(at::mm(dgx, w_ih), input) : not_wanted(input);
+  if (!wanted.states) {  // two tensors, not one: results must not alias each other
+    dh = not_wanted(input);
+    dc = not_wanted(input);
+  }
+  if (!wanted.weights) {
+    return {grad_input,          dh,
+            dc,                  not_wanted(input),
+            not_wanted(input),   not_wanted(input),
+            not_wanted(input),   not_wanted(input),
+            not_wanted(input),   not_wanted(input),
+            not_wanted(input),   not_wanted(input),
+            not_wanted(input),   norms};
+  }
   const Tensor h_prev = steps.all_previous(out, h0c, mask);
   const Tensor grad_b = column_sum(dpre);
   const Tensor xhat_c = (ws.narrow(1, L.cell(), H) - ws.narrow(1, L.mean_c(), 1)) *
                         ws.narrow(1, L.rstd_c(), 1);
-  return {shaped_like_input(at::mm(dgx, w_ih), input),
+  return {grad_input,
           dh,
           dc,
           at::mm(dgx.t(), x),
@@ -444,8 +461,10 @@ layer_norm_gru_backward(const Tensor& grad_output, const Tensor& grad_h_n, const
                         const optional<Tensor>& ln_hh_weight,
                         const optional<Tensor>& state_mask, const optional<Tensor>& zoneout_h,
                         const Tensor& output, const Tensor& workspace, bool reverse,
-                        double grad_clip, const optional<Tensor>& reset, bool record_norms) {
+                        double grad_clip, const optional<Tensor>& reset, bool record_norms,
+                        std::array<bool, 3> output_mask) {
   const char* op = kGruBackward;
+  const GradsWanted wanted = GradsWanted::of(output_mask);
   const RnnShapes sh = check_layer_norm_args(op, 3, input, batch_sizes, h0, nullptr, w_ih, w_hh,
                                              std::nullopt, std::nullopt, reverse);
   const c10::OptionalDeviceGuard guard(at::device_of(input));
@@ -506,16 +525,28 @@ layer_norm_gru_backward(const Tensor& grad_output, const Tensor& grad_h_n, const
     dx_pre.narrow(0, off, n).copy_(dx_r);
     dh_pre.narrow(0, off, n).copy_(dh_r);
     dgh.narrow(0, off, n).copy_(dg);
-    // dh_gemm[:n] = dgh[rows] @ w_hh      [n, G] x [G, H]
-    dh_gemm.narrow(0, 0, n).copy_(at::mm(dg, w_hh));
+    // dh_gemm[:n] = dgh[rows] @ w_hh      [n, G] x [G, H]; after the last step, h0's, only
+    // if wanted
+    if (k > 0 || wanted.states) dh_gemm.narrow(0, 0, n).copy_(at::mm(dg, w_hh));
   }
   dh.add_(mask.defined() ? dh_gemm * mask : dh_gemm);
   if (resets.flags) dh.add_(dh0_reset);
   const Tensor xhat_x = ws.narrow(1, L.xhat_x(), G);
   const Tensor dgx = norm_input_grad(ln_x, dx_pre, gx, xhat_x, ws.narrow(1, L.rstd_x(), 1));
+  const Tensor grad_input =
+      wanted.input ? shaped_like_input(at::mm(dgx, w_ih), input) : not_wanted(input);
+  if (!wanted.states) dh = not_wanted(input);
+  if (!wanted.weights) {
+    return {grad_input,        dh,
+            not_wanted(input), not_wanted(input),
+            not_wanted(input), not_wanted(input),
+            not_wanted(input), not_wanted(input),
+            not_wanted(input), not_wanted(input),
+            norms};
+  }
   const Tensor h_prev = steps.all_previous(out, h0c, mask);
   const Tensor grad_b_ih = column_sum(dx_pre), grad_b_hh = column_sum(dh_pre);
-  return {shaped_like_input(at::mm(dgx, w_ih), input),
+  return {grad_input,
           dh,
           at::mm(dgx.t(), x),
           at::mm(dgh.t(), h_prev),

@@ -561,6 +561,30 @@ def test_opcheck_backward(cell, packed, reverse):
 
 
 @pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("T", [1, 4])
+@pytest.mark.parametrize("mask", [(True, False, True), (False, True, False),
+                                  (False, False, True), (True, True, False)],
+                         ids=["input+weights", "states", "weights", "input+states"])
+def test_backward_op_output_mask(cell, T, mask):
+    """output_mask (input, initial states, parameters): the gradients asked for are bit for
+    bit those of a call asking for all, the others [0]; the fake kernel agrees (opcheck)."""
+    a = make_args(cell, T, 3, 4, 5)
+    args = _backward_args(cell, a, None, False)
+    *full, _ = backward_op(cell)(*args)
+    *got, _ = backward_op(cell)(*args, output_mask=list(mask))
+    states = 2 if cell == "LSTM" else 1
+    groups = [0] + [1] * states + [2] * (len(full) - 1 - states)
+    for name, g, f, group in zip(ARGS[cell], got, full, groups):
+        if mask[group]:
+            assert torch.equal(g, f), name
+        else:
+            assert g.shape == (0,), name
+    torch.library.opcheck(backward_op(cell), args, {"output_mask": list(mask)},
+                          test_utils=("test_schema", "test_faketensor",
+                                      "test_aot_dispatch_dynamic"))
+
+
+@pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("packed,reverse", [(False, True), (True, False)],
                          ids=["padded-rev", "packed-fwd"])
 def test_backward_op_gives_the_reference_gradients(cell, packed, reverse):

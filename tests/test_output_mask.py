@@ -1,7 +1,8 @@
-"""A backward makes only the gradients autograd needs (the plain backward ops'
-output_mask: input, initial states, weights), and those it makes are the ones it makes
-when everything needs a gradient: bit for bit at the op, and torch.nn's through the
-modules (float64), eager and compiled."""
+"""A backward makes only the gradients autograd needs (every backward op's output_mask:
+input, initial states, parameters), and those it makes are the ones it makes when
+everything needs a gradient: bit for bit at the op and through the row-wise modules, and
+torch.nn's through the plain modules (float64), eager and compiled. The layer-normalized
+ops' own op-level checks are in test_layer_norm.py."""
 
 import itertools
 
@@ -178,3 +179,59 @@ def test_resets_and_monitor_unchanged_without_state_gradients(name, T):
     assert all(torch.equal(a, b) for a, b in zip(params_a, params_b))
     assert sorted(rec_a) == sorted(rec_b)
     assert all(torch.equal(rec_a[k], rec_b[k]) for k in rec_a)
+
+
+# The row-wise ops: the layer-normalized cells, and the plain cells where a regularizer
+# needs the time loop (zoneout in evaluation is deterministic; recurrent_grad_clip)
+ROW_WISE = {
+    "ln_lstm": lambda: gatedrnn.LayerNormLSTM(4, 6, num_layers=2),
+    "ln_gru": lambda: gatedrnn.LayerNormGRU(4, 6, num_layers=2),
+    "lstm_zoneout": lambda: gatedrnn.LSTM(4, 6, num_layers=2, zoneout=0.3,
+                                          cell_zoneout=0.2).eval(),
+    "gru_clip": lambda: gatedrnn.GRU(4, 6, num_layers=2, recurrent_grad_clip=0.05),
+}
+
+
+def _row_wise_grads(name, T, x_grad, state, frozen):
+    torch.manual_seed(0)
+    module = ROW_WISE[name]().double()
+    for p in module.parameters():
+        p.requires_grad_(not frozen)
+    x = torch.randn(T, 3, 4, dtype=torch.float64).requires_grad_(x_grad)
+    hx = None
+    if state != "none":
+        hs = [torch.randn(2, 3, 6, dtype=torch.float64).requires_grad_(state == "grad")]
+        if "lstm" in name:
+            hs.append(torch.randn(2, 3, 6, dtype=torch.float64).requires_grad_(state == "grad"))
+        hx = tuple(hs) if len(hs) > 1 else hs[0]
+    out, _ = module(x, hx)
+    with gatedrnn.grad_norms() as rec:
+        if out.requires_grad:
+            (out * torch.linspace(-1, 1, 6, dtype=out.dtype)).sum().backward()
+    states = hx if isinstance(hx, tuple) else (hx,) if hx is not None else ()
+    norms = rec[module] if out.requires_grad else {}
+    return [x.grad, *[s.grad for s in states], *[p.grad for p in module.parameters()]], norms
+
+
+@pytest.mark.parametrize("name", list(ROW_WISE))
+@pytest.mark.parametrize("T", [1, 6])
+@pytest.mark.parametrize("x_grad", [True, False], ids=["x-grad", "x-data"])
+@pytest.mark.parametrize("state", ["none", "detached", "grad"])
+@pytest.mark.parametrize("frozen", [False, True], ids=["trained", "frozen"])
+def test_row_wise_gradients_as_when_everything_needs_one(name, T, x_grad, state, frozen):
+    """The row-wise ops (which have no torch.nn counterpart) make each gradient that is
+    needed bit for bit as when every input needs one, None for the others, and record
+    the same gradient norms."""
+    got, got_norms = _row_wise_grads(name, T, x_grad, state, frozen)
+    full, full_norms = _row_wise_grads(name, T, True, "grad" if state != "none" else "none",
+                                       False)
+    assert len(got) == len(full)
+    n_states = len(got) - 1 - sum(1 for _ in ROW_WISE[name]().parameters())
+    wanted = [x_grad] + [state == "grad"] * n_states + [not frozen] * (len(got) - 1 - n_states)
+    for i, (g, f, w) in enumerate(zip(got, full, wanted)):
+        assert (g is not None) == w, i
+        if w:
+            assert torch.equal(g, f), i
+    if got_norms:
+        assert sorted(got_norms) == sorted(full_norms)
+        assert all(torch.equal(got_norms[k], full_norms[k]) for k in got_norms)

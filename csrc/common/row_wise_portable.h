@@ -9,6 +9,7 @@
 // kernels (registration.cpp).
 #include <ATen/ATen.h>
 
+#include <array>
 #include <optional>
 #include <tuple>
 
@@ -40,7 +41,7 @@ layer_norm_lstm_backward(
     const std::optional<at::Tensor>& zoneout_h, const std::optional<at::Tensor>& zoneout_c,
     const at::Tensor& output, const at::Tensor& workspace, bool reverse, double grad_clip,
     const std::optional<at::Tensor>& grad_cell_states, const std::optional<at::Tensor>& reset,
-    bool record_norms);
+    bool record_norms, std::array<bool, 3> output_mask);
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> layer_norm_gru_forward(
     const at::Tensor& input, const std::optional<at::Tensor>& batch_sizes, const at::Tensor& h0,
@@ -61,7 +62,8 @@ layer_norm_gru_backward(const at::Tensor& grad_output, const at::Tensor& grad_h_
                         const std::optional<at::Tensor>& state_mask,
                         const std::optional<at::Tensor>& zoneout_h, const at::Tensor& output,
                         const at::Tensor& workspace, bool reverse, double grad_clip,
-                        const std::optional<at::Tensor>& reset, bool record_norms);
+                        const std::optional<at::Tensor>& reset, bool record_norms,
+                        std::array<bool, 3> output_mask);
 
 }  // namespace portable
 }  // namespace gatedrnn

@@ -154,7 +154,7 @@ void backward_impl(const Schedule& s, int64_t H, const scalar_t* go, const at::T
                    bool norm_h, const Regularizers<scalar_t>& reg, scalar_t clip,
                    const at::Tensor& ws,
                    at::Tensor& dh_state, at::Tensor& dx_pre, at::Tensor& dh_pre,
-                   at::Tensor& dgh, StepNorms& norms) {
+                   at::Tensor& dgh, StepNorms& norms, bool grad_h0) {
   const Layout L{H};
   const int64_t G = kGates * H;
   const scalar_t* wsp = ws.const_data_ptr<scalar_t>();
@@ -199,8 +199,8 @@ void backward_impl(const Schedule& s, int64_t H, const scalar_t* go, const at::T
     }
     norm_input_grad(norm_h, G, dh_r, gain_h, w + L.xhat_h(), w[L.rstd_h()], dg + r * G);
   };
-  layer_norm_backward_loop<scalar_t>(s, w_hh, dh_state, reg.state, dg, row);
-  if (reg.resets.flags) dh_state.add_(dh0_reset);
+  layer_norm_backward_loop<scalar_t>(s, w_hh, dh_state, reg.state, dg, row, grad_h0);
+  if (reg.resets.flags && grad_h0) dh_state.add_(dh0_reset);
 }
 
 using Grads = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
@@ -216,15 +216,17 @@ Grads layer_norm_gru_backward(const at::Tensor& grad_output, const at::Tensor& g
                               const std::optional<at::Tensor>& zoneout_h,
                               const at::Tensor& output, const at::Tensor& workspace,
                               bool reverse, double grad_clip,
-                              const std::optional<at::Tensor>& reset, bool record_norms) {
+                              const std::optional<at::Tensor>& reset, bool record_norms,
+                              std::array<bool, 3> output_mask) {
   // GATEDRNN_ROW_WISE_PORTABLE=1: the ATen ops the CUDA build runs
   // (common/row_wise_portable.h)
   if (portable::enabled_on_cpu()) {
     return portable::layer_norm_gru_backward(grad_output, grad_h_n, input, batch_sizes, h0, w_ih,
                                              w_hh, ln_ih_weight, ln_hh_weight, state_mask,
                                              zoneout_h, output, workspace, reverse, grad_clip,
-                                             reset, record_norms);
+                                             reset, record_norms, output_mask);
   }
+  const GradsWanted wanted = GradsWanted::of(output_mask);
   const RnnShapes sh = check_layer_norm_args(kBackward, kGates, input, batch_sizes, h0, nullptr,
                                              w_ih, w_hh, std::nullopt, std::nullopt, reverse);
   const Resets resets = resets_of(kBackward, reset, sh.schedule);
@@ -258,16 +260,21 @@ Grads layer_norm_gru_backward(const at::Tensor& grad_output, const at::Tensor& g
         resets};
     backward_impl<scalar_t>(s, H, go.const_data_ptr<scalar_t>(), out, h0c, whh,
                             gh.const_data_ptr<scalar_t>(), is_given(ln_hh_weight), reg,
-                            scalar_t(grad_clip), ws, dh_state, dx_pre, dh_pre, dgh, norms);
+                            scalar_t(grad_clip), ws, dh_state, dx_pre, dh_pre, dgh, norms,
+                            wanted.states);
     g = layer_norm_rnn_grads<scalar_t>(s, x, wih, out, h0c, ws,
                                        {L.width(), L.xhat_x(), L.xhat_h(), L.rstd_x()}, dx_pre,
                                        dh_pre, dgh, gx.const_data_ptr<scalar_t>(),
-                                       is_given(ln_ih_weight), reg.state, reg.resets);
+                                       is_given(ln_ih_weight), reg.state, reg.resets, wanted);
   });
-  // Each LayerNorm's shift adds where its cell's bias does: the same gradient.
-  return {shaped_like_input(g.grad_input, input), dh_state, g.grad_w_ih, g.grad_w_hh,
-          g.grad_b_ih, g.grad_b_hh, g.grad_gain_x, g.grad_b_ih.clone(), g.grad_gain_h,
-          g.grad_b_hh.clone(), norms.result()};
+  if (!wanted.states) dh_state = at::Tensor();
+  // Each LayerNorm's shift adds where its cell's bias does: the same gradient. Those not
+  // made come back as [0] tensors.
+  const auto made = [&](const at::Tensor& t) { return t.defined() ? t : not_wanted(input); };
+  const auto copy = [&](const at::Tensor& t) { return made(t.defined() ? t.clone() : t); };
+  return {shaped_like_input(made(g.grad_input), input), made(dh_state), made(g.grad_w_ih),
+          made(g.grad_w_hh), made(g.grad_b_ih), made(g.grad_b_hh), made(g.grad_gain_x),
+          copy(g.grad_b_ih), made(g.grad_gain_h), copy(g.grad_b_hh), norms.result()};
 }
 
 }  // namespace

@@ -176,7 +176,8 @@ void backward_impl(const Schedule& s, int64_t H, const scalar_t* go, const at::T
                    const at::Tensor& w_hh, const Norms<scalar_t>& ln,
                    const Regularizers<scalar_t>& reg, scalar_t clip, const at::Tensor& ws,
                    at::Tensor& dh_state, at::Tensor& dc_state, at::Tensor& dpre, at::Tensor& dgh,
-                   at::Tensor& dlc, const scalar_t* grad_cs, StepNorms& norms) {
+                   at::Tensor& dlc, const scalar_t* grad_cs, StepNorms& norms,
+                   bool grad_h0) {
   const Layout L{H};
   const int64_t G = kGates * H;
   const scalar_t* wsp = ws.const_data_ptr<scalar_t>();
@@ -237,8 +238,8 @@ void backward_impl(const Schedule& s, int64_t H, const scalar_t* go, const at::T
     if (clip > 0) clamp_gradient(G, dp_r, clip);
     norm_input_grad(ln.h, G, dp_r, ln.gain_h, w + L.xhat_h(), w[L.rstd_h()], dg + r * G);
   };
-  layer_norm_backward_loop<scalar_t>(s, w_hh, dh_state, reg.state, dg, row);
-  if (reg.resets.flags) {
+  layer_norm_backward_loop<scalar_t>(s, w_hh, dh_state, reg.state, dg, row, grad_h0);
+  if (reg.resets.flags && grad_h0) {
     dh_state.add_(dh0_reset);
     dc_state.add_(dc0_reset);
   }
@@ -257,7 +258,7 @@ Grads layer_norm_lstm_backward(
     const std::optional<at::Tensor>& zoneout_h, const std::optional<at::Tensor>& zoneout_c,
     const at::Tensor& output, const at::Tensor& workspace, bool reverse, double grad_clip,
     const std::optional<at::Tensor>& grad_cell_states, const std::optional<at::Tensor>& reset,
-    bool record_norms) {
+    bool record_norms, std::array<bool, 3> output_mask) {
   // GATEDRNN_ROW_WISE_PORTABLE=1: the ATen ops the CUDA build runs
   // (common/row_wise_portable.h)
   if (portable::enabled_on_cpu()) {
@@ -265,8 +266,9 @@ Grads layer_norm_lstm_backward(
                                               h0, c0, w_ih, w_hh, ln_ih_weight, ln_hh_weight,
                                               ln_cell_weight, state_mask, zoneout_h, zoneout_c,
                                               output, workspace, reverse, grad_clip,
-                                              grad_cell_states, reset, record_norms);
+                                              grad_cell_states, reset, record_norms, output_mask);
   }
+  const GradsWanted wanted = GradsWanted::of(output_mask);
   const RnnShapes sh = check_layer_norm_args(kBackward, kGates, input, batch_sizes, h0, &c0,
                                              w_ih, w_hh, std::nullopt, std::nullopt, reverse);
   const Resets resets = resets_of(kBackward, reset, sh.schedule);
@@ -314,10 +316,13 @@ Grads layer_norm_lstm_backward(
         mask_data<scalar_t>(kBackward, input, zoneout_c, "zoneout_c", s.rows, H, keep), resets};
     backward_impl<scalar_t>(s, H, go.const_data_ptr<scalar_t>(), c0c, whh, ln, reg,
                             scalar_t(grad_clip), ws, dh_state, dc_state, dpre, dgh, dlc,
-                            with_cs ? grad_cs.const_data_ptr<scalar_t>() : nullptr, norms);
+                            with_cs ? grad_cs.const_data_ptr<scalar_t>() : nullptr, norms,
+                            wanted.states);
     g = layer_norm_rnn_grads<scalar_t>(s, x, wih, out, h0c, ws,
                                        {L.width(), L.xhat_x(), L.xhat_h(), L.rstd_x()}, dpre,
-                                       dpre, dgh, ln.gain_x, ln.x, reg.state, reg.resets);
+                                       dpre, dgh, ln.gain_x, ln.x, reg.state, reg.resets,
+                                       wanted);
+    if (!wanted.weights) return;
     const scalar_t* wsp = ws.const_data_ptr<scalar_t>();
     const scalar_t* dl = dlc.const_data_ptr<scalar_t>();
     const int64_t W = L.width();
@@ -327,12 +332,17 @@ Grads layer_norm_lstm_backward(
       v[1] += dl[r * H + j];
     }, {grad_gc.mutable_data_ptr<scalar_t>(), grad_bc.mutable_data_ptr<scalar_t>()});
   });
+  if (!wanted.states) dh_state = dc_state = at::Tensor();
+  if (!wanted.weights) grad_gc = grad_bc = at::Tensor();
   // The biases and the LN_x and LN_h shifts all add to the gate pre-activations: one
   // gradient, as separate tensors. Without LayerNorms the gains' and shifts' gradients are
-  // meaningless (nobody asks for them).
-  return {shaped_like_input(g.grad_input, input), dh_state, dc_state, g.grad_w_ih, g.grad_w_hh,
-          g.grad_b_ih, g.grad_b_hh, g.grad_gain_x, g.grad_b_ih.clone(), g.grad_gain_h,
-          g.grad_b_ih.clone(), grad_gc, grad_bc, norms.result()};
+  // meaningless (nobody asks for them). Those not made come back as [0] tensors.
+  const auto made = [&](const at::Tensor& t) { return t.defined() ? t : not_wanted(input); };
+  const auto copy = [&](const at::Tensor& t) { return made(t.defined() ? t.clone() : t); };
+  return {shaped_like_input(made(g.grad_input), input), made(dh_state), made(dc_state),
+          made(g.grad_w_ih), made(g.grad_w_hh), made(g.grad_b_ih), made(g.grad_b_hh),
+          made(g.grad_gain_x), copy(g.grad_b_ih), made(g.grad_gain_h), copy(g.grad_b_ih),
+          made(grad_gc), made(grad_bc), norms.result()};
 }
 
 }  // namespace

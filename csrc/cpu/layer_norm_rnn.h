@@ -212,10 +212,12 @@ void layer_norm_forward_loop(const Schedule& s, const at::Tensor& w_hh,
 // dh_state[b] anew and the gradient of the row's W_hh h_{t-1} (before its LayerNorm) to
 // dgh[r, :G]; then dh_gemm[:n] = dgh[rows of k] @ w_hh. At the end dh_state is grad_h0.
 //   w_hh: [G, P], dh_state: [N, P] (grad_h_n in), state_mask: [N, P] or null,
-//   dgh: [R, G]
+//   dgh: [R, G]; grad_h0 false (GradsWanted::states): the last step's product is left out,
+//   and dh_state is not grad_h0 then
 template <typename scalar_t, typename Row>
 void layer_norm_backward_loop(const Schedule& s, const at::Tensor& w_hh, at::Tensor& dh_state,
-                              const scalar_t* state_mask, const scalar_t* dgh, const Row& row) {
+                              const scalar_t* state_mask, const scalar_t* dgh, const Row& row,
+                              bool grad_h0) {
   const int64_t N = s.batch, G = w_hh.size(0), P = w_hh.size(1);
   // dh's P columns (a quarter of the forward GEMM's, LSTM) are too few for unit_blocks to
   // split; the k = G products are long enough for 64-column blocks to pay: LayerNormLSTM
@@ -225,7 +227,10 @@ void layer_norm_backward_loop(const Schedule& s, const at::Tensor& w_hh, at::Ten
   if (cols.count() == 1 && P >= 128 && double(N) * G * P >= double(1 << 17)) {
     cols = UnitBlocks{P, ceil_div(ceil_div(P, 2), 8) * 8};
   }
-  const UnitBlockGemm<scalar_t> hidden(w_hh.t(), 1, P, cols, N, s.steps());
+  const int64_t products = s.steps() - (grad_h0 ? 0 : 1);
+  const UnitBlockGemm<scalar_t> hidden =
+      products > 0 ? UnitBlockGemm<scalar_t>(w_hh.t(), 1, P, cols, N, products)
+                   : UnitBlockGemm<scalar_t>();
   at::Tensor dh_gemm = at::zeros({N, P}, dh_state.options());
   scalar_t* dg = dh_gemm.mutable_data_ptr<scalar_t>();
   run_team(std::max(cols.count(), row_blocks(N, G)), [&](const TeamMember& me) {
@@ -235,6 +240,7 @@ void layer_norm_backward_loop(const Schedule& s, const at::Tensor& w_hh, at::Ten
       const auto [b0, b1] = me.share(n);
       for (int64_t b = b0; b < b1; ++b) row(k, b, off + b, dg + b * P);
       me.barrier();
+      if (k == 0 && !grad_h0) break;
       for (int64_t c = c0; c < c1; ++c) {
         // dh_gemm[:n, block] = dgh[rows] @ w_hh[:, block]      [n, G] x [G, len]
         hidden.run(c, n, dgh + off * G, G, scalar_t(0), dg + cols.begin(c), P, k);
@@ -242,6 +248,7 @@ void layer_norm_backward_loop(const Schedule& s, const at::Tensor& w_hh, at::Ten
       me.barrier();
     }
   });
+  if (!grad_h0) return;
   if (state_mask) {
     dh_gemm.mul_(at::from_blob(const_cast<scalar_t*>(state_mask), {N, P}, dh_state.options()));
   }
@@ -292,7 +299,8 @@ struct NormColumns {
 //   grad_gain_x those of dx_pre * xhat_x (likewise the hidden side).
 //   x: [R, I], w_ih: [G, I], out: [R, P], h0: [N, P], ws: [R, cols.width];
 //   dx_pre, dh_pre, dgh: [R, G]; gain_x: [G] (normalized_x: whether LN_x is there);
-//   state_mask: [N, P] or null (h_prev as the GEMM saw it)
+//   state_mask: [N, P] or null (h_prev as the GEMM saw it); wanted: which to make (the
+//   others undefined)
 struct LayerNormRnnGrads {
   at::Tensor grad_input, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh, grad_gain_x, grad_gain_h;
 };
@@ -303,22 +311,28 @@ LayerNormRnnGrads layer_norm_rnn_grads(const Schedule& s, const at::Tensor& x,
                                        const NormColumns& cols, at::Tensor& dx_pre,
                                        const at::Tensor& dh_pre, const at::Tensor& dgh,
                                        const scalar_t* gain_x, bool normalized_x,
-                                       const scalar_t* state_mask, const Resets& resets) {
+                                       const scalar_t* state_mask, const Resets& resets,
+                                       const GradsWanted& wanted) {
   const int64_t R = x.size(0), I = x.size(1), G = w_ih.size(0), P = h0.size(1);
   const auto opts = x.options();
   const scalar_t* wsp = ws.const_data_ptr<scalar_t>();
   const scalar_t* dxp = dx_pre.const_data_ptr<scalar_t>();
   const scalar_t* dhp = dh_pre.const_data_ptr<scalar_t>();
   const int64_t W = cols.width;
-  LayerNormRnnGrads g{cached_empty({R, I}, opts), at::empty({G, I}, opts), at::empty({G, P}, opts),
-                      at::empty({G}, opts),    at::empty({G}, opts),     at::empty({G}, opts),
-                      at::empty({G}, opts)};
+  LayerNormRnnGrads g;
+  if (wanted.input) g.grad_input = cached_empty({R, I}, opts);
+  if (!wanted.input && !wanted.weights) return g;
+  if (wanted.weights) {
+    g = {g.grad_input,          at::empty({G, I}, opts), at::empty({G, P}, opts),
+         at::empty({G}, opts), at::empty({G}, opts),    at::empty({G}, opts),
+         at::empty({G}, opts)};
+  }
   // The biases' and gains' gradients: column sums over every row, blocks of columns over
   // the threads (the sums do not depend on their number). First, while dx_pre still holds
   // its own values.
   constexpr int64_t kBlock = 64;
   const LayerNormKernels<scalar_t>& ln = layer_norm_kernels<scalar_t>();
-  at::parallel_for(0, ceil_div(G, kBlock), 1, [&](int64_t c0, int64_t c1) {
+  at::parallel_for(0, wanted.weights ? ceil_div(G, kBlock) : 0, 1, [&](int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; ++c) {
       const int64_t j0 = c * kBlock, len = std::min(G, j0 + kBlock) - j0;
       double sums[4][kBlock] = {};
@@ -342,17 +356,24 @@ LayerNormRnnGrads layer_norm_rnn_grads(const Schedule& s, const at::Tensor& x,
                       wsp[r * W + cols.rstd_x], gx + r * G);
     }
   });
-  const at::Tensor h_prev = previous_states<scalar_t>(s, out, h0, state_mask, resets);
   // As independent sums whose blocks share the threads, each B packed once for all its
   // blocks (run_gemm_sums): LayerNormLSTM (100, 64, 512, 512) backward 540 -> 415-440 ms
   // against three parallel_gemm calls (Intel Xeon, 2 threads).
-  run_gemm_sums<scalar_t>({
-      {R, I, g.grad_input.mutable_data_ptr<scalar_t>(), I, scalar_t(0),
-       {{false, G, gx, G, w_ih.const_data_ptr<scalar_t>(), I}}},
-      {G, I, g.grad_w_ih.mutable_data_ptr<scalar_t>(), I, scalar_t(0),
-       {{true, R, gx, G, x.const_data_ptr<scalar_t>(), I}}},
-      {G, P, g.grad_w_hh.mutable_data_ptr<scalar_t>(), P, scalar_t(0),
-       {{true, R, dgh.const_data_ptr<scalar_t>(), G, h_prev.const_data_ptr<scalar_t>(), P}}}});
+  std::vector<GemmSum<scalar_t>> sums;
+  if (wanted.input) {
+    sums.push_back({R, I, g.grad_input.mutable_data_ptr<scalar_t>(), I, scalar_t(0),
+                    {{false, G, gx, G, w_ih.const_data_ptr<scalar_t>(), I}}});
+  }
+  at::Tensor h_prev;
+  if (wanted.weights) {
+    h_prev = previous_states<scalar_t>(s, out, h0, state_mask, resets);
+    sums.push_back({G, I, g.grad_w_ih.mutable_data_ptr<scalar_t>(), I, scalar_t(0),
+                    {{true, R, gx, G, x.const_data_ptr<scalar_t>(), I}}});
+    sums.push_back({G, P, g.grad_w_hh.mutable_data_ptr<scalar_t>(), P, scalar_t(0),
+                    {{true, R, dgh.const_data_ptr<scalar_t>(), G,
+                      h_prev.const_data_ptr<scalar_t>(), P}}});
+  }
+  run_gemm_sums<scalar_t>(sums);
   return g;
 }
 

@@ -305,8 +305,8 @@ class ForwardTeam {
   at::Tensor h_bufs_[2];
 };
 
-// Which gradients a backward op makes: a plain op's output_mask (the input's; the initial
-// states'; the weights' and biases'), which autograd sets from what needs one. The others
+// Which gradients a backward op makes: its output_mask (the input's; the initial states';
+// the parameters'), which autograd sets from what needs one. The others
 // are not computed and come back as [0] tensors. A decoder step whose state is detached
 // needs no grad_h0: its product dh0 = dgates @ w_hh was a quarter of a one-step backward's
 // products. A first layer over data, or frozen weights, need no grad_input or weight

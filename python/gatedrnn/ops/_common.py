@@ -36,7 +36,7 @@ def grad_if(given, grad):
 def fake_backward_grads(input, states, w_ih, w_hh, output_mask=(True, True, True)):
     """Fake results common to the *_backward ops: grad_input, one grad per initial state,
     grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh (LSTM appends grad_w_hr); [0] where the
-    output_mask (the plain ops') leaves them out."""
+    output_mask leaves them out."""
     gates = w_ih.shape[0]
     want_input, want_states, want_weights = output_mask
     grads = [torch.empty_like(input, memory_format=torch.contiguous_format)
@@ -57,9 +57,9 @@ def not_made(input):
 
 
 def output_mask(ctx, states, weights):
-    """A plain backward op's output_mask (registration.cpp) from what autograd needs: the
+    """A backward op's output_mask (registration.cpp) from what autograd needs: the
     gradient of the input (the forward op's argument 0), of the initial states (the
-    arguments at indices states) and of the weights and biases (at indices weights). A
+    arguments at indices states) and of the parameters (at indices weights). A
     decoder step with its state detached needs no grad_h0, a first layer over data no
     grad_input, frozen weights none of theirs: the op then leaves out their products."""
     needs = ctx.needs_input_grad[1:]  # the first: register_autograd's keyset
