@@ -86,11 +86,20 @@ def _module_grads(module, x, state, frozen):
             *[p.grad for p in module.parameters()]]
 
 
+def every_need(test):
+    """Parametrizes test over what needs a gradient: the input (x_grad), the initial state
+    (state: none given, given without a gradient as a decoder's detached state, given with
+    one), the parameters (frozen or not)."""
+    for mark in (pytest.mark.parametrize("x_grad", [True, False], ids=["x-grad", "x-data"]),
+                 pytest.mark.parametrize("state", ["none", "detached", "grad"]),
+                 pytest.mark.parametrize("frozen", [False, True], ids=["trained", "frozen"])):
+        test = mark(test)
+    return test
+
+
 @pytest.mark.parametrize("name", list(MODULES))
 @pytest.mark.parametrize("T", [1, 5])
-@pytest.mark.parametrize("x_grad", [True, False], ids=["x-grad", "x-data"])
-@pytest.mark.parametrize("state", ["none", "detached", "grad"])
-@pytest.mark.parametrize("frozen", [False, True], ids=["trained", "frozen"])
+@every_need
 def test_module_gradients_as_torch_nn(name, T, x_grad, state, frozen):
     """Every combination of what needs a gradient (the input, the initial state: none
     given, given without a gradient as a decoder's detached state, given with one; the
@@ -215,9 +224,7 @@ def _row_wise_grads(name, T, x_grad, state, frozen):
 
 @pytest.mark.parametrize("name", list(ROW_WISE))
 @pytest.mark.parametrize("T", [1, 6])
-@pytest.mark.parametrize("x_grad", [True, False], ids=["x-grad", "x-data"])
-@pytest.mark.parametrize("state", ["none", "detached", "grad"])
-@pytest.mark.parametrize("frozen", [False, True], ids=["trained", "frozen"])
+@every_need
 def test_row_wise_gradients_as_when_everything_needs_one(name, T, x_grad, state, frozen):
     """The row-wise ops (which have no torch.nn counterpart) make each gradient that is
     needed bit for bit as when every input needs one, None for the others, and record
