@@ -306,11 +306,10 @@ class ForwardTeam {
 };
 
 // Which gradients a backward op makes: its output_mask (the input's; the initial states';
-// the parameters'), which autograd sets from what needs one. The others
-// are not computed and come back as [0] tensors. A decoder step whose state is detached
-// needs no grad_h0: its product dh0 = dgates @ w_hh was a quarter of a one-step backward's
-// products. A first layer over data, or frozen weights, need no grad_input or weight
-// gradients.
+// the parameters'), which autograd sets from what needs one. The others are not computed
+// and come back as [0] tensors. A decoder step whose state is detached needs no grad_h0:
+// its product dh0 = dgates @ w_hh was a quarter of a one-step backward's products. A
+// first layer over data, or frozen weights, need no grad_input or weight gradients.
 struct GradsWanted {
   bool input = true, states = true, weights = true;
   static GradsWanted of(const std::array<bool, 3>& output_mask) {
@@ -969,7 +968,6 @@ class ChunkedGrads {
     if (same_sides_ && wanted_.weights) g_.grad_b_hh = g_.grad_b_ih.clone();
     return g_;
   }
-  const GradsWanted& wanted() const { return wanted_; }
 
  private:
   void plan(int64_t most) {
