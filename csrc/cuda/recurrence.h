@@ -465,9 +465,11 @@ BackwardResult recurrent_backward(const BackwardArgs& a) {
 
   // The large GEMMs after the loop, those wanted.
   BackwardResult r;
-  const at::Tensor not_wanted = at::empty({0}, opts);
-  r.grad_input = r.grad_h0 = r.grad_c0 = r.grad_w_ih = r.grad_w_hh = r.grad_b_ih = r.grad_b_hh =
-      r.grad_w_hr = not_wanted;
+  // each its own [0] tensor: an op's results must not alias each other
+  for (at::Tensor* t : {&r.grad_input, &r.grad_h0, &r.grad_c0, &r.grad_w_ih, &r.grad_w_hh,
+                        &r.grad_b_ih, &r.grad_b_hh, &r.grad_w_hr}) {
+    *t = at::empty({0}, opts);
+  }
   r.step_norms = step_norms;
   if (want_input) {
     r.grad_input = at::empty({R, I}, opts);
