@@ -4,10 +4,8 @@ import torch
 from .. import monitor, reference
 from ._common import (check_devices, check_workspace_kept, differentiable_grads,
                       fake_backward_grads, flat_rows, grad_if, kept, output_like, output_mask,
-                      register_autocast,
-                      refuse_reset_double_backward, register_autograd, register_first_order,
-                      step_norms_like, workspace_like,
-                      zeros_if_none)
+                      refuse_reset_double_backward, register_autocast, register_autograd,
+                      register_first_order, step_norms_like, workspace_like, zeros_if_none)
 
 
 @torch.library.register_fake("gatedrnn::gru_forward")

@@ -4,9 +4,8 @@ import torch
 from .. import monitor, reference
 from ._common import (check_devices, check_workspace_kept, fake_backward_grads, flat_rows,
                       grad_if, kept, not_made, output_like, output_mask, register_autocast,
-                      register_autograd,
-                      register_first_order, row_wise_double_backward, row_wise_setup_context,
-                      step_norms_like, zeros_if_none)
+                      register_autograd, register_first_order, row_wise_double_backward,
+                      row_wise_setup_context, step_norms_like, zeros_if_none)
 
 _NORMS = ("ln_ih_weight", "ln_ih_bias", "ln_hh_weight", "ln_hh_bias")
 

@@ -3,9 +3,9 @@ import torch
 
 from .. import monitor, reference
 from ._common import (check_devices, differentiable_grads, fake_backward_grads, grad_if,
-                      kept, output_like, output_mask, register_autocast, register_autograd, register_first_order,
-                      refuse_clipped_double_backward, refuse_reset_double_backward,
-                      step_norms_like, zeros_if_none)
+                      kept, output_like, output_mask, register_autocast, register_autograd,
+                      register_first_order, refuse_clipped_double_backward,
+                      refuse_reset_double_backward, step_norms_like, zeros_if_none)
 
 
 @torch.library.register_fake("gatedrnn::rnn_forward")
