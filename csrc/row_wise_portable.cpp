@@ -341,10 +341,12 @@ layer_norm_lstm_backward(
     // if wanted
     if (k > 0 || wanted.states) dh_gemm.narrow(0, 0, n).copy_(at::mm(dg, w_hh));
   }
-  dh.add_(mask.defined() ? dh_gemm * mask : dh_gemm);
-  if (resets.flags) {
-    dh.add_(dh0_reset);
-    dc.add_(dc0_reset);
+  if (wanted.states) {
+    dh.add_(mask.defined() ? dh_gemm * mask : dh_gemm);
+    if (resets.flags) {
+      dh.add_(dh0_reset);
+      dc.add_(dc0_reset);
+    }
   }
   const Tensor xhat_x = ws.narrow(1, L.xhat_x(), G);
   const Tensor dgx = norm_input_grad(ln_x, dpre, gx, xhat_x, ws.narrow(1, L.rstd_x(), 1));
@@ -529,8 +531,10 @@ layer_norm_gru_backward(const Tensor& grad_output, const Tensor& grad_h_n, const
     // if wanted
     if (k > 0 || wanted.states) dh_gemm.narrow(0, 0, n).copy_(at::mm(dg, w_hh));
   }
-  dh.add_(mask.defined() ? dh_gemm * mask : dh_gemm);
-  if (resets.flags) dh.add_(dh0_reset);
+  if (wanted.states) {
+    dh.add_(mask.defined() ? dh_gemm * mask : dh_gemm);
+    if (resets.flags) dh.add_(dh0_reset);
+  }
   const Tensor xhat_x = ws.narrow(1, L.xhat_x(), G);
   const Tensor dgx = norm_input_grad(ln_x, dx_pre, gx, xhat_x, ws.narrow(1, L.rstd_x(), 1));
   const Tensor grad_input =

@@ -153,7 +153,7 @@ gru_backward(const at::Tensor& grad_output, const at::Tensor& grad_h_n, const at
                                     x, wih, whh, ws, out, h0c, dh_state, resets, grad_h0_reset,
                                     norms, precision_of(input), wanted);
   });
-  if (resets.flags) dh_state.add_(grad_h0_reset);
+  if (resets.flags && wanted.states) dh_state.add_(grad_h0_reset);
   if (!wanted.states) dh_state = at::Tensor();
   const auto result = [&](const at::Tensor& t) { return narrowed(t, input); };
   return {shaped_like_input(result(g.grad_input), input), result(dh_state), result(g.grad_w_ih),

@@ -290,7 +290,7 @@ lstm_backward(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
                                      resets, grad_h0_reset, grad_c0_reset, norms, output_norms,
                                      precision_of(input), wanted);
   });
-  if (resets.flags) {
+  if (resets.flags && wanted.states) {
     dh_state.add_(grad_h0_reset);
     dc_state.add_(grad_c0_reset);
   }

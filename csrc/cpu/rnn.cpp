@@ -144,7 +144,7 @@ rnn_backward(const at::Tensor& grad_output, const at::Tensor& grad_h_n, const at
                                     out, h0c, wih, whh, dh_state, scalar_t(grad_clip), resets,
                                     grad_h0_reset, norms, precision_of(input), wanted);
   });
-  if (resets.flags) dh_state.add_(grad_h0_reset);
+  if (resets.flags && wanted.states) dh_state.add_(grad_h0_reset);
   if (!wanted.states) dh_state = at::Tensor();
   const auto result = [&](const at::Tensor& t) { return narrowed(t, input); };
   return {shaped_like_input(result(g.grad_input), input), result(dh_state), result(g.grad_w_ih),
