@@ -72,12 +72,15 @@ def test_bitwise_identical_run_to_run_and_across_thread_counts(cell, dtype, kind
 
 
 # Calls of up to 8 steps read the weights where they are, longer ones pack them
-# (csrc/cpu/recurrent_gemm.h): the same sums either way.
+# (csrc/cpu/recurrent_gemm.h): the same sums either way. In bfloat16 too, where the
+# AVX512_BF16 kernels read a bfloat16 weight in place (gemm_w_rows) at batches above the
+# small-batch kernel's (3 runs there in float32 either way).
 FEW_STEPS, MANY_STEPS = 8, 20
 
 
 @pytest.mark.parametrize("batch", [3, 24, 40])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16],
+                         ids=["f32", "f64", "bf16"])
 @pytest.mark.parametrize("cell", CELLS)
 def test_calls_of_few_steps_give_the_bits_of_packed_weights(cell, dtype, batch):
     """A call on a sequence's first steps gives the whole sequence's outputs of those steps

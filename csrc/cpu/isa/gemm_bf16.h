@@ -74,6 +74,13 @@ struct GemmBf16Kernels {
   // apart: then bfloat16 rows k apart, with k a multiple of 32 and m of 16, need no
   // packing (a step's state read from the previous step's output rows; a chunk of x).
   bool packed_a_is_rows;
+  // c[:m, :n] = bf16(a) @ w^T + beta * c[:m, :n] (c not read when beta == 0), with the
+  // bfloat16 W [n, k] read where it is (row r at w + r * ldw) and A given as B's panels
+  // of A^T (pack_b_columns from A's rows: m columns): the same bits as gemm on A and
+  // W^T's panels. For calls of few steps, whose weights would be packed for too few
+  // products. Null for AMX (never measured there; its tiles run on packed panels).
+  void (*gemm_w_rows)(int64_t m, int64_t n, int64_t k, const uint16_t* b, int64_t b_panel,
+                      const uint16_t* w, int64_t ldw, float beta, float* c, int64_t ldc);
 };
 
 // Which bfloat16 kernels run: the best this CPU (and operating system) supports, or the
