@@ -298,10 +298,9 @@ class UnitBlockGemm {
     return scratch_copy<uint16_t>({id_, step, m, a}, panels * bf16_panel_elements(k_),
                                   [&](uint16_t* dst) {
                                     if constexpr (std::is_same_v<scalar_t, float>) {
-                                      std::vector<const float*> rows(m);
+                                      const float* rows[kWRowsMaxRows];  // m <= max_m_
                                       for (int64_t r = 0; r < m; ++r) rows[r] = a + r * lda;
-                                      gemm_bf16_kernels()->pack_b_columns(rows.data(), k_, m,
-                                                                          dst);
+                                      gemm_bf16_kernels()->pack_b_columns(rows, k_, m, dst);
                                     }
                                   });
   }
