@@ -201,6 +201,35 @@ def test_hooks_fire(cell):
     assert seen == ["pre", "tuple", "backward"]
 
 
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("kind", ["padded", "unbatched"])
+def test_outputs_can_be_modified_in_place_as_torch_nns(cell, kind):
+    """The output and final states are tensors of their own, not views marked by
+    autograd (an op's output that is a view may not be modified in place at all): a model
+    may scale, mask or ReLU(inplace=True) them as it may torch.nn's, and a backward
+    through final states so modified gives torch.nn's gradients. A backward after the
+    output was modified in place raises autograd's error: the ops save the output (the
+    steps' previous states), as torch.nn.LSTM's oneDNN path does; torch.nn's GRU and RNN,
+    and its LSTM elsewhere, keep copies and allow it."""
+    grads = []
+    x = make_x(kind, False).requires_grad_()
+    for module in make_pair(cell):
+        out, state = module(x)
+        torch.relu_(out)  # no backward through it
+        out, state = module(x)
+        states = state if isinstance(state, tuple) else (state,)
+        for s in states:
+            s.mul_(0.5)
+        loss = sum(s.sin().sum() for s in states)
+        grads.append(torch.autograd.grad(loss, [x, *module.parameters()]))
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=TOL["rtol"], atol=TOL["atol"])
+    out, _ = module(x)
+    out.mul_(0.5)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        out.sum().backward()
+
+
 # ---------------------------------------------------------------------------
 # state_dict, dtype conversion, copies, serialization
 # ---------------------------------------------------------------------------

@@ -178,4 +178,19 @@ inline RnnShapes check_rnn_args(const char* op, int64_t gates, const at::Tensor&
   return r;
 }
 
+// An op's flat [R, P] result laid out like the input: [T, N, P] when padded, [R, P] when
+// packed; a gradient not wanted (not_wanted's [0]) stays as it is. On flat's storage but
+// not a view of flat: autograd marks an op's output that is a view as one of a function
+// returning several views, and refuses to let it be modified in place, where torch.nn's
+// outputs may be (out.mul_(2), or a ReLU(inplace=True) after the module), and so would a
+// view of it be (the RNNCell's new h, functional.py's _new_states).
+inline at::Tensor shaped_like_input(const at::Tensor& flat, const at::Tensor& input) {
+  if (input.dim() != 3 || flat.dim() != 2) return flat;
+  at::Tensor shaped = flat.new_empty({0});
+  shaped.set_(flat.storage(), flat.storage_offset(),
+              {input.size(0), input.size(1), flat.size(1)},
+              {input.size(1) * flat.stride(0), flat.stride(0), flat.stride(1)});
+  return shaped;
+}
+
 }  // namespace gatedrnn

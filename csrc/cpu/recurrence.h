@@ -1381,13 +1381,4 @@ PrevRows<scalar_t> previous_rows(const Schedule& s, int64_t k, const Rows<scalar
   return p;
 }
 
-// The output laid out like the input: [T, N, P] when padded, [R, P] when packed. A
-// gradient not wanted (not_wanted's [0]) stays as it is.
-inline at::Tensor shaped_like_input(const at::Tensor& flat, const at::Tensor& input) {
-  if (input.dim() == 3 && flat.dim() == 2) {
-    return flat.view({input.size(0), input.size(1), flat.size(1)});
-  }
-  return flat;
-}
-
 }  // namespace gatedrnn

@@ -140,12 +140,6 @@ inline InputGates input_gates(const at::Tensor& x, const at::Tensor& w_ih, at::T
   return g;
 }
 
-// The output laid out like the input: [T, N, P] when padded, [R, P] when packed.
-inline at::Tensor shaped_like_input(const at::Tensor& flat, const at::Tensor& input) {
-  if (input.dim() == 3) return flat.view({input.size(0), input.size(1), flat.size(1)});
-  return flat;
-}
-
 inline void check_on_cuda(const char* op, const at::Tensor& input) {
   TORCH_CHECK(input.is_cuda(), op, ": expected input on a CUDA device, got ", input.device());
 }
