@@ -230,19 +230,20 @@ def _bytes_saved_for_backward(module, x, hx, steps):
 
 
 @pytest.mark.parametrize("cell", list(CELLS))
-def test_a_loop_of_cells_keeps_at_most_one_state_a_step_more_than_torch_nns(cell):
+def test_a_loop_of_cells_keeps_no_more_for_backward_than_torch_nns(cell):
     """In a model's loop of cells, each step's new state is kept for the next step's
-    backward. Ours is its own [N, H] (the op's final state, apart from the output the op
-    saves, so that it can be modified in place as torch.nn's LSTMCell's and GRUCell's
-    can): at most one [N, H] a step more than torch.nn keeps, where the state used to
-    keep a second, spent [N, H] alive beside it (one buffer of two)."""
+    backward. Ours is the op's final state, its own [N, H], so that it can be modified in
+    place as torch.nn's LSTMCell's and GRUCell's can; for one step the op saves no output
+    beside it (the LSTM's and GRU's backward reads none). The RNNCell's new h is the
+    output the op saves, as torch.nn's RNNCell's is the result its activation saves. So
+    ours keeps no more than torch.nn's, where it used to keep one [N, H] a step more."""
     n, h, steps = 5, 32, 8
     ref, ours = make_pair(cell, 16, h, dtype=torch.float32)
     x = torch.randn(steps, n, 16, requires_grad=True)
     hx = make_hx(cell, n=n, h=h, dtype=torch.float32)
     hx = (tuple(s.requires_grad_() for s in hx) if is_lstm(cell) else hx.requires_grad_())
     assert (_bytes_saved_for_backward(ours, x, hx, steps)
-            <= _bytes_saved_for_backward(ref, x, hx, steps) + steps * n * h * 4)
+            <= _bytes_saved_for_backward(ref, x, hx, steps))
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
@@ -250,7 +251,7 @@ def test_the_new_state_can_be_modified_in_place_as_torch_nns(cell):
     """torch.nn's LSTMCell and GRUCell keep nothing of their new h for their own backward,
     so a model may scale or mask it in place before the next step; so may ours, with the
     same gradients. (torch.nn's RNNCell keeps its output for its activation's derivative
-    and refuses such a backward.)"""
+    and refuses such a backward: the next test.)"""
     results = []
     for module in make_pair(cell):
         x = make_x().requires_grad_()
@@ -262,6 +263,19 @@ def test_the_new_state_can_be_modified_in_place_as_torch_nns(cell):
         results.append(torch.autograd.grad(loss, [x, *module.parameters()]))
     for a, b in zip(*results):
         torch.testing.assert_close(a, b, **TOL)
+
+
+@pytest.mark.parametrize("cell", ["rnn_tanh", "rnn_relu"])
+def test_the_rnn_cells_new_state_modified_in_place_is_refused_as_by_torch_nn(cell):
+    """torch.nn's RNNCell saves its result for the activation's derivative, so a backward
+    after the new h was modified in place raises (autograd's version check); ours saves
+    its output, which is the new h, and raises the same error."""
+    for module in make_pair(cell):
+        x = make_x().requires_grad_()
+        h = module(x, make_hx(cell))
+        h.mul_(0.5)
+        with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+            h.sum().backward()
 
 
 # ---------------------------------------------------------------------------

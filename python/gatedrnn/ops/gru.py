@@ -3,9 +3,10 @@ import torch
 
 from .. import monitor, reference
 from ._common import (check_devices, check_workspace_kept, differentiable_grads,
-                      fake_backward_grads, flat_rows, grad_if, kept, output_like, output_mask,
-                      refuse_reset_double_backward, register_autocast, register_autograd,
-                      register_first_order, step_norms_like, workspace_like, zeros_if_none)
+                      fake_backward_grads, flat_rows, grad_if, kept, output_for_backward,
+                      output_like, output_mask, output_to_save, refuse_reset_double_backward,
+                      register_autocast, register_autograd, register_first_order,
+                      step_norms_like, workspace_like, zeros_if_none)
 
 
 @torch.library.register_fake("gatedrnn::gru_forward")
@@ -32,7 +33,8 @@ def _gru_backward_fake(grad_output, grad_h_n, input, batch_sizes, h0, w_ih, w_hh
 def _setup_context(ctx, inputs, output):
     input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, reverse, _, reset = inputs
     out, _, workspace = output
-    ctx.save_for_backward(input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, reset, out, workspace)
+    ctx.save_for_backward(input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, reset,
+                          output_to_save(input, batch_sizes, out), workspace)
     # Outputs without a gradient arrive as None rather than as zeros: autograd would
     # otherwise allocate and clear a tensor the size of the workspace every backward.
     ctx.set_materialize_grads(False)
@@ -49,6 +51,7 @@ def _backward(ctx, grad_output, grad_h_n, _grad_workspace):
                 None)
     check_workspace_kept("gatedrnn.gru_forward", input, workspace)
     record = monitor.recording(ctx)
+    out = output_for_backward(out, input, h0)
     mask = output_mask(ctx, states=(2,), weights=range(3, 7))
     d_input, d_h0, d_w_ih, d_w_hh, d_b_ih, d_b_hh, step_norms = torch.ops.gatedrnn.gru_backward(
         zeros_if_none(grad_output, out), zeros_if_none(grad_h_n, h0), input, batch_sizes, h0,

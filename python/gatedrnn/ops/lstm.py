@@ -4,7 +4,8 @@ import torch
 from .. import monitor, reference
 from ._common import (cell_state_grads, check_devices, check_workspace_kept,
                       differentiable_grads, fake_backward_grads, flat_rows, grad_if, kept,
-                      output_like, output_mask, refuse_cell_state_double_backward,
+                      output_for_backward, output_like, output_mask, output_to_save,
+                      refuse_cell_state_double_backward,
                       refuse_reset_double_backward, register_autocast,
                       register_autograd, register_first_order, step_norms_like, workspace_like,
                       zeros_if_none)
@@ -52,8 +53,8 @@ def _lstm_backward_fake(grad_output, grad_h_n, grad_c_n, input, batch_sizes, h0,
 def _setup_context(ctx, inputs, output):
     input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reverse, _, reset = inputs
     out, _, _, workspace = output
-    ctx.save_for_backward(input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reset, out,
-                          workspace)
+    ctx.save_for_backward(input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, reset,
+                          output_to_save(input, batch_sizes, out), workspace)
     # Outputs without a gradient arrive as None rather than as zeros: autograd would
     # otherwise allocate and clear a tensor the size of the workspace every backward.
     ctx.set_materialize_grads(False)
@@ -72,6 +73,7 @@ def _backward(ctx, grad_output, grad_h_n, grad_c_n, grad_workspace):
         return (*grads, None, None)
     check_workspace_kept("gatedrnn.lstm_forward", input, workspace)
     record = monitor.recording(ctx)
+    out = output_for_backward(out, input, h0)
     mask = output_mask(ctx, states=(2, 3), weights=range(4, 9))
     grads = torch.ops.gatedrnn.lstm_backward(
         zeros_if_none(grad_output, out), zeros_if_none(grad_h_n, h0),
