@@ -72,8 +72,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_forward(
   const at::Tensor bhh = optional_bias(widened(b_hh), kGates * H, opts);
   at::Tensor out = step_output(input, true, s.rows, H, opts);
   at::Tensor h_state = widened(h0).contiguous();  // read only: the team copies it
-  at::Tensor ws = cached_empty({need_workspace ? s.rows : 0, 4 * H},
-                               x.options().dtype(workspace_dtype(input)));
+  at::Tensor ws = cached_empty({need_workspace ? s.rows : 0, 4 * H}, x.options().dtype(workspace_dtype(input)));
   at::Tensor ws_arg = need_workspace ? ws : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES(loop_dtype(input), kForward, [&] {
     gru_forward_impl<scalar_t>(sh, x, cached_contiguous(w_ih), cached_contiguous(w_hh), bih, bhh,

@@ -109,8 +109,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward(
   at::Tensor h_state = widened(h0).contiguous();  // read only: the team copies it
   const at::Tensor c0c = widened(c0).contiguous();
   at::Tensor c_state = c0c.clone();
-  at::Tensor ws = cached_empty({need_workspace ? s.rows : 0, 5 * H},
-                               x.options().dtype(workspace_dtype(input)));
+  at::Tensor ws = cached_empty({need_workspace ? s.rows : 0, 5 * H}, x.options().dtype(workspace_dtype(input)));
   at::Tensor ws_arg = need_workspace ? ws : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES(loop_dtype(input), kForward, [&] {
     lstm_forward_impl<scalar_t>(sh, x, wih, whh, bias, whr, out, h_state, c_state, c0c, ws_arg,
