@@ -124,12 +124,9 @@ def test_bits_do_not_depend_on_the_thread_count(cell, packed):
 
 
 @pytest.mark.parametrize("cell", CELLS)
-def test_workspace_dtype_and_opcheck(cell):
-    """The forward's workspace (activations the backward reads) is kept in bfloat16, as
-    torch.nn's bfloat16 cells keep theirs (the kernels compute in float32 and round what
-    they keep), where the bfloat16 GEMM kernels run; in float32 where the GEMMs run in
-    float32 (cpu/recurrence.h, workspace_dtype). The fake kernels say so, and opcheck finds
-    fake and real kernels agreeing, forward and backward."""
+def test_workspace_in_float32_and_opcheck(cell):
+    """The forward's workspace (activations the backward reads) stays in float32; the fake
+    kernels say so, and opcheck finds fake and real kernels agreeing, forward and backward."""
     _, tensors, batch_sizes = build_case(cell, 5, 6, 7, 20, 9, dtype=torch.float32, packed=True)
     tensors = {k: v.to(torch.bfloat16) for k, v in tensors.items()}
     op, args = op_and_args(cell, as_leaves(tensors), batch_sizes, False)
@@ -138,8 +135,7 @@ def test_workspace_dtype_and_opcheck(cell):
     for r in res[:3 if is_lstm(cell) else 2]:
         assert r.dtype == torch.bfloat16
     if cell != "rnn_tanh" and cell != "rnn_relu":
-        kept = torch.float32 if gatedrnn.cpu_bf16_kernel() == "none" else torch.bfloat16
-        assert res[-1].dtype == kept
+        assert res[-1].dtype == torch.float32
     torch.library.opcheck(op, args)
 
 
@@ -149,12 +145,10 @@ def test_backward_refuses_a_workspace_of_another_dtype():
     op, args = op_and_args("gru", tensors, batch_sizes, False)
     out, h_n, ws = op(*args)
     t = tensors
-    other = torch.float32 if ws.dtype == torch.bfloat16 else torch.bfloat16
-    expected = {torch.bfloat16: "BFloat16", torch.float32: "Float"}[ws.dtype]
-    with pytest.raises(RuntimeError, match=f"workspace to have dtype {expected}"):
+    with pytest.raises(RuntimeError, match="workspace to have dtype Float"):
         torch.ops.gatedrnn.gru_backward(torch.ones_like(out), torch.ones_like(h_n), t["input"],
                                         batch_sizes, t["h0"], t["w_ih"], t["w_hh"], out,
-                                        ws.to(other), False)
+                                        ws.to(torch.bfloat16), False)
 
 
 @pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN"])

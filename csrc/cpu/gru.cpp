@@ -35,8 +35,7 @@ void gru_forward_impl(const RnnShapes& sh, const at::Tensor& x, const at::Tensor
   const UnitBlockGemm<scalar_t> hidden(w_hh, kGates, H, units, N, s.steps(), precision);
   at::Tensor hg = at::empty({N, G}, h_state.options());
   scalar_t* hgp = hg.mutable_data_ptr<scalar_t>();
-  const std::optional<WorkspaceRows<scalar_t>> wsr =
-      ws.defined() ? std::optional(WorkspaceRows<scalar_t>(ws, N, H, 4, false)) : std::nullopt;
+  scalar_t* wsp = ws.defined() ? ws.mutable_data_ptr<scalar_t>() : nullptr;
   const StepOutput<scalar_t> output(out, s, resets);
   const scalar_t* bih = b_ih.const_data_ptr<scalar_t>();
   const scalar_t* bhh = b_hh.const_data_ptr<scalar_t>();
@@ -47,8 +46,7 @@ void gru_forward_impl(const RnnShapes& sh, const at::Tensor& x, const at::Tensor
     // hg_b[:n] = h[:n] @ w_hh_b^T       [n, H] x [H, 3 len]
     output.recurrent(hidden, b, st, scalar_t(0), hgb, G);
     forward_units(st.n, H, u0, len, st.gates + kGates * u0, hgb, G, bih, bhh, st.cur,
-                  wsr ? wsr->rows(st.off) : nullptr, output.rows(st), st.next);
-    if (wsr) wsr->store(st.off, st.n, u0, len);
+                  wsp ? wsp + st.off * 4 * H : nullptr, output.rows(st), st.next);
     output.finish(st, u0, len);
   };
   team.run(0, true, block, [](const TeamMember&, const TeamStep<scalar_t>&) {});
@@ -67,14 +65,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_forward(
   const int64_t H = sh.hidden_size;
   // x as it is, bfloat16 too: the input projection reads it so (ForwardTeam)
   const at::Tensor x = cached_contiguous(input).view({s.rows, sh.input_size});
-  const auto opts = x.options().dtype(loop_dtype(input));
+  const auto opts = x.options().dtype(workspace_dtype(input));
   const at::Tensor bih = optional_bias(widened(b_ih), kGates * H, opts);
   const at::Tensor bhh = optional_bias(widened(b_hh), kGates * H, opts);
   at::Tensor out = step_output(input, true, s.rows, H, opts);
   at::Tensor h_state = widened(h0).contiguous();  // read only: the team copies it
-  at::Tensor ws = cached_empty({need_workspace ? s.rows : 0, 4 * H}, x.options().dtype(workspace_dtype(input)));
+  at::Tensor ws = cached_empty({need_workspace ? s.rows : 0, 4 * H}, opts);
   at::Tensor ws_arg = need_workspace ? ws : at::Tensor();
-  AT_DISPATCH_FLOATING_TYPES(loop_dtype(input), kForward, [&] {
+  AT_DISPATCH_FLOATING_TYPES(workspace_dtype(input), kForward, [&] {
     gru_forward_impl<scalar_t>(sh, x, cached_contiguous(w_ih), cached_contiguous(w_hh), bih, bhh,
                                out, h_state, ws_arg, resets, precision_of(input));
   });
@@ -94,7 +92,7 @@ InputAndWeightGrads gru_backward_impl(const RnnShapes& sh, const Rows<scalar_t>&
                                       GemmPrecision precision, const GradsWanted& wanted) {
   const Schedule& s = sh.schedule;
   const int64_t H = sh.hidden_size;
-  const WorkspaceRows<scalar_t> wsr(ws, s.batch, H, 4, false);
+  const scalar_t* wsp = ws.const_data_ptr<scalar_t>();
   // The previous states, read by the pointwise pass: out's rows, a bfloat16 out's widened
   // step by step (Rows::at).
   const Rows<scalar_t> out_rows = strided_rows<scalar_t>(out, s.rows, H, s.batch);
@@ -115,7 +113,7 @@ InputAndWeightGrads gru_backward_impl(const RnnShapes& sh, const Rows<scalar_t>&
                  previous_rows(s, k, out_rows, u0, len, h0p, H, resets);
              move_reset_columns(resets, s, k + 1, dhs, dh0, H, u0, len);
              backward_units(n, H, u0, len, grad_out.at(off, n, u0, len), grad_out.step_ld(),
-                            dhs, wsr.at(off, n, u0, len), h_prev, dg,
+                            dhs, wsp + off * 4 * H, h_prev, dg,
                             norms.at(s.time_at(k), u0 / units.size));
            });
   return grads.result();
@@ -150,7 +148,7 @@ gru_backward(const at::Tensor& grad_output, const at::Tensor& grad_h_n, const at
   at::Tensor grad_h0_reset = resets.flags ? at::zeros_like(dh_state) : at::Tensor();
   StepNorms norms(record_norms, s.steps(), unit_blocks(H, kGates, H, s.batch, s.steps()).count(),
                   1);
-  AT_DISPATCH_FLOATING_TYPES(loop_dtype(input), kBackward, [&] {
+  AT_DISPATCH_FLOATING_TYPES(workspace_dtype(input), kBackward, [&] {
     g = gru_backward_impl<scalar_t>(sh, strided_rows<scalar_t>(grad_output, s.rows, H, s.batch),
                                     x, wih, whh, ws, out, h0c, dh_state, resets, grad_h0_reset,
                                     norms, precision_of(input), wanted);

@@ -41,8 +41,7 @@ void lstm_forward_impl(const RnnShapes& sh, const at::Tensor& x, const at::Tenso
       proj ? UnitBlockGemm<scalar_t>(w_hr, 1, P, proj_units, N, s.steps(), precision)
            : UnitBlockGemm<scalar_t>();
   at::Tensor hp = proj ? at::empty({N, H}, h_state.options()) : at::Tensor();
-  const std::optional<WorkspaceRows<scalar_t>> wsr =
-      ws.defined() ? std::optional(WorkspaceRows<scalar_t>(ws, N, H, 5, false)) : std::nullopt;
+  scalar_t* wsp = ws.defined() ? ws.mutable_data_ptr<scalar_t>() : nullptr;
   scalar_t* hpp = proj ? hp.mutable_data_ptr<scalar_t>() : nullptr;
   const StepOutput<scalar_t> output(out, s, resets);
   scalar_t* outp = proj ? out.mutable_data_ptr<scalar_t>() : nullptr;
@@ -56,7 +55,7 @@ void lstm_forward_impl(const RnnShapes& sh, const at::Tensor& x, const at::Tenso
     scalar_t* pre = st.gates + kGates * u0;
     // pre[:n] += h[:n] @ w_hh_b^T       [n, P] x [P, 4 len]
     output.recurrent(hidden, b, st, scalar_t(1), pre, G);
-    scalar_t* ws_rows = wsr ? wsr->rows(st.off) : nullptr;
+    scalar_t* ws_rows = wsp ? wsp + st.off * ws_ld : nullptr;
     if (!proj) {
       scalar_t* h = output.rows(st);
       forward_units(st.n, H, u0, len, pre, G, bp, cs, ws_rows, ws_ld, h, H,
@@ -65,7 +64,6 @@ void lstm_forward_impl(const RnnShapes& sh, const at::Tensor& x, const at::Tenso
     } else {
       forward_units(st.n, H, u0, len, pre, G, bp, cs, ws_rows, ws_ld, hpp, H, nullptr, 0);
     }
-    if (wsr) wsr->store(st.off, st.n, u0, len);
     reset_columns(resets, s, st.k + 1, c0p, H, cs, H, u0, len);  // c of rows restarting next
   };
   const auto project = [&](const TeamMember& me, const TeamStep<scalar_t>& st) {
@@ -98,7 +96,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward(
   const int64_t H = sh.hidden_size, P = sh.state_size;
   // x as it is, bfloat16 too: the input projection reads it so (ForwardTeam)
   const at::Tensor x = cached_contiguous(input).view({s.rows, sh.input_size});
-  const auto opts = x.options().dtype(loop_dtype(input));
+  const auto opts = x.options().dtype(workspace_dtype(input));
   // The weights as they are (bfloat16 in the bfloat16 form): the GEMMs read them so, or
   // widen them where they cannot (recurrent_gemm.h).
   const at::Tensor wih = cached_contiguous(w_ih), whh = cached_contiguous(w_hh);
@@ -109,9 +107,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward(
   at::Tensor h_state = widened(h0).contiguous();  // read only: the team copies it
   const at::Tensor c0c = widened(c0).contiguous();
   at::Tensor c_state = c0c.clone();
-  at::Tensor ws = cached_empty({need_workspace ? s.rows : 0, 5 * H}, x.options().dtype(workspace_dtype(input)));
+  at::Tensor ws = cached_empty({need_workspace ? s.rows : 0, 5 * H}, opts);
   at::Tensor ws_arg = need_workspace ? ws : at::Tensor();
-  AT_DISPATCH_FLOATING_TYPES(loop_dtype(input), kForward, [&] {
+  AT_DISPATCH_FLOATING_TYPES(workspace_dtype(input), kForward, [&] {
     lstm_forward_impl<scalar_t>(sh, x, wih, whh, bias, whr, out, h_state, c_state, c0c, ws_arg,
                                 resets, precision_of(input));
   });
@@ -148,8 +146,8 @@ InputAndWeightGrads lstm_backward_impl(const RnnShapes& sh, const Rows<scalar_t>
   const Schedule& s = sh.schedule;
   const int64_t H = sh.hidden_size, P = sh.state_size, N = s.batch, G = kGates * H;
   const bool proj = w_hr.defined();
-  const WorkspaceRows<scalar_t> wsr(ws, N, H, 5, true);
-  const int64_t ws_ld = wsr.ld();
+  const int64_t ws_ld = 5 * H;
+  const scalar_t* wsp = ws.const_data_ptr<scalar_t>();
   const scalar_t* c0p = c0.const_data_ptr<scalar_t>();
   scalar_t* dhs = dh_state.mutable_data_ptr<scalar_t>();
   scalar_t* dcs = dc_state.mutable_data_ptr<scalar_t>();
@@ -164,14 +162,15 @@ InputAndWeightGrads lstm_backward_impl(const RnnShapes& sh, const Rows<scalar_t>
     BackwardTeam<scalar_t> team(s, w_hh, G, units, precision, wanted.states);
     team.run(grads, dhs, scalar_t(0),
              [&](int64_t k, int64_t n, int64_t off, scalar_t* dg, int64_t u0, int64_t len) {
-               const PrevRows<scalar_t> c_prev = wsr.previous(s, k, 4, u0, len, c0p, H, resets);
+               const PrevRows<scalar_t> c_prev =
+                   previous_rows(s, k, wsp + 4 * H, ws_ld, c0p, H, resets);
                // the gradients w.r.t. the state that entered step k + 1, of rows that
                // restarted there, are h0's and c0's
                move_reset_columns(resets, s, k + 1, dhs, dh0, H, u0, len);
                move_reset_columns(resets, s, k + 1, dcs, dc0, H, u0, len);
                if (grad_cs) add_cell_state_grads(n, H, u0, len, grad_cs + off * H, dcs);
                backward_units(n, H, u0, len, grad_out.at(off, n, u0, len), grad_out.step_ld(),
-                              dhs, wsr.at(off, n, u0, len), ws_ld, c_prev, dcs, dg,
+                              dhs, wsp + off * ws_ld, ws_ld, c_prev, dcs, dg,
                               norms.at(s.time_at(k), u0 / units.size));
              });
     return grads.result();
@@ -180,8 +179,8 @@ InputAndWeightGrads lstm_backward_impl(const RnnShapes& sh, const Rows<scalar_t>
   const UnitBlocks state_units = unit_blocks(P, kGates, H, N, s.steps());
   BackwardTeam<scalar_t> team(s, w_hh, G, state_units, precision, wanted.states);
   const UnitBlockGemm<scalar_t> proj_gemm(w_hr.t(), 1, H, units, N, s.steps(), precision);
-  at::Tensor dh_step = at::empty({N, H}, dh_state.options());
-  at::Tensor dout = cached_empty({grads.max_rows(), P}, dh_state.options());
+  at::Tensor dh_step = at::empty({N, H}, ws.options());
+  at::Tensor dout = cached_empty({grads.max_rows(), P}, ws.options());
   scalar_t* dhp = dh_step.mutable_data_ptr<scalar_t>();
   scalar_t* doutp = dout.mutable_data_ptr<scalar_t>();
   // The chunk the team is in; rows of dout are relative to its first row.
@@ -207,19 +206,18 @@ InputAndWeightGrads lstm_backward_impl(const RnnShapes& sh, const Rows<scalar_t>
     const int64_t b = (u0 / units.size);
     // dh_step[:n, block] = dout[off:off+n] @ w_hr[:, block]      [n, P] x [P, len]
     proj_gemm.run(b, n, doutp + (off - chunk.row_begin) * P, P, scalar_t(0), dhp + u0, H);
-    const PrevRows<scalar_t> c_prev = wsr.previous(s, k, 4, u0, len, c0p, H, resets);
+    const PrevRows<scalar_t> c_prev = previous_rows(s, k, wsp + 4 * H, ws_ld, c0p, H, resets);
     move_reset_columns(resets, s, k + 1, dcs, dc0, H, u0, len);  // c0's (resets)
     if (grad_cs) add_cell_state_grads(n, H, u0, len, grad_cs + off * H, dcs);
     // norms' h entries (the unprojected h's) are not used: output_norms has the state's
-    backward_units(n, H, u0, len, dhp, H, nullptr, wsr.at(off, n, u0, len), ws_ld, c_prev, dcs,
-                   dg, norms.at(s.time_at(k), b));
+    backward_units(n, H, u0, len, dhp, H, nullptr, wsp + off * ws_ld, ws_ld, c_prev, dcs, dg,
+                   norms.at(s.time_at(k), b));
   };
   const auto grad_w_hr_of_chunk = [&](const StepChunk& c) {
     // grad_w_hr += dout^T @ (o * tanh(c)) over the chunk's rows; o * tanh(c), the
     // unprojected h, is recomputed from the workspace rather than stored.
     if (wanted.weights) {
-      // in the loop's dtype (a bfloat16 workspace's activations widened, WorkspaceRows)
-      const at::Tensor rows = ws.narrow(0, c.row_begin, c.rows()).to(dh_step.scalar_type());
+      const at::Tensor rows = ws.narrow(0, c.row_begin, c.rows());
       const at::Tensor hp = rows.narrow(1, 3 * H, H) * rows.narrow(1, 4 * H, H).tanh();
       parallel_gemm<scalar_t>(P, H, c.rows(), GemmA<scalar_t>::transposed(doutp, P),
                               GemmB<scalar_t>::rows(hp.const_data_ptr<scalar_t>(), H),
@@ -267,7 +265,7 @@ lstm_backward(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
   // x and out as they are, bfloat16 too: the weight gradients' GEMMs read them so
   // (ChunkedGrads)
   const at::Tensor x = cached_contiguous(input).view({s.rows, sh.input_size});
-  const auto opts = x.options().dtype(loop_dtype(input));
+  const auto opts = x.options().dtype(workspace_dtype(input));
   const at::Tensor out = cached_contiguous(output).view({s.rows, P});
   const at::Tensor h0c = widened(h0).contiguous(), c0c = widened(c0).contiguous();
   const at::Tensor whh = cached_contiguous(w_hh), wih = cached_contiguous(w_ih);
@@ -284,7 +282,7 @@ lstm_backward(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
   StepNorms norms(record_norms, s.steps(), unit_blocks(H, kGates, P, N, s.steps()).count(), 2);
   StepNorms output_norms(record_norms && proj, s.steps(),
                          unit_blocks(P, kGates, H, N, s.steps()).count(), 1);
-  AT_DISPATCH_FLOATING_TYPES(loop_dtype(input), kBackward, [&] {
+  AT_DISPATCH_FLOATING_TYPES(workspace_dtype(input), kBackward, [&] {
     g = lstm_backward_impl<scalar_t>(sh, strided_rows<scalar_t>(grad_output, s.rows, P, N),
                                      x, out, h0c, c0c, wih, whh, whr, ws, dh_state, dc_state,
                                      grad_w_hr,

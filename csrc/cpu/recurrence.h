@@ -19,7 +19,6 @@
 #include "../common/sequence.h"
 #include "block_cache.h"
 #include "gemm.h"
-#include "isa/bf16_rows.h"
 #include "prev_rows.h"
 #include "recurrent_gemm.h"
 #include "step_team.h"
@@ -355,19 +354,9 @@ inline at::Tensor narrowed(const at::Tensor& t, const at::Tensor& input) {
   });
   return result;
 }
-// The time loop's dtype for this input: float32 in the bfloat16 form, else input's.
-inline at::ScalarType loop_dtype(const at::Tensor& input) {
-  return is_bf16(input) ? at::kFloat : input.scalar_type();
-}
-// The dtype of the LSTM's and GRU's workspace: the input's, bfloat16 too where the
-// bfloat16 GEMM kernels run (WorkspaceRows); float32 for bfloat16 elsewhere, where the
-// GEMMs run in float32 and the backward is otherwise exact enough that the rounded
-// activations alone took one case past twice torch.nn's error (a 2-layer bidirectional
-// LSTM, unbatched, T = 16, H = 16: layer 0's reverse grad_w_hh 2.3x; 0.55x with a float32
-// workspace, 0.85x with a bfloat16 one on AVX512_BF16; tests/test_reduced_precision.py).
-// ops/_common.py's workspace_like says the same to the fake kernels.
+// The workspace's dtype for this input: float32 in the bfloat16 form, else input's.
 inline at::ScalarType workspace_dtype(const at::Tensor& input) {
-  return is_bf16(input) && gemm_bf16_kernels() == nullptr ? at::kFloat : input.scalar_type();
+  return is_bf16(input) ? at::kFloat : input.scalar_type();
 }
 inline void check_workspace_dtype(const char* op, const at::Tensor& input,
                                   const at::Tensor& workspace) {
@@ -1377,84 +1366,6 @@ Rows<scalar_t> strided_rows(const at::Tensor& t, int64_t rows, int64_t cols, int
   }
   return {cached_contiguous(t), cols, step};
 }
-
-// The LSTM's and GRU's workspace, [R, C] with C = sections * H (the activated gates and
-// what else the backward reads, H columns each), in the time loop's dtype, or in
-// bfloat16 for a bfloat16 op: the backward then reads the activations rounded, as
-// torch.nn's bfloat16 cells save theirs, and a training forward keeps half the bytes (a
-// decoder of two bfloat16 LSTMCells, (N, H) = (64, 512), 20 steps, saved 29.9 MiB with a
-// float32 workspace, now 17.4 as torch.nn's; the gradients' error against float64 went
-// from 0.6-0.85x torch.nn's to 0.73-1.0x; a training step's time 0-6% more, AMD Zen 4,
-// in-process A/B). Bfloat16 rows pass through float32 [N, C] step
-// buffers: the forward's kernels write a block's columns of a step there and store()
-// rounds them into the workspace; the backward widens a block's columns of a step (at)
-// or of the previous step's section (previous) into them. Threads touch only their
-// own blocks' columns.
-template <typename scalar_t>
-class WorkspaceRows {
- public:
-  // backward: whether previous() will be called (its buffer is made only then)
-  WorkspaceRows(const at::Tensor& ws, int64_t batch, int64_t H, int64_t sections,
-                bool backward)
-      : bits_(is_bf16(ws) ? reinterpret_cast<uint16_t*>(ws.mutable_data_ptr()) : nullptr),
-        wide_(bits_ ? nullptr : ws.mutable_data_ptr<scalar_t>()), H_(H), C_(sections * H),
-        sections_(sections) {
-    if (bits_) {
-      TORCH_INTERNAL_ASSERT((std::is_same_v<scalar_t, float>));
-      step_ = cached_empty({batch, C_}, ws.options().dtype(at::kFloat));
-      if (backward) previous_ = cached_empty({batch, C_}, ws.options().dtype(at::kFloat));
-    }
-  }
-  int64_t ld() const { return C_; }
-  // Forward: where the kernels write the rows of the step that starts at row off.
-  scalar_t* rows(int64_t off) const { return bits_ ? step_rows(step_) : wide_ + off * C_; }
-  // Forward, after a block's kernel: its columns [u0, u0 + len) of each section of the
-  // step's n rows into the workspace.
-  void store(int64_t off, int64_t n, int64_t u0, int64_t len) const {
-    if (!bits_) return;
-    for (int64_t q = 0; q < sections_; ++q) {
-      round_columns(step_rows(step_) + q * H_ + u0, n, len, bits_ + off * C_ + q * H_ + u0);
-    }
-  }
-  // Backward: the step's rows [off, off + n), of which the columns [u0, u0 + len) of each
-  // section are read, at the returned pointer (leading dimension ld()).
-  const scalar_t* at(int64_t off, int64_t n, int64_t u0, int64_t len) const {
-    if (!bits_) return wide_ + off * C_;
-    for (int64_t q = 0; q < sections_; ++q) widen(step_, off, n, q * H_ + u0, len);
-    return step_rows(step_);
-  }
-  // Backward: the rows step k started from in section q (the LSTM's c), columns
-  // [u0, u0 + len) read, as previous_rows gives them (init for the rows that start there).
-  PrevRows<scalar_t> previous(const Schedule& s, int64_t k, int64_t q, int64_t u0,
-                              int64_t len, const scalar_t* init, int64_t init_ld,
-                              const Resets& resets) const {
-    if (!bits_) return previous_rows(s, k, wide_ + q * H_, C_, init, init_ld, resets);
-    PrevRows<scalar_t> p = previous_rows<scalar_t>(s, k, nullptr, 0, init, init_ld, resets);
-    if (k > 0) {
-      widen(previous_, s.offsets[s.time_at(k - 1)], p.from_seq, q * H_ + u0, len);
-      p.seq = step_rows(previous_) + q * H_;
-      p.seq_ld = C_;
-    }
-    return p;
-  }
-
- private:
-  static scalar_t* step_rows(const at::Tensor& t) { return t.mutable_data_ptr<scalar_t>(); }
-  // rows [off, off + n), columns [j0, j0 + len) of the workspace into t's first n rows
-  void widen(const at::Tensor& t, int64_t off, int64_t n, int64_t j0, int64_t len) const {
-    bf16_row_kernels<scalar_t>().widen(bits_ + off * C_ + j0, C_, n, len, step_rows(t) + j0,
-                                       C_);
-  }
-  // n rows of len values (C_ apart) rounded to bfloat16 at dst (C_ apart), as torch rounds
-  void round_columns(const scalar_t* src, int64_t n, int64_t len, uint16_t* dst) const {
-    bf16_row_kernels<scalar_t>().round(src, C_, n, len, dst, C_);
-  }
-
-  uint16_t* bits_;
-  scalar_t* wide_;
-  int64_t H_, C_, sections_;
-  at::Tensor step_, previous_;  // bfloat16 workspace: [N, C] float32 each
-};
 
 // previous_rows with the previous step's rows from seq, [R, C], of which columns
 // [j0, j0 + len) are read (Rows::at: a bfloat16 seq's widened).

@@ -166,7 +166,7 @@ def _narrowed(result, dtype):
 
 def _cell_states(workspace: Tensor, output: Tensor, columns) -> Tensor:
     """The cell states an LSTM op's workspace keeps, in the output's layout and dtype (the
-    workspace is in the input's dtype, but the float32 form's of a float16 op is float32)."""
+    workspace is float32 for bfloat16 ops)."""
     start, hidden = columns
     states = workspace[:, start:start + hidden]
     if output.dim() == 3:

@@ -17,14 +17,11 @@ def output_like(input: torch.Tensor, features: int) -> torch.Tensor:
 
 
 def workspace_like(input: torch.Tensor, rows: int, columns: int) -> torch.Tensor:
-    """The forward op's workspace, in input's dtype: bfloat16 too, where the CPU kernels
-    compute in float32 and keep the activations rounded, but float32 for bfloat16 on a
-    CPU without the bfloat16 GEMM kernels (cpu/recurrence.h, workspace_dtype)."""
-    if input.dtype == torch.bfloat16 and input.device.type == "cpu":
-        from .. import _C  # loaded by the package before the ops
-        if _C.cpu_bf16_kernel() == "none":
-            return input.new_empty((rows, columns), dtype=torch.float32)
-    return input.new_empty((rows, columns))
+    """The forward op's workspace: in input's dtype, but float32 for bfloat16 on the CPU,
+    where the kernels keep the per-step activations in float32 (cpu/recurrence.h)."""
+    dtype = torch.float32 if (input.dtype == torch.bfloat16 and input.device.type == "cpu") \
+        else input.dtype
+    return input.new_empty((rows, columns), dtype=dtype)
 
 
 def output_to_save(input, batch_sizes, out):
