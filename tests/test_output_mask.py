@@ -65,6 +65,27 @@ def test_opcheck_backward_with_output_mask(cell, mask):
                                       "test_aot_dispatch_dynamic"))
 
 
+@pytest.mark.parametrize("cell", ["lstm", "lstm_proj", "gru"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16],
+                         ids=["f64", "f32", "bf16"])
+@pytest.mark.parametrize("N", [3, 6])
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+def test_a_one_step_backward_reads_no_output(cell, dtype, N, packed):
+    """A call of one step saves no output for its backward (ops/_common.py,
+    output_to_save) and hands the backward op h0 in its place: the op reads no output row
+    when there is one step, so its gradients are those of the real output, bit for bit. A
+    NaN output in its place changes no bit."""
+    _, tensors, batch_sizes = build_case(cell, 1, N, 4, 5, 3, dtype=dtype, packed=packed)
+    op, args = _backward_call(cell, tensors, batch_sizes, reverse=False)
+    out_at = 10 if is_lstm(cell) else 7
+    *real, _ = op(*args)
+    args = list(args)
+    args[out_at] = torch.full_like(args[out_at], float("nan"))
+    *stand_in, _ = op(*args)
+    for i, (a, b) in enumerate(zip(real, stand_in)):
+        assert torch.equal(a, b), i
+
+
 MODULES = {
     "lstm": lambda: (torch.nn.LSTM(4, 6, num_layers=2), gatedrnn.LSTM(4, 6, num_layers=2)),
     "lstm_proj": lambda: (torch.nn.LSTM(4, 6, num_layers=2, proj_size=3),

@@ -37,8 +37,9 @@ def output_to_save(input, batch_sizes, out):
 
 def output_for_backward(out, input, h0):
     """The backward op's `output` argument from what output_to_save kept: where it kept
-    nothing (one step), h0 in the output's shape, which the op checks but never reads
-    (gradients bit for bit those of the output itself: tests/test_cells.py)."""
+    nothing (one step), h0 in the output's shape, which the op checks but never reads, so
+    the gradients are bit for bit those of the output itself
+    (tests/test_output_mask.py::test_a_one_step_backward_reads_no_output)."""
     if out is not None:
         return out
     return h0.unsqueeze(0) if input.dim() == 3 else h0
