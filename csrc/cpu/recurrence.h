@@ -852,12 +852,14 @@ class ChunkedGrads {
                                              [&](int64_t n) { return n == s.batch; });
     // bfloat16 operands of B (a bfloat16 op's) are packed as they are by the bfloat16
     // kernels: float32 copies of x and out, both [R, *], were fresh pages at every call
-    // (above the block cache's 8 MiB of then, at (100, 64, 512, 512)). out is gathered by rows
-    // where steps differ (gather_h_prev): widened then.
+    // (above the block cache's 8 MiB of then, at (100, 64, 512, 512)). Where steps differ,
+    // out's rows are gathered a chunk at a time, and widened as they are (gather_h_prev):
+    // a float32 copy of the whole out was 7.4 of the 30.3 MiB a bfloat16 RNN training
+    // call grew by at the bench's large-packed row (torch.nn's: 21.1).
     const bool bf16 = bf16_kernels_for<scalar_t>(precision) != nullptr;
     w_ih_ = bf16 ? w_ih : widened(w_ih);
     x_ = bf16 ? x : widened(x);
-    out_ = bf16 && uniform_ ? out : widened(out);
+    out_ = bf16 ? out : widened(out);
     small_step_ = double(s.batch) * double(gates_h) * double(P_) <= double(kSmallStep);
     plan(small_step_ ? kSmallStepRows : kRows);
     const auto opts = h0.options();
@@ -1075,23 +1077,40 @@ class ChunkedGrads {
 
   // The state each row of the chunk started from: the same sequence's row at the
   // previously processed step, or h0.
+  // (A bfloat16 out's rows widened on the way: the same values as a widened copy's.)
   void gather_h_prev(const StepChunk& c) {
     scalar_t* dst = h_prev_.mutable_data_ptr<scalar_t>();
-    const scalar_t* seq = out_.const_data_ptr<scalar_t>();
     const scalar_t* init = h0_.const_data_ptr<scalar_t>();
     const int64_t P = P_;
+    // rows [r, r + count) of out into d
+    const auto out_rows = [&](scalar_t* d, int64_t r, int64_t count) {
+      if constexpr (std::is_same_v<scalar_t, float>) {
+        if (is_bf16(out_)) {
+          // a bfloat16's bits are a float's upper half (a loop the compiler vectorizes)
+          const auto* src = reinterpret_cast<const uint16_t*>(out_.const_data_ptr()) + r * P;
+          auto* bits = reinterpret_cast<uint32_t*>(d);
+          for (int64_t i = 0; i < count * P; ++i) bits[i] = uint32_t(src[i]) << 16;
+          return;
+        }
+      }
+      std::memcpy(d, out_.const_data_ptr<scalar_t>() + r * P, sizeof(scalar_t) * count * P);
+    };
     for (int64_t k = c.k_last; k <= c.k_first; ++k) {
       const int64_t t = s_.time_at(k), n = s_.sizes[t];
-      const PrevRows<scalar_t> p = previous_rows(s_, k, seq, P, init, P, resets_);
+      const PrevRows<scalar_t> p = previous_rows<scalar_t>(s_, k, nullptr, 0, init, P, resets_);
+      const int64_t seq_row = k > 0 ? s_.offsets[s_.time_at(k - 1)] : 0;
       scalar_t* d = dst + (s_.offsets[t] - c.row_begin) * P;
-      if (p.reset) {  // row by row: resets make any row start from h0
-        for (int64_t b = 0; b < n; ++b) std::memcpy(d + b * P, p.row(b), sizeof(scalar_t) * P);
-        continue;
-      }
-      if (p.from_seq > 0) std::memcpy(d, p.row(0), sizeof(scalar_t) * p.from_seq * P);
-      if (n > p.from_seq) {
-        std::memcpy(d + p.from_seq * P, p.row(p.from_seq),
-                     sizeof(scalar_t) * (n - p.from_seq) * P);
+      for (int64_t b = 0; b < n;) {
+        // a run of rows that continue their sequences, or of rows that start from h0
+        const bool from_seq = b < p.from_seq && !(p.reset && p.reset[b]);
+        int64_t e = b + 1;
+        while (e < n && (e < p.from_seq && !(p.reset && p.reset[e])) == from_seq) ++e;
+        if (from_seq) {
+          out_rows(d + b * P, seq_row + b, e - b);
+        } else {
+          std::memcpy(d + b * P, init + b * P, sizeof(scalar_t) * (e - b) * P);
+        }
+        b = e;
       }
     }
   }
