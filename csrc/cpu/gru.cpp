@@ -35,18 +35,27 @@ void gru_forward_impl(const RnnShapes& sh, const at::Tensor& x, const at::Tensor
   const UnitBlockGemm<scalar_t> hidden(w_hh, kGates, H, units, N, s.steps(), precision);
   at::Tensor hg = at::empty({N, G}, h_state.options());
   scalar_t* hgp = hg.mutable_data_ptr<scalar_t>();
-  scalar_t* wsp = ws.defined() ? ws.mutable_data_ptr<scalar_t>() : nullptr;
+  // the workspace's rows, in the loop's dtype or, for the bfloat16 op, bfloat16 bits
+  const bool ws_bf16 = ws.defined() && is_bf16(ws);
+  scalar_t* wsp = ws.defined() && !ws_bf16 ? ws.mutable_data_ptr<scalar_t>() : nullptr;
+  uint16_t* ws_bits = ws_bf16 ? static_cast<uint16_t*>(ws.mutable_data_ptr()) : nullptr;
   const StepOutput<scalar_t> output(out, s, resets);
   const scalar_t* bih = b_ih.const_data_ptr<scalar_t>();
   const scalar_t* bhh = b_hh.const_data_ptr<scalar_t>();
-  const auto forward_units = gru_kernels<scalar_t>().forward_units;
+  const GruKernels<scalar_t>& kernels = gru_kernels<scalar_t>();
   ForwardTeam<scalar_t> team(s, x, w_ih, kGates, units, h_state, precision, resets);
   const auto block = [&](const TeamStep<scalar_t>& st, int64_t b, int64_t u0, int64_t len) {
     scalar_t* hgb = hgp + kGates * u0;
     // hg_b[:n] = h[:n] @ w_hh_b^T       [n, H] x [H, 3 len]
     output.recurrent(hidden, b, st, scalar_t(0), hgb, G);
-    forward_units(st.n, H, u0, len, st.gates + kGates * u0, hgb, G, bih, bhh, st.cur,
-                  wsp ? wsp + st.off * 4 * H : nullptr, output.rows(st), st.next);
+    const scalar_t* xg = st.gates + kGates * u0;
+    if (ws_bits) {
+      kernels.forward_units_bf16(st.n, H, u0, len, xg, hgb, G, bih, bhh, st.cur,
+                                 ws_bits + st.off * 4 * H, output.rows(st), st.next);
+    } else {
+      kernels.forward_units(st.n, H, u0, len, xg, hgb, G, bih, bhh, st.cur,
+                            wsp ? wsp + st.off * 4 * H : nullptr, output.rows(st), st.next);
+    }
     output.finish(st, u0, len);
   };
   team.run(0, true, block, [](const TeamMember&, const TeamStep<scalar_t>&) {});
@@ -65,14 +74,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_forward(
   const int64_t H = sh.hidden_size;
   // x as it is, bfloat16 too: the input projection reads it so (ForwardTeam)
   const at::Tensor x = cached_contiguous(input).view({s.rows, sh.input_size});
-  const auto opts = x.options().dtype(workspace_dtype(input));
+  const auto opts = x.options().dtype(loop_dtype(input));
   const at::Tensor bih = optional_bias(widened(b_ih), kGates * H, opts);
   const at::Tensor bhh = optional_bias(widened(b_hh), kGates * H, opts);
   at::Tensor out = step_output(input, true, s.rows, H, opts);
   at::Tensor h_state = widened(h0).contiguous();  // read only: the team copies it
-  at::Tensor ws = cached_empty({need_workspace ? s.rows : 0, 4 * H}, opts);
+  at::Tensor ws = cached_empty({need_workspace ? s.rows : 0, 4 * H},
+                               x.options().dtype(workspace_dtype(input, true)));
   at::Tensor ws_arg = need_workspace ? ws : at::Tensor();
-  AT_DISPATCH_FLOATING_TYPES(workspace_dtype(input), kForward, [&] {
+  AT_DISPATCH_FLOATING_TYPES(loop_dtype(input), kForward, [&] {
     gru_forward_impl<scalar_t>(sh, x, cached_contiguous(w_ih), cached_contiguous(w_hh), bih, bhh,
                                out, h_state, ws_arg, resets, precision_of(input));
   });
@@ -92,13 +102,16 @@ InputAndWeightGrads gru_backward_impl(const RnnShapes& sh, const Rows<scalar_t>&
                                       GemmPrecision precision, const GradsWanted& wanted) {
   const Schedule& s = sh.schedule;
   const int64_t H = sh.hidden_size;
-  const scalar_t* wsp = ws.const_data_ptr<scalar_t>();
+  const bool ws_bf16 = is_bf16(ws);  // bfloat16 bits, for the bfloat16 op
+  const scalar_t* wsp = ws_bf16 ? nullptr : ws.const_data_ptr<scalar_t>();
+  const uint16_t* ws_bits =
+      ws_bf16 ? static_cast<const uint16_t*>(ws.const_data_ptr()) : nullptr;
   // The previous states, read by the pointwise pass: out's rows, a bfloat16 out's widened
   // step by step (Rows::at).
   const Rows<scalar_t> out_rows = strided_rows<scalar_t>(out, s.rows, H, s.batch);
   const scalar_t* h0p = h0.const_data_ptr<scalar_t>();
   scalar_t* dhs = dh_state.mutable_data_ptr<scalar_t>();
-  const auto backward_units = gru_kernels<scalar_t>().backward_units;
+  const GruKernels<scalar_t>& kernels = gru_kernels<scalar_t>();
   ChunkedGrads<scalar_t> grads(s, kGruGradCols * H, {{0, 0, 2 * H}, {3 * H, 2 * H, H}},
                                {{0, 0, kGates * H}}, false, x, out, h0, w_ih, kGates * H,
                                precision, resets, wanted);
@@ -112,9 +125,15 @@ InputAndWeightGrads gru_backward_impl(const RnnShapes& sh, const Rows<scalar_t>&
              const PrevRows<scalar_t> h_prev =
                  previous_rows(s, k, out_rows, u0, len, h0p, H, resets);
              move_reset_columns(resets, s, k + 1, dhs, dh0, H, u0, len);
-             backward_units(n, H, u0, len, grad_out.at(off, n, u0, len), grad_out.step_ld(),
-                            dhs, wsp + off * 4 * H, h_prev, dg,
-                            norms.at(s.time_at(k), u0 / units.size));
+             const scalar_t* go = grad_out.at(off, n, u0, len);
+             double* sq = norms.at(s.time_at(k), u0 / units.size);
+             if (ws_bits) {
+               kernels.backward_units_bf16(n, H, u0, len, go, grad_out.step_ld(), dhs,
+                                           ws_bits + off * 4 * H, h_prev, dg, sq);
+             } else {
+               kernels.backward_units(n, H, u0, len, go, grad_out.step_ld(), dhs,
+                                      wsp + off * 4 * H, h_prev, dg, sq);
+             }
            });
   return grads.result();
 }
@@ -135,7 +154,7 @@ gru_backward(const at::Tensor& grad_output, const at::Tensor& grad_h_n, const at
   check_shape(kBackward, grad_output, "grad_output", output.sizes(), "the output's shape");
   check_same_dtype(kBackward, input, output, "output");
   check_shape(kBackward, grad_h_n, "grad_h_n", h0.sizes(), "h0's shape");
-  check_workspace_dtype(kBackward, input, workspace);
+  check_workspace_dtype(kBackward, input, workspace, true);
   // x and out as they are, bfloat16 too (ChunkedGrads, Rows::at)
   const at::Tensor x = cached_contiguous(input).view({s.rows, sh.input_size});
   const at::Tensor out = cached_contiguous(output).view({s.rows, H});
@@ -148,7 +167,7 @@ gru_backward(const at::Tensor& grad_output, const at::Tensor& grad_h_n, const at
   at::Tensor grad_h0_reset = resets.flags ? at::zeros_like(dh_state) : at::Tensor();
   StepNorms norms(record_norms, s.steps(), unit_blocks(H, kGates, H, s.batch, s.steps()).count(),
                   1);
-  AT_DISPATCH_FLOATING_TYPES(workspace_dtype(input), kBackward, [&] {
+  AT_DISPATCH_FLOATING_TYPES(loop_dtype(input), kBackward, [&] {
     g = gru_backward_impl<scalar_t>(sh, strided_rows<scalar_t>(grad_output, s.rows, H, s.batch),
                                     x, wih, whh, ws, out, h0c, dh_state, resets, grad_h0_reset,
                                     norms, precision_of(input), wanted);

@@ -96,7 +96,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward(
   const int64_t H = sh.hidden_size, P = sh.state_size;
   // x as it is, bfloat16 too: the input projection reads it so (ForwardTeam)
   const at::Tensor x = cached_contiguous(input).view({s.rows, sh.input_size});
-  const auto opts = x.options().dtype(workspace_dtype(input));
+  const auto opts = x.options().dtype(loop_dtype(input));
   // The weights as they are (bfloat16 in the bfloat16 form): the GEMMs read them so, or
   // widen them where they cannot (recurrent_gemm.h).
   const at::Tensor wih = cached_contiguous(w_ih), whh = cached_contiguous(w_hh);
@@ -109,7 +109,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward(
   at::Tensor c_state = c0c.clone();
   at::Tensor ws = cached_empty({need_workspace ? s.rows : 0, 5 * H}, opts);
   at::Tensor ws_arg = need_workspace ? ws : at::Tensor();
-  AT_DISPATCH_FLOATING_TYPES(workspace_dtype(input), kForward, [&] {
+  AT_DISPATCH_FLOATING_TYPES(loop_dtype(input), kForward, [&] {
     lstm_forward_impl<scalar_t>(sh, x, wih, whh, bias, whr, out, h_state, c_state, c0c, ws_arg,
                                 resets, precision_of(input));
   });
@@ -251,7 +251,7 @@ lstm_backward(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
   check_same_dtype(kBackward, input, output, "output");
   check_shape(kBackward, grad_h_n, "grad_h_n", h0.sizes(), "h0's shape");
   check_shape(kBackward, grad_c_n, "grad_c_n", c0.sizes(), "c0's shape");
-  check_workspace_dtype(kBackward, input, workspace);
+  check_workspace_dtype(kBackward, input, workspace, false);
   const bool proj = w_hr.has_value() && w_hr->defined();
   const bool with_cs = grad_cell_states.has_value() && grad_cell_states->defined();
   if (with_cs) {
@@ -265,7 +265,7 @@ lstm_backward(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
   // x and out as they are, bfloat16 too: the weight gradients' GEMMs read them so
   // (ChunkedGrads)
   const at::Tensor x = cached_contiguous(input).view({s.rows, sh.input_size});
-  const auto opts = x.options().dtype(workspace_dtype(input));
+  const auto opts = x.options().dtype(loop_dtype(input));
   const at::Tensor out = cached_contiguous(output).view({s.rows, P});
   const at::Tensor h0c = widened(h0).contiguous(), c0c = widened(c0).contiguous();
   const at::Tensor whh = cached_contiguous(w_hh), wih = cached_contiguous(w_ih);
@@ -282,7 +282,7 @@ lstm_backward(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
   StepNorms norms(record_norms, s.steps(), unit_blocks(H, kGates, P, N, s.steps()).count(), 2);
   StepNorms output_norms(record_norms && proj, s.steps(),
                          unit_blocks(P, kGates, H, N, s.steps()).count(), 1);
-  AT_DISPATCH_FLOATING_TYPES(workspace_dtype(input), kBackward, [&] {
+  AT_DISPATCH_FLOATING_TYPES(loop_dtype(input), kBackward, [&] {
     g = lstm_backward_impl<scalar_t>(sh, strided_rows<scalar_t>(grad_output, s.rows, P, N),
                                      x, out, h0c, c0c, wih, whh, whr, ws, dh_state, dc_state,
                                      grad_w_hr,

@@ -65,11 +65,11 @@ std::tuple<at::Tensor, at::Tensor> rnn_forward(
   const Schedule& s = sh.schedule;
   // x as it is, bfloat16 too: the input projection reads it so (ForwardTeam)
   const at::Tensor x = cached_contiguous(input).view({s.rows, sh.input_size});
-  const auto opts = x.options().dtype(workspace_dtype(input));
+  const auto opts = x.options().dtype(loop_dtype(input));
   const at::Tensor bias = combined_bias(widened(b_ih), widened(b_hh), sh.hidden_size, opts);
   at::Tensor out = step_output(input, true, s.rows, sh.hidden_size, opts);
   at::Tensor h_state = widened(h0).contiguous();  // read only: the team copies it
-  AT_DISPATCH_FLOATING_TYPES(workspace_dtype(input), kForward, [&] {
+  AT_DISPATCH_FLOATING_TYPES(loop_dtype(input), kForward, [&] {
     rnn_forward_impl<scalar_t>(sh, relu, x, cached_contiguous(w_ih), cached_contiguous(w_hh),
                                bias, out, h_state, resets, precision_of(input));
   });
@@ -138,7 +138,7 @@ rnn_backward(const at::Tensor& grad_output, const at::Tensor& grad_h_n, const at
   InputAndWeightGrads g;
   at::Tensor grad_h0_reset = resets.flags ? at::zeros_like(dh_state) : at::Tensor();
   StepNorms norms(record_norms, s.steps(), unit_blocks(H, 1, H, s.batch, s.steps()).count(), 1);
-  AT_DISPATCH_FLOATING_TYPES(workspace_dtype(input), kBackward, [&] {
+  AT_DISPATCH_FLOATING_TYPES(loop_dtype(input), kBackward, [&] {
     g = rnn_backward_impl<scalar_t>(sh, relu,
                                     strided_rows<scalar_t>(grad_output, s.rows, H, s.batch), x,
                                     out, h0c, wih, whh, dh_state, scalar_t(grad_clip), resets,

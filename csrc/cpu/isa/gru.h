@@ -37,6 +37,16 @@ struct GruKernels {
   void (*backward_units)(int64_t n, int64_t H, int64_t u0, int64_t len, const scalar_t* go,
                          int64_t go_ld, scalar_t* dh_state, const scalar_t* ws,
                          const PrevRows<scalar_t>& h_prev, scalar_t* dgates, double* sq);
+  // The same with the workspace kept in bfloat16 (bits; the bfloat16 op's, whose loop runs
+  // in float32): the activations rounded as they are written, widened as they are read.
+  void (*forward_units_bf16)(int64_t n, int64_t H, int64_t u0, int64_t len,
+                             const scalar_t* xg, const scalar_t* hg, int64_t ld,
+                             const scalar_t* b_ih, const scalar_t* b_hh, const scalar_t* h_cur,
+                             uint16_t* ws, scalar_t* h_out, scalar_t* h_next);
+  void (*backward_units_bf16)(int64_t n, int64_t H, int64_t u0, int64_t len,
+                              const scalar_t* go, int64_t go_ld, scalar_t* dh_state,
+                              const uint16_t* ws, const PrevRows<scalar_t>& h_prev,
+                              scalar_t* dgates, double* sq);
 };
 
 GATEDRNN_CPU_KERNELS(GruKernels, gru_kernels)

@@ -16,12 +16,13 @@ def output_like(input: torch.Tensor, features: int) -> torch.Tensor:
     return input.new_empty((*input.shape[:-1], features))
 
 
-def workspace_like(input: torch.Tensor, rows: int, columns: int) -> torch.Tensor:
-    """The forward op's workspace: in input's dtype, but float32 for bfloat16 on the CPU,
-    where the kernels keep the per-step activations in float32 (cpu/recurrence.h)."""
-    dtype = torch.float32 if (input.dtype == torch.bfloat16 and input.device.type == "cpu") \
-        else input.dtype
-    return input.new_empty((rows, columns), dtype=dtype)
+def workspace_like(input: torch.Tensor, rows: int, columns: int, rounded: bool) -> torch.Tensor:
+    """The forward op's workspace: in input's dtype, but float32 for bfloat16 on the CPU
+    where the kernels do not keep the activations rounded (rounded: the GRU's are, the
+    LSTM's not; cpu/recurrence.h, workspace_dtype). The same on every CPU."""
+    if input.dtype == torch.bfloat16 and input.device.type == "cpu" and not rounded:
+        return input.new_empty((rows, columns), dtype=torch.float32)
+    return input.new_empty((rows, columns))
 
 
 def output_to_save(input, batch_sizes, out):

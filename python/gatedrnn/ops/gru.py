@@ -15,7 +15,8 @@ def _gru_forward_fake(input, batch_sizes, h0, w_ih, w_hh, b_ih, b_hh, reverse,
     check_devices("gatedrnn.gru_forward", input, batch_sizes, h0=h0, w_ih=w_ih, w_hh=w_hh,
                   b_ih=b_ih, b_hh=b_hh)
     hidden = w_ih.shape[0] // 3
-    workspace = workspace_like(input, flat_rows(input) if need_workspace else 0, 4 * hidden)
+    workspace = workspace_like(input, flat_rows(input) if need_workspace else 0, 4 * hidden,
+                               rounded=True)
     return output_like(input, hidden), h0.new_empty(h0.shape), workspace
 
 

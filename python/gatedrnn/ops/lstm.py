@@ -33,7 +33,8 @@ def _lstm_forward_fake(input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
         raise RuntimeError(PROJECTION_NOT_IN_ONNX)
     hidden = w_ih.shape[0] // 4
     state = w_hh.shape[1]
-    workspace = workspace_like(input, flat_rows(input) if need_workspace else 0, 5 * hidden)
+    workspace = workspace_like(input, flat_rows(input) if need_workspace else 0, 5 * hidden,
+                               rounded=False)
     return output_like(input, state), h0.new_empty(h0.shape), c0.new_empty(c0.shape), workspace
 
 
