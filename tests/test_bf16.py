@@ -142,6 +142,46 @@ def test_workspace_dtype_and_opcheck(cell):
     torch.library.opcheck(op, args)
 
 
+# Where the GEMMs run in float32 ("none") a bfloat16 GRU op computes what the float32 op
+# computes on the same (bfloat16) values, and rounds: its workspace is the float32 op's,
+# rounded as torch rounds (to nearest even), bit for bit. Padded and
+# packed, a NaN and huge inputs among the values; in the capability the suite runs under.
+GRU_WORKSPACE_ROUNDED = """
+import torch, gatedrnn
+assert gatedrnn.cpu_bf16_kernel() == "none", gatedrnn.cpu_bf16_kernel()
+torch.manual_seed(0)
+for T, N, I, H, packed in [(5, 3, 7, 20, False), (9, 6, 16, 33, True), (1, 64, 32, 48, False),
+                           (30, 16, 64, 64, False)]:
+    batch_sizes = torch.tensor([N - k * N // (2 * T) for k in range(T)]) if packed else None
+    x = torch.randn(int(batch_sizes.sum()) if packed else T, *(() if packed else (N,)), I)
+    x = x.bfloat16()
+    x.view(-1, I)[x.view(-1, I).shape[0] // 2, 0] = float("nan")
+    x.view(-1, I)[0, :] = 1e30
+    h0 = torch.randn(N, H).bfloat16()
+    w_ih, w_hh = torch.randn(3 * H, I).bfloat16(), torch.randn(3 * H, H).bfloat16()
+    b_ih, b_hh = torch.randn(3 * H).bfloat16(), torch.randn(3 * H).bfloat16()
+    def run(dtype):
+        return torch.ops.gatedrnn.gru_forward(x.to(dtype), batch_sizes, h0.to(dtype),
+                                              w_ih.to(dtype), w_hh.to(dtype), b_ih.to(dtype),
+                                              b_hh.to(dtype), False)
+    kept, exact = run(torch.bfloat16)[2], run(torch.float32)[2]
+    assert kept.dtype == torch.bfloat16 and exact.dtype == torch.float32
+    assert exact.isnan().any() and ((exact == 0) | (exact.abs() == 1)).any()  # saturated
+    # NaNs where the float32 op has them (torch's vectorized conversion keeps a NaN's sign
+    # and payload, its scalar one gives 0x7FC0, as ours does); the bits of all else
+    nan = exact.isnan()
+    assert torch.equal(kept.isnan(), nan), (T, N, I, H, packed)
+    assert torch.equal(kept[~nan].view(torch.int16),
+                       exact[~nan].to(torch.bfloat16).view(torch.int16)), (T, N, I, H, packed)
+print("ok")
+"""
+
+
+def test_gru_workspace_is_the_float32_ops_rounded():
+    proc = run_python(GRU_WORKSPACE_ROUNDED, "none")
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]
+
+
 def test_backward_refuses_a_workspace_of_another_dtype():
     _, tensors, batch_sizes = build_case("gru", 4, 5, 3, 6, dtype=torch.float32, packed=True)
     tensors = {k: v.to(torch.bfloat16) for k, v in tensors.items()}
