@@ -146,21 +146,6 @@ inline void store(const Vec<scalar_t>& v, scalar_t* p, int64_t count) {
   }
 }
 
-// bfloat16 bits widened, and a float rounded to them as torch rounds: to nearest even,
-// denormals kept, a NaN torch's NaN (0x7FC0).
-inline float bf16_widened(uint16_t kept) {
-  const uint32_t bits = uint32_t(kept) << 16;
-  float f;
-  std::memcpy(&f, &bits, sizeof(f));
-  return f;
-}
-inline uint16_t bf16_rounded(float f) {
-  uint32_t bits;
-  std::memcpy(&bits, &f, sizeof(bits));
-  if ((bits & 0x7FFFFFFFu) > 0x7F800000u) return 0x7FC0;
-  return uint16_t((bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16);
-}
-
 // A workspace's values, kept as scalar_t or as bfloat16 bits (kept_t uint16_t: the GRU's
 // bfloat16 workspace, its loop in float), count of them as one vector. The conversions
 // are in the pass rather than a pass of their own over a float32 step buffer, and in
@@ -188,13 +173,17 @@ inline Vec<scalar_t> load_kept(const kept_t* p, int64_t count) {
     }
 #endif
     scalar_t lanes[Vec<scalar_t>::size()];
-    for (int64_t l = 0; l < count; ++l) lanes[l] = static_cast<scalar_t>(bf16_widened(p[l]));
+    for (int64_t l = 0; l < count; ++l) {
+      lanes[l] = static_cast<scalar_t>(c10::detail::f32_from_bits(p[l]));
+    }
     return load(lanes, count);
   }
 }
 
 #if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
-// bf16_rounded of each lane, in the low 16 bits of its int32 lane (the upper ones zero).
+// Each lane rounded as torch rounds to bfloat16 (c10::detail::round_to_nearest_even: to
+// nearest even, denormals kept, a NaN 0x7FC0), in the low 16 bits of its int32 lane (the
+// upper ones zero).
 inline Vec<int32_t> bf16_rounded_lanes(const Vec<float>& v) {
   using Vi = Vec<int32_t>;
   const Vi bits = at::vec::cast<int32_t>(v);
@@ -234,7 +223,9 @@ inline void store_kept(const Vec<scalar_t>& v, kept_t* p, int64_t count) {
 #endif
     scalar_t lanes[Vec<scalar_t>::size()];
     v.store(lanes);
-    for (int64_t l = 0; l < count; ++l) p[l] = bf16_rounded(static_cast<float>(lanes[l]));
+    for (int64_t l = 0; l < count; ++l) {
+      p[l] = c10::detail::round_to_nearest_even(static_cast<float>(lanes[l]));
+    }
   }
 }
 
