@@ -217,9 +217,9 @@ class ForwardTeam {
       if (direct_) {
         // One or two rows: w_ih read in place, nothing packed.
         if (is_bf16(w_ih_direct_)) {
-          gemm_kernels<scalar_t>().dot_bf16(
-              s_.rows, G_, I, xp, I, reinterpret_cast<const uint16_t*>(w_ih_direct_.const_data_ptr()),
-              w_ih_direct_.stride(0), scalar_t(0), gp, G_);
+          const auto* w = reinterpret_cast<const uint16_t*>(w_ih_direct_.const_data_ptr());
+          gemm_kernels<scalar_t>().dot_bf16(s_.rows, G_, I, xp, I, w, w_ih_direct_.stride(0),
+                                            scalar_t(0), gp, G_);
         } else {
           gemm_kernels<scalar_t>().dot(s_.rows, G_, I, xp, I,
                                        w_ih_direct_.const_data_ptr<scalar_t>(),
@@ -694,9 +694,15 @@ class GemmSumsRun {
     // weight gradient of the LSTM training step at (100, 64, 512, 512)). Training step,
     // medians of 9, same build with and without (Intel Xeon with AMX, 2 threads): LSTM
     // (100, 64, 512, 512) 373-377 -> 343-361 ms, GRU 283-291 -> 267-275, LSTM (1000, 8,
-    // 256, 256) 140-144 -> 134-138, LSTM (100, 16, 128, 128) 7.5-7.9 -> 7.4-7.7.
+    // 256, 256) 140-144 -> 134-138, LSTM (100, 16, 128, 128) 7.5-7.9 -> 7.4-7.7. Copied
+    // by GemmKernels::pack_b (vector loads, rows asked for ahead): as a memmove call per
+    // row the copy was 4.8% of the samples of an RNN (100, 64, 512, 512) training step,
+    // 1.4% so (AMD Zen 4, 2 threads; the step's time within this VM's noise, minima of
+    // alternating builds 97.5-99.0 against 96.9-98.7 ms: the copy overlaps the other
+    // thread's steps).
     native_.resize(sums.size());
-    const int64_t width = gemm_kernels<scalar_t>().width;
+    const GemmKernels<scalar_t>& kernels = gemm_kernels<scalar_t>();
+    const int64_t width = kernels.width;
     for (size_t s = 0; s < sums.size(); ++s) {
       const GemmSum<scalar_t>& g = sums[s];
       if (!packed_[s].empty() || g.m == 0 || g.n == 0 || in_place_bf16_sum(g)) continue;
@@ -709,13 +715,9 @@ class GemmSumsRun {
         at::Tensor p = cached_empty({panels, t.k, width}, at::TensorOptions().dtype(dtype));
         scalar_t* dst = p.template mutable_data_ptr<scalar_t>();
         at::parallel_for(0, panels, 1, [&](int64_t p0, int64_t p1) {
-          for (int64_t q = p0; q < p1; ++q) {
-            const int64_t j0 = q * width, cols = std::min(width, g.n - j0);
-            for (int64_t kk = 0; kk < t.k; ++kk) {
-              const scalar_t* row = t.b + kk * t.ldb + j0;
-              std::copy(row, row + cols, dst + (q * t.k + kk) * width);
-            }
-          }
+          const int64_t j0 = p0 * width;
+          kernels.pack_b(std::min(p1 * width, g.n) - j0, t.k, t.b + j0, t.ldb,
+                         dst + p0 * t.k * width);
         });
         native_[s].push_back(p);
       }

@@ -362,6 +362,38 @@ void pack_a_block(int64_t m, int64_t k, const scalar_t* a, int64_t a_row, int64_
   });
 }
 
+// `cols` (<= a panel's width) columns of a row-major B (rows b_ld apart) into dst as
+// [k][width], the panel layout. B's rows are 2 KiB and more apart, which the prefetchers
+// do not follow: each row's lines are asked for kPrefetchRows rows ahead, and copied by
+// vector loads and stores, not a memmove call per row (with gemm_of's panel-at-a-time
+// packing: GRU, 2 layers, (N, H) = (64, 512), one-step training call, medians of
+// alternating builds, 6.10-6.35 -> 5.93-5.99 ms).
+template <typename scalar_t>
+void copy_b_panel(int64_t k, int64_t cols, const scalar_t* b, int64_t b_ld, scalar_t* dst) {
+  using V = Vec<scalar_t>;
+  constexpr int64_t L = V::size(), width = 2 * L, kPrefetchRows = 16;
+  for (int64_t kk = 0; kk < k; ++kk) {
+    const scalar_t* row = b + kk * b_ld;
+    if (kk + kPrefetchRows < k) {
+      __builtin_prefetch(row + kPrefetchRows * b_ld);
+      __builtin_prefetch(row + kPrefetchRows * b_ld + cols - 1);
+    }
+    for (int64_t j = 0; j < cols; j += L) {
+      const int64_t count = std::min(L, cols - j);
+      V::loadu(row + j, count).store(dst + kk * width + j, count);
+    }
+  }
+}
+
+// Columns [0, n) of a row-major B (rows b_ld apart) as gemm's panels, [panels, k, width].
+template <typename scalar_t>
+void pack_b_panels(int64_t n, int64_t k, const scalar_t* b, int64_t b_ld, scalar_t* dst) {
+  constexpr int64_t width = 2 * Vec<scalar_t>::size();
+  for (int64_t j0 = 0; j0 < n; j0 += width) {
+    copy_b_panel(k, std::min(width, n - j0), b + j0, b_ld, dst + (j0 / width) * k * width);
+  }
+}
+
 // Rows in cache blocks (block_rows), and within a block panel after panel: a panel is
 // read once per block, and then from L1/L2 by every tile.
 //
@@ -409,27 +441,8 @@ void gemm_of(int64_t m, int64_t n, int64_t k, const scalar_t* a, int64_t a_row, 
   const bool pack_b = b_panel == width && b_ld != width && m > kTileRows && k > 0;
   scalar_t* a_scratch =
       pack_a && prepacked == nullptr ? scratch(a_buffer, std::min(rows, m) * k) : nullptr;
-  // B's panel p (its `cols` columns) into dst as [k][width]. Its rows are b_ld apart
-  // (2 KiB and more), which the prefetchers do not follow: each row's lines are asked for
-  // kPrefetchRows rows ahead, and copied by vector loads and stores, not a memmove call
-  // per row (with the panel-at-a-time packing below: GRU, 2 layers, (N, H) = (64, 512),
-  // one-step training call, medians of alternating builds, 6.10-6.35 -> 5.93-5.99 ms).
   const auto pack_b_panel = [&](int64_t p, scalar_t* dst) {
-    using V = Vec<scalar_t>;
-    constexpr int64_t L = V::size(), kPrefetchRows = 16;
-    const int64_t cols = std::min(width, n - p * width);
-    const scalar_t* src = b + p * b_panel;
-    for (int64_t kk = 0; kk < k; ++kk) {
-      const scalar_t* row = src + kk * b_ld;
-      if (kk + kPrefetchRows < k) {
-        __builtin_prefetch(row + kPrefetchRows * b_ld);
-        __builtin_prefetch(row + kPrefetchRows * b_ld + cols - 1);
-      }
-      for (int64_t j = 0; j < cols; j += L) {
-        const int64_t count = std::min(L, cols - j);
-        V::loadu(row + j, count).store(dst + kk * width + j, count);
-      }
-    }
+    copy_b_panel(k, std::min(width, n - p * width), b + p * b_panel, b_ld, dst);
   };
   // With a B of a few KiB (k small: a one-step call's weight gradient, k = the batch),
   // writing C is most of the work: tile after tile, each writing its rows across every
@@ -678,8 +691,9 @@ void dot_bf16(int64_t m, int64_t n, int64_t k, const scalar_t* a, int64_t lda,
 }  // namespace
 
 GATEDRNN_CPU_KERNEL_TABLE(GemmKernels, gemm_kernels, 2 * Vec<scalar_t>::size(), &gemm<scalar_t>,
-                          &pack_a<scalar_t>, &gemm_packed_a<scalar_t>, &gemm_transposed<scalar_t>,
-                          &dot<scalar_t>, &dot_bf16<scalar_t>, &gemm_few_rows_bf16<scalar_t>)
+                          &pack_a<scalar_t>, &gemm_packed_a<scalar_t>, &pack_b_panels<scalar_t>,
+                          &gemm_transposed<scalar_t>, &dot<scalar_t>, &dot_bf16<scalar_t>,
+                          &gemm_few_rows_bf16<scalar_t>)
 
 }  // namespace CPU_CAPABILITY
 }  // namespace gatedrnn

@@ -33,6 +33,10 @@ struct GemmKernels {
                  scalar_t* dst);
   void (*gemm_packed_a)(int64_t m, int64_t n, int64_t k, const scalar_t* a, const scalar_t* b,
                         int64_t b_ld, int64_t b_panel, scalar_t beta, scalar_t* c, int64_t ldc);
+  // B's columns [0, n), row-major (rows b_ld apart), as packed panels ([panels, k, width],
+  // columns past n in the last panel not written), for a B that several calls of gemm
+  // read: the bits of gemm on B in place.
+  void (*pack_b)(int64_t n, int64_t k, const scalar_t* b, int64_t b_ld, scalar_t* dst);
   // The same product stored transposed: c[j * ldc + i] = (a @ b)[i, j] + beta * c[j * ldc
   // + i], for a row-major a [m, k] (leading dim lda) and a packed b ([panels, k, width]).
   // Each output is the chain gemm makes of it, so a weight's rows as a here, against a
