@@ -180,17 +180,7 @@ C10_ALWAYS_INLINE Vec<scalar_t> load_w(const scalar_t* w, int64_t count) {
 }
 template <typename scalar_t>
 C10_ALWAYS_INLINE Vec<scalar_t> load_w(const c10::BFloat16* w, int64_t count) {
-  constexpr int64_t L = Vec<scalar_t>::size();
-  if constexpr (std::is_same_v<scalar_t, float>) {
-    if (count == L) {
-      Vec<float> v;
-      at::vec::load_fp32_from_bf16(w, v);
-      return v;
-    }
-  }
-  alignas(64) scalar_t values[L] = {};
-  for (int64_t l = 0; l < count; ++l) values[l] = static_cast<scalar_t>(static_cast<float>(w[l]));
-  return Vec<scalar_t>::loadu(values);
+  return load_widened<scalar_t>(w, count);
 }
 
 // A few rows of A against a B read in place, row after row of B: R rows by NV vectors of

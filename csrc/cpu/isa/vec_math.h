@@ -146,37 +146,36 @@ inline void store(const Vec<scalar_t>& v, scalar_t* p, int64_t count) {
   }
 }
 
+// count (<= one vector's) bfloat16 values widened to scalar_t, exactly (a bfloat16's bits
+// are a float's top half), zeros past count: a whole vector by ATen's conversion.
+template <typename scalar_t>
+C10_ALWAYS_INLINE Vec<scalar_t> load_widened(const c10::BFloat16* p, int64_t count) {
+  constexpr int64_t L = Vec<scalar_t>::size();
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    if (count == L) {
+      Vec<float> v;
+      at::vec::load_fp32_from_bf16(p, v);
+      return v;
+    }
+  }
+  alignas(64) scalar_t values[L] = {};
+  for (int64_t l = 0; l < count; ++l) values[l] = static_cast<scalar_t>(static_cast<float>(p[l]));
+  return Vec<scalar_t>::loadu(values);
+}
+
 // A workspace's values, kept as scalar_t or as bfloat16 bits (kept_t uint16_t: the GRU's
 // bfloat16 workspace, its loop in float), count of them as one vector. The conversions
-// are in the pass rather than a pass of their own over a float32 step buffer, and in
-// intrinsics: GCC left the lane loops scalar or in 8-lane pieces, and a bfloat16 GRU's
-// training forward took 15% longer than with a float32 workspace ((50, 256, 256, 256),
-// AMD Zen 4, 2 threads).
+// are in the pass rather than a pass of their own over a float32 step buffer, and
+// vectorized (ATen's widening; the rounding in intrinsics): GCC left the lane loops
+// scalar or in 8-lane pieces, and a bfloat16 GRU's training forward took 15% longer than
+// with a float32 workspace ((50, 256, 256, 256), AMD Zen 4, 2 threads).
 template <typename scalar_t, typename kept_t>
 inline Vec<scalar_t> load_kept(const kept_t* p, int64_t count) {
   if constexpr (std::is_same_v<kept_t, scalar_t>) {
     return load(p, count);
   } else {
     static_assert(std::is_same_v<kept_t, uint16_t>);
-#if defined(CPU_CAPABILITY_AVX512)
-    if constexpr (std::is_same_v<scalar_t, float>) {
-      const __m256i h = count == 16 ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))
-                                    : _mm256_maskz_loadu_epi16(__mmask16((1u << count) - 1), p);
-      return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-    }
-#elif defined(CPU_CAPABILITY_AVX2)
-    if constexpr (std::is_same_v<scalar_t, float>) {
-      uint16_t part[8] = {};
-      if (count < 8) std::memcpy(part, p, count * sizeof(uint16_t));
-      const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(count < 8 ? part : p));
-      return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
-    }
-#endif
-    scalar_t lanes[Vec<scalar_t>::size()];
-    for (int64_t l = 0; l < count; ++l) {
-      lanes[l] = static_cast<scalar_t>(c10::detail::f32_from_bits(p[l]));
-    }
-    return load(lanes, count);
+    return load_widened<scalar_t>(reinterpret_cast<const c10::BFloat16*>(p), count);
   }
 }
 
