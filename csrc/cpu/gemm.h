@@ -81,6 +81,9 @@ struct GemmB {
   int64_t ld, panel, width;
   const uint16_t* bf16 = nullptr;
   int64_t bf16_panel = 0;
+  // > 0: bf16 is instead B's bfloat16 rows, this many elements apart, read in place by
+  // the bfloat16 kernels' gemm_b_rows.
+  int64_t bf16_ld = 0;
   // A row-major B [k, n] (leading dim ld), read in place.
   static GemmB rows(const scalar_t* b, int64_t ld) {
     const int64_t w = gemm_kernels<scalar_t>().width;
@@ -88,6 +91,7 @@ struct GemmB {
   }
   // Columns from j0 on; j0 must start a panel unless B is read in place.
   GemmB from_column(int64_t j0) const {
+    if (bf16 != nullptr && bf16_ld > 0) return {nullptr, 0, 0, 0, bf16 + j0, 0, bf16_ld};
     if (bf16 != nullptr) {
       TORCH_INTERNAL_ASSERT(j0 % kBf16PanelWidth == 0,
                             "gatedrnn: a packed GEMM operand cut inside a panel");
@@ -100,14 +104,23 @@ struct GemmB {
 };
 
 // C[m, n] = A @ B + beta * C on this thread (C not read when beta == 0), with the
-// products of `precision`: B packed for the bfloat16 kernels runs on them; a B read in
-// place in a kBf16 GEMM is packed for them first, into this thread's scratch.
+// products of `precision`: B packed for the bfloat16 kernels runs on them, and so do
+// B's bfloat16 rows (bf16_ld), A packed first; a float32 B read in place in a kBf16
+// GEMM is packed for them first. Packings into this thread's scratch.
 template <typename scalar_t>
 inline void tile_gemm(int64_t m, int64_t n, int64_t k, const GemmA<scalar_t>& a,
                       const GemmB<scalar_t>& b, scalar_t beta, scalar_t* c, int64_t ldc,
                       GemmPrecision precision = GemmPrecision::kNative) {
   if constexpr (std::is_same_v<scalar_t, float>) {
     const GemmBf16Kernels* bf16 = gemm_bf16_kernels();
+    if (b.bf16 != nullptr && b.bf16_ld > 0) {
+      thread_local std::vector<uint16_t> packed;
+      const int64_t size = bf16_packed_a_elements(m, k);
+      if (static_cast<int64_t>(packed.size()) < size) packed.resize(size);
+      bf16->pack_a(a.data, a.row, a.step, m, k, packed.data());
+      bf16->gemm_b_rows(m, n, k, packed.data(), b.bf16, b.bf16_ld, beta, c, ldc);
+      return;
+    }
     if (b.bf16 != nullptr) {
       bf16->gemm(m, n, k, a.data, a.row, a.step, b.bf16, b.bf16_panel, beta, c, ldc);
       return;

@@ -533,6 +533,24 @@ bool in_place_bf16_sum(const GemmSum<scalar_t>& g) {
   return g.m <= kDirectRows || k <= kDirectRows;
 }
 
+// A kBf16 sum of few rows (a one-step call's input gradient: the batch's rows against the
+// whole of w_ih) whose B, bfloat16 rows, the bfloat16 kernels read where they are
+// (gemm_b_rows) instead of packing them for those rows only: packing w_ih was 4.7% of
+// the samples of one-step calls of 2 bfloat16 GRU layers at (N, H) = (64, 512), training
+// (AMD Zen 4; their times in gemm_bf16.cpp, gemm_b_rows_avx512). At 128 rows (two steps
+// of that batch) both ran alike; more rows read B more often.
+constexpr int64_t kBRowsMaxRows = 128;
+template <typename scalar_t>
+bool b_rows_bf16_sum(const GemmSum<scalar_t>& g) {
+  const GemmBf16Kernels* bf16 = bf16_kernels_for<scalar_t>(g.precision);
+  if (bf16 == nullptr || bf16->gemm_b_rows == nullptr || g.m > kBRowsMaxRows ||
+      g.terms.empty() || in_place_bf16_sum(g)) {
+    return false;
+  }
+  return std::all_of(g.terms.begin(), g.terms.end(),
+                     [](const GemmTerm<scalar_t>& t) { return t.b_bf16 != nullptr; });
+}
+
 // One term of an in_place_bf16_sum on block bl, into c.
 template <typename scalar_t>
 void in_place_term(const GemmTerm<scalar_t>& t, const GemmBlocks::Block& bl, scalar_t beta,
@@ -610,10 +628,16 @@ void run_shared_a(const std::vector<GemmSum<scalar_t>>& sums, const std::vector<
       for (size_t i : item) {
         const GemmSum<scalar_t>& g = sums[blocks[i].sum];
         const GemmBlocks::Block& bl = blocks[i].c;
-        const GemmB<scalar_t> b = b_of(i, 0).from_column(bl.j0);  // packed (run_gemm_sums)
+        // packed, or bfloat16 rows read in place (GemmSumsRun)
+        const GemmB<scalar_t> b = b_of(i, 0).from_column(bl.j0);
         const BlockOutput<scalar_t> out = block_output(g, bl);
-        bf16->gemm_packed_a(bl.mi, bl.ni, t.k, packed.data(), b.bf16, b.bf16_panel, g.beta,
-                            out.c, out.ldc);
+        if (b.bf16_ld > 0) {
+          bf16->gemm_b_rows(bl.mi, bl.ni, t.k, packed.data(), b.bf16, b.bf16_ld, g.beta, out.c,
+                            out.ldc);
+        } else {
+          bf16->gemm_packed_a(bl.mi, bl.ni, t.k, packed.data(), b.bf16, b.bf16_panel, g.beta,
+                              out.c, out.ldc);
+        }
         finish_block(g, bl, out);
       }
     }
@@ -663,14 +687,17 @@ class GemmSumsRun {
     }
     std::stable_sort(blocks_.begin(), blocks_.end(),
                      [](const Block& x, const Block& y) { return x.work > y.work; });
-    // The bfloat16 kernels' B of every term of a kBf16 sum, packed once here for all the
-    // sum's blocks: a weight gradient's blocks split its rows, each needing the whole B,
+    // The bfloat16 kernels' B of every term of a kBf16 sum (but for those of
+    // b_rows_bf16_sum, read in place), packed once here for all the sum's blocks: a weight gradient's blocks split its rows, each needing the whole B,
     // and packing it per block was 8 times the work (the LSTM bfloat16 training step).
     packed_.resize(sums.size());
     for (size_t s = 0; s < sums.size(); ++s) {
       const GemmSum<scalar_t>& g = sums[s];
       const GemmBf16Kernels* bf16 = bf16_kernels_for<scalar_t>(g.precision);
-      if (bf16 == nullptr || g.m == 0 || g.n == 0 || in_place_bf16_sum(g)) continue;
+      if (bf16 == nullptr || g.m == 0 || g.n == 0 || in_place_bf16_sum(g) ||
+          b_rows_bf16_sum(g)) {
+        continue;
+      }
       for (const GemmTerm<scalar_t>& t : g.terms) {
         const int64_t panel = bf16_panel_elements(t.k), panels = ceil_div(g.n, kBf16PanelWidth);
         at::Tensor p = cached_empty({panels, panel}, at::TensorOptions().dtype(at::kBFloat16));
@@ -705,7 +732,10 @@ class GemmSumsRun {
     const int64_t width = kernels.width;
     for (size_t s = 0; s < sums.size(); ++s) {
       const GemmSum<scalar_t>& g = sums[s];
-      if (!packed_[s].empty() || g.m == 0 || g.n == 0 || in_place_bf16_sum(g)) continue;
+      if (!packed_[s].empty() || g.m == 0 || g.n == 0 || in_place_bf16_sum(g) ||
+          b_rows_bf16_sum(g)) {
+        continue;
+      }
       int64_t k = 0;
       for (const GemmTerm<scalar_t>& t : g.terms) k += t.k;
       if (gemm_blocks(g.m, g.n, k).rows() <= 1) continue;
@@ -728,12 +758,13 @@ class GemmSumsRun {
                             "gatedrnn: a bfloat16 GEMM output added to");
       for (const GemmTerm<scalar_t>& t : sums[s].terms) {
         TORCH_INTERNAL_ASSERT(t.b_bf16 == nullptr || !packed_[s].empty() || sums[s].m == 0 ||
-                                  sums[s].n == 0 || in_place_bf16_sum(sums[s]),
+                                  sums[s].n == 0 || in_place_bf16_sum(sums[s]) ||
+                                  b_rows_bf16_sum(sums[s]),
                               "gatedrnn: a bfloat16 GEMM operand without the bfloat16 kernels");
-        // run_shared_a reads a bfloat16 sum's B packed
+        // run_shared_a reads a bfloat16 sum's B packed or as bfloat16 rows
         TORCH_INTERNAL_ASSERT(bf16_kernels_for<scalar_t>(sums[s].precision) == nullptr ||
                                   !packed_[s].empty() || sums[s].m == 0 || sums[s].n == 0 ||
-                                  in_place_bf16_sum(sums[s]),
+                                  in_place_bf16_sum(sums[s]) || b_rows_bf16_sum(sums[s]),
                               "gatedrnn: a bfloat16 sum's B not packed");
       }
     }
@@ -783,6 +814,9 @@ class GemmSumsRun {
   // Block i's B of term ti: in place, or packed by the constructor.
   GemmB<scalar_t> b_of_block(size_t i, size_t ti) const {
     const GemmTerm<scalar_t>& t = sums_[blocks_[i].sum].terms[ti];
+    if (b_rows_bf16_sum(sums_[blocks_[i].sum])) {
+      return GemmB<scalar_t>{nullptr, 0, 0, 0, t.b_bf16, 0, t.ldb};
+    }
     if (!packed_[blocks_[i].sum].empty()) {
       const at::Tensor& p = packed_[blocks_[i].sum][ti];
       const auto* bits = reinterpret_cast<const uint16_t*>(p.const_data_ptr());
