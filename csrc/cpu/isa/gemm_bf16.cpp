@@ -526,13 +526,14 @@ GATEDRNN_BF16_TARGET inline void store_tile_pairs(__m512i (&v)[16], int64_t h, u
 GATEDRNN_BF16_TARGET void pack_a_pairs(const float* a, int64_t a_row, int64_t a_step, int64_t h,
                                        int64_t k, int64_t kp, uint32_t* dst) {
   if (a_row == 1) {
-    // A transposed: two rows of k give the h pairs of a dst row.
-    alignas(64) uint32_t row[16];
+    // A transposed: two rows of k give the h pairs of a dst row, stored under a mask
+    // (through a line buffer and a copy of h dwords, this packing was 1.8% of the samples
+    // of one-step calls of 2 bfloat16 GRU layers at (N, H) = (64, 512) in training).
+    const __mmask16 lanes = __mmask16((1u << h) - 1);
     for (int64_t kk = 0; kk < kp; kk += 2) {
       const __m512 x = kk < k ? load_or_zero(a + kk * a_step, h) : _mm512_setzero_ps();
       const __m512 y = kk + 1 < k ? load_or_zero(a + (kk + 1) * a_step, h) : _mm512_setzero_ps();
-      _mm512_store_si512(row, pairs(x, y));
-      std::copy(row, row + h, dst + (kk / 2) * h);
+      _mm512_mask_storeu_epi32(dst + (kk / 2) * h, lanes, pairs(x, y));
     }
     return;
   }
