@@ -12,7 +12,7 @@ import threading
 import pytest
 import torch
 
-from _dropin_helpers import CELLS, lengths_for, make_module, make_x, run
+from _dropin_helpers import CELLS, family, lengths_for, make_module, make_x, run
 
 THREAD_COUNTS = (1, 2, 3)
 KINDS = ("padded", "packed_unsorted")
@@ -107,29 +107,36 @@ def test_calls_of_few_steps_give_the_bits_of_packed_weights(cell, dtype, batch):
         assert torch.equal(one[key], many[key][:1]), key
 
 
-# A one-step bfloat16 call of up to 128 rows has its input gradient's w_ih read where it
-# is by the AVX512_BF16 kernels (gemm_b_rows, csrc/cpu/recurrence.h), more rows pack it:
-# the same sums either way. Sizes with an odd k, panels of B cut short, one and two terms
-# (the GRU's input side is two column ranges of its gate gradients).
+# Products of up to 128 rows in a bfloat16 backward read their bfloat16 B in place on the
+# AVX512_BF16 kernels (gemm_b_rows): the input gradient's w_ih (recurrence.h) and, in calls
+# of a few steps, dh's w_hh (recurrent_gemm.h); more rows pack it. The same sums either way.
+# Sizes with an odd k, panels of B cut short, one and two terms (the GRU's input side is
+# two column ranges of its gate gradients).
 @pytest.mark.parametrize("sizes", [(37, 45), (20, 64), (96, 33)],
                          ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("cell", CELLS)
-def test_one_step_input_gradient_of_few_rows_gives_the_bits_of_packed_weights(cell, sizes):
-    """A batch's first rows give the whole batch's output and input gradient of those rows,
-    bit for bit: each row's sums do not depend on the other rows."""
+def test_backward_of_few_rows_gives_the_bits_of_packed_weights(cell, sizes):
+    """A batch's first rows give the whole batch's output, input gradient and initial
+    state gradient of those rows, bit for bit: each row's sums do not depend on the other
+    rows. Two steps: one-step calls leave the state's product out when h0 needs none."""
     I, H = sizes
-    few, many = 40, 200
+    steps, few, many = 2, 40, 200
     torch.manual_seed(0)
     module = make_module(cell, True, I, H, num_layers=2, bidirectional=True,
                          dtype=torch.bfloat16)
-    x = torch.randn(1, many, I, dtype=torch.bfloat16)
-    grad = torch.randn(1, many, 2 * (module.proj_size or H), dtype=torch.bfloat16)
+    x = torch.randn(steps, many, I, dtype=torch.bfloat16)
+    h0 = torch.randn(4, many, module.proj_size or H, dtype=torch.bfloat16)
+    grad = torch.randn(steps, many, 2 * (module.proj_size or H), dtype=torch.bfloat16)
     results = []
     for rows in (few, many):
         xs = x[:, :rows].clone().requires_grad_()
-        out, _ = module(xs)
+        h0s = h0[:, :rows].clone().requires_grad_()
+        hx = (h0s, torch.zeros(4, rows, H, dtype=torch.bfloat16)) if family(cell) == "lstm" \
+            else h0s
+        out, _ = module(xs, hx)
         out.backward(grad[:, :rows])
-        results.append({"output": out.detach()[:, :few], "grad_input": xs.grad[:, :few]})
+        results.append({"output": out.detach()[:, :few], "grad_input": xs.grad[:, :few],
+                        "grad_h0": h0s.grad[:, :few]})
     assert_bitwise_equal(*results)
 
 

@@ -538,8 +538,7 @@ bool in_place_bf16_sum(const GemmSum<scalar_t>& g) {
 // (gemm_b_rows) instead of packing them for those rows only: packing w_ih was 4.7% of
 // the samples of one-step calls of 2 bfloat16 GRU layers at (N, H) = (64, 512), training
 // (AMD Zen 4; their times in gemm_bf16.cpp, gemm_b_rows_avx512). At 128 rows (two steps
-// of that batch) both ran alike; more rows read B more often.
-constexpr int64_t kBRowsMaxRows = 128;
+// of that batch) both ran alike; more rows read B more often (kBRowsMaxRows).
 template <typename scalar_t>
 bool b_rows_bf16_sum(const GemmSum<scalar_t>& g) {
   const GemmBf16Kernels* bf16 = bf16_kernels_for<scalar_t>(g.precision);
