@@ -4,7 +4,9 @@
 // either packed once per call into the GEMM kernel's panels (gemm.h) or read where it is:
 // for steps of one or two rows (GemmKernels::dot and the tiles on a B read in place), and
 // in calls of a few steps, where the weight's packing would be read too few times to pay
-// for itself (GemmKernels::gemm_transposed, against the step's state packed instead). A
+// for itself (GemmKernels::gemm_transposed, against the step's state packed instead; in
+// bfloat16 on AVX512_BF16, GemmBf16Kernels::gemm_w_rows on W's rows and gemm_b_rows on
+// W^T's, the backward's w_hh). A
 // one-step call (T = 1: seq2seq decoders, RL policies, streaming) would otherwise spend
 // much of its time packing: a 2-layer GRU step with hidden size 500 at batch 1 took 7.6 ms
 // packing every weight, against torch.nn's 1.6.

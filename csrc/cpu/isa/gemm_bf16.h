@@ -83,8 +83,8 @@ struct GemmBf16Kernels {
                       const uint16_t* w, int64_t ldw, float beta, float* c, int64_t ldc);
   // c[:m, :n] = A @ B + beta * c[:m, :n] (c not read when beta == 0), with A packed by
   // pack_a and B [k, n] bfloat16 rows read where they are, b(kk, j) = b[kk * ldb + j]:
-  // the same bits as gemm_packed_a on B's panels. For an A of few rows, against whom
-  // packing B would be a large part of the products. Null for AMX (never measured there).
+  // the same bits as gemm_packed_a on B's panels. For an A of few rows, for which packing
+  // B would be a large part of the work. Null for AMX (never measured there).
   void (*gemm_b_rows)(int64_t m, int64_t n, int64_t k, const uint16_t* a, const uint16_t* b,
                       int64_t ldb, float beta, float* c, int64_t ldc);
 };
