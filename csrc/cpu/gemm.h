@@ -103,6 +103,14 @@ struct GemmB {
   }
 };
 
+// This thread's scratch for an operand tile_gemm packs for the bfloat16 kernels (grown,
+// never shrunk): size elements.
+inline uint16_t* bf16_scratch(int64_t size) {
+  thread_local std::vector<uint16_t> buffer;
+  if (static_cast<int64_t>(buffer.size()) < size) buffer.resize(size);
+  return buffer.data();
+}
+
 // C[m, n] = A @ B + beta * C on this thread (C not read when beta == 0), with the
 // products of `precision`: B packed for the bfloat16 kernels runs on them, and so do
 // B's bfloat16 rows (bf16_ld), A packed first; a float32 B read in place in a kBf16
@@ -114,11 +122,9 @@ inline void tile_gemm(int64_t m, int64_t n, int64_t k, const GemmA<scalar_t>& a,
   if constexpr (std::is_same_v<scalar_t, float>) {
     const GemmBf16Kernels* bf16 = gemm_bf16_kernels();
     if (b.bf16 != nullptr && b.bf16_ld > 0) {
-      thread_local std::vector<uint16_t> packed;
-      const int64_t size = bf16_packed_a_elements(m, k);
-      if (static_cast<int64_t>(packed.size()) < size) packed.resize(size);
-      bf16->pack_a(a.data, a.row, a.step, m, k, packed.data());
-      bf16->gemm_b_rows(m, n, k, packed.data(), b.bf16, b.bf16_ld, beta, c, ldc);
+      uint16_t* packed = bf16_scratch(bf16_packed_a_elements(m, k));
+      bf16->pack_a(a.data, a.row, a.step, m, k, packed);
+      bf16->gemm_b_rows(m, n, k, packed, b.bf16, b.bf16_ld, beta, c, ldc);
       return;
     }
     if (b.bf16 != nullptr) {
@@ -127,12 +133,9 @@ inline void tile_gemm(int64_t m, int64_t n, int64_t k, const GemmA<scalar_t>& a,
     }
     if (precision == GemmPrecision::kBf16 && bf16 != nullptr && k > 0 && m > 0 && n > 0) {
       TORCH_INTERNAL_ASSERT(b.panel == b.width, "gatedrnn: a bfloat16 GEMM of packed float B");
-      thread_local std::vector<uint16_t> packed;
-      const int64_t size = ceil_div(n, kBf16PanelWidth) * bf16_panel_elements(k);
-      if (static_cast<int64_t>(packed.size()) < size) packed.resize(size);
-      bf16->pack_b_rows(b.data, b.ld, k, n, packed.data());
-      bf16->gemm(m, n, k, a.data, a.row, a.step, packed.data(), bf16_panel_elements(k), beta, c,
-                 ldc);
+      uint16_t* packed = bf16_scratch(ceil_div(n, kBf16PanelWidth) * bf16_panel_elements(k));
+      bf16->pack_b_rows(b.data, b.ld, k, n, packed);
+      bf16->gemm(m, n, k, a.data, a.row, a.step, packed, bf16_panel_elements(k), beta, c, ldc);
       return;
     }
   }

@@ -673,8 +673,10 @@ class GemmSumsRun {
  public:
   // sums: must outlive the run.
   explicit GemmSumsRun(const std::vector<GemmSum<scalar_t>>& sums) : sums_(sums) {
+    b_rows_.resize(sums.size());
     for (size_t s = 0; s < sums.size(); ++s) {
       const GemmSum<scalar_t>& g = sums[s];
+      b_rows_[s] = b_rows_bf16_sum(g);
       int64_t k = 0;
       for (const GemmTerm<scalar_t>& t : g.terms) k += t.k;
       if (g.m == 0 || g.n == 0) continue;
@@ -687,14 +689,14 @@ class GemmSumsRun {
     std::stable_sort(blocks_.begin(), blocks_.end(),
                      [](const Block& x, const Block& y) { return x.work > y.work; });
     // The bfloat16 kernels' B of every term of a kBf16 sum (but for those of
-    // b_rows_bf16_sum, read in place), packed once here for all the sum's blocks: a weight gradient's blocks split its rows, each needing the whole B,
-    // and packing it per block was 8 times the work (the LSTM bfloat16 training step).
+    // b_rows_bf16_sum, read in place), packed once here for all the sum's blocks: a weight
+    // gradient's blocks split its rows, each needing the whole B, and packing it per block
+    // was 8 times the work (the LSTM bfloat16 training step).
     packed_.resize(sums.size());
     for (size_t s = 0; s < sums.size(); ++s) {
       const GemmSum<scalar_t>& g = sums[s];
       const GemmBf16Kernels* bf16 = bf16_kernels_for<scalar_t>(g.precision);
-      if (bf16 == nullptr || g.m == 0 || g.n == 0 || in_place_bf16_sum(g) ||
-          b_rows_bf16_sum(g)) {
+      if (bf16 == nullptr || g.m == 0 || g.n == 0 || in_place_bf16_sum(g) || b_rows_[s]) {
         continue;
       }
       for (const GemmTerm<scalar_t>& t : g.terms) {
@@ -731,8 +733,7 @@ class GemmSumsRun {
     const int64_t width = kernels.width;
     for (size_t s = 0; s < sums.size(); ++s) {
       const GemmSum<scalar_t>& g = sums[s];
-      if (!packed_[s].empty() || g.m == 0 || g.n == 0 || in_place_bf16_sum(g) ||
-          b_rows_bf16_sum(g)) {
+      if (!packed_[s].empty() || g.m == 0 || g.n == 0 || in_place_bf16_sum(g) || b_rows_[s]) {
         continue;
       }
       int64_t k = 0;
@@ -757,13 +758,12 @@ class GemmSumsRun {
                             "gatedrnn: a bfloat16 GEMM output added to");
       for (const GemmTerm<scalar_t>& t : sums[s].terms) {
         TORCH_INTERNAL_ASSERT(t.b_bf16 == nullptr || !packed_[s].empty() || sums[s].m == 0 ||
-                                  sums[s].n == 0 || in_place_bf16_sum(sums[s]) ||
-                                  b_rows_bf16_sum(sums[s]),
+                                  sums[s].n == 0 || in_place_bf16_sum(sums[s]) || b_rows_[s],
                               "gatedrnn: a bfloat16 GEMM operand without the bfloat16 kernels");
         // run_shared_a reads a bfloat16 sum's B packed or as bfloat16 rows
         TORCH_INTERNAL_ASSERT(bf16_kernels_for<scalar_t>(sums[s].precision) == nullptr ||
                                   !packed_[s].empty() || sums[s].m == 0 || sums[s].n == 0 ||
-                                  in_place_bf16_sum(sums[s]) || b_rows_bf16_sum(sums[s]),
+                                  in_place_bf16_sum(sums[s]) || b_rows_[s],
                               "gatedrnn: a bfloat16 sum's B not packed");
       }
     }
@@ -813,7 +813,7 @@ class GemmSumsRun {
   // Block i's B of term ti: in place, or packed by the constructor.
   GemmB<scalar_t> b_of_block(size_t i, size_t ti) const {
     const GemmTerm<scalar_t>& t = sums_[blocks_[i].sum].terms[ti];
-    if (b_rows_bf16_sum(sums_[blocks_[i].sum])) {
+    if (b_rows_[blocks_[i].sum]) {
       return GemmB<scalar_t>{nullptr, 0, 0, 0, t.b_bf16, 0, t.ldb};
     }
     if (!packed_[blocks_[i].sum].empty()) {
@@ -832,6 +832,7 @@ class GemmSumsRun {
   const std::vector<GemmSum<scalar_t>>& sums_;
   std::vector<Block> blocks_;
   std::vector<std::vector<at::Tensor>> packed_, native_;
+  std::vector<bool> b_rows_;  // per sum: b_rows_bf16_sum
   std::vector<std::vector<size_t>> items_;
 };
 

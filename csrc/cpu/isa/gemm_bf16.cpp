@@ -241,7 +241,9 @@ const float* c_start(const CTile& t, float beta, int64_t ldc, float* buf) {
 }
 
 void c_finish(const CTile& t, int64_t ldc, const float* buf) {
-  for (int64_t r = 0; r < t.rows; ++r) std::memcpy(t.c0 + r * ldc, buf + r * 16, sizeof(float) * t.cols);
+  for (int64_t r = 0; r < t.rows; ++r) {
+    std::memcpy(t.c0 + r * ldc, buf + r * 16, sizeof(float) * t.cols);
+  }
 }
 
 // The 32-row (two) or 16-row (one) form, for one panel over kn of k (a multiple of 32)
@@ -469,13 +471,19 @@ void with_tile_height(int64_t h, const F& f) {
   }
 }
 
+// The mask of C's columns [16 * half, 16 * half + 16) of a panel `cols` of whose 32
+// columns are inside C (all of them when full).
+template <bool full>
+inline __mmask16 panel_half_mask(int64_t cols, int64_t half) {
+  return full ? __mmask16(0xffff)
+              : __mmask16((1u << std::clamp<int64_t>(cols - 16 * half, 0, 16)) - 1);
+}
+
 template <int64_t R, bool full>
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"))) inline void bf16_tile(
     int64_t k2, const uint32_t* a, const uint16_t* b, int64_t cols, float beta, float* c,
     int64_t ldc) {
-  const __mmask16 m0 = full ? __mmask16(0xffff) : __mmask16((1u << std::min<int64_t>(cols, 16)) - 1);
-  const __mmask16 m1 =
-      full ? __mmask16(0xffff) : __mmask16((1u << std::clamp<int64_t>(cols - 16, 0, 16)) - 1);
+  const __mmask16 m0 = panel_half_mask<full>(cols, 0), m1 = panel_half_mask<full>(cols, 1);
   __m512 acc0[R], acc1[R];
 #pragma GCC unroll 16
   for (int64_t r = 0; r < R; ++r) {
@@ -587,6 +595,14 @@ GATEDRNN_BF16_TARGET void avx512_rows(int64_t mi, int64_t n, int64_t k2, const u
   });
 }
 
+// f(i0, mi) for each cache block of A's m rows (k of them a row): rows [i0, i0 + mi),
+// packed by the AVX512_BF16 kernels tile by tile at dword i0 * kp / 2 of A's copy.
+template <typename F>
+void for_each_packed_block(int64_t m, int64_t k, const F& f) {
+  const int64_t rows = block_rows(bf16_padded_k(k), kTileRows);
+  for (int64_t i0 = 0; i0 < m; i0 += rows) f(i0, std::min(rows, m - i0));
+}
+
 // A's rows [0, mi) of a block as pairs of k, tile by tile: [k2][h] for a tile of height h.
 GATEDRNN_BF16_TARGET void pack_a_block(const float* a, int64_t a_row, int64_t a_step,
                                        int64_t mi, int64_t k, int64_t kp, uint32_t* dst) {
@@ -600,26 +616,23 @@ GATEDRNN_BF16_TARGET void gemm_avx512(int64_t m, int64_t n, int64_t k, const flo
                                       int64_t b_panel, float beta, float* c, int64_t ldc) {
   if (m <= 0 || n <= 0) return;
   const int64_t kp = bf16_padded_k(k), k2 = kp / 2;
-  const int64_t rows = block_rows(kp, kTileRows);
   thread_local std::vector<uint32_t> a_buffer;
-  uint32_t* ab = scratch(a_buffer, std::min(rows, m) * k2);
-  for (int64_t i0 = 0; i0 < m; i0 += rows) {
-    const int64_t mi = std::min(rows, m - i0);
+  uint32_t* ab = scratch(a_buffer, std::min(block_rows(kp, kTileRows), m) * k2);
+  for_each_packed_block(m, k, [&](int64_t i0, int64_t mi) {
     pack_a_block(a + i0 * a_row, a_row, a_step, mi, k, kp, ab);
     avx512_rows(mi, n, k2, ab, b, b_panel, beta, c + i0 * ldc, ldc);
-  }
+  });
 }
 
 // A packed whole for gemm_packed_avx512: the blocks gemm_avx512 packs one at a time, each
 // at its first row (m * kp / 2 dwords in all).
 GATEDRNN_BF16_TARGET void pack_a_avx512(const float* a, int64_t a_row, int64_t a_step,
                                         int64_t m, int64_t k, uint16_t* dst) {
-  const int64_t kp = bf16_padded_k(k), rows = block_rows(kp, kTileRows);
+  const int64_t kp = bf16_padded_k(k);
   uint32_t* d = reinterpret_cast<uint32_t*>(dst);
-  for (int64_t i0 = 0; i0 < m; i0 += rows) {
-    pack_a_block(a + i0 * a_row, a_row, a_step, std::min(rows, m - i0), k, kp,
-                 d + i0 * (kp / 2));
-  }
+  for_each_packed_block(m, k, [&](int64_t i0, int64_t mi) {
+    pack_a_block(a + i0 * a_row, a_row, a_step, mi, k, kp, d + i0 * (kp / 2));
+  });
 }
 
 // pack_a_avx512 from bfloat16 rows: a tile's pairs of k are the rows' consecutive pairs
@@ -630,10 +643,10 @@ GATEDRNN_BF16_TARGET void pack_a_avx512(const float* a, int64_t a_row, int64_t a
 // rows of k = 128 on one thread.
 GATEDRNN_BF16_TARGET void pack_a_bf16_avx512(const uint16_t* a, int64_t lda, int64_t m,
                                              int64_t k, uint16_t* dst) {
-  const int64_t kp = bf16_padded_k(k), k2 = kp / 2, rows = block_rows(kp, kTileRows);
+  const int64_t k2 = bf16_padded_k(k) / 2;
   uint32_t* d = reinterpret_cast<uint32_t*>(dst);
-  for (int64_t i0 = 0; i0 < m; i0 += rows) {
-    for_each_tile(std::min(rows, m - i0), [&](int64_t r0, int64_t h) {
+  for_each_packed_block(m, k, [&](int64_t i0, int64_t mi) {
+    for_each_tile(mi, [&](int64_t r0, int64_t h) {
       uint32_t* tile = d + (i0 + r0) * k2;
       const uint16_t* first = a + (i0 + r0) * lda;
       for (int64_t q0 = 0; q0 < k2; q0 += 16) {
@@ -645,19 +658,18 @@ GATEDRNN_BF16_TARGET void pack_a_bf16_avx512(const uint16_t* a, int64_t lda, int
         store_tile_pairs(v, h, tile + q0 * h);
       }
     });
-  }
+  });
 }
 
 GATEDRNN_BF16_TARGET void gemm_packed_avx512(int64_t m, int64_t n, int64_t k, const uint16_t* a,
                                              const uint16_t* b, int64_t b_panel, float beta,
                                              float* c, int64_t ldc) {
   if (m <= 0 || n <= 0) return;
-  const int64_t kp = bf16_padded_k(k), k2 = kp / 2, rows = block_rows(kp, kTileRows);
+  const int64_t k2 = bf16_padded_k(k) / 2;
   const uint32_t* d = reinterpret_cast<const uint32_t*>(a);
-  for (int64_t i0 = 0; i0 < m; i0 += rows) {
-    avx512_rows(std::min(rows, m - i0), n, k2, d + i0 * k2, b, b_panel, beta, c + i0 * ldc,
-                ldc);
-  }
+  for_each_packed_block(m, k, [&](int64_t i0, int64_t mi) {
+    avx512_rows(mi, n, k2, d + i0 * k2, b, b_panel, beta, c + i0 * ldc, ldc);
+  });
 }
 
 // ---------------------------------------------------------------------------------------
@@ -809,10 +821,7 @@ GATEDRNN_BF16_TARGET inline void b_rows_tile(int64_t k, int64_t k2, const uint32
                                              float beta, float* c, int64_t ldc,
                                              int64_t ahead) {
   const __mmask32 in_b = full ? ~__mmask32(0) : __mmask32((uint64_t(1) << cols) - 1);
-  const __mmask16 m0 =
-      full ? __mmask16(0xffff) : __mmask16((1u << std::min<int64_t>(cols, 16)) - 1);
-  const __mmask16 m1 =
-      full ? __mmask16(0xffff) : __mmask16((1u << std::clamp<int64_t>(cols - 16, 0, 16)) - 1);
+  const __mmask16 m0 = panel_half_mask<full>(cols, 0), m1 = panel_half_mask<full>(cols, 1);
   __m512 acc0[R], acc1[R];
 #pragma GCC unroll 16
   for (int64_t r = 0; r < R; ++r) {
@@ -866,12 +875,12 @@ GATEDRNN_BF16_TARGET void gemm_b_rows_avx512(int64_t m, int64_t n, int64_t k, co
                                              const uint16_t* b, int64_t ldb, float beta,
                                              float* c, int64_t ldc) {
   if (m <= 0 || n <= 0) return;
-  const int64_t kp = bf16_padded_k(k), k2 = kp / 2, rows = block_rows(kp, kTileRows);
+  const int64_t k2 = bf16_padded_k(k) / 2;
   const uint32_t* d = reinterpret_cast<const uint32_t*>(a);
-  for (int64_t i0 = 0; i0 < m; i0 += rows) {
+  for_each_packed_block(m, k, [&](int64_t i0, int64_t mi) {
     for (int64_t j0 = 0; j0 < n; j0 += kBf16PanelWidth) {
       const int64_t cols = std::min(kBf16PanelWidth, n - j0);
-      for_each_tile(std::min(rows, m - i0), [&](int64_t r0, int64_t h) {
+      for_each_tile(mi, [&](int64_t r0, int64_t h) {
         const uint32_t* tile = d + (i0 + r0) * k2;
         float* ct = c + (i0 + r0) * ldc + j0;
         const int64_t ahead = r0 == 0 ? kBRowsAheadPairs : 0;
@@ -885,7 +894,7 @@ GATEDRNN_BF16_TARGET void gemm_b_rows_avx512(int64_t m, int64_t n, int64_t k, co
         });
       });
     }
-  }
+  });
 }
 
 // ---------------------------------------------------------------------------------------
