@@ -274,3 +274,37 @@ def test_input_rows_read_up_to_their_width(mode, input_size):
         out, contiguous = m(x)[0], m(x.contiguous())[0]
     assert out.isfinite().all()
     assert torch.equal(out.view(torch.int16), contiguous.view(torch.int16))
+
+
+@pytest.mark.parametrize("batch", [64, 200])
+@pytest.mark.parametrize("input_size, hidden_size", [(37, 45), (64, 96)])
+def test_one_step_gradients_round_as_torch_rounds(batch, input_size, hidden_size):
+    """A one-step bfloat16 backward writes its gradients in bfloat16 as its GEMM tiles make
+    them (gemm_bf16.cpp, gemm_packed_round; round_rows for the rest): the bits torch's
+    rounding of the exact sums gives. A ReLU RNN whose output is positive, so that the gate
+    gradient is grad_output itself, and small integers everywhere: every product and sum is
+    exact in float32, whatever the order, and many sums are not bfloat16 numbers (ties among
+    them). A NaN in x makes its column of grad_w_ih NaN. 64 rows: the input gradient reads
+    w_ih in place; 200: every product on packed panels. Odd sizes: partial panels."""
+    torch.manual_seed(0)
+    N, I, H = batch, input_size, hidden_size
+
+    def ints(*size, low=-8):
+        return torch.randint(low, 9, size).to(torch.bfloat16)
+
+    x, h0, w_ih, w_hh = ints(1, N, I), ints(N, H), ints(H, I), ints(H, H)
+    x[0, 3, 5] = float("nan")
+    out, grad_out = ints(1, N, H, low=1), ints(1, N, H)
+    grads = torch.ops.gatedrnn.rnn_backward(grad_out, torch.zeros_like(h0), x, None, h0, w_ih,
+                                            w_hh, out, "relu", False)
+    dg = grad_out[0].double()
+    expected = [dg @ w_ih.double(), dg @ w_hh.double(), dg.t() @ x[0].double(),
+                dg.t() @ h0.double(), dg.sum(0), dg.sum(0)]
+    ties = (expected[2].float().nan_to_num().view(torch.int32) & 0xffff) == 0x8000
+    assert ties.any() and (expected[2].abs() > 256).any()
+    for got, wanted in zip(grads[:6], expected):
+        wanted = wanted.reshape(got.shape).to(torch.bfloat16)
+        nan = wanted.isnan()
+        assert got.dtype == torch.bfloat16 and torch.equal(got.isnan(), nan)
+        assert torch.equal(got[~nan].view(torch.int16), wanted[~nan].view(torch.int16))
+    assert grads[2][:, 5].isnan().all()

@@ -629,6 +629,12 @@ void run_shared_a(const std::vector<GemmSum<scalar_t>>& sums, const std::vector<
         const GemmBlocks::Block& bl = blocks[i].c;
         // packed, or bfloat16 rows read in place (GemmSumsRun)
         const GemmB<scalar_t> b = b_of(i, 0).from_column(bl.j0);
+        if (g.c_bf16 != nullptr && b.bf16_ld == 0 && bf16->gemm_packed_round != nullptr) {
+          // rounded into C by the tiles, with no float32 block (finish_block) between
+          bf16->gemm_packed_round(bl.mi, bl.ni, t.k, packed.data(), b.bf16, b.bf16_panel,
+                                  g.c_bf16 + bl.i0 * g.ldc + bl.j0, g.ldc);
+          continue;
+        }
         const BlockOutput<scalar_t> out = block_output(g, bl);
         if (b.bf16_ld > 0) {
           bf16->gemm_b_rows(bl.mi, bl.ni, t.k, packed.data(), b.bf16, b.bf16_ld, g.beta, out.c,

@@ -87,6 +87,11 @@ struct GemmBf16Kernels {
   // B would be a large part of the work. Null for AMX (never measured there).
   void (*gemm_b_rows)(int64_t m, int64_t n, int64_t k, const uint16_t* a, const uint16_t* b,
                       int64_t ldb, float beta, float* c, int64_t ldc);
+  // gemm_packed_a with beta 0 into a bfloat16 C [m, n] (rows ldc apart), each float32 sum
+  // rounded as round_rows rounds it: the same bits as gemm_packed_a then round_rows,
+  // without the float32 block between. Null for AMX (never measured there).
+  void (*gemm_packed_round)(int64_t m, int64_t n, int64_t k, const uint16_t* a,
+                            const uint16_t* b, int64_t b_panel, uint16_t* c, int64_t ldc);
 };
 
 // Which bfloat16 kernels run: the best this CPU (and operating system) supports, or the
