@@ -162,7 +162,7 @@ gru_backward(const at::Tensor& grad_output, const at::Tensor& grad_h_n, const at
   // The weights as they are (bfloat16 in the bfloat16 form): the GEMMs read them so, or
   // widen them where they cannot (recurrent_gemm.h, ChunkedGrads).
   const at::Tensor wih = cached_contiguous(w_ih), whh = cached_contiguous(w_hh);
-  at::Tensor dh_state = widened(grad_h_n).contiguous().clone();
+  at::Tensor dh_state = widened_copy(grad_h_n);
   InputAndWeightGrads g;
   at::Tensor grad_h0_reset = resets.flags ? at::zeros_like(dh_state) : at::Tensor();
   StepNorms norms(record_norms, s.steps(), unit_blocks(H, kGates, H, s.batch, s.steps()).count(),

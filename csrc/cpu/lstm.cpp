@@ -269,8 +269,8 @@ lstm_backward(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
   const at::Tensor out = cached_contiguous(output).view({s.rows, P});
   const at::Tensor h0c = widened(h0).contiguous(), c0c = widened(c0).contiguous();
   const at::Tensor whh = cached_contiguous(w_hh), wih = cached_contiguous(w_ih);
-  at::Tensor dh_state = widened(grad_h_n).contiguous().clone();
-  at::Tensor dc_state = widened(grad_c_n).contiguous().clone();
+  at::Tensor dh_state = widened_copy(grad_h_n);
+  at::Tensor dc_state = widened_copy(grad_c_n);
   at::Tensor grad_w_hr = proj && wanted.weights ? cached_zeros({P, H}, opts) : at::Tensor();
   const at::Tensor grad_cs = with_cs ? grad_cell_states->to(opts).contiguous() : at::Tensor();
   at::Tensor grad_h0_reset = resets.flags ? at::zeros_like(dh_state) : at::Tensor();
