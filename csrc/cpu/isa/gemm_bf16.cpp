@@ -843,19 +843,21 @@ GATEDRNN_BF16_TARGET inline __m512i b_rows_pairs_high() {
 // R rows of packed A (a tile of pack_a's layout, [k2][R] dwords) against 32 columns of B
 // from b on (rows ldb apart; `cols` of them inside B). ahead > 0: B's rows that many
 // pairs of k further on are asked for as these are read.
-template <int64_t R, bool full>
+// C as bf16_tile's: float32, or bfloat16 (uint16_t, beta 0) rounded into.
+template <int64_t R, bool full, typename CT>
 GATEDRNN_BF16_TARGET inline void b_rows_tile(int64_t k, int64_t k2, const uint32_t* a,
                                              const uint16_t* b, int64_t ldb, int64_t cols,
-                                             float beta, float* c, int64_t ldc,
+                                             float beta, CT* c, int64_t ldc,
                                              int64_t ahead) {
+  constexpr bool round = std::is_same_v<CT, uint16_t>;
   const __mmask32 in_b = full ? ~__mmask32(0) : __mmask32((uint64_t(1) << cols) - 1);
   const __mmask16 m0 = panel_half_mask<full>(cols, 0), m1 = panel_half_mask<full>(cols, 1);
   __m512 acc0[R], acc1[R];
 #pragma GCC unroll 16
   for (int64_t r = 0; r < R; ++r) {
-    if (beta == 0.0f) {
+    if (round || beta == 0.0f) {
       acc0[r] = acc1[r] = _mm512_setzero_ps();
-    } else {
+    } else if constexpr (!round) {
       const __m512 vb = _mm512_set1_ps(beta);
       const __m512 c0 = _mm512_maskz_loadu_ps(m0, c + r * ldc);
       const __m512 c1 = _mm512_maskz_loadu_ps(m1, c + r * ldc + 16);
@@ -884,10 +886,15 @@ GATEDRNN_BF16_TARGET inline void b_rows_tile(int64_t k, int64_t k2, const uint32
   }
 #pragma GCC unroll 16
   for (int64_t r = 0; r < R; ++r) {
-    _mm512_mask_storeu_ps(c + r * ldc, m0,
-                          _mm512_permutex2var_ps(acc0[r], b_rows_columns_low(), acc1[r]));
-    _mm512_mask_storeu_ps(c + r * ldc + 16, m1,
-                          _mm512_permutex2var_ps(acc0[r], b_rows_columns_high(), acc1[r]));
+    const __m512 low = _mm512_permutex2var_ps(acc0[r], b_rows_columns_low(), acc1[r]);
+    const __m512 high = _mm512_permutex2var_ps(acc0[r], b_rows_columns_high(), acc1[r]);
+    if constexpr (round) {
+      _mm256_mask_storeu_epi16(c + r * ldc, m0, rounded_bf16(low));
+      _mm256_mask_storeu_epi16(c + r * ldc + 16, m1, rounded_bf16(high));
+    } else {
+      _mm512_mask_storeu_ps(c + r * ldc, m0, low);
+      _mm512_mask_storeu_ps(c + r * ldc + 16, m1, high);
+    }
   }
 }
 
@@ -899,9 +906,10 @@ GATEDRNN_BF16_TARGET inline void b_rows_tile(int64_t k, int64_t k2, const uint32
 // packed 4.71 ms a call, read in place 4.66, with the lines asked for 4.53; H = 256 2.61,
 // 2.42, 2.44; 128 rows (two steps) 9.98 against 9.91; AMD Zen 4).
 constexpr int64_t kBRowsAheadPairs = 32;
-GATEDRNN_BF16_TARGET void gemm_b_rows_avx512(int64_t m, int64_t n, int64_t k, const uint16_t* a,
-                                             const uint16_t* b, int64_t ldb, float beta,
-                                             float* c, int64_t ldc) {
+template <typename CT>
+GATEDRNN_BF16_TARGET void b_rows_avx512(int64_t m, int64_t n, int64_t k, const uint16_t* a,
+                                        const uint16_t* b, int64_t ldb, float beta, CT* c,
+                                        int64_t ldc) {
   if (m <= 0 || n <= 0) return;
   const int64_t k2 = bf16_padded_k(k) / 2;
   const uint32_t* d = reinterpret_cast<const uint32_t*>(a);
@@ -910,19 +918,29 @@ GATEDRNN_BF16_TARGET void gemm_b_rows_avx512(int64_t m, int64_t n, int64_t k, co
       const int64_t cols = std::min(kBf16PanelWidth, n - j0);
       for_each_tile(mi, [&](int64_t r0, int64_t h) {
         const uint32_t* tile = d + (i0 + r0) * k2;
-        float* ct = c + (i0 + r0) * ldc + j0;
+        CT* ct = c + (i0 + r0) * ldc + j0;
         const int64_t ahead = r0 == 0 ? kBRowsAheadPairs : 0;
         with_tile_height(h, [&](auto height) {
           constexpr int64_t R = decltype(height)::value;
           if (cols == kBf16PanelWidth) {
-            b_rows_tile<R, true>(k, k2, tile, b + j0, ldb, cols, beta, ct, ldc, ahead);
+            b_rows_tile<R, true, CT>(k, k2, tile, b + j0, ldb, cols, beta, ct, ldc, ahead);
           } else {
-            b_rows_tile<R, false>(k, k2, tile, b + j0, ldb, cols, beta, ct, ldc, ahead);
+            b_rows_tile<R, false, CT>(k, k2, tile, b + j0, ldb, cols, beta, ct, ldc, ahead);
           }
         });
       });
     }
   });
+}
+GATEDRNN_BF16_TARGET void gemm_b_rows_avx512(int64_t m, int64_t n, int64_t k, const uint16_t* a,
+                                             const uint16_t* b, int64_t ldb, float beta,
+                                             float* c, int64_t ldc) {
+  b_rows_avx512(m, n, k, a, b, ldb, beta, c, ldc);
+}
+GATEDRNN_BF16_TARGET void gemm_b_rows_round_avx512(int64_t m, int64_t n, int64_t k,
+                                                   const uint16_t* a, const uint16_t* b,
+                                                   int64_t ldb, uint16_t* c, int64_t ldc) {
+  b_rows_avx512(m, n, k, a, b, ldb, 0.0f, c, ldc);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -972,14 +990,15 @@ constexpr GemmBf16Kernels kAmx{"amx",           &gemm_amx,        &pack_a_amx,
                                &pack_a_bf16_amx, &gemm_packed_amx, &round_rows, &pack_b_rows,
                                &pack_b_rows_bf16, &pack_b_columns, &pack_b_columns_bf16,
                                &peak_amx,       true,             nullptr,
-                               nullptr,         nullptr};
+                               nullptr,         nullptr,          nullptr};
 constexpr GemmBf16Kernels kAvx512Bf16{"avx512_bf16",       &gemm_avx512,
                                       &pack_a_avx512,      &pack_a_bf16_avx512,
                                       &gemm_packed_avx512, &round_rows,      &pack_b_rows,
                                       &pack_b_rows_bf16,   &pack_b_columns,
                                       &pack_b_columns_bf16, &peak_avx512,
                                       false,               &gemm_w_rows_avx512,
-                                      &gemm_b_rows_avx512, &gemm_packed_round_avx512};
+                                      &gemm_b_rows_avx512, &gemm_packed_round_avx512,
+                                      &gemm_b_rows_round_avx512};
 
 }  // namespace
 

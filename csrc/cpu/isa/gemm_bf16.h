@@ -92,6 +92,9 @@ struct GemmBf16Kernels {
   // without the float32 block between. Null for AMX (never measured there).
   void (*gemm_packed_round)(int64_t m, int64_t n, int64_t k, const uint16_t* a,
                             const uint16_t* b, int64_t b_panel, uint16_t* c, int64_t ldc);
+  // gemm_b_rows likewise (beta 0, a bfloat16 C rounded into). Null for AMX.
+  void (*gemm_b_rows_round)(int64_t m, int64_t n, int64_t k, const uint16_t* a,
+                            const uint16_t* b, int64_t ldb, uint16_t* c, int64_t ldc);
 };
 
 // Which bfloat16 kernels run: the best this CPU (and operating system) supports, or the
