@@ -518,20 +518,22 @@ void finish_block(const GemmSum<scalar_t>& g, const GemmBlocks::Block& bl,
   }
 }
 
-// A block of a sum rounded into bfloat16 (c_bf16), its one term's A packed by pack_a (a),
-// made by the bfloat16 tiles straight into C [m, n] from B packed or read as bfloat16 rows:
-// the bits finish_block gives the float32 block, without the block. Whether the kernels
-// can (rounds_in_tiles), then the product (round_in_tiles).
+// The last term of a block of a sum rounded into bfloat16 (c_bf16), its A packed by pack_a
+// (a), made by the bfloat16 tiles straight into C [m, n] from B packed or read as
+// bfloat16 rows, starting from the earlier terms' float32 sums (partial, or null for the
+// only term): the bits finish_block gives the float32 block, without rounding it after.
+// Whether the kernels can (rounds_in_tiles), then the product (round_in_tiles).
 inline bool rounds_in_tiles(const GemmBf16Kernels* bf16, const GemmB<float>& b) {
   if (bf16 == nullptr || b.bf16 == nullptr) return false;
   return (b.bf16_ld > 0 ? bf16->gemm_b_rows_round : bf16->gemm_packed_round) != nullptr;
 }
 inline void round_in_tiles(const GemmBf16Kernels* bf16, int64_t m, int64_t n, int64_t k,
-                           const uint16_t* a, const GemmB<float>& b, uint16_t* c, int64_t ldc) {
+                           const uint16_t* a, const GemmB<float>& b, const float* partial,
+                           int64_t ld_partial, uint16_t* c, int64_t ldc) {
   if (b.bf16_ld > 0) {
-    bf16->gemm_b_rows_round(m, n, k, a, b.bf16, b.bf16_ld, c, ldc);
+    bf16->gemm_b_rows_round(m, n, k, a, b.bf16, b.bf16_ld, partial, ld_partial, c, ldc);
   } else {
-    bf16->gemm_packed_round(m, n, k, a, b.bf16, b.bf16_panel, c, ldc);
+    bf16->gemm_packed_round(m, n, k, a, b.bf16, b.bf16_panel, partial, ld_partial, c, ldc);
   }
 }
 
@@ -647,7 +649,7 @@ void run_shared_a(const std::vector<GemmSum<scalar_t>>& sums, const std::vector<
         // packed, or bfloat16 rows read in place (GemmSumsRun)
         const GemmB<scalar_t> b = b_of(i, 0).from_column(bl.j0);
         if (g.c_bf16 != nullptr && rounds_in_tiles(bf16, b)) {
-          round_in_tiles(bf16, bl.mi, bl.ni, t.k, packed.data(), b,
+          round_in_tiles(bf16, bl.mi, bl.ni, t.k, packed.data(), b, nullptr, 0,
                          g.c_bf16 + bl.i0 * g.ldc + bl.j0, g.ldc);
           continue;
         }
@@ -806,23 +808,10 @@ class GemmSumsRun {
     const GemmBlocks::Block& bl = blocks_[i].c;
     const GemmSum<scalar_t>& g = sums[blocks_[i].sum];
     const bool in_place = in_place_bf16_sum(g);
-    if constexpr (std::is_same_v<scalar_t, float>) {
-      const GemmBf16Kernels* bf16 = gemm_bf16_kernels();
-      if (g.c_bf16 != nullptr && g.terms.size() == 1 && !in_place &&
-          rounds_in_tiles(bf16, b_of(i, 0))) {
-        // A one-step call's input gradient, B read in place: rounded by the tiles
-        // (round_rows on its float32 block was 1.7% of the samples of a decoder of two
-        // bfloat16 GRUCells at (N, H) = (64, 512), training; AMD Zen 4).
-        const GemmTerm<scalar_t>& t = g.terms[0];
-        const GemmA<scalar_t> a = t.op_a().from_row(bl.i0);
-        uint16_t* packed = bf16_scratch(bf16_packed_a_elements(bl.mi, t.k));
-        bf16->pack_a(a.data, a.row, a.step, bl.mi, t.k, packed);
-        round_in_tiles(bf16, bl.mi, bl.ni, t.k, packed, b_of(i, 0).from_column(bl.j0),
-                       g.c_bf16 + bl.i0 * g.ldc + bl.j0, g.ldc);
-        return;
-      }
-    }
-    const BlockOutput<scalar_t> out = block_output(g, bl);
+    // the term whose kernel rounds the block into a bfloat16 C (the last), if any
+    const size_t rounded = rounding_term(g, i, in_place);
+    const bool alone = rounded == 0 && !g.terms.empty();  // no float32 block needed
+    const BlockOutput<scalar_t> out = alone ? BlockOutput<scalar_t>{} : block_output(g, bl);
     scalar_t beta = g.beta;
     if (g.terms.empty()) {  // a sum of nothing: C = beta * C
       tile_gemm<scalar_t>(bl.mi, bl.ni, 0, GemmA<scalar_t>::rows(nullptr, 0),
@@ -830,6 +819,10 @@ class GemmSumsRun {
     }
     for (size_t ti = 0; ti < g.terms.size(); ++ti) {
       const GemmTerm<scalar_t>& t = g.terms[ti];
+      if (ti == rounded) {
+        round_term(g, bl, t, b_of(i, ti), in_place, ti > 0 ? out.c : nullptr, out.ldc);
+        return;
+      }
       if (in_place) {
         in_place_term(t, bl, beta, out.c, out.ldc);
       } else {
@@ -847,6 +840,43 @@ class GemmSumsRun {
     GemmBlocks::Block c;
     double work;
   };
+
+  // The index of the term of block i's sum whose kernel rounds the block into its bfloat16
+  // C (the last term), or the number of terms where none does: round_rows on the float32
+  // block was 1.7-11.9% of the samples of decoders of two bfloat16 GRUCells at hidden size
+  // 512, training (batch 64: the input gradient on w_ih's rows; batch 1: every gradient).
+  size_t rounding_term(const GemmSum<scalar_t>& g, size_t i, bool in_place) const {
+    const size_t none = g.terms.size();
+    if constexpr (std::is_same_v<scalar_t, float>) {
+      if (g.c_bf16 == nullptr || g.terms.empty()) return none;
+      const size_t last = none - 1;
+      if (in_place) return g.terms[last].b_bf16 != nullptr ? last : none;
+      return rounds_in_tiles(gemm_bf16_kernels(), b_of_block(i, last)) ? last : none;
+    }
+    return none;
+  }
+
+  // Term t of block bl of sum g into its bfloat16 C, rounded, from partial (the earlier
+  // terms' float32 sums, rows ld_partial apart) or zero: rounding_term's.
+  void round_term(const GemmSum<scalar_t>& g, const GemmBlocks::Block& bl,
+                  const GemmTerm<scalar_t>& t, const GemmB<scalar_t>& b, bool in_place,
+                  const scalar_t* partial, int64_t ld_partial) const {
+    if constexpr (std::is_same_v<scalar_t, float>) {
+      const GemmA<scalar_t> a = t.op_a().from_row(bl.i0);
+      uint16_t* c = g.c_bf16 + bl.i0 * g.ldc + bl.j0;
+      if (in_place) {
+        gemm_kernels<scalar_t>().gemm_few_rows_bf16_round(bl.mi, bl.ni, t.k, a.data, a.row,
+                                                          a.step, t.b_bf16 + bl.j0, t.ldb,
+                                                          partial, ld_partial, c, g.ldc);
+        return;
+      }
+      const GemmBf16Kernels* bf16 = gemm_bf16_kernels();
+      uint16_t* packed = bf16_scratch(bf16_packed_a_elements(bl.mi, t.k));
+      bf16->pack_a(a.data, a.row, a.step, bl.mi, t.k, packed);
+      round_in_tiles(bf16, bl.mi, bl.ni, t.k, packed, b.from_column(bl.j0), partial,
+                     ld_partial, c, g.ldc);
+    }
+  }
 
   // Block i's B of term ti: in place, or packed by the constructor.
   GemmB<scalar_t> b_of_block(size_t i, size_t ti) const {
@@ -936,6 +966,15 @@ class ChunkedGrads {
     // With resets, rows restart from h0 anywhere: gathered too.
     uniform_ = !resets_.flags && std::all_of(s.sizes.begin(), s.sizes.end(),
                                              [&](int64_t n) { return n == s.batch; });
+    // The first step's states as B of w_hh's gradient where the bfloat16 sums run on B in
+    // place (batches of 1 or 2, in_place_bf16_sum): h0's bfloat16 values (h0 is a bfloat16
+    // op's, widened exactly), on which their kernel rounds the gradient as it makes it
+    // (gemm_few_rows_bf16_round) instead of making it in float32 for round_rows (10% of
+    // the samples of a decoder of two bfloat16 GRUCells at (N, H) = (1, 512), training).
+    if (std::is_same_v<scalar_t, float> && precision == GemmPrecision::kBf16 && uniform_ &&
+        s.batch <= kDirectRows && gemm_bf16_kernels() != nullptr) {
+      h0_bits_ = h0.to(at::kBFloat16);
+    }
     // bfloat16 operands of B (a bfloat16 op's) are packed as they are by the bfloat16
     // kernels: float32 copies of x and out, both [R, *], were fresh pages at every call
     // (above the block cache's 8 MiB of then, at (100, 64, 512, 512)). Where steps differ,
@@ -1080,6 +1119,10 @@ class ChunkedGrads {
     const scalar_t* data = nullptr;
     const uint16_t* bf16 = nullptr;
   };
+  // h0 from element `offset` as B: its bfloat16 values where they are kept (h0_bits_).
+  BRows first_states(const scalar_t* init, int64_t offset) const {
+    return h0_bits_.defined() ? b_rows(h0_bits_, offset) : BRows{init + offset};
+  }
   // B from element `offset` of t, which is scalar_t or bfloat16 (read as it is).
   static BRows b_rows(const at::Tensor& t, int64_t offset) {
     if (is_bf16(t)) {
@@ -1126,7 +1169,7 @@ class ChunkedGrads {
     std::vector<PrevRun> runs;
     if (!s_.reverse) {
       // rows [0, N) start from h0, row r >= N from row r - N
-      if (rb < N) runs.push_back({0, std::min(re, N) - rb, {init + rb * P}});
+      if (rb < N) runs.push_back({0, std::min(re, N) - rb, first_states(init, rb * P)});
       const int64_t b = std::max(rb, N);
       if (re > b) runs.push_back({b - rb, re - b, b_rows(out_, (b - N) * P)});
     } else {
@@ -1134,7 +1177,7 @@ class ChunkedGrads {
       const int64_t e = std::min(re, R - N);
       if (e > rb) runs.push_back({0, e - rb, b_rows(out_, (rb + N) * P)});
       const int64_t b = std::max(rb, R - N);
-      if (re > b) runs.push_back({b - rb, re - b, {init + (b - (R - N)) * P}});
+      if (re > b) runs.push_back({b - rb, re - b, first_states(init, (b - (R - N)) * P)});
     }
     return runs;
   }
@@ -1213,6 +1256,7 @@ class ChunkedGrads {
   GradsWanted wanted_;
   std::vector<StepChunk> chunks_;
   size_t current_ = 0;
+  at::Tensor h0_bits_;  // h0 in bfloat16, for B in place (the constructor)
   bool uniform_ = false;  // every step has all N rows
   bool small_step_ = false;  // a step's dh GEMM too small to share (kSmallStep)
   int64_t most_ = 0, slots_ = 1;  // the most rows of a chunk; chunk buffers

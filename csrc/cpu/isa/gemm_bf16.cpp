@@ -492,13 +492,16 @@ inline __mmask16 panel_half_mask(int64_t cols, int64_t half) {
 template <int64_t R, bool full, typename CT>
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"))) inline void bf16_tile(
     int64_t k2, const uint32_t* a, const uint16_t* b, int64_t cols, float beta, CT* c,
-    int64_t ldc) {
+    int64_t ldc, const float* partial, int64_t ld_partial) {
   constexpr bool round = std::is_same_v<CT, uint16_t>;
   const __mmask16 m0 = panel_half_mask<full>(cols, 0), m1 = panel_half_mask<full>(cols, 1);
   __m512 acc0[R], acc1[R];
 #pragma GCC unroll 16
   for (int64_t r = 0; r < R; ++r) {
-    if (round || beta == 0.0f) {
+    if (round && partial != nullptr) {
+      acc0[r] = _mm512_maskz_loadu_ps(m0, partial + r * ld_partial);
+      acc1[r] = _mm512_maskz_loadu_ps(m1, partial + r * ld_partial + 16);
+    } else if (round || beta == 0.0f) {
       acc0[r] = _mm512_setzero_ps();
       acc1[r] = _mm512_setzero_ps();
     } else if constexpr (!round) {
@@ -594,18 +597,22 @@ GATEDRNN_BF16_TARGET void pack_a_pairs(const float* a, int64_t a_row, int64_t a_
 template <typename CT>
 GATEDRNN_BF16_TARGET void avx512_rows(int64_t mi, int64_t n, int64_t k2, const uint32_t* ab,
                                       const uint16_t* b, int64_t b_panel, float beta, CT* c,
-                                      int64_t ldc) {
+                                      int64_t ldc, const float* partial = nullptr,
+                                      int64_t ld_partial = 0) {
   const int64_t panels = (n + kBf16PanelWidth - 1) / kBf16PanelWidth;
   for_each_tile(mi, [&](int64_t r0, int64_t h) {
     for (int64_t p = 0; p < panels; ++p) {
       const int64_t j0 = p * kBf16PanelWidth, cols = std::min(kBf16PanelWidth, n - j0);
       CT* ct = c + r0 * ldc + j0;
+      const float* pt = partial != nullptr ? partial + r0 * ld_partial + j0 : nullptr;
       with_tile_height(h, [&](auto height) {
         constexpr int64_t R = decltype(height)::value;
         if (cols == kBf16PanelWidth) {
-          bf16_tile<R, true, CT>(k2, ab + r0 * k2, b + p * b_panel, cols, beta, ct, ldc);
+          bf16_tile<R, true, CT>(k2, ab + r0 * k2, b + p * b_panel, cols, beta, ct, ldc, pt,
+                                 ld_partial);
         } else {
-          bf16_tile<R, false, CT>(k2, ab + r0 * k2, b + p * b_panel, cols, beta, ct, ldc);
+          bf16_tile<R, false, CT>(k2, ab + r0 * k2, b + p * b_panel, cols, beta, ct, ldc, pt,
+                                  ld_partial);
         }
       });
     }
@@ -691,12 +698,15 @@ GATEDRNN_BF16_TARGET void gemm_packed_avx512(int64_t m, int64_t n, int64_t k, co
 
 GATEDRNN_BF16_TARGET void gemm_packed_round_avx512(int64_t m, int64_t n, int64_t k,
                                                    const uint16_t* a, const uint16_t* b,
-                                                   int64_t b_panel, uint16_t* c, int64_t ldc) {
+                                                   int64_t b_panel, const float* partial,
+                                                   int64_t ld_partial, uint16_t* c,
+                                                   int64_t ldc) {
   if (m <= 0 || n <= 0) return;
   const int64_t k2 = bf16_padded_k(k) / 2;
   const uint32_t* d = reinterpret_cast<const uint32_t*>(a);
   for_each_packed_block(m, k, [&](int64_t i0, int64_t mi) {
-    avx512_rows(mi, n, k2, d + i0 * k2, b, b_panel, 0.0f, c + i0 * ldc, ldc);
+    avx512_rows(mi, n, k2, d + i0 * k2, b, b_panel, 0.0f, c + i0 * ldc, ldc,
+                partial != nullptr ? partial + i0 * ld_partial : nullptr, ld_partial);
   });
 }
 
@@ -847,15 +857,20 @@ GATEDRNN_BF16_TARGET inline __m512i b_rows_pairs_high() {
 template <int64_t R, bool full, typename CT>
 GATEDRNN_BF16_TARGET inline void b_rows_tile(int64_t k, int64_t k2, const uint32_t* a,
                                              const uint16_t* b, int64_t ldb, int64_t cols,
-                                             float beta, CT* c, int64_t ldc,
-                                             int64_t ahead) {
+                                             float beta, CT* c, int64_t ldc, int64_t ahead,
+                                             const float* partial, int64_t ld_partial) {
   constexpr bool round = std::is_same_v<CT, uint16_t>;
   const __mmask32 in_b = full ? ~__mmask32(0) : __mmask32((uint64_t(1) << cols) - 1);
   const __mmask16 m0 = panel_half_mask<full>(cols, 0), m1 = panel_half_mask<full>(cols, 1);
   __m512 acc0[R], acc1[R];
 #pragma GCC unroll 16
   for (int64_t r = 0; r < R; ++r) {
-    if (round || beta == 0.0f) {
+    if (round && partial != nullptr) {
+      const __m512 c0 = _mm512_maskz_loadu_ps(m0, partial + r * ld_partial);
+      const __m512 c1 = _mm512_maskz_loadu_ps(m1, partial + r * ld_partial + 16);
+      acc0[r] = _mm512_permutex2var_ps(c0, b_rows_pairs_low(), c1);
+      acc1[r] = _mm512_permutex2var_ps(c0, b_rows_pairs_high(), c1);
+    } else if (round || beta == 0.0f) {
       acc0[r] = acc1[r] = _mm512_setzero_ps();
     } else if constexpr (!round) {
       const __m512 vb = _mm512_set1_ps(beta);
@@ -909,7 +924,8 @@ constexpr int64_t kBRowsAheadPairs = 32;
 template <typename CT>
 GATEDRNN_BF16_TARGET void b_rows_avx512(int64_t m, int64_t n, int64_t k, const uint16_t* a,
                                         const uint16_t* b, int64_t ldb, float beta, CT* c,
-                                        int64_t ldc) {
+                                        int64_t ldc, const float* partial = nullptr,
+                                        int64_t ld_partial = 0) {
   if (m <= 0 || n <= 0) return;
   const int64_t k2 = bf16_padded_k(k) / 2;
   const uint32_t* d = reinterpret_cast<const uint32_t*>(a);
@@ -919,13 +935,17 @@ GATEDRNN_BF16_TARGET void b_rows_avx512(int64_t m, int64_t n, int64_t k, const u
       for_each_tile(mi, [&](int64_t r0, int64_t h) {
         const uint32_t* tile = d + (i0 + r0) * k2;
         CT* ct = c + (i0 + r0) * ldc + j0;
+        const float* pt =
+            partial != nullptr ? partial + (i0 + r0) * ld_partial + j0 : nullptr;
         const int64_t ahead = r0 == 0 ? kBRowsAheadPairs : 0;
         with_tile_height(h, [&](auto height) {
           constexpr int64_t R = decltype(height)::value;
           if (cols == kBf16PanelWidth) {
-            b_rows_tile<R, true, CT>(k, k2, tile, b + j0, ldb, cols, beta, ct, ldc, ahead);
+            b_rows_tile<R, true, CT>(k, k2, tile, b + j0, ldb, cols, beta, ct, ldc, ahead, pt,
+                                     ld_partial);
           } else {
-            b_rows_tile<R, false, CT>(k, k2, tile, b + j0, ldb, cols, beta, ct, ldc, ahead);
+            b_rows_tile<R, false, CT>(k, k2, tile, b + j0, ldb, cols, beta, ct, ldc, ahead, pt,
+                                      ld_partial);
           }
         });
       });
@@ -939,8 +959,10 @@ GATEDRNN_BF16_TARGET void gemm_b_rows_avx512(int64_t m, int64_t n, int64_t k, co
 }
 GATEDRNN_BF16_TARGET void gemm_b_rows_round_avx512(int64_t m, int64_t n, int64_t k,
                                                    const uint16_t* a, const uint16_t* b,
-                                                   int64_t ldb, uint16_t* c, int64_t ldc) {
-  b_rows_avx512(m, n, k, a, b, ldb, 0.0f, c, ldc);
+                                                   int64_t ldb, const float* partial,
+                                                   int64_t ld_partial, uint16_t* c,
+                                                   int64_t ldc) {
+  b_rows_avx512(m, n, k, a, b, ldb, 0.0f, c, ldc, partial, ld_partial);
 }
 
 // ---------------------------------------------------------------------------------------

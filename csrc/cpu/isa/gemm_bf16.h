@@ -87,14 +87,18 @@ struct GemmBf16Kernels {
   // B would be a large part of the work. Null for AMX (never measured there).
   void (*gemm_b_rows)(int64_t m, int64_t n, int64_t k, const uint16_t* a, const uint16_t* b,
                       int64_t ldb, float beta, float* c, int64_t ldc);
-  // gemm_packed_a with beta 0 into a bfloat16 C [m, n] (rows ldc apart), each float32 sum
-  // rounded as round_rows rounds it: the same bits as gemm_packed_a then round_rows,
-  // without the float32 block between. Null for AMX (never measured there).
+  // gemm_packed_a into a bfloat16 C [m, n] (rows ldc apart), each float32 sum rounded as
+  // round_rows rounds it: the same bits as gemm_packed_a then round_rows, without the
+  // float32 block between. The sums start from partial [m, n] (rows ld_partial apart: a
+  // sum's earlier terms, as beta = 1 would read them), or from zero where it is null. Null
+  // for AMX (never measured there).
   void (*gemm_packed_round)(int64_t m, int64_t n, int64_t k, const uint16_t* a,
-                            const uint16_t* b, int64_t b_panel, uint16_t* c, int64_t ldc);
-  // gemm_b_rows likewise (beta 0, a bfloat16 C rounded into). Null for AMX.
+                            const uint16_t* b, int64_t b_panel, const float* partial,
+                            int64_t ld_partial, uint16_t* c, int64_t ldc);
+  // gemm_b_rows likewise. Null for AMX.
   void (*gemm_b_rows_round)(int64_t m, int64_t n, int64_t k, const uint16_t* a,
-                            const uint16_t* b, int64_t ldb, uint16_t* c, int64_t ldc);
+                            const uint16_t* b, int64_t ldb, const float* partial,
+                            int64_t ld_partial, uint16_t* c, int64_t ldc);
 };
 
 // Which bfloat16 kernels run: the best this CPU (and operating system) supports, or the

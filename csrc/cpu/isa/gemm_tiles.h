@@ -62,6 +62,14 @@ struct GemmKernels {
   void (*gemm_few_rows_bf16)(int64_t m, int64_t n, int64_t k, const scalar_t* a, int64_t a_row,
                              int64_t a_step, const uint16_t* b, int64_t b_ld, scalar_t beta,
                              scalar_t* c, int64_t ldc);
+  // gemm_few_rows_bf16 into a bfloat16 C (bits, leading dim ldc), each sum rounded as
+  // Tensor.to rounds it: the bits of C made in scalar_t and rounded after. The sums start
+  // from partial (rows ld_partial apart: a sum's earlier terms, as beta = 1 reads them),
+  // or from zero where it is null.
+  void (*gemm_few_rows_bf16_round)(int64_t m, int64_t n, int64_t k, const scalar_t* a,
+                                   int64_t a_row, int64_t a_step, const uint16_t* b,
+                                   int64_t b_ld, const scalar_t* partial, int64_t ld_partial,
+                                   uint16_t* c, int64_t ldc);
 };
 
 GATEDRNN_CPU_KERNELS(GemmKernels, gemm_kernels)
