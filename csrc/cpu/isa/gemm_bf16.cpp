@@ -490,9 +490,9 @@ inline __mmask16 panel_half_mask(int64_t cols, int64_t half) {
 // backward, ms a step, medians in one process alternating: 1.436 -> 1.391 (torch.nn's
 // 1.217); GRUCells 3.57 -> 3.49, LSTMCells 6.50 -> 6.42 (AMD Zen 4).
 template <int64_t R, bool full, typename CT>
-__attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"))) inline void bf16_tile(
-    int64_t k2, const uint32_t* a, const uint16_t* b, int64_t cols, float beta, CT* c,
-    int64_t ldc, const float* partial, int64_t ld_partial) {
+GATEDRNN_BF16_TARGET inline void bf16_tile(int64_t k2, const uint32_t* a, const uint16_t* b,
+                                           int64_t cols, float beta, CT* c, int64_t ldc,
+                                           const float* partial, int64_t ld_partial) {
   constexpr bool round = std::is_same_v<CT, uint16_t>;
   const __mmask16 m0 = panel_half_mask<full>(cols, 0), m1 = panel_half_mask<full>(cols, 1);
   __m512 acc0[R], acc1[R];
