@@ -175,7 +175,8 @@ def plan_cuda(torch):
 IS_X86_64 = platform.machine().lower() in ("x86_64", "amd64")
 CPU_ISAS = {"default": ["-DCPU_CAPABILITY=DEFAULT", "-DCPU_CAPABILITY_DEFAULT"]}
 if IS_X86_64:
-    CPU_ISAS["avx2"] = ["-mavx2", "-mfma", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"]
+    CPU_ISAS["avx2"] = ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY=AVX2",
+                        "-DCPU_CAPABILITY_AVX2"]
     CPU_ISAS["avx512"] = ["-mavx512f", "-mavx512dq", "-mavx512bw", "-mavx512vl", "-mfma",
                           "-DCPU_CAPABILITY=AVX512", "-DCPU_CAPABILITY_AVX512"]
 

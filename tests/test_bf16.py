@@ -50,9 +50,9 @@ RUNNABLE = ORDER[: ORDER.index(BEST_BF16) + 1]
 TOO_HIGH = ORDER[ORDER.index(BEST_BF16) + 1:]
 
 
-def run_python(code: str, kernel: str) -> subprocess.CompletedProcess:
+def run_python(code: str, kernel: str, *args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, GATEDRNN_CPU_BF16=kernel)
-    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+    return subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True,
                           text=True, timeout=600)
 
 
@@ -127,9 +127,10 @@ def test_bits_do_not_depend_on_the_thread_count(cell, packed):
 def test_workspace_dtype_and_opcheck(cell):
     """The forward's workspace (activations the backward reads): the GRU's kept in
     bfloat16, as torch.nn's bfloat16 cells keep theirs (the kernels compute in float32 and
-    round what they keep), the LSTM's in float32 (rounded, its gradients' error passed twice
-    torch.nn's: cpu/recurrence.h, workspace_dtype), whichever GEMM kernels run. The fake
-    kernels say so, and opcheck finds fake and real kernels agreeing, forward and backward."""
+    round what they keep), the LSTM's in float32, [rows, 3H], its gates as float16 in the
+    first 2H columns (in bfloat16, its gradients' error passed twice torch.nn's:
+    cpu/recurrence.h, workspace_dtype), whichever GEMM kernels run. The fake kernels say
+    so, and opcheck finds fake and real kernels agreeing, forward and backward."""
     _, tensors, batch_sizes = build_case(cell, 5, 6, 7, 20, 9, dtype=torch.float32, packed=True)
     tensors = {k: v.to(torch.bfloat16) for k, v in tensors.items()}
     op, args = op_and_args(cell, as_leaves(tensors), batch_sizes, False)
@@ -139,16 +140,23 @@ def test_workspace_dtype_and_opcheck(cell):
         assert r.dtype == torch.bfloat16
     if cell != "rnn_tanh" and cell != "rnn_relu":
         assert res[-1].dtype == (torch.float32 if is_lstm(cell) else torch.bfloat16)
+    if is_lstm(cell):
+        assert res[-1].shape[1] == 3 * (tensors["w_hh"].shape[0] // 4)
     torch.library.opcheck(op, args)
 
 
-# Where the GEMMs run in float32 ("none") a bfloat16 GRU op computes what the float32 op
-# computes on the same (bfloat16) values, and rounds: its workspace is the float32 op's,
-# rounded as torch rounds (to nearest even), bit for bit. Padded and
-# packed, a NaN and huge inputs among the values; in the capability the suite runs under.
-GRU_WORKSPACE_ROUNDED = """
-import torch, gatedrnn
+# Where the GEMMs run in float32 ("none") a bfloat16 op computes what the float32 op
+# computes on the same (bfloat16) values, and rounds what it keeps: the GRU's workspace is
+# the float32 op's rounded to bfloat16, the LSTM's gates (the first 2H columns, as 4H
+# float16 values) the float32 op's rounded to float16, both as torch rounds (to nearest
+# even), bit for bit, and the LSTM's cell states (the last H columns) the float32 op's.
+# Padded and packed, a NaN and huge inputs among the values; in the capability the suite
+# runs under.
+WORKSPACE_ROUNDED = """
+import sys, torch, gatedrnn
 assert gatedrnn.cpu_bf16_kernel() == "none", gatedrnn.cpu_bf16_kernel()
+lstm = sys.argv[1] == "lstm"
+gates = 4 if lstm else 3
 torch.manual_seed(0)
 for T, N, I, H, packed in [(5, 3, 7, 20, False), (9, 6, 16, 33, True), (1, 64, 32, 48, False),
                            (30, 16, 64, 64, False)]:
@@ -157,28 +165,38 @@ for T, N, I, H, packed in [(5, 3, 7, 20, False), (9, 6, 16, 33, True), (1, 64, 3
     x = x.bfloat16()
     x.view(-1, I)[x.view(-1, I).shape[0] // 2, 0] = float("nan")
     x.view(-1, I)[0, :] = 1e30
-    h0 = torch.randn(N, H).bfloat16()
-    w_ih, w_hh = torch.randn(3 * H, I).bfloat16(), torch.randn(3 * H, H).bfloat16()
-    b_ih, b_hh = torch.randn(3 * H).bfloat16(), torch.randn(3 * H).bfloat16()
+    h0, c0 = torch.randn(N, H).bfloat16(), torch.randn(N, H).bfloat16()
+    w_ih, w_hh = torch.randn(gates * H, I).bfloat16(), torch.randn(gates * H, H).bfloat16()
+    b_ih, b_hh = torch.randn(gates * H).bfloat16(), torch.randn(gates * H).bfloat16()
     def run(dtype):
-        return torch.ops.gatedrnn.gru_forward(x.to(dtype), batch_sizes, h0.to(dtype),
-                                              w_ih.to(dtype), w_hh.to(dtype), b_ih.to(dtype),
-                                              b_hh.to(dtype), False)
-    kept, exact = run(torch.bfloat16)[2], run(torch.float32)[2]
-    assert kept.dtype == torch.bfloat16 and exact.dtype == torch.float32
+        args = (x, batch_sizes, h0) + ((c0,) if lstm else ()) + (w_ih, w_hh, b_ih, b_hh)
+        args = [a.to(dtype) if a is not batch_sizes else a for a in args]
+        if lstm:
+            return torch.ops.gatedrnn.lstm_forward(*args, None, False)[3]
+        return torch.ops.gatedrnn.gru_forward(*args, False)[2]
+    kept, exact = run(torch.bfloat16), run(torch.float32)
+    if lstm:
+        assert kept.dtype == torch.float32 and kept.shape[1] == 3 * H
+        torch.testing.assert_close(kept[:, 2 * H:], exact[:, 4 * H:], rtol=0, atol=0,
+                                   equal_nan=True)
+        kept, exact, dtype = kept[:, :2 * H].view(torch.float16), exact[:, :4 * H], torch.float16
+    else:
+        assert kept.dtype == torch.bfloat16 and exact.dtype == torch.float32
+        dtype = torch.bfloat16
     assert exact.isnan().any() and ((exact == 0) | (exact.abs() == 1)).any()  # saturated
     # NaNs where the float32 op has them (torch's vectorized conversion keeps a NaN's sign
     # and payload, its scalar one gives 0x7FC0, as ours does); the bits of all else
     nan = exact.isnan()
     assert torch.equal(kept.isnan(), nan), (T, N, I, H, packed)
     assert torch.equal(kept[~nan].view(torch.int16),
-                       exact[~nan].to(torch.bfloat16).view(torch.int16)), (T, N, I, H, packed)
+                       exact[~nan].to(dtype).view(torch.int16)), (T, N, I, H, packed)
 print("ok")
 """
 
 
-def test_gru_workspace_is_the_float32_ops_rounded():
-    proc = run_python(GRU_WORKSPACE_ROUNDED, "none")
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_workspace_is_the_float32_ops_rounded(cell):
+    proc = run_python(WORKSPACE_ROUNDED, "none", cell)
     assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]
 
 

@@ -27,13 +27,15 @@ constexpr const char* kVariable = "GATEDRNN_CPU_CAPABILITY";
 CpuCapability best_supported() {
 #if defined(GATEDRNN_CPU_X86) && (defined(__GNUC__) || defined(__clang__))
   __builtin_cpu_init();
-  // ATen's AVX-512 Vectorized<T> uses F, DQ, BW and VL; both AVX builds use FMA.
+  // ATen's AVX-512 Vectorized<T> uses F, DQ, BW and VL; both AVX builds use FMA, and the
+  // AVX2 one F16C (float16 conversions; AVX512F has its own).
   if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
       __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
       __builtin_cpu_supports("fma")) {
     return CpuCapability::kAvx512;
   }
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+      __builtin_cpu_supports("f16c")) {
     return CpuCapability::kAvx2;
   }
 #endif

@@ -20,6 +20,14 @@ constexpr int64_t kGates = 4;
 constexpr const char* kForward = "gatedrnn.lstm_forward";
 constexpr const char* kBackward = "gatedrnn.lstm_backward";
 
+// A workspace row's columns: the gates, then c (isa/lstm.h, lstm_gate_columns); a
+// bfloat16 op keeps its gates as float16 (half_gates), in a float32 workspace. The same
+// on every CPU (recurrence.h, workspace_dtype). ops/lstm.py's workspace_columns mirrors it.
+bool half_gates(const at::Tensor& input) { return is_bf16(input); }
+int64_t workspace_columns(const at::Tensor& input, int64_t H) {
+  return (half_gates(input) ? lstm_gate_columns<float, c10::Half>(H) : kGates * H) + H;
+}
+
 // The time loop runs on a ForwardTeam; each block adds its recurrent GEMM into its gate
 // columns in place and runs the pointwise pass. With a projection, a second phase (after
 // a barrier, since it reads every unit) projects the step's output by column blocks.
@@ -28,12 +36,11 @@ template <typename scalar_t>
 void lstm_forward_impl(const RnnShapes& sh, const at::Tensor& x, const at::Tensor& w_ih,
                        const at::Tensor& w_hh, const at::Tensor& bias, const at::Tensor& w_hr,
                        at::Tensor& out, at::Tensor& h_state, at::Tensor& c_state,
-                       const at::Tensor& c0, at::Tensor& ws, const Resets& resets,
-                       GemmPrecision precision) {
+                       const at::Tensor& c0, at::Tensor& ws, int64_t ws_ld, bool half,
+                       const Resets& resets, GemmPrecision precision) {
   const Schedule& s = sh.schedule;
   const int64_t H = sh.hidden_size, P = sh.state_size, N = s.batch, G = kGates * H;
   const bool proj = w_hr.defined();
-  const int64_t ws_ld = 5 * H;
   const UnitBlocks units = unit_blocks(H, kGates, P, N, s.steps());
   const UnitBlockGemm<scalar_t> hidden(w_hh, kGates, H, units, N, s.steps(), precision);
   const UnitBlocks proj_units = proj ? unit_blocks(P, 1, H, N, s.steps()) : UnitBlocks{};
@@ -48,7 +55,8 @@ void lstm_forward_impl(const RnnShapes& sh, const at::Tensor& x, const at::Tenso
   scalar_t* cs = c_state.mutable_data_ptr<scalar_t>();
   const scalar_t* bp = bias.const_data_ptr<scalar_t>();
   const scalar_t* c0p = c0.const_data_ptr<scalar_t>();
-  const auto forward_units = lstm_kernels<scalar_t>().forward_units;
+  const auto forward_units =
+      half ? lstm_kernels<scalar_t>().forward_units_half : lstm_kernels<scalar_t>().forward_units;
 
   ForwardTeam<scalar_t> team(s, x, w_ih, kGates, units, h_state, precision, resets);
   const auto block = [&](const TeamStep<scalar_t>& st, int64_t b, int64_t u0, int64_t len) {
@@ -107,11 +115,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward(
   at::Tensor h_state = widened(h0).contiguous();  // read only: the team copies it
   const at::Tensor c0c = widened(c0).contiguous();
   at::Tensor c_state = c0c.clone();
-  at::Tensor ws = cached_empty({need_workspace ? s.rows : 0, 5 * H}, opts);
+  const int64_t ws_ld = workspace_columns(input, H);
+  at::Tensor ws = cached_empty({need_workspace ? s.rows : 0, ws_ld}, opts);
   at::Tensor ws_arg = need_workspace ? ws : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES(loop_dtype(input), kForward, [&] {
     lstm_forward_impl<scalar_t>(sh, x, wih, whh, bias, whr, out, h_state, c_state, c0c, ws_arg,
-                                resets, precision_of(input));
+                                ws_ld, half_gates(input), resets, precision_of(input));
   });
   return {shaped_like_input(narrowed(out, input), input), narrowed(h_state, input),
           narrowed(c_state, input), ws};
@@ -137,7 +146,7 @@ InputAndWeightGrads lstm_backward_impl(const RnnShapes& sh, const Rows<scalar_t>
                                        const at::Tensor& h0, const at::Tensor& c0,
                                        const at::Tensor& w_ih, const at::Tensor& w_hh,
                                        const at::Tensor& w_hr, const at::Tensor& ws,
-                                       at::Tensor& dh_state, at::Tensor& dc_state,
+                                       bool half, at::Tensor& dh_state, at::Tensor& dc_state,
                                        at::Tensor& grad_w_hr, const scalar_t* grad_cs,
                                        const Resets& resets, at::Tensor& grad_h0_reset,
                                        at::Tensor& grad_c0_reset, StepNorms& norms,
@@ -146,15 +155,17 @@ InputAndWeightGrads lstm_backward_impl(const RnnShapes& sh, const Rows<scalar_t>
   const Schedule& s = sh.schedule;
   const int64_t H = sh.hidden_size, P = sh.state_size, N = s.batch, G = kGates * H;
   const bool proj = w_hr.defined();
-  const int64_t ws_ld = 5 * H;
+  const int64_t ws_ld = ws.size(1);
   const scalar_t* wsp = ws.const_data_ptr<scalar_t>();
+  const scalar_t* wsc = wsp + ws_ld - H;  // the cell states' columns
   const scalar_t* c0p = c0.const_data_ptr<scalar_t>();
   scalar_t* dhs = dh_state.mutable_data_ptr<scalar_t>();
   scalar_t* dcs = dc_state.mutable_data_ptr<scalar_t>();
   // what reaches h0 and c0 through the rows that restarted from them (resets)
   scalar_t* dh0 = resets.flags ? grad_h0_reset.mutable_data_ptr<scalar_t>() : nullptr;
   scalar_t* dc0 = resets.flags ? grad_c0_reset.mutable_data_ptr<scalar_t>() : nullptr;
-  const auto backward_units = lstm_kernels<scalar_t>().backward_units;
+  const auto backward_units = half ? lstm_kernels<scalar_t>().backward_units_half
+                                   : lstm_kernels<scalar_t>().backward_units;
   ChunkedGrads<scalar_t> grads(s, G, {{0, 0, G}}, {{0, 0, G}}, true, x, out, h0, w_ih, G,
                                precision, resets, wanted);
   const UnitBlocks units = unit_blocks(H, kGates, P, N, s.steps());
@@ -163,7 +174,7 @@ InputAndWeightGrads lstm_backward_impl(const RnnShapes& sh, const Rows<scalar_t>
     team.run(grads, dhs, scalar_t(0),
              [&](int64_t k, int64_t n, int64_t off, scalar_t* dg, int64_t u0, int64_t len) {
                const PrevRows<scalar_t> c_prev =
-                   previous_rows(s, k, wsp + 4 * H, ws_ld, c0p, H, resets);
+                   previous_rows(s, k, wsc, ws_ld, c0p, H, resets);
                // the gradients w.r.t. the state that entered step k + 1, of rows that
                // restarted there, are h0's and c0's
                move_reset_columns(resets, s, k + 1, dhs, dh0, H, u0, len);
@@ -206,7 +217,7 @@ InputAndWeightGrads lstm_backward_impl(const RnnShapes& sh, const Rows<scalar_t>
     const int64_t b = (u0 / units.size);
     // dh_step[:n, block] = dout[off:off+n] @ w_hr[:, block]      [n, P] x [P, len]
     proj_gemm.run(b, n, doutp + (off - chunk.row_begin) * P, P, scalar_t(0), dhp + u0, H);
-    const PrevRows<scalar_t> c_prev = previous_rows(s, k, wsp + 4 * H, ws_ld, c0p, H, resets);
+    const PrevRows<scalar_t> c_prev = previous_rows(s, k, wsc, ws_ld, c0p, H, resets);
     move_reset_columns(resets, s, k + 1, dcs, dc0, H, u0, len);  // c0's (resets)
     if (grad_cs) add_cell_state_grads(n, H, u0, len, grad_cs + off * H, dcs);
     // norms' h entries (the unprojected h's) are not used: output_norms has the state's
@@ -218,7 +229,9 @@ InputAndWeightGrads lstm_backward_impl(const RnnShapes& sh, const Rows<scalar_t>
     // unprojected h, is recomputed from the workspace rather than stored.
     if (wanted.weights) {
       const at::Tensor rows = ws.narrow(0, c.row_begin, c.rows());
-      const at::Tensor hp = rows.narrow(1, 3 * H, H) * rows.narrow(1, 4 * H, H).tanh();
+      const at::Tensor gates = half ? rows.narrow(1, 0, ws_ld - H).view(at::kHalf) : rows;
+      const at::Tensor hp =
+          gates.narrow(1, 3 * H, H).to(rows.scalar_type()) * rows.narrow(1, ws_ld - H, H).tanh();
       parallel_gemm<scalar_t>(P, H, c.rows(), GemmA<scalar_t>::transposed(doutp, P),
                               GemmB<scalar_t>::rows(hp.const_data_ptr<scalar_t>(), H),
                               scalar_t(1), grad_w_hr.mutable_data_ptr<scalar_t>(), H, precision);
@@ -246,7 +259,9 @@ lstm_backward(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
   const Resets resets = resets_of(kBackward, reset, sh.schedule);
   const Schedule& s = sh.schedule;
   const int64_t H = sh.hidden_size, P = sh.state_size;
-  check_shape(kBackward, workspace, "workspace", {s.rows, 5 * H}, "rows, 5*hidden_size");
+  check_shape(kBackward, workspace, "workspace", {s.rows, workspace_columns(input, H)},
+              half_gates(input) ? "rows, 3*hidden_size (a bfloat16 op's)"
+                                : "rows, 5*hidden_size");
   check_shape(kBackward, grad_output, "grad_output", output.sizes(), "the output's shape");
   check_same_dtype(kBackward, input, output, "output");
   check_shape(kBackward, grad_h_n, "grad_h_n", h0.sizes(), "h0's shape");
@@ -284,7 +299,8 @@ lstm_backward(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
                          unit_blocks(P, kGates, H, N, s.steps()).count(), 1);
   AT_DISPATCH_FLOATING_TYPES(loop_dtype(input), kBackward, [&] {
     g = lstm_backward_impl<scalar_t>(sh, strided_rows<scalar_t>(grad_output, s.rows, P, N),
-                                     x, out, h0c, c0c, wih, whh, whr, ws, dh_state, dc_state,
+                                     x, out, h0c, c0c, wih, whh, whr, ws, half_gates(input),
+                                     dh_state, dc_state,
                                      grad_w_hr,
                                      with_cs ? grad_cs.const_data_ptr<scalar_t>() : nullptr,
                                      resets, grad_h0_reset, grad_c0_reset, norms, output_norms,

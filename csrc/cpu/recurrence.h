@@ -359,14 +359,16 @@ inline at::ScalarType loop_dtype(const at::Tensor& input) {
   return is_bf16(input) ? at::kFloat : input.scalar_type();
 }
 // The dtype of a workspace (what a training forward keeps for the backward): the input's,
-// but float32 for a bfloat16 op that does not keep its activations rounded. The GRU's
-// kernels round them as they write (isa/gru.h), the LSTM's do not: rounding the LSTM's
-// gates and cell state (test_reduced_precision.py's cases, 4 seeds, float32 GEMMs, AMD
-// Zen 4) took the gradients' largest error from at most 1.37x torch.nn's to 2.87x (a bias
-// gradient, unbatched bidirectional) against issue 17's bound of 2x; the GRU's went from
-// 1.29x to 1.40x (10 seeds). The same on every machine: the fake kernels' output metadata
-// (ops/_common.py's workspace_like) must not depend on the CPU or GATEDRNN_CPU_BF16, for
-// Inductor's FX graph cache keys omit it (pytorch/pytorch#160472).
+// but float32 for a bfloat16 op that does not keep its activations in bfloat16. The GRU's
+// kernels round them to bfloat16 as they write (isa/gru.h), the LSTM's do not: rounding
+// the LSTM's gates and cell state (test_reduced_precision.py's cases, 4 seeds, float32
+// GEMMs, AMD Zen 4) took the gradients' largest error from at most 1.37x torch.nn's to
+// 2.87x (a bias gradient, unbatched bidirectional) against issue 17's bound of 2x; the
+// GRU's went from 1.29x to 1.40x (10 seeds). The LSTM keeps its gates as float16 inside
+// its float32 workspace instead (isa/lstm.h, lstm_gate_columns). The same on every
+// machine: the fake kernels' output metadata (ops/_common.py's workspace_like) must not
+// depend on the CPU or GATEDRNN_CPU_BF16, for Inductor's FX graph cache keys omit it
+// (pytorch/pytorch#160472).
 inline at::ScalarType workspace_dtype(const at::Tensor& input, bool rounded) {
   return is_bf16(input) && !rounded ? at::kFloat : input.scalar_type();
 }

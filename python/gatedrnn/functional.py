@@ -230,7 +230,8 @@ def lstm(input: Tensor, hx=None, *, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[T
                                              (w_ih, w_hh, b_ih, b_hh, w_hr), reverse, needs_grad,
                                              needs_grad or return_cell_states, flags)
     if return_cell_states:
-        return output, (h_n, c_n), _cell_states(workspace, output, LSTM_CELL_COLUMNS(w_hh))
+        return output, (h_n, c_n), _cell_states(workspace, output,
+                                                LSTM_CELL_COLUMNS(w_hh, workspace))
     return output, (h_n, c_n)
 
 

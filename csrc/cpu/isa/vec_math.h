@@ -146,15 +146,19 @@ inline void store(const Vec<scalar_t>& v, scalar_t* p, int64_t count) {
   }
 }
 
-// count (<= one vector's) bfloat16 values widened to scalar_t, exactly (a bfloat16's bits
-// are a float's top half), zeros past count: a whole vector by ATen's conversion.
-template <typename scalar_t>
-C10_ALWAYS_INLINE Vec<scalar_t> load_widened(const c10::BFloat16* p, int64_t count) {
+// count (<= one vector's) bfloat16 or float16 values widened to scalar_t, exactly (every
+// such value is a float), zeros past count: a whole vector by ATen's conversion.
+template <typename scalar_t, typename narrow_t>
+C10_ALWAYS_INLINE Vec<scalar_t> load_widened(const narrow_t* p, int64_t count) {
   constexpr int64_t L = Vec<scalar_t>::size();
   if constexpr (std::is_same_v<scalar_t, float>) {
     if (count == L) {
       Vec<float> v;
-      at::vec::load_fp32_from_bf16(p, v);
+      if constexpr (std::is_same_v<narrow_t, c10::Half>) {
+        at::vec::load_fp32_from_fp16(p, v);
+      } else {
+        at::vec::load_fp32_from_bf16(p, v);
+      }
       return v;
     }
   }
@@ -163,16 +167,19 @@ C10_ALWAYS_INLINE Vec<scalar_t> load_widened(const c10::BFloat16* p, int64_t cou
   return Vec<scalar_t>::loadu(values);
 }
 
-// A workspace's values, kept as scalar_t or as bfloat16 bits (kept_t uint16_t: the GRU's
-// bfloat16 workspace, its loop in float), count of them as one vector. The conversions
-// are in the pass rather than a pass of their own over a float32 step buffer, and
-// vectorized (ATen's widening; the rounding in intrinsics): GCC left the lane loops
-// scalar or in 8-lane pieces, and a bfloat16 GRU's training forward took 15% longer than
-// with a float32 workspace ((50, 256, 256, 256), AMD Zen 4, 2 threads).
+// A workspace's values, kept as scalar_t, as bfloat16 bits (kept_t uint16_t: the GRU's
+// bfloat16 workspace, its loop in float) or as float16 (kept_t c10::Half: the LSTM's
+// gates in its bfloat16 workspace), count of them as one vector. The conversions are in
+// the pass rather than a pass of their own over a float32 step buffer, and vectorized
+// (ATen's widening; the rounding in intrinsics): GCC left the lane loops scalar or in
+// 8-lane pieces, and a bfloat16 GRU's training forward took 15% longer than with a
+// float32 workspace ((50, 256, 256, 256), AMD Zen 4, 2 threads).
 template <typename scalar_t, typename kept_t>
 inline Vec<scalar_t> load_kept(const kept_t* p, int64_t count) {
   if constexpr (std::is_same_v<kept_t, scalar_t>) {
     return load(p, count);
+  } else if constexpr (std::is_same_v<kept_t, c10::Half>) {
+    return load_widened<scalar_t>(p, count);
   } else {
     static_assert(std::is_same_v<kept_t, uint16_t>);
     return load_widened<scalar_t>(reinterpret_cast<const c10::BFloat16*>(p), count);
@@ -193,10 +200,46 @@ inline Vec<int32_t> bf16_rounded_lanes(const Vec<float>& v) {
 }
 #endif
 
+#if defined(CPU_CAPABILITY_AVX2)
+// The first count (<= 8) 16-bit lanes of `lanes` stored at p.
+inline void store_lanes16(__m128i lanes, void* p, int64_t count) {
+  if (count == 8) {
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(p), lanes);
+  } else {
+    uint16_t part[8];
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(part), lanes);
+    std::memcpy(p, part, count * sizeof(uint16_t));
+  }
+}
+#endif
+
+// v's count lanes rounded to float16 (to nearest even, as c10::Half rounds; F16C's
+// VCVTPS2PH on AVX2 and AVX-512).
+template <typename scalar_t>
+inline void store_half(const Vec<scalar_t>& v, c10::Half* p, int64_t count) {
+#if defined(CPU_CAPABILITY_AVX512)
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    const __mmask16 lanes = count == 16 ? 0xFFFFu : (1u << count) - 1;
+    _mm256_mask_storeu_epi16(p, lanes, _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
+    return;
+  }
+#elif defined(CPU_CAPABILITY_AVX2)
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    store_lanes16(_mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT), p, count);
+    return;
+  }
+#endif
+  scalar_t lanes[Vec<scalar_t>::size()];
+  v.store(lanes);
+  for (int64_t l = 0; l < count; ++l) p[l] = c10::Half(static_cast<float>(lanes[l]));
+}
+
 template <typename scalar_t, typename kept_t>
 inline void store_kept(const Vec<scalar_t>& v, kept_t* p, int64_t count) {
   if constexpr (std::is_same_v<kept_t, scalar_t>) {
     store(v, p, count);
+  } else if constexpr (std::is_same_v<kept_t, c10::Half>) {
+    store_half(v, p, count);
   } else {
     static_assert(std::is_same_v<kept_t, uint16_t>);
 #if defined(CPU_CAPABILITY_AVX512)
@@ -208,15 +251,9 @@ inline void store_kept(const Vec<scalar_t>& v, kept_t* p, int64_t count) {
 #elif defined(CPU_CAPABILITY_AVX2)
     if constexpr (std::is_same_v<scalar_t, float>) {
       const __m256i kept = bf16_rounded_lanes(v);
-      const __m128i packed =
-          _mm_packus_epi32(_mm256_castsi256_si128(kept), _mm256_extracti128_si256(kept, 1));
-      if (count == 8) {
-        _mm_storeu_si128(reinterpret_cast<__m128i*>(p), packed);
-      } else {
-        uint16_t part[8];
-        _mm_storeu_si128(reinterpret_cast<__m128i*>(part), packed);
-        std::memcpy(p, part, count * sizeof(uint16_t));
-      }
+      store_lanes16(
+          _mm_packus_epi32(_mm256_castsi256_si128(kept), _mm256_extracti128_si256(kept, 1)), p,
+          count);
       return;
     }
 #endif

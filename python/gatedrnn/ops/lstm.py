@@ -16,10 +16,21 @@ PROJECTION_NOT_IN_ONNX = ("an LSTM with a projection (proj_size > 0) cannot be e
                           "export refuses it too)")
 
 
-def CELL_STATE_COLUMNS(w_hh):
-    """(first column, count) of the cell states in lstm_forward's workspace (i, f, g, o, c)."""
+def workspace_columns(input, hidden: int) -> int:
+    """lstm_forward's workspace width: the activated gates i, f, g, o, then the cell states
+    c, in the workspace's dtype (5 * hidden), but for a bfloat16 op on the CPU, whose
+    workspace is float32, the gates kept as float16 in its first 2 * hidden columns
+    (3 * hidden; csrc/cpu/isa/lstm.h, lstm_gate_columns). The same on every CPU."""
+    if input.dtype == torch.bfloat16 and input.device.type == "cpu":
+        return 3 * hidden
+    return 5 * hidden
+
+
+def CELL_STATE_COLUMNS(w_hh, workspace):
+    """(first column, count) of the cell states in lstm_forward's workspace: its last
+    columns (workspace_columns)."""
     hidden = w_hh.shape[0] // 4
-    return 4 * hidden, hidden
+    return workspace.shape[1] - hidden, hidden
 
 
 @torch.library.register_fake("gatedrnn::lstm_forward")
@@ -33,8 +44,8 @@ def _lstm_forward_fake(input, batch_sizes, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
         raise RuntimeError(PROJECTION_NOT_IN_ONNX)
     hidden = w_ih.shape[0] // 4
     state = w_hh.shape[1]
-    workspace = workspace_like(input, flat_rows(input) if need_workspace else 0, 5 * hidden,
-                               rounded=False)
+    workspace = workspace_like(input, flat_rows(input) if need_workspace else 0,
+                               workspace_columns(input, hidden), rounded=False)
     return output_like(input, state), h0.new_empty(h0.shape), c0.new_empty(c0.shape), workspace
 
 
@@ -79,7 +90,7 @@ def _backward(ctx, grad_output, grad_h_n, grad_c_n, grad_workspace):
     grads = torch.ops.gatedrnn.lstm_backward(
         zeros_if_none(grad_output, out), zeros_if_none(grad_h_n, h0),
         zeros_if_none(grad_c_n, c0), input, batch_sizes, h0, c0, w_ih, w_hh, w_hr, out,
-        workspace, ctx.reverse, cell_state_grads(grad_workspace, *CELL_STATE_COLUMNS(w_hh)),
+        workspace, ctx.reverse, cell_state_grads(grad_workspace, *CELL_STATE_COLUMNS(w_hh, workspace)),
         reset, record, mask)
     d_input, d_h0, d_c0, d_w_ih, d_w_hh, d_b_ih, d_b_hh, d_w_hr, step_norms = grads
     if record:
