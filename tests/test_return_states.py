@@ -167,6 +167,29 @@ def test_bfloat16_states_are_in_the_output_dtype():
     assert states["h"].dtype == states["c"].dtype == out.dtype == torch.bfloat16
 
 
+@pytest.mark.parametrize("hidden", [5, 40])
+def test_bfloat16_cell_states_are_the_final_states_of_each_cut(hidden):
+    """A bfloat16 LSTM's workspace keeps its gates as float16 before the cell states
+    (csrc/cpu/isa/lstm.h): the states returned are its c columns, each step's the c_n of
+    the sequence cut there, bit for bit (both the float32 c rounded once), and a loss on
+    them has the gradients of the same loss on those c_n (up to bfloat16 rounding)."""
+    torch.manual_seed(0)
+    m = gatedrnn.LSTM(I, hidden, num_layers=2, return_states=True, dtype=torch.bfloat16)
+    x = torch.randn(6, 3, I, dtype=torch.bfloat16)
+    w = torch.randn(6, 3, hidden, dtype=torch.bfloat16)
+    _, _, states = m(x)
+    got = torch.autograd.grad((states["c"][1] * w).float().sum(), list(m.parameters()))
+    total = 0
+    for t in range(6):
+        _, (_, c_n), _ = m(x[:t + 1])
+        assert torch.equal(states["c"][:, t], c_n), t
+        total = total + (c_n[1] * w[t]).float().sum()
+    expected = torch.autograd.grad(total, list(m.parameters()))
+    for a, b in zip(got, expected):
+        scale = b.float().abs().max().item()
+        torch.testing.assert_close(a.float(), b.float(), rtol=0, atol=0.03 * scale)
+
+
 @pytest.mark.parametrize("cell", ["LSTM", "LayerNormLSTM"])
 def test_double_backward_through_cell_states_is_refused(cell):
     m = make(cell)
