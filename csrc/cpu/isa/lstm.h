@@ -30,9 +30,9 @@ struct LstmKernels {
   // One step's rows [0, n) for the units [u0, u0 + len) of one block.
   //   pre: [n, 4 * len] (leading dim pre_ld) the block's x @ w_ih^T + h @ w_hh^T, gate g
   //        at columns g * len; bias: [4H] b_ih + b_hh
-  //   c_state: [N, H]; ws: [n, 5H] the step's workspace rows (leading dim ws_ld), or null
-  //   when no backward will read them; h_out, h_next: [n, *] (h_next may be null), written
-  //   at u0 + j
+  //   c_state: [N, H]; ws: the step's workspace rows, [n, 5H] (leading dim ws_ld), or
+  //   null when no backward will read them; h_out, h_next: [n, *] (h_next may be null),
+  //   written at u0 + j
   void (*forward_units)(int64_t n, int64_t H, int64_t u0, int64_t len, const scalar_t* pre,
                         int64_t pre_ld, const scalar_t* bias, scalar_t* c_state, scalar_t* ws,
                         int64_t ws_ld, scalar_t* h_out, int64_t h_out_ld, scalar_t* h_next,

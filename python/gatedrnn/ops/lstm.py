@@ -90,8 +90,9 @@ def _backward(ctx, grad_output, grad_h_n, grad_c_n, grad_workspace):
     grads = torch.ops.gatedrnn.lstm_backward(
         zeros_if_none(grad_output, out), zeros_if_none(grad_h_n, h0),
         zeros_if_none(grad_c_n, c0), input, batch_sizes, h0, c0, w_ih, w_hh, w_hr, out,
-        workspace, ctx.reverse, cell_state_grads(grad_workspace, *CELL_STATE_COLUMNS(w_hh, workspace)),
-        reset, record, mask)
+        workspace, ctx.reverse,
+        cell_state_grads(grad_workspace, *CELL_STATE_COLUMNS(w_hh, workspace)), reset, record,
+        mask)
     d_input, d_h0, d_c0, d_w_ih, d_w_hh, d_b_ih, d_b_hh, d_w_hr, step_norms = grads
     if record:
         monitor.deposit(ctx, step_norms)
