@@ -109,12 +109,12 @@ InputAndWeightGrads gru_backward_impl(const RnnShapes& sh, const Rows<scalar_t>&
   // The previous states, read by the pointwise pass: out's rows, a bfloat16 out's widened
   // step by step (Rows::at).
   const Rows<scalar_t> out_rows = strided_rows<scalar_t>(out, s.rows, H, s.batch);
-  const scalar_t* h0p = h0.const_data_ptr<scalar_t>();
   scalar_t* dhs = dh_state.mutable_data_ptr<scalar_t>();
   const GruKernels<scalar_t>& kernels = gru_kernels<scalar_t>();
   ChunkedGrads<scalar_t> grads(s, kGruGradCols * H, {{0, 0, 2 * H}, {3 * H, 2 * H, H}},
                                {{0, 0, kGates * H}}, false, x, out, h0, w_ih, kGates * H,
                                precision, resets, wanted);
+  const scalar_t* h0p = grads.initial_states();
   // what reaches h0 through the rows that restarted from it (resets)
   scalar_t* dh0 = resets.flags ? grad_h0_reset.mutable_data_ptr<scalar_t>() : nullptr;
   const UnitBlocks units = unit_blocks(H, kGates, H, s.batch, s.steps());
@@ -158,7 +158,7 @@ gru_backward(const at::Tensor& grad_output, const at::Tensor& grad_h_n, const at
   // x and out as they are, bfloat16 too (ChunkedGrads, Rows::at)
   const at::Tensor x = cached_contiguous(input).view({s.rows, sh.input_size});
   const at::Tensor out = cached_contiguous(output).view({s.rows, H});
-  const at::Tensor ws = cached_contiguous(workspace), h0c = widened(h0).contiguous();
+  const at::Tensor ws = cached_contiguous(workspace);
   // The weights as they are (bfloat16 in the bfloat16 form): the GEMMs read them so, or
   // widen them where they cannot (recurrent_gemm.h, ChunkedGrads).
   const at::Tensor wih = cached_contiguous(w_ih), whh = cached_contiguous(w_hh);
@@ -169,7 +169,7 @@ gru_backward(const at::Tensor& grad_output, const at::Tensor& grad_h_n, const at
                   1);
   AT_DISPATCH_FLOATING_TYPES(loop_dtype(input), kBackward, [&] {
     g = gru_backward_impl<scalar_t>(sh, strided_rows<scalar_t>(grad_output, s.rows, H, s.batch),
-                                    x, wih, whh, ws, out, h0c, dh_state, resets, grad_h0_reset,
+                                    x, wih, whh, ws, out, h0, dh_state, resets, grad_h0_reset,
                                     norms, precision_of(input), wanted);
   });
   if (resets.flags && wanted.states) dh_state.add_(grad_h0_reset);

@@ -282,7 +282,7 @@ lstm_backward(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
   const at::Tensor x = cached_contiguous(input).view({s.rows, sh.input_size});
   const auto opts = x.options().dtype(loop_dtype(input));
   const at::Tensor out = cached_contiguous(output).view({s.rows, P});
-  const at::Tensor h0c = widened(h0).contiguous(), c0c = widened(c0).contiguous();
+  const at::Tensor c0c = widened(c0).contiguous();
   const at::Tensor whh = cached_contiguous(w_hh), wih = cached_contiguous(w_ih);
   at::Tensor dh_state = widened_copy(grad_h_n);
   at::Tensor dc_state = widened_copy(grad_c_n);
@@ -299,7 +299,7 @@ lstm_backward(const at::Tensor& grad_output, const at::Tensor& grad_h_n,
                          unit_blocks(P, kGates, H, N, s.steps()).count(), 1);
   AT_DISPATCH_FLOATING_TYPES(loop_dtype(input), kBackward, [&] {
     g = lstm_backward_impl<scalar_t>(sh, strided_rows<scalar_t>(grad_output, s.rows, P, N),
-                                     x, out, h0c, c0c, wih, whh, whr, ws, half_gates(input),
+                                     x, out, h0, c0c, wih, whh, whr, ws, half_gates(input),
                                      dh_state, dc_state,
                                      grad_w_hr,
                                      with_cs ? grad_cs.const_data_ptr<scalar_t>() : nullptr,

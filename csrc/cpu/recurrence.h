@@ -938,7 +938,8 @@ struct StepChunk {
 // the shape alone, so the sums do not depend on the thread count.
 //   x: [R, I], out: [R, P] the states after each step, h0: [N, P], w_ih: [G*H, I]
 //   (x, out and w_ih in the time loop's dtype, or bfloat16 in the bfloat16 form: read as
-//   they are by the bfloat16 kernels' packing of B, widened where there are none)
+//   they are by the bfloat16 kernels' packing of B, widened where there are none; h0 the
+//   op's as given: widened here, for the loops too (initial_states))
 // input_side / hidden_side: which columns of a ld-wide gate-gradient row feed the
 // gradients of w_ih, b_ih and of w_hh, b_hh (for LSTM and RNN, all of them; for GRU they
 // differ). same_sides: the two lists are equal, so the bias sums are made once.
@@ -963,19 +964,23 @@ class ChunkedGrads {
                const Resets& resets = {}, const GradsWanted& wanted = {})
       : s_(s), ld_(ld), input_side_(std::move(input_side)),
         hidden_side_(std::move(hidden_side)), same_sides_(same_sides),
-        h0_(h0), resets_(resets), I_(x.size(1)), P_(out.size(1)), precision_(precision),
+        h0_(widened(h0).contiguous()), resets_(resets), I_(x.size(1)), P_(out.size(1)),
+        precision_(precision),
         wanted_(wanted) {
     // With resets, rows restart from h0 anywhere: gathered too.
     uniform_ = !resets_.flags && std::all_of(s.sizes.begin(), s.sizes.end(),
                                              [&](int64_t n) { return n == s.batch; });
-    // The first step's states as B of w_hh's gradient where the bfloat16 sums run on B in
-    // place (batches of 1 or 2, in_place_bf16_sum): h0's bfloat16 values (h0 is a bfloat16
-    // op's, widened exactly), on which their kernel rounds the gradient as it makes it
-    // (gemm_few_rows_bf16_round) instead of making it in float32 for round_rows (10% of
-    // the samples of a decoder of two bfloat16 GRUCells at (N, H) = (1, 512), training).
-    if (std::is_same_v<scalar_t, float> && precision == GemmPrecision::kBf16 && uniform_ &&
-        s.batch <= kDirectRows && gemm_bf16_kernels() != nullptr) {
-      h0_bits_ = h0.to(at::kBFloat16);
+    // The first step's states as B of w_hh's gradient where the bfloat16 kernels run: the
+    // bfloat16 op's h0 as given (h0_ is it widened, exactly), the bits those kernels round
+    // h0_ to. Where the sums run on B in place (batches of 1 or 2, in_place_bf16_sum),
+    // their kernel rounds the gradient as it makes it (gemm_few_rows_bf16_round) instead
+    // of making it in float32 for round_rows (10% of the samples of a decoder of two
+    // bfloat16 GRUCells at (N, H) = (1, 512), training); at larger batches B's packing
+    // reads half the bytes and converts none (the same bits: the kernels' rounding of h0_
+    // gives these back, and their products flush denormals either way).
+    if (std::is_same_v<scalar_t, float> && is_bf16(h0) && uniform_ &&
+        precision == GemmPrecision::kBf16 && gemm_bf16_kernels() != nullptr) {
+      h0_bits_ = h0.contiguous();
     }
     // bfloat16 operands of B (a bfloat16 op's) are packed as they are by the bfloat16
     // kernels: float32 copies of x and out, both [R, *], were fresh pages at every call
@@ -989,7 +994,7 @@ class ChunkedGrads {
     out_ = bf16 ? out : widened(out);
     small_step_ = double(s.batch) * double(gates_h) * double(P_) <= double(kSmallStep);
     plan(small_step_ ? kSmallStepRows : kRows);
-    const auto opts = h0.options();
+    const auto opts = h0_.options();
     for (const StepChunk& c : chunks_) most_ = std::max(most_, c.rows());
     slots_ = small_step_ ? std::min<int64_t>(kSlots, chunks_.size()) : 1;
     buffer_ = cached_empty({slots_ * most_, ld_}, opts);
@@ -1026,6 +1031,8 @@ class ChunkedGrads {
     }
   }
 
+  // h0 as the time loops read it: [N, P], in their dtype.
+  const scalar_t* initial_states() const { return h0_.const_data_ptr<scalar_t>(); }
   // The gate-gradient row of flat row r, which must be in the current chunk.
   scalar_t* row(int64_t r) { return rows_of(current_) + (r - chunk().row_begin) * ld_; }
   const StepChunk& chunk() const { return chunks_[current_]; }
@@ -1250,7 +1257,7 @@ class ChunkedGrads {
   int64_t ld_;
   std::vector<GateColumns> input_side_, hidden_side_;
   bool same_sides_;
-  const at::Tensor& h0_;
+  at::Tensor h0_;  // widened
   Resets resets_;
   at::Tensor w_ih_, x_, out_;  // as given (bfloat16 read as it is), or widened
   int64_t I_, P_;
@@ -1258,7 +1265,7 @@ class ChunkedGrads {
   GradsWanted wanted_;
   std::vector<StepChunk> chunks_;
   size_t current_ = 0;
-  at::Tensor h0_bits_;  // h0 in bfloat16, for B in place (the constructor)
+  at::Tensor h0_bits_;  // the op's bfloat16 h0, for B in place (the constructor)
   bool uniform_ = false;  // every step has all N rows
   bool small_step_ = false;  // a step's dh GEMM too small to share (kSmallStep)
   int64_t most_ = 0, slots_ = 1;  // the most rows of a chunk; chunk buffers

@@ -130,7 +130,6 @@ rnn_backward(const at::Tensor& grad_output, const at::Tensor& grad_h_n, const at
   const at::Tensor x = cached_contiguous(input).view({s.rows, sh.input_size});
   // x and out as they are, bfloat16 too (ChunkedGrads, Rows::at)
   const at::Tensor out = cached_contiguous(output).view({s.rows, H});
-  const at::Tensor h0c = widened(h0).contiguous();
   // The weights as they are (bfloat16 in the bfloat16 form): the GEMMs read them so, or
   // widen them where they cannot (recurrent_gemm.h, ChunkedGrads).
   const at::Tensor wih = cached_contiguous(w_ih), whh = cached_contiguous(w_hh);
@@ -141,7 +140,7 @@ rnn_backward(const at::Tensor& grad_output, const at::Tensor& grad_h_n, const at
   AT_DISPATCH_FLOATING_TYPES(loop_dtype(input), kBackward, [&] {
     g = rnn_backward_impl<scalar_t>(sh, relu,
                                     strided_rows<scalar_t>(grad_output, s.rows, H, s.batch), x,
-                                    out, h0c, wih, whh, dh_state, scalar_t(grad_clip), resets,
+                                    out, h0, wih, whh, dh_state, scalar_t(grad_clip), resets,
                                     grad_h0_reset, norms, precision_of(input), wanted);
   });
   if (resets.flags && wanted.states) dh_state.add_(grad_h0_reset);
