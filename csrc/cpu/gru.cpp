@@ -27,23 +27,24 @@ constexpr const char* kBackward = "gatedrnn.gru_backward";
 template <typename scalar_t>
 void gru_forward_impl(const RnnShapes& sh, const at::Tensor& x, const at::Tensor& w_ih,
                       const at::Tensor& w_hh, const at::Tensor& b_ih, const at::Tensor& b_hh,
-                      at::Tensor& out, at::Tensor& h_state, at::Tensor& ws,
-                      const Resets& resets, GemmPrecision precision) {
+                      const at::Tensor& h0, at::Tensor& out, at::Tensor& h_n,
+                      at::Tensor& h_state, at::Tensor& ws, const Resets& resets,
+                      GemmPrecision precision) {
   const Schedule& s = sh.schedule;
   const int64_t H = sh.hidden_size, N = s.batch, G = kGates * H;
   const UnitBlocks units = unit_blocks(H, kGates, H, N, s.steps());
   const UnitBlockGemm<scalar_t> hidden(w_hh, kGates, H, units, N, s.steps(), precision);
-  at::Tensor hg = at::empty({N, G}, h_state.options());
+  at::Tensor hg = at::empty({N, G}, b_ih.options());
   scalar_t* hgp = hg.mutable_data_ptr<scalar_t>();
   // the workspace's rows, in the loop's dtype or, for the bfloat16 op, bfloat16 bits
   const bool ws_bf16 = ws.defined() && is_bf16(ws);
   scalar_t* wsp = ws.defined() && !ws_bf16 ? ws.mutable_data_ptr<scalar_t>() : nullptr;
   uint16_t* ws_bits = ws_bf16 ? static_cast<uint16_t*>(ws.mutable_data_ptr()) : nullptr;
-  const StepOutput<scalar_t> output(out, s, resets);
+  const StepOutput<scalar_t> output(out, s, resets, h0, h_n);
   const scalar_t* bih = b_ih.const_data_ptr<scalar_t>();
   const scalar_t* bhh = b_hh.const_data_ptr<scalar_t>();
   const GruKernels<scalar_t>& kernels = gru_kernels<scalar_t>();
-  ForwardTeam<scalar_t> team(s, x, w_ih, kGates, units, h_state, precision, resets);
+  ForwardTeam<scalar_t> team(s, x, w_ih, kGates, units, h0, precision, resets);
   const auto block = [&](const TeamStep<scalar_t>& st, int64_t b, int64_t u0, int64_t len) {
     scalar_t* hgb = hgp + kGates * u0;
     // hg_b[:n] = h[:n] @ w_hh_b^T       [n, H] x [H, 3 len]
@@ -78,15 +79,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_forward(
   const at::Tensor bih = optional_bias(widened(b_ih), kGates * H, opts);
   const at::Tensor bhh = optional_bias(widened(b_hh), kGates * H, opts);
   at::Tensor out = step_output(input, true, s.rows, H, opts);
-  at::Tensor h_state = widened(h0).contiguous();  // read only: the team copies it
+  at::Tensor h_n = final_state_in_output(out, s, h0), h_state;
   at::Tensor ws = cached_empty({need_workspace ? s.rows : 0, 4 * H},
                                x.options().dtype(workspace_dtype(input, true)));
   at::Tensor ws_arg = need_workspace ? ws : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES(loop_dtype(input), kForward, [&] {
     gru_forward_impl<scalar_t>(sh, x, cached_contiguous(w_ih), cached_contiguous(w_hh), bih, bhh,
-                               out, h_state, ws_arg, resets, precision_of(input));
+                               h0, out, h_n, h_state, ws_arg, resets, precision_of(input));
   });
-  return {shaped_like_input(narrowed(out, input), input), narrowed(h_state, input), ws};
+  return {shaped_like_input(narrowed(out, input), input),
+          h_n.defined() ? h_n : narrowed(h_state, input), ws};
 }
 
 // The backward loop, on a BackwardTeam; the input and weight gradients come out of

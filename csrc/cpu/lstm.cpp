@@ -35,7 +35,8 @@ int64_t workspace_columns(const at::Tensor& input, int64_t H) {
 template <typename scalar_t>
 void lstm_forward_impl(const RnnShapes& sh, const at::Tensor& x, const at::Tensor& w_ih,
                        const at::Tensor& w_hh, const at::Tensor& bias, const at::Tensor& w_hr,
-                       at::Tensor& out, at::Tensor& h_state, at::Tensor& c_state,
+                       const at::Tensor& h0, at::Tensor& out, at::Tensor& h_n,
+                       at::Tensor& h_state, at::Tensor& c_state,
                        const at::Tensor& c0, at::Tensor& ws, int64_t ws_ld, bool half,
                        const Resets& resets, GemmPrecision precision) {
   const Schedule& s = sh.schedule;
@@ -47,10 +48,10 @@ void lstm_forward_impl(const RnnShapes& sh, const at::Tensor& x, const at::Tenso
   const UnitBlockGemm<scalar_t> projection =
       proj ? UnitBlockGemm<scalar_t>(w_hr, 1, P, proj_units, N, s.steps(), precision)
            : UnitBlockGemm<scalar_t>();
-  at::Tensor hp = proj ? at::empty({N, H}, h_state.options()) : at::Tensor();
+  at::Tensor hp = proj ? at::empty({N, H}, bias.options()) : at::Tensor();
   scalar_t* wsp = ws.defined() ? ws.mutable_data_ptr<scalar_t>() : nullptr;
   scalar_t* hpp = proj ? hp.mutable_data_ptr<scalar_t>() : nullptr;
-  const StepOutput<scalar_t> output(out, s, resets);
+  const StepOutput<scalar_t> output(out, s, resets, h0, h_n);
   scalar_t* outp = proj ? out.mutable_data_ptr<scalar_t>() : nullptr;
   scalar_t* cs = c_state.mutable_data_ptr<scalar_t>();
   const scalar_t* bp = bias.const_data_ptr<scalar_t>();
@@ -58,7 +59,7 @@ void lstm_forward_impl(const RnnShapes& sh, const at::Tensor& x, const at::Tenso
   const auto forward_units =
       half ? lstm_kernels<scalar_t>().forward_units_half : lstm_kernels<scalar_t>().forward_units;
 
-  ForwardTeam<scalar_t> team(s, x, w_ih, kGates, units, h_state, precision, resets);
+  ForwardTeam<scalar_t> team(s, x, w_ih, kGates, units, h0, precision, resets);
   const auto block = [&](const TeamStep<scalar_t>& st, int64_t b, int64_t u0, int64_t len) {
     scalar_t* pre = st.gates + kGates * u0;
     // pre[:n] += h[:n] @ w_hh_b^T       [n, P] x [P, 4 len]
@@ -112,18 +113,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward(
       (w_hr.has_value() && w_hr->defined()) ? cached_contiguous(*w_hr) : at::Tensor();
   const at::Tensor bias = combined_bias(widened(b_ih), widened(b_hh), kGates * H, opts);
   at::Tensor out = step_output(input, !whr.defined(), s.rows, P, opts);
-  at::Tensor h_state = widened(h0).contiguous();  // read only: the team copies it
+  at::Tensor h_n = final_state_in_output(out, s, h0), h_state;
   const at::Tensor c0c = widened(c0).contiguous();
   at::Tensor c_state = c0c.clone();
   const int64_t ws_ld = workspace_columns(input, H);
   at::Tensor ws = cached_empty({need_workspace ? s.rows : 0, ws_ld}, opts);
   at::Tensor ws_arg = need_workspace ? ws : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES(loop_dtype(input), kForward, [&] {
-    lstm_forward_impl<scalar_t>(sh, x, wih, whh, bias, whr, out, h_state, c_state, c0c, ws_arg,
-                                ws_ld, half_gates(input), resets, precision_of(input));
+    lstm_forward_impl<scalar_t>(sh, x, wih, whh, bias, whr, h0, out, h_n, h_state, c_state,
+                                c0c, ws_arg, ws_ld, half_gates(input), resets,
+                                precision_of(input));
   });
-  return {shaped_like_input(narrowed(out, input), input), narrowed(h_state, input),
-          narrowed(c_state, input), ws};
+  return {shaped_like_input(narrowed(out, input), input),
+          h_n.defined() ? h_n : narrowed(h_state, input), narrowed(c_state, input), ws};
 }
 
 // dc_state[:n, u0:u0+len] += the step's rows of grad_cell_states [n, H] (the gradient

@@ -112,24 +112,44 @@ inline at::Tensor step_output(const at::Tensor& input, bool direct, int64_t rows
 template <typename scalar_t>
 class StepOutput {
  public:
-  StepOutput(at::Tensor& out, const Schedule& s, const Resets& resets)
+  //   out: [R, P] (step_output); h0: [N, P], the op's; h_n: [N, P] bfloat16 for the state
+  //   after the last step where it is that step's output rows (final_in_output), or none
+  StepOutput(at::Tensor& out, const Schedule& s, const Resets& resets, const at::Tensor& h0,
+             const at::Tensor& h_n = at::Tensor())
       : bits_(is_bf16(out) ? reinterpret_cast<uint16_t*>(out.mutable_data_ptr()) : nullptr),
-        wide_(bits_ ? nullptr : out.mutable_data_ptr<scalar_t>()), P_(out.size(1)), s_(s),
-        resets_(resets.flags != nullptr) {}
-  // C_b[:n] = state[:n] @ W_b^T + beta * C_b[:n] for step st, the state read from the
-  // previous step's bfloat16 output rows where they hold it (no resets, and that step
-  // had the rows), as they are: the bfloat16 kernels round st.cur to those bits anyway
-  // (denormals aside, which their products flush). Each thread's bfloat16 copy of st.cur
-  // at every step, and of x's chunks (now read in place where the AMX kernels can:
-  // run_bf16), took bfloat16 inference at (100, 64, 512, 512), back to back: LSTM
-  // 22.3-22.8 -> 19.3-20.3 ms, GRU 17.5-17.6 -> 15.6-16.0 (Intel Xeon with AMX).
+        wide_(bits_ ? nullptr : out.mutable_data_ptr<scalar_t>()),
+        h0_bits_(bits_ && is_bf16(h0) && h0.is_contiguous()
+                     ? reinterpret_cast<const uint16_t*>(h0.const_data_ptr())
+                     : nullptr),
+        final_bits_(h_n.defined() ? reinterpret_cast<uint16_t*>(h_n.mutable_data_ptr())
+                                  : nullptr),
+        P_(out.size(1)), s_(s), resets_(resets.flags != nullptr) {}
+  // Whether a bfloat16 output's rows of the last step are the final state of every row
+  // (that step has them all; no reset follows it): h_n is then rounded from them in
+  // finish, while they are in the cache of the thread that made them.
+  static bool final_in_output(const at::Tensor& out, const Schedule& s) {
+    return is_bf16(out) && s.steps() > 0 && s.sizes[s.time_at(s.steps() - 1)] == s.batch;
+  }
+  // C_b[:n] = state[:n] @ W_b^T + beta * C_b[:n] for step st, the state read as bfloat16
+  // where a bfloat16 op has it so: the first step's from its h0, a later one's from the
+  // previous step's output rows where they hold it (no resets, and that step had the
+  // rows). The bfloat16 kernels round st.cur to those bits anyway (denormals aside, which
+  // their products flush). Each thread's bfloat16 copy of st.cur at every step, and of x's
+  // chunks (now read in place where the AMX kernels can: run_bf16), took bfloat16
+  // inference at (100, 64, 512, 512), back to back: LSTM 22.3-22.8 -> 19.3-20.3 ms, GRU
+  // 17.5-17.6 -> 15.6-16.0 (Intel Xeon with AMX).
   void recurrent(const UnitBlockGemm<scalar_t>& w, int64_t b, const TeamStep<scalar_t>& st,
                  scalar_t beta, scalar_t* c, int64_t ldc) const {
-    if (bits_ && !resets_ && st.k > 0 && w.takes_bf16() &&
-        s_.sizes[s_.time_at(st.k - 1)] >= st.n) {
-      const int64_t previous = s_.offsets[s_.time_at(st.k - 1)];
-      w.run_bf16(b, st.n, bits_ + previous * P_, P_, beta, c, ldc, st.k);
-      return;
+    if (bits_ && w.takes_bf16()) {
+      if (st.k == 0 && h0_bits_) {
+        w.run_bf16(b, st.n, h0_bits_, P_, beta, c, ldc, st.k);
+        return;
+      }
+      if (!resets_ && st.k > 0 && s_.sizes[s_.time_at(st.k - 1)] >= st.n) {
+        const int64_t previous = s_.offsets[s_.time_at(st.k - 1)];
+        w.run_bf16(b, st.n, bits_ + previous * P_, P_, beta, c, ldc, st.k);
+        return;
+      }
     }
     w.run(b, st.n, st.cur, P_, beta, c, ldc, st.k);
   }
@@ -141,18 +161,33 @@ class StepOutput {
   // After the block's kernel: its columns [u0, u0 + len) of the step's h into the output.
   void finish(const TeamStep<scalar_t>& st, int64_t u0, int64_t len) const {
     if constexpr (std::is_same_v<scalar_t, float>) {
-      if (bits_) gemm_bf16_kernels()->round_rows(st.next + u0, P_, st.n, len,
-                                                 bits_ + st.off * P_ + u0, P_);
+      if (!bits_) return;
+      const GemmBf16Kernels* bf16 = gemm_bf16_kernels();
+      bf16->round_rows(st.next + u0, P_, st.n, len, bits_ + st.off * P_ + u0, P_);
+      if (final_bits_ && st.k == s_.steps() - 1) {
+        bf16->round_rows(st.next + u0, P_, st.n, len, final_bits_ + u0, P_);
+      }
     }
   }
 
  private:
   uint16_t* bits_;
   scalar_t* wide_;
+  const uint16_t* h0_bits_;  // a bfloat16 op's h0, for the first step's product
+  uint16_t* final_bits_;     // h_n, made by finish
   int64_t P_;
   const Schedule& s_;
   bool resets_;
 };
+
+// h_n of a forward op whose StepOutput makes it (StepOutput::final_in_output): [N, P]
+// bfloat16, like h0; else undefined (the op rounds its final state). A one-step bfloat16
+// call rounded its float32 final state apart from the output, on the calling thread.
+inline at::Tensor final_state_in_output(const at::Tensor& out, const Schedule& s,
+                                        const at::Tensor& h0) {
+  return StepOutput<float>::final_in_output(out, s) ? cached_empty(h0.sizes(), out.options())
+                                                    : at::Tensor();
+}
 
 // The forward time loop of every cell, on a team (step_team.h). Each thread owns
 // blocks of hidden units and computes their input projection a chunk of steps ahead
@@ -167,14 +202,16 @@ template <typename scalar_t>
 class ForwardTeam {
  public:
   //   x: [R, I], w_ih: [gates * H, I] (both the time loop's dtype, or bfloat16 in the
-  //   bfloat16 form: read as they are where that is possible), h0: [N, P]; precision: the
+  //   bfloat16 form: read as they are where that is possible), h0: [N, P] the op's
+  //   (widened into the first state; a float32 copy kept only for resets); precision: the
   //   input projection's
-  //   resets: rows that restart from h0 (which must outlive the team) before a step
+  //   resets: rows that restart from h0 before a step
   ForwardTeam(const Schedule& s, const at::Tensor& x, const at::Tensor& w_ih, int64_t gates,
               const UnitBlocks& units, const at::Tensor& h0,
               GemmPrecision precision = GemmPrecision::kNative, const Resets& resets = {})
       : s_(s), gates_(gates), G_(w_ih.size(0)), units_(units), resets_(resets),
-        h0_(h0.const_data_ptr<scalar_t>()),
+        h0_wide_(resets.flags ? widened(h0).contiguous() : at::Tensor()),
+        h0_(resets.flags ? h0_wide_.const_data_ptr<scalar_t>() : nullptr),
         whole_(units.count() == 1 && s.rows * w_ih.size(0) <= kWholeElements),
         direct_(whole_ && s.rows <= kDirectRows && w_ih.stride(1) == 1),
         w_ih_(whole_ && !direct_ ? PackedWeight<scalar_t>(w_ih, precision)
@@ -190,10 +227,15 @@ class ForwardTeam {
         // of a bfloat16 LSTM (100, 64, 512, 512) inference call with its page faults.
         x_bf16_(is_bf16(x) && !whole_ && input_.takes_bf16()),
         x_(x_bf16_ ? x : widened(x)),
-        gate_buf_(cached_empty({chunks_.max_rows(), w_ih.size(0)}, h0.options())),
-        h_bufs_{at::empty({h0.size(0), h0.size(1)}, h0.options()),
-                at::empty({h0.size(0), h0.size(1)}, h0.options())} {
-    h_bufs_[slot(0)].copy_(h0);
+        gate_buf_(cached_empty({chunks_.max_rows(), w_ih.size(0)}, loop_options(h0))),
+        h_bufs_{at::empty({h0.size(0), h0.size(1)}, loop_options(h0)),
+                at::empty({h0.size(0), h0.size(1)}, loop_options(h0))} {
+    h_bufs_[slot(0)].copy_(h0);  // a bfloat16 h0 widened as it is copied
+  }
+
+  // Options of a tensor in the time loop's dtype.
+  static at::TensorOptions loop_options(const at::Tensor& like) {
+    return like.options().dtype(c10::CppTypeToScalarType<scalar_t>::value);
   }
 
   // For each step, on every thread: block(step, b, u0, len) for each block b the thread
@@ -286,7 +328,8 @@ class ForwardTeam {
   int64_t gates_, G_;
   UnitBlocks units_;
   Resets resets_;
-  const scalar_t* h0_;
+  at::Tensor h0_wide_;   // h0 in the loop's dtype, for resets
+  const scalar_t* h0_;   // its data, or null
   static constexpr int64_t kWholeElements = int64_t(1) << 20;
 
   // Which of h_bufs_' two states holds the state before step k: they alternate, and the

@@ -173,15 +173,7 @@ class UnitBlockGemm {
         return;
       }
       if (w_rows_) {
-        const uint16_t* panels = state_panels(m, a, lda, step);
-        const auto* bits = reinterpret_cast<const uint16_t*>(w_.const_data_ptr());
-        for (int64_t g = 0; g < gates_; ++g) {
-          const int64_t row = g * gate_stride_ + units_.begin(b);
-          // C[:, g len : (g+1) len] = bf16(A) @ W[row : row + len]^T + beta * C
-          gemm_bf16_kernels()->gemm_w_rows(m, len, k_, panels, bf16_panel_elements(k_),
-                                           bits + row * w_.stride(0), w_.stride(0), beta,
-                                           c + g * len, ldc);
-        }
+        w_rows_product(b, m, state_panels(m, a, lda, step), beta, c, ldc);
         return;
       }
     }
@@ -247,15 +239,23 @@ class UnitBlockGemm {
   }
 
   // Whether run_bf16 can run: every block packed for the bfloat16 kernels (decided once,
-  // when packed: it is asked per block and step).
-  bool takes_bf16() const { return bf16_; }
+  // when packed: it is asked per block and step), or W's bfloat16 rows read in place by
+  // gemm_w_rows, whose A panels are bfloat16 anyway.
+  bool takes_bf16() const { return bf16_ || w_rows_; }
 
   // run with A in bfloat16 (bits, [m, k] rows lda apart): a bfloat16 op's input, read as
-  // it is. Only where takes_bf16(); the same bits as run on A widened.
+  // it is. Only where takes_bf16(); the same bits as run on A widened (the kernels round
+  // a widened A back to these bits, and their products flush denormals either way).
+  // In place (w_rows_), A widened to float32 and packed from there: a one-step bfloat16
+  // call widened its x and its h0 for that, ATen copies on the calling thread.
   void run_bf16(int64_t b, int64_t m, const uint16_t* a, int64_t lda, scalar_t beta, scalar_t* c,
                 int64_t ldc, int64_t step) const {
     if (m == 0 || units_.length(b) == 0) return;
     TORCH_INTERNAL_ASSERT(takes_bf16() && m <= max_m_, "gatedrnn: run_bf16 on this GEMM");
+    if (w_rows_) {
+      w_rows_product(b, m, state_panels_bf16(m, a, lda, step), beta, c, ldc);
+      return;
+    }
     const GemmBf16Kernels* kernels = gemm_bf16_kernels();
     const bool in_place =
         kernels->packed_a_is_rows && lda == k_ && bf16_padded_k(k_) == k_ && m % 16 == 0;
@@ -333,10 +333,27 @@ class UnitBlockGemm {
                                   });
   }
 
-  // A [m, k] (leading dim lda) as the bfloat16 panels of A^T (gemm_w_rows' b).
+  // C_b[:m] = A @ W_b^T + beta * C_b[:m], W's bfloat16 rows in place (w_rows_), A as the
+  // bfloat16 panels of A^T (state_panels).
+  void w_rows_product(int64_t b, int64_t m, const uint16_t* panels, scalar_t beta,
+                      scalar_t* c, int64_t ldc) const {
+    if constexpr (std::is_same_v<scalar_t, float>) {
+      const int64_t len = units_.length(b);
+      const auto* bits = reinterpret_cast<const uint16_t*>(w_.const_data_ptr());
+      for (int64_t g = 0; g < gates_; ++g) {
+        const int64_t row = g * gate_stride_ + units_.begin(b);
+        // C[:, g len : (g+1) len] = bf16(A) @ W[row : row + len]^T + beta * C
+        gemm_bf16_kernels()->gemm_w_rows(m, len, k_, panels, bf16_panel_elements(k_),
+                                         bits + row * w_.stride(0), w_.stride(0), beta,
+                                         c + g * len, ldc);
+      }
+    }
+  }
+
+  // A [m, k] (leading dim lda) as the bfloat16 panels of A^T (gemm_w_rows' b), from
+  // float32 (state_panels) or bfloat16 (state_panels_bf16) rows.
   const uint16_t* state_panels(int64_t m, const scalar_t* a, int64_t lda, int64_t step) const {
-    const int64_t panels = ceil_div(m, kBf16PanelWidth);
-    return scratch_copy<uint16_t>({id_, step, m, a}, panels * bf16_panel_elements(k_),
+    return scratch_copy<uint16_t>({id_, step, m, a}, state_panel_elements(m),
                                   [&](uint16_t* dst) {
                                     if constexpr (std::is_same_v<scalar_t, float>) {
                                       const float* rows[kWRowsMaxRows];  // m <= max_m_
@@ -344,6 +361,18 @@ class UnitBlockGemm {
                                       gemm_bf16_kernels()->pack_b_columns(rows, k_, m, dst);
                                     }
                                   });
+  }
+  const uint16_t* state_panels_bf16(int64_t m, const uint16_t* a, int64_t lda,
+                                    int64_t step) const {
+    return scratch_copy<uint16_t>({id_, step, m, a}, state_panel_elements(m),
+                                  [&](uint16_t* dst) {
+                                    const uint16_t* rows[kWRowsMaxRows];  // m <= max_m_
+                                    for (int64_t r = 0; r < m; ++r) rows[r] = a + r * lda;
+                                    gemm_bf16_kernels()->pack_b_columns_bf16(rows, k_, m, dst);
+                                  });
+  }
+  int64_t state_panel_elements(int64_t m) const {
+    return ceil_div(m, kBf16PanelWidth) * bf16_panel_elements(k_);
   }
 
   // A [m, k] (leading dim lda) as the panels of gemm_transposed's b.

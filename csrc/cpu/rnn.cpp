@@ -31,16 +31,16 @@ bool is_relu(const char* op, c10::string_view nonlinearity) {
 template <typename scalar_t>
 void rnn_forward_impl(const RnnShapes& sh, bool relu, const at::Tensor& x,
                       const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& bias,
-                      at::Tensor& out, at::Tensor& h_state, const Resets& resets,
-                      GemmPrecision precision) {
+                      const at::Tensor& h0, at::Tensor& out, at::Tensor& h_n,
+                      at::Tensor& h_state, const Resets& resets, GemmPrecision precision) {
   const Schedule& s = sh.schedule;
   const int64_t H = sh.hidden_size, N = s.batch;
   const UnitBlocks units = unit_blocks(H, 1, H, N, s.steps());
   const UnitBlockGemm<scalar_t> hidden(w_hh, 1, H, units, N, s.steps(), precision);
-  const StepOutput<scalar_t> output(out, s, resets);
+  const StepOutput<scalar_t> output(out, s, resets, h0, h_n);
   const scalar_t* bp = bias.const_data_ptr<scalar_t>();
   const auto forward_units = rnn_kernels<scalar_t>().forward_units;
-  ForwardTeam<scalar_t> team(s, x, w_ih, 1, units, h_state, precision, resets);
+  ForwardTeam<scalar_t> team(s, x, w_ih, 1, units, h0, precision, resets);
   const auto block = [&](const TeamStep<scalar_t>& st, int64_t b, int64_t u0, int64_t len) {
     // gates[:n, block] += h[:n] @ w_hh_b^T      [n, H] x [H, len]
     output.recurrent(hidden, b, st, scalar_t(1), st.gates + u0, H);
@@ -68,12 +68,13 @@ std::tuple<at::Tensor, at::Tensor> rnn_forward(
   const auto opts = x.options().dtype(loop_dtype(input));
   const at::Tensor bias = combined_bias(widened(b_ih), widened(b_hh), sh.hidden_size, opts);
   at::Tensor out = step_output(input, true, s.rows, sh.hidden_size, opts);
-  at::Tensor h_state = widened(h0).contiguous();  // read only: the team copies it
+  at::Tensor h_n = final_state_in_output(out, s, h0), h_state;
   AT_DISPATCH_FLOATING_TYPES(loop_dtype(input), kForward, [&] {
     rnn_forward_impl<scalar_t>(sh, relu, x, cached_contiguous(w_ih), cached_contiguous(w_hh),
-                               bias, out, h_state, resets, precision_of(input));
+                               bias, h0, out, h_n, h_state, resets, precision_of(input));
   });
-  return {shaped_like_input(narrowed(out, input), input), narrowed(h_state, input)};
+  return {shaped_like_input(narrowed(out, input), input),
+          h_n.defined() ? h_n : narrowed(h_state, input)};
 }
 
 // Backward through act uses the output alone: tanh' = 1 - h^2, relu' = [h > 0].
