@@ -242,6 +242,36 @@ def test_bf16_module_at_a_batch_of_16(mode):
         assert e_ours <= 2 * e_nn + eps * max(1.0, e.abs().max().item()), (e_ours, e_nn)
 
 
+@pytest.mark.parametrize("mode, steps", [(m, t) for m in ("LSTM", "GRU", "RNN") for t in (1, 3)]
+                         + [(m, 1) for m in ("LSTMCell", "GRUCell", "RNNCell")])
+def test_an_empty_batch_as_torch_nn(mode, steps):
+    """A batch of 0 in bfloat16, which torch.nn accepts: outputs and final states of its
+    shapes, zero gradients. (The one-step output's bits pointer, null for an empty tensor,
+    once sent the op down the float32 output's path: "expected scalar type Float".)"""
+    torch.manual_seed(0)
+    cell = mode.endswith("Cell")
+    kwargs = {} if cell else {"num_layers": 2, "bidirectional": True}
+    ref = getattr(torch.nn, mode)(24, 40, **kwargs).to(torch.bfloat16)
+    ours = getattr(gatedrnn, mode)(24, 40, **kwargs).to(torch.bfloat16)
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(*([] if cell else [steps]), 0, 24, dtype=torch.bfloat16)
+
+    def run(m):
+        inp = x.clone().requires_grad_()
+        result = m(inp)
+        if not cell:
+            result = (result[0], *(result[1] if mode == "LSTM" else (result[1],)))
+        elif mode != "LSTMCell":
+            result = (result,)
+        sum(t.float().sum() for t in result).backward()
+        return result, [inp.grad] + [p.grad for p in m.parameters()]
+
+    (theirs, their_grads), (got, grads) = run(ref), run(ours)
+    assert [(t.shape, t.dtype) for t in got] == [(t.shape, t.dtype) for t in theirs]
+    for g, t in zip(grads, their_grads):
+        assert g.shape == t.shape and g.dtype == t.dtype and not g.any()
+
+
 def test_outputs_round_as_torch_rounds():
     """A bfloat16 op writes its output in bfloat16 as its steps make it (recurrence.h,
     StepOutput): the bits torch's own rounding of the float32 result gives, for ties (to

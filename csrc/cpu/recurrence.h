@@ -117,7 +117,8 @@ class StepOutput {
   StepOutput(at::Tensor& out, const Schedule& s, const Resets& resets, const at::Tensor& h0,
              const at::Tensor& h_n = at::Tensor())
       : bits_(is_bf16(out) ? reinterpret_cast<uint16_t*>(out.mutable_data_ptr()) : nullptr),
-        wide_(bits_ ? nullptr : out.mutable_data_ptr<scalar_t>()),
+        // by dtype, not by bits_: an empty output (a batch of 0) has no data pointer
+        wide_(is_bf16(out) ? nullptr : out.mutable_data_ptr<scalar_t>()),
         h0_bits_(bits_ && is_bf16(h0) && h0.is_contiguous()
                      ? reinterpret_cast<const uint16_t*>(h0.const_data_ptr())
                      : nullptr),
