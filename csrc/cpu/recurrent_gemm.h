@@ -246,14 +246,14 @@ class UnitBlockGemm {
   // run with A in bfloat16 (bits, [m, k] rows lda apart): a bfloat16 op's input, read as
   // it is. Only where takes_bf16(); the same bits as run on A widened (the kernels round
   // a widened A back to these bits, and their products flush denormals either way).
-  // In place (w_rows_), A widened to float32 and packed from there: a one-step bfloat16
-  // call widened its x and its h0 for that, ATen copies on the calling thread.
+  // W read in place (w_rows_) takes it too: before, its callers widened A (a one-step
+  // bfloat16 call's x and h0, ATen copies on the calling thread) for run to pack.
   void run_bf16(int64_t b, int64_t m, const uint16_t* a, int64_t lda, scalar_t beta, scalar_t* c,
                 int64_t ldc, int64_t step) const {
     if (m == 0 || units_.length(b) == 0) return;
     TORCH_INTERNAL_ASSERT(takes_bf16() && m <= max_m_, "gatedrnn: run_bf16 on this GEMM");
     if (w_rows_) {
-      w_rows_product(b, m, state_panels_bf16(m, a, lda, step), beta, c, ldc);
+      w_rows_product(b, m, state_panels(m, a, lda, step), beta, c, ldc);
       return;
     }
     const GemmBf16Kernels* kernels = gemm_bf16_kernels();
@@ -351,28 +351,21 @@ class UnitBlockGemm {
   }
 
   // A [m, k] (leading dim lda) as the bfloat16 panels of A^T (gemm_w_rows' b), from
-  // float32 (state_panels) or bfloat16 (state_panels_bf16) rows.
-  const uint16_t* state_panels(int64_t m, const scalar_t* a, int64_t lda, int64_t step) const {
-    return scratch_copy<uint16_t>({id_, step, m, a}, state_panel_elements(m),
+  // float32 rows or from bfloat16 rows as they are (T uint16_t).
+  template <typename T>
+  const uint16_t* state_panels(int64_t m, const T* a, int64_t lda, int64_t step) const {
+    const int64_t panels = ceil_div(m, kBf16PanelWidth);
+    return scratch_copy<uint16_t>({id_, step, m, a}, panels * bf16_panel_elements(k_),
                                   [&](uint16_t* dst) {
-                                    if constexpr (std::is_same_v<scalar_t, float>) {
-                                      const float* rows[kWRowsMaxRows];  // m <= max_m_
-                                      for (int64_t r = 0; r < m; ++r) rows[r] = a + r * lda;
-                                      gemm_bf16_kernels()->pack_b_columns(rows, k_, m, dst);
+                                    const T* rows[kWRowsMaxRows];  // m <= max_m_
+                                    for (int64_t r = 0; r < m; ++r) rows[r] = a + r * lda;
+                                    const GemmBf16Kernels* bf16 = gemm_bf16_kernels();
+                                    if constexpr (std::is_same_v<T, uint16_t>) {
+                                      bf16->pack_b_columns_bf16(rows, k_, m, dst);
+                                    } else if constexpr (std::is_same_v<T, float>) {
+                                      bf16->pack_b_columns(rows, k_, m, dst);
                                     }
                                   });
-  }
-  const uint16_t* state_panels_bf16(int64_t m, const uint16_t* a, int64_t lda,
-                                    int64_t step) const {
-    return scratch_copy<uint16_t>({id_, step, m, a}, state_panel_elements(m),
-                                  [&](uint16_t* dst) {
-                                    const uint16_t* rows[kWRowsMaxRows];  // m <= max_m_
-                                    for (int64_t r = 0; r < m; ++r) rows[r] = a + r * lda;
-                                    gemm_bf16_kernels()->pack_b_columns_bf16(rows, k_, m, dst);
-                                  });
-  }
-  int64_t state_panel_elements(int64_t m) const {
-    return ceil_div(m, kBf16PanelWidth) * bf16_panel_elements(k_);
   }
 
   // A [m, k] (leading dim lda) as the panels of gemm_transposed's b.
