@@ -12,7 +12,7 @@ from torch.autograd import gradcheck, gradgradcheck
 from torch.nn.utils.rnn import pack_padded_sequence
 
 import gatedrnn
-from _dropin_helpers import CELLS, I, N, T, is_lstm, make_pair
+from _dropin_helpers import CELLS, H, I, N, P, T, is_lstm, make_pair
 from conftest import as_leaves, build_case, op_and_args
 
 pytestmark = pytest.mark.integration
@@ -264,18 +264,20 @@ def test_jit_script_of_a_lone_module_does_what_torch_nns_does(cell):
 # autocast
 # --------------------------------------------------------------------------
 
-def _torch_nn_autocast_dtype(ref, x, dtype):
-    """The dtype of torch.nn's output under CPU autocast, and the output. Its LSTM oneDNN
-    path (padded, no projection) raises on CPUs without bfloat16/float16 support (seen on
-    an AMD EPYC Zen 3 with torch 2.4.1, 2.13.0 and 2.14.1); on a CPU with it, that path's
-    output is in the autocast dtype."""
+def _torch_nn_under_autocast(ref, x, dtype, hx=None):
+    """torch.nn's (output, states) under CPU autocast, their dtypes, and whether it computed
+    them. Its LSTM oneDNN path (padded, no projection) raises on CPUs without
+    bfloat16/float16 support (seen on an AMD EPYC Zen 3 with torch 2.4.1, 2.13.0 and
+    2.14.1); on a CPU with it, that path gives everything in the autocast dtype."""
     try:
         with torch.autocast("cpu", dtype=dtype):
-            out = ref(x)[0]
+            out, states = ref(x) if hx is None else ref(x, hx)
     except RuntimeError as error:
         assert "primitive descriptor" in str(error)
-        return dtype, None
-    return (out.data if not isinstance(out, torch.Tensor) else out).dtype, out
+        return None, (dtype,) * (3 if isinstance(ref, torch.nn.LSTM) else 2)
+    states = states if isinstance(states, tuple) else (states,)
+    out = out.data if not isinstance(out, torch.Tensor) else out
+    return (out, *states), tuple(t.dtype for t in (out, *states))
 
 
 @pytest.mark.parametrize("cell", CELLS)
@@ -285,15 +287,14 @@ def test_cpu_autocast_gives_torch_nn_dtypes(cell, packed, dtype):
     ref, ours = make_pair(cell, dtype=torch.float32, num_layers=2)
     x = torch.randn(T, N, I)
     inp = pack_padded_sequence(x, torch.tensor([T, T - 1, 2])) if packed else x
-    expected_dtype, expected = _torch_nn_autocast_dtype(ref, inp, dtype)
+    expected, expected_dtypes = _torch_nn_under_autocast(ref, inp, dtype)
     x.requires_grad_()
     inp = pack_padded_sequence(x, torch.tensor([T, T - 1, 2])) if packed else x
     with torch.autocast("cpu", dtype=dtype):
         out, hx = ours(inp)
     data = out.data if packed else out
-    assert data.dtype == expected_dtype
-    for h in (hx if isinstance(hx, tuple) else (hx,)):
-        assert h.dtype == expected_dtype
+    states = hx if isinstance(hx, tuple) else (hx,)
+    assert tuple(t.dtype for t in (data, *states)) == expected_dtypes
     with torch.no_grad():
         full = ours(inp)[0]
     full = full.data if packed else full
@@ -301,11 +302,75 @@ def test_cpu_autocast_gives_torch_nn_dtypes(cell, packed, dtype):
     tol = dict(rtol=2e-2, atol=2e-2) if dtype == torch.bfloat16 else dict(rtol=3e-3, atol=3e-3)
     torch.testing.assert_close(data.float(), full, **tol)
     if expected is not None:
-        torch.testing.assert_close(data.float(), (expected.data if packed else expected).float(),
-                                   rtol=4e-2, atol=4e-2)
+        torch.testing.assert_close(data.float(), expected[0].float(), rtol=4e-2, atol=4e-2)
     data.float().sum().backward()
     assert x.grad.dtype == torch.float32 and torch.isfinite(x.grad).all()
     assert all(p.grad.dtype == torch.float32 for p in ours.parameters())
+
+
+def _autocast_cases():
+    """(cell, autocast dtype, module dtype, state dtypes or None, input dtype, batch, packed)
+    of every mix torch.nn takes under CPU autocast: float32 and bfloat16 modules, inputs and
+    states, batches of 3 and 0 (not packed), padded and packed. Under float16 autocast
+    torch.nn refuses bfloat16 tensors (its stack and cat find two reduced dtypes)."""
+    f32, bf16 = torch.float32, torch.bfloat16
+    for cell in ("lstm", "lstm_proj", "gru", "rnn_tanh"):
+        states = [(f32, f32), (bf16, bf16), (f32, bf16), (bf16, f32)] if is_lstm(cell) else [
+            (f32,), (bf16,)]
+        for low in (bf16, torch.float16):
+            for module in (f32, bf16):
+                for state in [None, *states]:
+                    for x in (f32, bf16):
+                        if low == torch.float16 and bf16 in (module, x, *(state or ())):
+                            continue
+                        for batch, packed in ((3, False), (0, False), (3, True)):
+                            yield cell, low, module, state, x, batch, packed
+
+
+def _case_id(case):
+    cell, low, module, state, x, batch, packed = case
+    short = {torch.float32: "f32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+    states = "-".join(short[d] for d in state) if state else "default"
+    return (f"{cell}-autocast_{short[low]}-module_{short[module]}-states_{states}-"
+            f"x_{short[x]}-n{batch}{'-packed' if packed else ''}")
+
+
+@pytest.mark.parametrize("case", list(_autocast_cases()), ids=_case_id)
+def test_cpu_autocast_dtypes_and_values_as_torch_nn_for_every_mix(case):
+    """Under CPU autocast torch.nn's dtypes come from its operators' casts and from type
+    promotion with the states it is given (ops/lstm.py, _cpu_autocast_dtypes): the LSTM's
+    oneDNN path gives the autocast dtype, its other paths (packed, projected, empty) and the
+    GRU the states' promoted dtype (a projected h: the autocast dtype). Ours give the same
+    dtypes, and values within the rounding of torch.nn's, and gradients of the parameters'
+    dtype."""
+    cell, low, module_dtype, state_dtypes, x_dtype, batch, packed = case
+    ref, ours = make_pair(cell, dtype=module_dtype, num_layers=2)
+    torch.manual_seed(1)
+    x = torch.randn(T, batch, I, dtype=x_dtype)
+    lengths = torch.tensor([T, T - 1, 2])
+    hx = None
+    if state_dtypes is not None:
+        sizes = [P if cell == "lstm_proj" else H, H][:len(state_dtypes)]
+        hx = tuple(0.5 * torch.randn(2, batch, s, dtype=d) for s, d in zip(sizes, state_dtypes))
+        hx = hx if is_lstm(cell) else hx[0]
+
+    def run(module):
+        inp = pack_padded_sequence(x, lengths) if packed else x
+        with torch.autocast("cpu", dtype=low):
+            out, states = module(inp) if hx is None else module(inp, hx)
+        states = states if isinstance(states, tuple) else (states,)
+        return (out.data if packed else out, *states)
+
+    expected, expected_dtypes = _torch_nn_under_autocast(
+        ref, pack_padded_sequence(x, lengths) if packed else x, low, hx)
+    got = run(ours)
+    assert tuple(t.dtype for t in got) == expected_dtypes
+    if expected is not None:
+        for ours_t, ref_t in zip(got, expected):
+            torch.testing.assert_close(ours_t.float(), ref_t.float(), rtol=4e-2, atol=4e-2)
+    sum(t.float().sum() for t in got).backward()
+    for p in ours.parameters():
+        assert p.grad.dtype == module_dtype and torch.isfinite(p.grad).all()
 
 
 @pytest.mark.parametrize("cell", CELLS)
@@ -314,10 +379,10 @@ def test_cpu_autocast_of_a_bfloat16_module(cell):
     CPU autocast: torch.nn's output dtype, and the values it gives without autocast."""
     ref, ours = make_pair(cell, dtype=torch.bfloat16, num_layers=2)
     x = torch.randn(T, N, I, dtype=torch.bfloat16)
-    expected_dtype, _ = _torch_nn_autocast_dtype(ref, x, torch.bfloat16)
+    _, expected_dtypes = _torch_nn_under_autocast(ref, x, torch.bfloat16)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = ours(x)[0]
-    assert out.dtype == expected_dtype
+    assert out.dtype == expected_dtypes[0]
     torch.testing.assert_close(out.float(), ours(x)[0].float(), rtol=2e-2, atol=2e-2)
 
 

@@ -147,11 +147,16 @@ class FusedRNNMixin:
     def _from_tuple(self, states):
         return states if self._mode == "LSTM" else states[0]
 
-    def _lstm_cell_state_dtype(self, states, dtype):
-        """torch.nn.LSTM converts a c_0 of another dtype to the input's (on all but its
-        oneDNN path, which raises); we always convert."""
+    @staticmethod
+    def _lstm_cell_state_dtype(states, data):
+        """A c_0 of another dtype than the input's, converted to it: torch.nn.LSTM's
+        arithmetic promotes it to the input's there (its oneDNN path raises instead). Not
+        under autocast, where torch.nn's gates are in the autocast dtype and c_0's dtype
+        decides c's (ops/lstm.py, _cpu_autocast_dtypes)."""
         h, c = states
-        return (h, c.to(dtype) if c.dtype != dtype else c)
+        if c.dtype == data.dtype or torch.is_autocast_enabled(data.device.type):
+            return states
+        return (h, c.to(data.dtype))
 
     def _as_torch_nn(self):
         """This module as an instance of its torch.nn class: a shallow copy, so parameters,
@@ -249,7 +254,7 @@ class FusedRNNMixin:
                 self._lstm_kernel_checks(hx)
             states = self._as_tuple(hx)
         if lstm:
-            states = self._lstm_cell_state_dtype(states, data.dtype)
+            states = self._lstm_cell_state_dtype(states, data)
         if reset is not None:
             reset = self._reset_rows(reset, data, batch_sizes, sorted_indices, batched)
 
@@ -317,8 +322,8 @@ class FusedRNNMixin:
         for state in states:
             if type(state) is not torch.Tensor or state.dim() != 3 or state.shape[0] != slots:
                 return None
-        if lstm and states[1].dtype != data.dtype:
-            return None  # the full form converts c_0 (_lstm_cell_state_dtype)
+        if lstm and self._lstm_cell_state_dtype(states, data) is not states:
+            return None  # the full form converts c_0
         # The ops' backwards file their norms under this call (forward's full form); with
         # gradients off there will be none.
         tagged = torch.is_grad_enabled()

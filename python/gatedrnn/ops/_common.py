@@ -221,7 +221,7 @@ def register_first_order(name: str, forward: str) -> None:
 CUDA_AUTOCAST_DTYPE = torch.float16
 
 
-def _lowered(args, dtype):
+def _floats_cast(args, dtype):
     """args with every floating-point tensor but float64 ones cast to dtype."""
     return tuple(a.to(dtype) if isinstance(a, torch.Tensor) and a.is_floating_point()
                  and a.dtype != torch.float64 else a for a in args)
@@ -229,21 +229,23 @@ def _lowered(args, dtype):
 
 def cuda_autocast_args(args):
     """The arguments a forward op gets under CUDA autocast (CUDA_AUTOCAST_DTYPE)."""
-    return _lowered(args, CUDA_AUTOCAST_DTYPE)
+    return _floats_cast(args, CUDA_AUTOCAST_DTYPE)
 
 
-def register_autocast(name: str, state_outputs: int, cpu_casts) -> None:
+def register_autocast(name: str, state_outputs: int, cpu_dtypes) -> None:
     """Autocast kernels of a forward op, so that under torch.autocast it gives the output
     dtypes torch.nn's module gives, by the same casts.
 
     CUDA: torch.nn runs cuDNN in float16 for every cell (CUDA_AUTOCAST_DTYPE).
-    CPU: torch.nn's policy depends on the cell and the path: cpu_casts(args) says whether
-    it casts (the LSTM but for packed input without projection; the RNN always, through its
-    linear layers; the GRU never). Where it casts, float tensors other than
-    float64 are cast to the autocast dtype, so they are rounded as torch.nn's are. The CPU
-    ops take bfloat16 themselves; float16 they do not, so it is then computed in float32 and
-    the first state_outputs outputs (output and states; not the workspace) are returned in
-    float16, within its rounding of torch.nn's result."""
+    CPU: torch.nn has no autocast rule for its RNNs; its dtypes come from the casts of the
+    operators inside them (linear layers, oneDNN's LSTM) and from type promotion with the
+    states it is given, and depend on the cell and the path. cpu_dtypes(args, low), low the
+    autocast dtype, says what ours do: None, run on the arguments as they are; or
+    (compute, results): every float tensor other than float64 cast to compute (rounded as
+    torch.nn's are where that is low), and the first state_outputs outputs (output and
+    states; not the workspace) returned in results' dtypes. The CPU ops take bfloat16
+    themselves; float16 they do not, so it is then computed in float32 from values rounded
+    to float16, within its rounding of torch.nn's result."""
     op = getattr(torch.ops.gatedrnn, name).default
 
     def cuda_kernel(*args):
@@ -251,18 +253,19 @@ def register_autocast(name: str, state_outputs: int, cpu_casts) -> None:
             return op(*cuda_autocast_args(args))
 
     def cpu_kernel(*args):
-        dtype = torch.get_autocast_dtype("cpu")
         floats = [a for a in args if isinstance(a, torch.Tensor) and a.is_floating_point()]
-        if not cpu_casts(args) or all(a.dtype == torch.float64 for a in floats):
+        dtypes = cpu_dtypes(args, torch.get_autocast_dtype("cpu"))
+        if dtypes is None or all(a.dtype == torch.float64 for a in floats):
             with torch.autocast("cpu", enabled=False):
                 return op(*args)
-        computed = _lowered(args, dtype)
-        if dtype != torch.bfloat16:
-            computed = _lowered(computed, torch.float32)
+        compute, results = dtypes
+        computed = _floats_cast(args, compute)
+        if compute not in (torch.bfloat16, torch.float32):
+            computed = _floats_cast(computed, torch.float32)
         with torch.autocast("cpu", enabled=False):
             outputs = op(*computed)
         outputs = outputs if isinstance(outputs, tuple) else (outputs,)
-        cast = tuple(o.to(dtype) if i < state_outputs else o for i, o in enumerate(outputs))
+        cast = tuple(o.to(results[i]) if i < state_outputs else o for i, o in enumerate(outputs))
         return cast if len(cast) > 1 else cast[0]
 
     _IMPL.impl(name, cuda_kernel, "AutocastCUDA")

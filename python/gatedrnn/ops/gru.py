@@ -67,5 +67,14 @@ def _backward(ctx, grad_output, grad_h_n, _grad_workspace):
 
 register_autograd("gru_forward", _backward, _setup_context)
 register_first_order("gru_backward", "gru_forward")
-# torch.nn.GRU runs in its inputs' dtype under CPU autocast.
-register_autocast("gru_forward", 2, lambda args: False)
+
+
+def _cpu_autocast_dtypes(args, low):
+    """torch.nn.GRU under CPU autocast (register_autocast): its linear layers give the gates
+    in low, and h = (1 - z) n + z h0 is promoted with h0's dtype (float32 from float32 h0).
+    Ours compute in h's dtype."""
+    state = torch.promote_types(low, args[2].dtype)
+    return state, (state, state)
+
+
+register_autocast("gru_forward", 2, _cpu_autocast_dtypes)

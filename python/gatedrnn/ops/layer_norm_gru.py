@@ -71,4 +71,4 @@ def _backward(ctx, grad_output, grad_h_n, _grad_workspace):
 register_autograd("layer_norm_gru_forward", _backward, _setup_context)
 register_first_order("layer_norm_gru_backward", "layer_norm_gru_forward")
 # See layer_norm_lstm.py.
-register_autocast("layer_norm_gru_forward", 2, lambda args: False)
+register_autocast("layer_norm_gru_forward", 2, lambda args, low: None)

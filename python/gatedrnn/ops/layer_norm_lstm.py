@@ -87,4 +87,4 @@ register_autograd("layer_norm_lstm_forward", _backward, _setup_context)
 register_first_order("layer_norm_lstm_backward", "layer_norm_lstm_forward")
 # No torch.nn counterpart to follow: under autocast the op runs in its arguments' dtype,
 # as torch.nn.LayerNorm runs in float32 (functional.py casts the input to the weights').
-register_autocast("layer_norm_lstm_forward", 3, lambda args: False)
+register_autocast("layer_norm_lstm_forward", 3, lambda args, low: None)

@@ -1,4 +1,6 @@
 """torch.library registrations for gatedrnn::lstm_forward / lstm_backward."""
+import functools
+
 import torch
 
 from .. import monitor, reference
@@ -105,7 +107,42 @@ def _backward(ctx, grad_output, grad_h_n, grad_c_n, grad_workspace):
 
 register_autograd("lstm_forward", _backward, _setup_context)
 register_first_order("lstm_backward", "lstm_forward")
-# torch.nn.LSTM (2.4.1 to 2.14.1) casts on its oneDNN path (padded input, no projection) and
-# wherever it has a projection (its default path's linear layers cast); packed input
-# without one runs its fused cell in float32.
-register_autocast("lstm_forward", 3, lambda args: args[1] is None or args[8] is not None)
+
+
+@functools.cache
+def _onednn_reduced_dtypes() -> tuple:
+    """The reduced dtypes torch's oneDNN LSTM takes on this CPU (float16 without gradients)."""
+    return ((torch.bfloat16,) if torch.ops.mkldnn._is_mkldnn_bf16_supported() else ()) + (
+        (torch.float16,) if torch.ops.mkldnn._is_mkldnn_fp16_supported() else ())
+
+
+def _takes_onednn_path(input, batch_sizes, w_hr, low) -> bool:
+    """Whether torch.nn.LSTM runs this layer on oneDNN (use_mkldnn, aten/src/ATen/native/
+    RNN.cpp, torch 2.4 to 2.14): padded, no projection, not empty, float32 input or, as a
+    layer above the first gets it from the oneDNN path below, input in the autocast dtype.
+    torch decides once for all layers, by the first layer's input, with a check of the CPU
+    for a reduced dtype: where a model's own input is in that dtype and the CPU fails it (or
+    float16 with gradients on) its layers run the other path, which gives float32 states
+    from float32 ones; ours give them in the autocast dtype there."""
+    dtype = input.dtype
+    takes = dtype in (torch.float32, low) or (dtype in _onednn_reduced_dtypes() and (
+        dtype == torch.bfloat16 or not torch.is_grad_enabled()))
+    return (batch_sizes is None and w_hr is None and takes and input.numel() != 0
+            and torch._C._get_mkldnn_enabled())
+
+
+def _cpu_autocast_dtypes(args, low):
+    """torch.nn.LSTM under CPU autocast (register_autocast). Its oneDNN operator casts
+    everything to low. Elsewhere (packed, projected or empty input) its linear layers give
+    the gates in low, and c = f * c0 + i * g, h = o * tanh(c) are promoted with c0's dtype
+    (float32 c and h from float32 c0); a projection's linear layer gives h in low again.
+    There ours compute in c's dtype, or in low with a projection and c_n widened (rounded
+    to low once, where torch.nn's c keeps a rounding of its gates at every step)."""
+    input, batch_sizes, c0, w_hr = args[0], args[1], args[3], args[8]
+    if _takes_onednn_path(input, batch_sizes, w_hr, low):
+        return low, (low, low, low)
+    state = torch.promote_types(low, c0.dtype)
+    return (low, (low, low, state)) if w_hr is not None else (state, (state, state, state))
+
+
+register_autocast("lstm_forward", 3, _cpu_autocast_dtypes)
