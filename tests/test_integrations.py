@@ -386,11 +386,22 @@ def test_cpu_autocast_of_a_bfloat16_module(cell):
     torch.testing.assert_close(out.float(), ours(x)[0].float(), rtol=2e-2, atol=2e-2)
 
 
-def test_cpu_autocast_leaves_float64_alone():
-    _, ours = make_pair("lstm", dtype=torch.float64)
+@pytest.mark.parametrize("c0_dtype", [None, torch.float64, torch.float32],
+                         ids=["default", "c0_f64", "c0_f32"])
+def test_cpu_autocast_leaves_float64_alone(c0_dtype):
+    """A float64 LSTM under CPU autocast: float64 results, those it gives without autocast,
+    as torch.nn's; a float32 c_0 (which torch.nn promotes to float64) too."""
+    ref, ours = make_pair("lstm", dtype=torch.float64)
+    x = torch.randn(T, N, I, dtype=torch.float64)
+    hx = None if c0_dtype is None else (torch.randn(1, N, H, dtype=torch.float64),
+                                        torch.randn(1, N, H, dtype=c0_dtype))
+    args = (x,) if hx is None else (x, hx)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = ours(torch.randn(T, N, I, dtype=torch.float64))[0]
-    assert out.dtype == torch.float64
+        out, (h_n, c_n) = ours(*args)
+        ref_out, (ref_h, ref_c) = ref(*args)
+    assert out.dtype == h_n.dtype == c_n.dtype == ref_out.dtype == ref_c.dtype == torch.float64
+    torch.testing.assert_close(out, ours(*args)[0])
+    torch.testing.assert_close((out, h_n, c_n), (ref_out, ref_h, ref_c))
 
 
 @pytest.mark.parametrize("op", ["lstm_forward", "gru_forward", "rnn_forward"])

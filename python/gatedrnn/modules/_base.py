@@ -151,10 +151,12 @@ class FusedRNNMixin:
     def _lstm_cell_state_dtype(states, data):
         """A c_0 of another dtype than the input's, converted to it: torch.nn.LSTM's
         arithmetic promotes it to the input's there (its oneDNN path raises instead). Not
-        under autocast, where torch.nn's gates are in the autocast dtype and c_0's dtype
-        decides c's (ops/lstm.py, _cpu_autocast_dtypes)."""
+        under autocast (but of float64 input, which autocast leaves alone), where torch.nn's
+        gates are in the autocast dtype and c_0's dtype decides c's (ops/lstm.py,
+        _cpu_autocast_dtypes)."""
         h, c = states
-        if c.dtype == data.dtype or torch.is_autocast_enabled(data.device.type):
+        if c.dtype == data.dtype or (torch.is_autocast_enabled(data.device.type)
+                                     and data.dtype != torch.float64):
             return states
         return (h, c.to(data.dtype))
 
