@@ -524,6 +524,9 @@ struct GemmSum {
   std::vector<GemmTerm<scalar_t>> terms;
   GemmPrecision precision = GemmPrecision::kNative;
   uint16_t* c_bf16 = nullptr;
+  // Where C lies in a contiguous tensor that autograd adds into a .grad (a weight
+  // gradient): the index of C's first element there and the tensor's size; -1 elsewhere.
+  int64_t whole_offset = -1, whole_numel = 0;
 };
 
 // Where a block of a sum is made: in C, or, for a sum rounded into bfloat16, in float32
@@ -842,6 +845,22 @@ class GemmSumsRun {
 
   size_t items() const { return items_.size(); }
 
+  // The thread of a team of `threads` that ATen's in-place add of item q's sum into a
+  // .grad (autograd's accumulation, at::parallel_for over the elements: equal contiguous
+  // chunks, at least GRAIN_SIZE each, chunk t on thread t) reads the item's middle element
+  // on; -1 for an item of another sum. run_gemm_sums makes such items there: a weight
+  // gradient written by one core and added by the other crossed between them.
+  int64_t owner(size_t q, int64_t threads) const {
+    const Block& block = blocks_[items_[q][0]];
+    const GemmSum<scalar_t>& g = sums_[block.sum];
+    if (g.whole_offset < 0 || threads < 2) return -1;
+    const GemmBlocks::Block& bl = block.c;
+    const int64_t middle =
+        g.whole_offset + (bl.i0 + bl.mi / 2) * g.ldc + bl.j0 + bl.ni / 2;
+    const int64_t adders = std::min(threads, ceil_div(g.whole_numel, at::internal::GRAIN_SIZE));
+    return middle / ceil_div(g.whole_numel, adders);
+  }
+
   // Work item q (< items()): its blocks, on this thread.
   void run_item(size_t q) const {
     const std::vector<GemmSum<scalar_t>>& sums = sums_;
@@ -953,9 +972,33 @@ class GemmSumsRun {
 template <typename scalar_t>
 void run_gemm_sums(const std::vector<GemmSum<scalar_t>>& sums) {
   const GemmSumsRun<scalar_t> run(sums);
-  std::atomic<size_t> next{0};
-  run_team(static_cast<int64_t>(run.items()), [&](const TeamMember&) {
-    for (size_t q = next.fetch_add(1); q < run.items(); q = next.fetch_add(1)) run.run_item(q);
+  // The items by the thread ATen's adds will read them on (GemmSumsRun::owner), the
+  // others apart; each list taken in order through its counter: the items of no owner
+  // first (largest first, as threads come free), then each thread's own, then, by a
+  // thread out of work, the others' (the input gradient at batch 64 is a third of a
+  // one-step call's products, in one block). Where each item went to whichever thread was
+  // free, decoders called a step at a time, training at batch 1, ran a quarter to a third
+  // slower in this VM's states where data crossing between its two vCPUs costs four times
+  // as much (results/cpu-amd.md), ms a step: GRU decode-n1-h512 float32 2.08-2.22 ->
+  // 1.35-1.52, bfloat16 1.71-1.92 -> 1.27-1.37, GRUCells 1.70-1.79 -> 1.23-1.29, LSTMCells
+  // 1.83-2.04 -> 1.42-1.56 (bfloat16, H = 512). In the other state, at batch 64, and for
+  // sequences (100 steps, whose weight gradients go on over chunks) the same times.
+  const int64_t threads = at::get_num_threads();
+  std::vector<std::vector<size_t>> lists(threads + 1);
+  for (size_t q = 0; q < run.items(); ++q) {
+    const int64_t owner = run.owner(q, threads);
+    lists[owner < 0 ? threads : owner].push_back(q);
+  }
+  std::vector<std::atomic<size_t>> next(lists.size());
+  for (auto& n : next) n = 0;
+  const auto drain = [&](size_t l) {
+    for (size_t i = next[l].fetch_add(1); i < lists[l].size(); i = next[l].fetch_add(1)) {
+      run.run_item(lists[l][i]);
+    }
+  };
+  run_team(static_cast<int64_t>(run.items()), [&](const TeamMember& me) {
+    drain(threads);
+    for (int64_t l = 0; l < threads; ++l) drain((me.id() + l) % threads);
   });
 }
 
@@ -1115,7 +1158,8 @@ class ChunkedGrads {
     if (wanted_.input) {
       // grad_input[r0 : r0+rows] = sum over the input side of
       //                            dg[:, cols] @ w_ih[g.dst : g.dst+count]
-      GemmSum<scalar_t> input = output_rows(g_.grad_input, r0, rows, input_bf16_, scalar_t(0));
+      GemmSum<scalar_t> input = output_rows(g_.grad_input, r0, rows, input_bf16_, scalar_t(0),
+                                                 false);
       for (const GateColumns& g : input_side_) {
         input.terms.push_back(term(false, g.count, dg + g.src, b_rows(w_ih_, g.dst * I), I));
       }
@@ -1236,11 +1280,16 @@ class ChunkedGrads {
   }
 
   // The sum of rows [row, row + count) of a gradient t, its terms to come: in scalar_t, or
-  // in bfloat16 (bf16, and t bfloat16).
+  // in bfloat16 (bf16, and t bfloat16). weight: t is a weight gradient, which autograd
+  // adds into a .grad (GemmSum::whole_offset).
   GemmSum<scalar_t> output_rows(at::Tensor& t, int64_t row, int64_t count, bool bf16,
-                                scalar_t beta) const {
+                                scalar_t beta, bool weight = true) const {
     const int64_t cols = t.size(1);
     GemmSum<scalar_t> sum{count, cols, nullptr, cols, beta, {}, precision_};
+    if (weight) {
+      sum.whole_offset = row * cols;
+      sum.whole_numel = t.numel();
+    }
     if (bf16) {
       sum.c_bf16 = reinterpret_cast<uint16_t*>(t.mutable_data_ptr()) + row * cols;
     } else {
