@@ -224,9 +224,10 @@ class ForwardTeam {
                                                 chunks_.max_rows(), chunks_.count(),
                                                 precision)),
         // A bfloat16 x is read as it is by the chunks' GEMMs (the blocks of a thread share
-        // one packing of it, UnitBlockGemm::run_bf16); a float32 copy of it was a twentieth
-        // of a bfloat16 LSTM (100, 64, 512, 512) inference call with its page faults.
-        x_bf16_(is_bf16(x) && !whole_ && input_.takes_bf16()),
+        // one packing of it, UnitBlockGemm::run_bf16), or by the whole input projection
+        // (whole_input_bf16); a float32 copy of it was a twentieth of a bfloat16 LSTM
+        // (100, 64, 512, 512) inference call with its page faults.
+        x_bf16_(is_bf16(x) && (whole_ ? !direct_ && w_ih_.bf16() : input_.takes_bf16())),
         x_(x_bf16_ ? x : widened(x)),
         gate_buf_(cached_empty({chunks_.max_rows(), w_ih.size(0)}, loop_options(h0))),
         h_bufs_{at::empty({h0.size(0), h0.size(1)}, loop_options(h0)),
@@ -268,6 +269,8 @@ class ForwardTeam {
                                        w_ih_direct_.const_data_ptr<scalar_t>(),
                                        w_ih_direct_.stride(0), scalar_t(0), gp, G_);
         }
+      } else if (x_bf16_) {
+        whole_input_bf16(x_bits, I, gp);
       } else {
         parallel_gemm<scalar_t>(s_.rows, G_, I, GemmA<scalar_t>::rows(xp, I), w_ih_.b(),
                                 scalar_t(0), gp, G_);
@@ -305,6 +308,28 @@ class ForwardTeam {
         me.barrier();
       }
     });
+  }
+
+  // gates[R, G] = x @ w_ih^T before the loop (whole_) with x in bfloat16 (x_bits, [R, I]):
+  // by gemm_blocks' rows, each block's rows of x packed as they are by the thread that
+  // runs it (the bits of parallel_gemm on x widened: the kernels round A to these bits).
+  // The widened copy of x was 800 KiB of a bfloat16 RNN (100, 16, 128, 128) inference
+  // call's 2.0 MiB peak (torch.nn's 0.9).
+  void whole_input_bf16(const uint16_t* x_bits, int64_t I, scalar_t* gp) const {
+    if constexpr (std::is_same_v<scalar_t, float>) {
+      const GemmBf16Kernels* kernels = gemm_bf16_kernels();
+      const int64_t mb = gemm_blocks(s_.rows, G_, I).mb;
+      at::parallel_for(0, ceil_div(s_.rows, mb), 1, [&](int64_t b0, int64_t b1) {
+        for (int64_t b = b0; b < b1; ++b) {
+          const int64_t r0 = b * mb, m = std::min(mb, s_.rows - r0);
+          const uint16_t* rows = x_bits + r0 * I;
+          const bool in_place = kernels->packed_a_is_rows && bf16_padded_k(I) == I && m % 16 == 0;
+          uint16_t* packed = in_place ? nullptr : bf16_scratch(bf16_packed_a_elements(m, I));
+          if (!in_place) kernels->pack_a_bf16(rows, I, m, I, packed);
+          w_ih_.run_packed_a(m, in_place ? rows : packed, scalar_t(0), gp + r0 * G_, G_);
+        }
+      });
+    }
   }
 
   // The state after the last step: the first of the two, which the ops return as it is.
