@@ -323,7 +323,7 @@ class ForwardTeam {
         for (int64_t b = b0; b < b1; ++b) {
           const int64_t r0 = b * mb, m = std::min(mb, s_.rows - r0);
           const uint16_t* rows = x_bits + r0 * I;
-          const bool in_place = kernels->packed_a_is_rows && bf16_padded_k(I) == I && m % 16 == 0;
+          const bool in_place = bf16_rows_are_packed_a(kernels, I, m, I);
           uint16_t* packed = in_place ? nullptr : bf16_scratch(bf16_packed_a_elements(m, I));
           if (!in_place) kernels->pack_a_bf16(rows, I, m, I, packed);
           w_ih_.run_packed_a(m, in_place ? rows : packed, scalar_t(0), gp + r0 * G_, G_);

@@ -257,8 +257,7 @@ class UnitBlockGemm {
       return;
     }
     const GemmBf16Kernels* kernels = gemm_bf16_kernels();
-    const bool in_place =
-        kernels->packed_a_is_rows && lda == k_ && bf16_padded_k(k_) == k_ && m % 16 == 0;
+    const bool in_place = bf16_rows_are_packed_a(kernels, lda, m, k_);
     const auto pack = [&](uint16_t* dst) { kernels->pack_a_bf16(a, lda, m, k_, dst); };
     const uint16_t* packed =
         in_place ? a

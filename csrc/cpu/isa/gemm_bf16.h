@@ -101,6 +101,13 @@ struct GemmBf16Kernels {
                             int64_t ld_partial, uint16_t* c, int64_t ldc);
 };
 
+// Whether bfloat16 rows [m, k], lda apart, are already kernels' packed A (packed_a_is_rows),
+// so that gemm_packed_a reads them where they are.
+inline bool bf16_rows_are_packed_a(const GemmBf16Kernels* kernels, int64_t lda, int64_t m,
+                                   int64_t k) {
+  return kernels->packed_a_is_rows && lda == k && bf16_padded_k(k) == k && m % 16 == 0;
+}
+
 // Which bfloat16 kernels run: the best this CPU (and operating system) supports, or the
 // one GATEDRNN_CPU_BF16=amx|avx512_bf16|none names (at most that). Decided on the first
 // call; throws std::runtime_error on every call when the variable asks for one this
