@@ -18,8 +18,9 @@ THREAD_COUNTS = (1, 2, 3)
 KINDS = ("padded", "packed_unsorted")
 # (T, N, I, H): small enough to be quick, large enough that the input projection,
 # the per-step GEMMs and the weight-gradient GEMMs are each cut into several blocks; and
-# steps too small for two threads to share, in several chunks (the backward's time loop on
-# one thread beside the chunks' GEMMs, BackwardTeam::run_pipelined).
+# steps too small for two threads to share, in several chunks (the forward's time loop on
+# one thread beside the input projection's chunks, ForwardTeam::run_pipelined, and the
+# backward's beside the chunks' GEMMs, BackwardTeam::run_pipelined).
 SHAPES = [(5, 16, 200, 160), (4, 3, 700, 300), (70, 8, 24, 32)]
 
 

@@ -25,6 +25,13 @@
 
 namespace gatedrnn {
 
+// A pause in a spin-wait loop.
+inline void spin_pause() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#endif
+}
+
 // Per-step resets (the modules' forward(..., reset=mask)): before a step, the rows flagged
 // restart from the initial state (h0, c0) instead of carrying their sequence's state.
 //   flags: [R] one per flat row (like the input's), or null: no resets
@@ -197,8 +204,9 @@ inline at::Tensor final_state_in_output(const at::Tensor& out, const Schedule& s
 // state alternates between two [N, P] buffers; each step reads one whole and writes
 // its blocks of the other, and one barrier per step orders the threads.
 // A shape too small for two blocks runs its steps on one thread; if its whole input
-// projection is small too (up to 4 MiB in float32), it is one GEMM before the loop, on
-// every thread.
+// projection is small too (up to 4 MiB in float32), the other threads make it beside the
+// steps, a few steps' rows at a time (run_pipelined), or, in a call of too few steps for
+// that, it is one GEMM before the loop, on every thread.
 template <typename scalar_t>
 class ForwardTeam {
  public:
@@ -225,7 +233,7 @@ class ForwardTeam {
                                                 precision)),
         // A bfloat16 x is read as it is by the chunks' GEMMs (the blocks of a thread share
         // one packing of it, UnitBlockGemm::run_bf16), or by the whole input projection
-        // (whole_input_bf16); a float32 copy of it was a twentieth of a bfloat16 LSTM
+        // (input_rows); a float32 copy of it was a twentieth of a bfloat16 LSTM
         // (100, 64, 512, 512) inference call with its page faults.
         x_bf16_(is_bf16(x) && (whole_ ? !direct_ && w_ih_.bf16() : input_.takes_bf16())),
         x_(x_bf16_ ? x : widened(x)),
@@ -256,6 +264,33 @@ class ForwardTeam {
     scalar_t* gp = gate_buf_.mutable_data_ptr<scalar_t>();
     scalar_t* const hb[2] = {h_bufs_[0].mutable_data_ptr<scalar_t>(),
                              h_bufs_[1].mutable_data_ptr<scalar_t>()};
+    // Step k of the loop, as its blocks see it.
+    const auto step_of = [&](int64_t k, const RowRange& chunk) {
+      const int64_t t = s_.time_at(k);
+      return TeamStep<scalar_t>{k, s_.sizes[t], s_.offsets[t],
+                                gp + (s_.offsets[t] - chunk.begin) * G_, hb[slot(k)],
+                                hb[slot(k + 1)]};
+    };
+    // The blocks of step k that thread `me` owns, then finish and the barrier.
+    const auto run_step = [&](const TeamMember& me, const TeamStep<scalar_t>& step) {
+      const auto [b0, b1] = me.share(units_.count());
+      for (int64_t b = b0; b < b1; ++b) {
+        const int64_t u0 = units_.begin(b), len = units_.length(b);
+        block(step, b, u0, len);
+        if (units_write_state) {
+          copy_columns(step.cur, step.next, step.n, N, P, u0, len);
+          reset_next(step, u0, len);
+        }
+      }
+      finish(me, step);
+      me.barrier();
+    };
+    if (pipelined(finish_blocks)) {
+      run_pipelined(xp, x_bits, I, gp, [&](int64_t k) {
+        run_step(TeamMember(0, 1), step_of(k, chunks_.rows_of(k)));
+      });
+      return;
+    }
     if (whole_) {
       // gates[R, G] = x @ w_ih^T: the one block's columns are w_ih's rows in order.
       if (direct_) {
@@ -270,7 +305,12 @@ class ForwardTeam {
                                        w_ih_direct_.stride(0), scalar_t(0), gp, G_);
         }
       } else if (x_bf16_) {
-        whole_input_bf16(x_bits, I, gp);
+        const int64_t mb = gemm_blocks(s_.rows, G_, I).mb;
+        at::parallel_for(0, ceil_div(s_.rows, mb), 1, [&](int64_t b0, int64_t b1) {
+          for (int64_t b = b0; b < b1; ++b) {
+            input_rows(b * mb, std::min(mb, s_.rows - b * mb), xp, x_bits, I, gp);
+          }
+        });
       } else {
         parallel_gemm<scalar_t>(s_.rows, G_, I, GemmA<scalar_t>::rows(xp, I), w_ih_.b(),
                                 scalar_t(0), gp, G_);
@@ -279,7 +319,6 @@ class ForwardTeam {
     run_team(std::max(finish_blocks, units_.count()), [&](const TeamMember& me) {
       const auto [b0, b1] = me.share(units_.count());
       for (int64_t k = 0; k < s_.steps(); ++k) {
-        const int64_t t = s_.time_at(k);
         const RowRange chunk = chunks_.rows_of(k);
         if (!whole_ && chunk.first_step == k) {
           for (int64_t b = b0; b < b1; ++b) {
@@ -293,43 +332,86 @@ class ForwardTeam {
             }
           }
         }
-        const TeamStep<scalar_t> step{k, s_.sizes[t], s_.offsets[t],
-                                      gp + (s_.offsets[t] - chunk.begin) * G_,
-                                      hb[slot(k)], hb[slot(k + 1)]};
-        for (int64_t b = b0; b < b1; ++b) {
-          const int64_t u0 = units_.begin(b), len = units_.length(b);
-          block(step, b, u0, len);
-          if (units_write_state) {
-            copy_columns(step.cur, step.next, step.n, N, P, u0, len);
-            reset_next(step, u0, len);
-          }
-        }
-        finish(me, step);
-        me.barrier();
+        run_step(me, step_of(k, chunk));
       }
     });
   }
 
-  // gates[R, G] = x @ w_ih^T before the loop (whole_) with x in bfloat16 (x_bits, [R, I]):
-  // by gemm_blocks' rows, each block's rows of x packed as they are by the thread that
-  // runs it (the bits of parallel_gemm on x widened: the kernels round A to these bits).
-  // The widened copy of x was 800 KiB of a bfloat16 RNN (100, 16, 128, 128) inference
-  // call's 2.0 MiB peak (torch.nn's 0.9).
-  void whole_input_bf16(const uint16_t* x_bits, int64_t I, scalar_t* gp) const {
+  // The rows [r0, r0 + m) of gates[R, G] = x @ w_ih^T (whole_, not direct_), on this
+  // thread, x in the loop's dtype (xp) or in bfloat16 (x_bits: its rows packed as they are
+  // for the bfloat16 kernels, the bits of the products on x widened, which the kernels
+  // round A to; the widened copy of x was 800 KiB of a bfloat16 RNN (100, 16, 128, 128)
+  // inference call's 2.0 MiB peak, torch.nn's 0.9). Each output is one chain over I
+  // whatever the rows, so any cut of R gives the same bits.
+  void input_rows(int64_t r0, int64_t m, const scalar_t* xp, const uint16_t* x_bits,
+                  int64_t I, scalar_t* gp) const {
+    if (x_bits == nullptr) {
+      w_ih_.run(m, xp + r0 * I, I, scalar_t(0), gp + r0 * G_, G_);
+      return;
+    }
     if constexpr (std::is_same_v<scalar_t, float>) {
       const GemmBf16Kernels* kernels = gemm_bf16_kernels();
-      const int64_t mb = gemm_blocks(s_.rows, G_, I).mb;
-      at::parallel_for(0, ceil_div(s_.rows, mb), 1, [&](int64_t b0, int64_t b1) {
-        for (int64_t b = b0; b < b1; ++b) {
-          const int64_t r0 = b * mb, m = std::min(mb, s_.rows - r0);
-          const uint16_t* rows = x_bits + r0 * I;
-          const bool in_place = bf16_rows_are_packed_a(kernels, I, m, I);
-          uint16_t* packed = in_place ? nullptr : bf16_scratch(bf16_packed_a_elements(m, I));
-          if (!in_place) kernels->pack_a_bf16(rows, I, m, I, packed);
-          w_ih_.run_packed_a(m, in_place ? rows : packed, scalar_t(0), gp + r0 * G_, G_);
-        }
-      });
+      const uint16_t* rows = x_bits + r0 * I;
+      const bool in_place = bf16_rows_are_packed_a(kernels, I, m, I);
+      uint16_t* packed = in_place ? nullptr : bf16_scratch(bf16_packed_a_elements(m, I));
+      if (!in_place) kernels->pack_a_bf16(rows, I, m, I, packed);
+      w_ih_.run_packed_a(m, in_place ? rows : packed, scalar_t(0), gp + r0 * G_, G_);
     }
+  }
+
+  // Whether the loop runs pipelined (run_pipelined): one block of units, so its steps run
+  // on one thread, and a whole input projection of at least kPipeChunks chunks.
+  bool pipelined(int64_t finish_blocks) const {
+    return whole_ && !direct_ && finish_blocks <= 1 && at::get_num_threads() > 1 &&
+           !at::in_parallel_region() && ceil_div(s_.steps(), pipe_steps()) >= kPipeChunks;
+  }
+  // Steps per chunk of the pipelined input projection: kPipeRows rows or more.
+  int64_t pipe_steps() const {
+    return std::max<int64_t>(1, ceil_div(kPipeRows, std::max<int64_t>(1, s_.batch)));
+  }
+
+  // The loop of a single block of units with the whole input projection made beside it:
+  // thread 0 runs the steps (step(k)); the input projection is cut into chunks of
+  // pipe_steps() steps, which the other threads claim in order and make ahead of it, and
+  // thread 0 makes the next unclaimed one while the chunk it needs is not ready. Before,
+  // the projection was one parallel GEMM before the loop, and the other thread then
+  // waited through the whole loop. The same bits (each output one chain over I); the
+  // two forms alternating in one process, medians, ms (AMD EPYC Zen 4, 2 threads): RNN
+  // (100, 16, 128, 128) inference 0.93-0.95 -> 0.75-0.76, training 3.31-3.49 ->
+  // 3.10-3.13; in bfloat16 0.57-0.58 -> 0.44-0.45 and 1.63-1.66 -> 1.48-1.56; LSTM (200,
+  // 1, 64, 64) inference 0.283-0.286 -> 0.265-0.271.
+  template <typename Step>
+  void run_pipelined(const scalar_t* xp, const uint16_t* x_bits, int64_t I, scalar_t* gp,
+                     const Step& step) {
+    const int64_t per = pipe_steps(), count = ceil_div(s_.steps(), per);
+    std::atomic<int64_t> next{0};
+    std::unique_ptr<std::atomic<bool>[]> made(new std::atomic<bool>[count]);
+    for (int64_t c = 0; c < count; ++c) made[c].store(false, std::memory_order_relaxed);
+    // Claims the next chunk and makes it; false when none is left.
+    const auto make_next = [&]() {
+      const int64_t c = next.fetch_add(1, std::memory_order_relaxed);
+      if (c >= count) return false;
+      const int64_t k0 = c * per, k1 = std::min(k0 + per, s_.steps()) - 1;
+      const int64_t t0 = std::min(s_.time_at(k0), s_.time_at(k1));
+      const int64_t t1 = std::max(s_.time_at(k0), s_.time_at(k1));
+      const int64_t r0 = s_.offsets[t0], r1 = s_.offsets[t1] + s_.sizes[t1];
+      input_rows(r0, r1 - r0, xp, x_bits, I, gp);
+      made[c].store(true, std::memory_order_release);
+      return true;
+    };
+    run_team(std::min(count, kPipeThreads), [&](const TeamMember& me) {
+      if (me.id() != 0) {
+        while (make_next()) {
+        }
+        return;
+      }
+      for (int64_t k = 0; k < s_.steps(); ++k) {
+        while (!made[k / per].load(std::memory_order_acquire)) {
+          if (!make_next()) spin_pause();
+        }
+        step(k);
+      }
+    });
   }
 
   // The state after the last step: the first of the two, which the ops return as it is.
@@ -357,6 +439,9 @@ class ForwardTeam {
   at::Tensor h0_wide_;   // h0 in the loop's dtype, for resets
   const scalar_t* h0_;   // its data, or null
   static constexpr int64_t kWholeElements = int64_t(1) << 20;
+  // The pipelined projection's chunks: at least kPipeRows rows (whole steps), at least
+  // kPipeChunks of them, made by up to kPipeThreads - 1 threads beside the steps'.
+  static constexpr int64_t kPipeRows = 32, kPipeChunks = 4, kPipeThreads = 8;
 
   // Which of h_bufs_' two states holds the state before step k: they alternate, and the
   // state after the last step is the first.
@@ -1393,13 +1478,6 @@ class ChunkedGrads {
   at::Tensor buffer_, h_prev_, ones_;
   InputAndWeightGrads g_;
 };
-
-// A pause in a spin-wait loop.
-inline void spin_pause() {
-#if defined(__x86_64__) || defined(__i386__)
-  __builtin_ia32_pause();
-#endif
-}
 
 // The backward time loop of every cell, on a team: one parallel region per ChunkedGrads
 // chunk, whose input and weight gradients are then made between regions, by
