@@ -447,7 +447,7 @@ class ForwardTeam {
   // state after the last step is the first.
   int64_t slot(int64_t k) const { return (k + s_.steps()) % 2; }
 
-  bool whole_;  // one block: the input projection is made before the loop
+  bool whole_;  // one block: the input projection is made whole, before or beside the loop
   bool direct_;                    // whole_ with one or two rows
   PackedWeight<scalar_t> w_ih_;    // used when whole_ and not direct_
   at::Tensor w_ih_direct_;         // used when direct_
